@@ -1,0 +1,17 @@
+//! fastnn trains multi-layer perceptrons on the CPU, from scratch.
+//!
+//! Architecture, bottom-up (see `DESIGN.md` in the design notes):
+//!
+//! - [`buf`]: 64-byte aligned buffers.
+//! - [`cpu`]: CPU feature detection, done once, with the `FASTNN_ISA` override.
+//! - [`gemm`]: the packed, runtime-dispatched single-precision matrix product.
+//! - [`data`]: the dataset file (a safetensors file, memory-mapped) and the
+//!   converters that produce it from CIFAR tarballs, IDX files and CSV tables.
+//!
+//! The library never depends on the command-line parser; the `fastnn` binary
+//! is glue around it.
+
+pub mod buf;
+pub mod data;
+pub mod cpu;
+pub mod gemm;
