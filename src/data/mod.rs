@@ -5,11 +5,20 @@
 //! whose tensors are 64-byte aligned, and maps such a file back, validated,
 //! handing out zero-copy views of each split.
 
+pub mod batch;
 pub mod cifar;
+pub mod convert;
+pub mod csv;
+pub mod embedded;
 pub mod error;
+pub mod fetch;
+pub mod file;
+pub mod idx;
 pub mod pickle;
 
+pub use batch::{Normalize, Normalizer};
 pub use error::DataError;
+pub use file::{Dataset, FeatureView, Holdout, SourceInfo, SplitView};
 
 /// Feature storage of one split: bytes for images, f32 for CSV tables.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,122 @@
+//! Batch gathering: normalised f32 rows for a list of sample indices,
+//! written into the caller's buffer straight from the mapped file.
+//!
+//! Normalisation uses the training-split statistics stored in the dataset
+//! file. It is folded into one multiply-add per value, `x·scale + shift` with
+//! `scale = 1/std` and `shift = −mean/std`, so the gather is a single pass
+//! that the compiler vectorises. No full-dataset f32 copy is ever made.
+
+use super::file::{FeatureView, SplitView, Stats};
+
+/// How input features are normalised before they enter the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Normalize {
+    /// Per feature: `(x − mean_f) / std_f`. A feature that is constant on the
+    /// training split carries no information and is mapped to 0.
+    #[default]
+    Feature,
+    /// Per channel (R, G, B for CIFAR): `(x − mean_c) / std_c`.
+    Channel,
+    /// Raw values, in the units they are stored in (bytes 0–255 for images).
+    None,
+}
+
+impl std::str::FromStr for Normalize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "feature" => Ok(Normalize::Feature),
+            "channel" => Ok(Normalize::Channel),
+            "none" => Ok(Normalize::None),
+            _ => Err(format!(
+                "unknown normalisation {s:?} (feature, channel or none)"
+            )),
+        }
+    }
+}
+
+/// Per-feature affine map `x·scale + shift` that normalises one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalizer {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+impl Normalizer {
+    /// The map for `mode`, from training statistics of samples with `dim`
+    /// features laid out as `stats.channel_mean.len()` channel planes.
+    pub fn new(mode: Normalize, stats: &Stats, dim: usize) -> Normalizer {
+        let affine = |mean: f32, std: f32| -> (f32, f32) {
+            if std > 0.0 {
+                (1.0 / std, -mean / std)
+            } else {
+                (0.0, 0.0)
+            }
+        };
+        let (scale, shift) = match mode {
+            Normalize::None => (vec![1.0; dim], vec![0.0; dim]),
+            Normalize::Feature => (0..dim)
+                .map(|f| affine(stats.feature_mean[f], stats.feature_std[f]))
+                .unzip(),
+            Normalize::Channel => {
+                let channels = stats.channel_mean.len().max(1);
+                let plane = dim / channels;
+                (0..dim)
+                    .map(|f| {
+                        let c = (f / plane.max(1)).min(channels - 1);
+                        affine(stats.channel_mean[c], stats.channel_std[c])
+                    })
+                    .unzip()
+            }
+        };
+        Normalizer { scale, shift }
+    }
+
+    /// Features per sample.
+    pub fn dim(&self) -> usize {
+        self.scale.len()
+    }
+
+    /// Writes the normalised features of the samples `indices` of `split` as
+    /// rows of `out` (row `r` at `out[r·dim ..]`), and their labels into
+    /// `labels`.
+    ///
+    /// Panics if an index is out of range, or `out`/`labels` are too short.
+    pub fn gather(
+        &self,
+        split: &SplitView<'_>,
+        indices: &[usize],
+        out: &mut [f32],
+        labels: &mut [u8],
+    ) {
+        let d = self.dim();
+        assert_eq!(
+            split.dim, d,
+            "normaliser built for {d} features, split has {}",
+            split.dim
+        );
+        assert!(out.len() >= indices.len() * d, "batch buffer too small");
+        assert!(labels.len() >= indices.len(), "label buffer too small");
+        let all_labels = split.labels();
+        for ((row, &i), label) in out
+            .chunks_exact_mut(d.max(1))
+            .zip(indices)
+            .zip(labels.iter_mut())
+        {
+            *label = all_labels[i];
+            match split.features() {
+                FeatureView::U8(v) => self.apply(row, &v[i * d..(i + 1) * d]),
+                FeatureView::F32(v) => self.apply(row, &v[i * d..(i + 1) * d]),
+            }
+        }
+    }
+
+    #[inline]
+    fn apply<T: Copy + Into<f32>>(&self, row: &mut [f32], src: &[T]) {
+        for (((y, &x), &a), &b) in row.iter_mut().zip(src).zip(&self.scale).zip(&self.shift) {
+            // A plain multiply and add, not `mul_add`: without a
+            // compile-time FMA target, `mul_add` is a slow library call.
+            *y = x.into() * a + b;
+        }
+    }
+}

@@ -1,0 +1,893 @@
+//! The dataset file: a safetensors file whose tensors start 64-byte aligned.
+//!
+//! ```text
+//! [u64 LE header length N][N bytes of JSON, padded with spaces][data section]
+//! ```
+//!
+//! The JSON maps each tensor name to `{dtype, shape, data_offsets}` (offsets
+//! relative to the data section) and carries string metadata under
+//! `__metadata__`. A dataset file holds, for each split `s` (`train`, `test`):
+//!
+//! | tensor | dtype | shape |
+//! | --- | --- | --- |
+//! | `s.images` | U8 (F32 for CSV tables) | `[n, d]`, rows as in the source |
+//! | `s.labels` | U8 | `[n]` |
+//! | `s.coarse_labels` | U8 | `[n]` (CIFAR-100 only: the other label set) |
+//!
+//! and the normalisation statistics of the **training split only**:
+//! `stats.feature_mean`, `stats.feature_std` (F32 `[d]`) and
+//! `stats.channel_mean`, `stats.channel_std` (F32 `[c]`), in the units the
+//! features are stored in (bytes 0–255 for images).
+//!
+//! Safetensors forbids holes between tensors, so alignment comes from two
+//! rules: the JSON header is padded until `8 + N` is a multiple of 64, and a
+//! tensor whose byte length is not a multiple of 64 is followed by a
+//! `__pad.K` U8 tensor (readers ignore those). numpy and PyTorch users open
+//! the file with `safetensors.numpy.load_file` or `safetensors.torch.load_file`.
+//!
+//! The metadata records the format version, the source files and their md5,
+//! the class names, the sample shape and a CRC-32 of the data section, which
+//! [`Dataset::open`] checks, so a file corrupted after conversion is caught.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde_json::{json, Value};
+
+use super::error::{DataError, Result};
+use super::{Features, RawDataset};
+
+/// Value of the `fastnn.format` metadata key of a dataset file.
+pub const FORMAT_NAME: &str = "dataset";
+/// Version of the dataset file layout written by this code.
+pub const FORMAT_VERSION: u32 = 1;
+/// Alignment of every tensor's data, in bytes.
+pub const TENSOR_ALIGN: usize = 64;
+/// Largest JSON header accepted, as in the safetensors crate.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Where a dataset came from, recorded in its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceInfo {
+    /// The file or folder that was converted (its name, not a full path).
+    pub name: String,
+    /// `(file name, md5 hex)` of every source file read.
+    pub files: Vec<(String, String)>,
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------
+
+/// One tensor to be written: its name, dtype, shape and little-endian bytes.
+struct TensorOut<'a> {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Per-feature and per-channel mean and (population) standard deviation of
+/// the training features, accumulated in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub feature_mean: Vec<f32>,
+    pub feature_std: Vec<f32>,
+    pub channel_mean: Vec<f32>,
+    pub channel_std: Vec<f32>,
+}
+
+impl Stats {
+    /// Statistics of `n` rows of `d` features laid out as `channels` planes
+    /// (d = channels · plane size).
+    pub fn compute(features: &Features, d: usize, channels: usize) -> Stats {
+        let n = if d == 0 { 0 } else { features.len() / d };
+        let mut sum = vec![0f64; d];
+        let mut sum_sq = vec![0f64; d];
+        let mut add_row = |row: &mut dyn Iterator<Item = f64>| {
+            for ((s, q), x) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(row) {
+                *s += x;
+                *q += x * x;
+            }
+        };
+        match features {
+            Features::U8(v) => v
+                .chunks_exact(d.max(1))
+                .for_each(|r| add_row(&mut r.iter().map(|&x| x as f64))),
+            Features::F32(v) => v
+                .chunks_exact(d.max(1))
+                .for_each(|r| add_row(&mut r.iter().map(|&x| x as f64))),
+        }
+        let moments = |s: f64, q: f64, count: f64| -> (f32, f32) {
+            if count == 0.0 {
+                return (0.0, 0.0);
+            }
+            let mean = s / count;
+            let var = (q / count - mean * mean).max(0.0);
+            (mean as f32, var.sqrt() as f32)
+        };
+        let (feature_mean, feature_std) = sum
+            .iter()
+            .zip(&sum_sq)
+            .map(|(&s, &q)| moments(s, q, n as f64))
+            .unzip();
+        let plane = if channels == 0 { 0 } else { d / channels };
+        let (channel_mean, channel_std) = (0..channels)
+            .map(|c| {
+                let r = c * plane..(c + 1) * plane;
+                let s: f64 = sum[r.clone()].iter().sum();
+                let q: f64 = sum_sq[r].iter().sum();
+                moments(s, q, (n * plane) as f64)
+            })
+            .unzip();
+        Stats {
+            feature_mean,
+            feature_std,
+            channel_mean,
+            channel_std,
+        }
+    }
+}
+
+/// Number of channels of a sample shape: the first entry for images
+/// (`[c, h, w]`), 1 for a flat feature vector.
+fn channel_count(shape: &[usize]) -> usize {
+    if shape.len() == 3 {
+        shape[0]
+    } else {
+        1
+    }
+}
+
+/// Writes `raw` as a dataset file at `out`, atomically: the bytes go to a
+/// temporary file beside `out`, which is renamed only once complete, so an
+/// interrupted or failed conversion leaves nothing behind. An existing `out`
+/// is refused unless `overwrite` is set.
+pub fn write_dataset(
+    raw: &RawDataset,
+    source: &SourceInfo,
+    out: &Path,
+    overwrite: bool,
+) -> Result<()> {
+    if !overwrite && out.exists() {
+        return Err(DataError::new(
+            out,
+            "already exists (use --force to overwrite it)",
+        ));
+    }
+    let d = raw.features_per_sample();
+    let train = raw
+        .splits
+        .iter()
+        .find(|s| s.name == "train")
+        .ok_or_else(|| DataError::new(out, "the dataset has no train split"))?;
+    let channels = channel_count(&raw.shape);
+    let stats = Stats::compute(&train.features, d, channels);
+
+    let mut tensors = Vec::new();
+    for split in &raw.splits {
+        let n = split.len();
+        if split.features.len() != n * d {
+            return Err(DataError::new(
+                out,
+                format!(
+                    "split {}: {} feature values for {n} samples of {d} features",
+                    split.name,
+                    split.features.len()
+                ),
+            ));
+        }
+        let (dtype, bytes) = match &split.features {
+            Features::U8(v) => ("U8", std::borrow::Cow::Borrowed(v.as_slice())),
+            Features::F32(v) => ("F32", std::borrow::Cow::Owned(f32_bytes(v))),
+        };
+        tensors.push(TensorOut {
+            name: format!("{}.images", split.name),
+            dtype,
+            shape: vec![n, d],
+            bytes,
+        });
+        tensors.push(TensorOut {
+            name: format!("{}.labels", split.name),
+            dtype: "U8",
+            shape: vec![n],
+            bytes: std::borrow::Cow::Borrowed(&split.labels),
+        });
+        if let Some(coarse) = &split.coarse_labels {
+            tensors.push(TensorOut {
+                name: format!("{}.coarse_labels", split.name),
+                dtype: "U8",
+                shape: vec![n],
+                bytes: std::borrow::Cow::Borrowed(coarse),
+            });
+        }
+    }
+    for (name, values, len) in [
+        ("stats.feature_mean", &stats.feature_mean, d),
+        ("stats.feature_std", &stats.feature_std, d),
+        ("stats.channel_mean", &stats.channel_mean, channels),
+        ("stats.channel_std", &stats.channel_std, channels),
+    ] {
+        tensors.push(TensorOut {
+            name: name.to_string(),
+            dtype: "F32",
+            shape: vec![len],
+            bytes: std::borrow::Cow::Owned(f32_bytes(values)),
+        });
+    }
+
+    let tensors = with_padding(tensors);
+    let crc = {
+        let mut h = crc32fast::Hasher::new();
+        tensors.iter().for_each(|t| h.update(&t.bytes));
+        h.finalize()
+    };
+    let metadata = dataset_metadata(raw, source, crc);
+    let header = header_json(&tensors, &metadata);
+
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".fastnn-").suffix(".tmp");
+    // A dataset file is for everyone to read, like any file `cp` would
+    // write (temporary files are private by default).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let tmp = builder
+        .tempfile_in(dir)
+        .map_err(|e| DataError::io(dir, "cannot create a temporary file", e))?;
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let mut write = || -> std::io::Result<()> {
+            w.write_all(&(header.len() as u64).to_le_bytes())?;
+            w.write_all(header.as_bytes())?;
+            for t in &tensors {
+                w.write_all(&t.bytes)?;
+            }
+            w.flush()
+        };
+        write().map_err(|e| DataError::io(tmp.path(), "cannot write", e))?;
+    }
+    let persisted = if overwrite {
+        tmp.persist(out).map_err(|e| e.error)
+    } else {
+        tmp.persist_noclobber(out).map_err(|e| e.error)
+    };
+    persisted.map_err(|e| DataError::io(out, "cannot move the finished file into place", e))?;
+    Ok(())
+}
+
+/// Inserts `__pad.K` tensors after every tensor whose length is not a
+/// multiple of [`TENSOR_ALIGN`], so that each tensor starts aligned.
+fn with_padding(tensors: Vec<TensorOut<'_>>) -> Vec<TensorOut<'_>> {
+    let count = tensors.len();
+    let mut padded = Vec::with_capacity(2 * count);
+    for (i, t) in tensors.into_iter().enumerate() {
+        let rem = t.bytes.len() % TENSOR_ALIGN;
+        padded.push(t);
+        if rem != 0 && i + 1 < count {
+            let k = TENSOR_ALIGN - rem;
+            padded.push(TensorOut {
+                name: format!("__pad.{i}"),
+                dtype: "U8",
+                shape: vec![k],
+                bytes: std::borrow::Cow::Owned(vec![0u8; k]),
+            });
+        }
+    }
+    padded
+}
+
+fn dataset_metadata(raw: &RawDataset, source: &SourceInfo, crc: u32) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), v);
+    };
+    put("fastnn.format", FORMAT_NAME.to_string());
+    put("fastnn.version", FORMAT_VERSION.to_string());
+    put("source", source.name.clone());
+    put("source_format", raw.format.clone());
+    let files: serde_json::Map<String, Value> = source
+        .files
+        .iter()
+        .map(|(name, md5)| (name.clone(), Value::String(md5.clone())))
+        .collect();
+    put("source_md5", Value::Object(files).to_string());
+    put("classes", json!(raw.classes).to_string());
+    if let Some(coarse) = &raw.coarse_classes {
+        put("coarse_classes", json!(coarse).to_string());
+    }
+    let shape: Vec<String> = raw.shape.iter().map(|x| x.to_string()).collect();
+    put("shape", shape.join(","));
+    put(
+        "layout",
+        if raw.shape.len() == 3 { "CHW" } else { "flat" }.to_string(),
+    );
+    let splits: Vec<&str> = raw.splits.iter().map(|s| s.name.as_str()).collect();
+    put("splits", splits.join(","));
+    put("data_crc32", format!("{crc:08x}"));
+    m
+}
+
+/// The JSON header, padded with spaces so that the data section starts at a
+/// multiple of [`TENSOR_ALIGN`] bytes from the start of the file.
+fn header_json(tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>) -> String {
+    let mut map = serde_json::Map::new();
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + t.bytes.len();
+        map.insert(
+            t.name.clone(),
+            json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    map.insert("__metadata__".to_string(), json!(metadata));
+    let mut header = Value::Object(map).to_string();
+    while (8 + header.len()) % TENSOR_ALIGN != 0 {
+        header.push(' ');
+    }
+    header
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------
+
+/// Element type of a tensor in a dataset file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    U8,
+    F32,
+}
+
+impl Dtype {
+    fn size(self) -> usize {
+        match self {
+            Dtype::U8 => 1,
+            Dtype::F32 => 4,
+        }
+    }
+}
+
+/// Location of one tensor inside the mapped file.
+#[derive(Debug, Clone)]
+struct TensorInfo {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    bytes: Range<usize>,
+}
+
+/// Zero-copy view of a split's features.
+#[derive(Debug, Clone, Copy)]
+pub enum FeatureView<'a> {
+    U8(&'a [u8]),
+    F32(&'a [f32]),
+}
+
+/// Zero-copy view of `len` consecutive samples of one split.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitView<'a> {
+    /// Name of the split the samples come from.
+    pub name: &'a str,
+    /// Features per sample.
+    pub dim: usize,
+    features: FeatureView<'a>,
+    labels: &'a [u8],
+    coarse_labels: Option<&'a [u8]>,
+}
+
+impl<'a> SplitView<'a> {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when the view holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// `[len, dim]` features, row-major.
+    pub fn features(&self) -> FeatureView<'a> {
+        self.features
+    }
+
+    /// `[len]` class indices.
+    pub fn labels(&self) -> &'a [u8] {
+        self.labels
+    }
+
+    /// `[len]` CIFAR-100 second label set, if the file has one.
+    pub fn coarse_labels(&self) -> Option<&'a [u8]> {
+        self.coarse_labels
+    }
+
+    /// The samples `range` of this view (no copy).
+    ///
+    /// Panics if `range` is out of bounds.
+    pub fn slice(&self, range: Range<usize>) -> SplitView<'a> {
+        let feats = range.start * self.dim..range.end * self.dim;
+        SplitView {
+            name: self.name,
+            dim: self.dim,
+            features: match self.features {
+                FeatureView::U8(v) => FeatureView::U8(&v[feats]),
+                FeatureView::F32(v) => FeatureView::F32(&v[feats]),
+            },
+            labels: &self.labels[range.clone()],
+            coarse_labels: self.coarse_labels.map(|c| &c[range]),
+        }
+    }
+
+    /// Splits off the last `count` samples as a validation set:
+    /// `(first len − count, last count)`. No data is copied or rewritten.
+    pub fn split_validation(&self, count: usize) -> (SplitView<'a>, SplitView<'a>) {
+        let count = count.min(self.len());
+        let cut = self.len() - count;
+        (self.slice(0..cut), self.slice(cut..self.len()))
+    }
+}
+
+/// How many training samples to hold out for validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Holdout {
+    /// This many samples, taken from the end of the training split.
+    Count(usize),
+    /// This fraction (in [0, 1)) of the training split, rounded down.
+    Fraction(f64),
+}
+
+impl Holdout {
+    /// Number of samples held out of `n`.
+    pub fn count_of(self, n: usize) -> usize {
+        match self {
+            Holdout::Count(c) => c.min(n),
+            Holdout::Fraction(f) => ((n as f64) * f.clamp(0.0, 1.0)).floor() as usize,
+        }
+    }
+}
+
+/// A dataset file mapped into memory and fully validated.
+pub struct Dataset {
+    path: PathBuf,
+    map: Mmap,
+    tensors: BTreeMap<String, TensorInfo>,
+    metadata: BTreeMap<String, String>,
+    classes: Vec<String>,
+    coarse_classes: Option<Vec<String>>,
+    shape: Vec<usize>,
+    splits: Vec<String>,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("path", &self.path)
+            .field("shape", &self.shape)
+            .field("splits", &self.splits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataset {
+    /// Maps `path` and validates it completely: the safetensors header, every
+    /// tensor's dtype, shape, offsets and 64-byte alignment, the file length
+    /// (so a truncated file is an error here, never a SIGBUS later), the
+    /// labels against the class count, and the CRC-32 of the data section.
+    ///
+    /// The file must not be modified while the `Dataset` is alive: like every
+    /// memory map, a concurrent truncation by another process would fault.
+    pub fn open(path: impl AsRef<Path>) -> Result<Dataset> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| DataError::io(path, "cannot open", e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| DataError::io(path, "cannot stat", e))?
+            .len();
+        if file_len < 8 {
+            return Err(DataError::new(
+                path,
+                format!("not a dataset file: {file_len} bytes is shorter than the 8-byte safetensors header length"),
+            ));
+        }
+        // SAFETY: the map is read-only and lives as long as the Dataset; its
+        // length is the file length just read, and every access below is
+        // bounds-checked against `map.len()`. The remaining hazard, another
+        // process truncating the file while it is mapped, is documented on
+        // this function (as ripgrep documents `MmapChoice::auto`).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, "cannot map", e))?;
+        let mut ds = Dataset {
+            path: path.to_path_buf(),
+            map,
+            tensors: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            classes: Vec::new(),
+            coarse_classes: None,
+            shape: Vec::new(),
+            splits: Vec::new(),
+        };
+        ds.parse_header()?;
+        ds.check_metadata()?;
+        ds.check_tensors()?;
+        ds.check_crc()?;
+        Ok(ds)
+    }
+
+    fn err(&self, problem: impl Into<String>) -> DataError {
+        DataError::new(&self.path, problem)
+    }
+
+    fn parse_header(&mut self) -> Result<()> {
+        let file_len = self.map.len() as u64;
+        let n = u64::from_le_bytes(self.map[..8].try_into().expect("8 bytes"));
+        if n > MAX_HEADER_BYTES || 8 + n > file_len {
+            return Err(self.err(format!(
+                "truncated or not a safetensors file: header claims {n} bytes, the file has {file_len}"
+            )));
+        }
+        let data_start = 8 + n as usize;
+        let text = std::str::from_utf8(&self.map[8..data_start])
+            .map_err(|_| self.err("header is not UTF-8"))?;
+        let json: serde_json::Map<String, Value> = serde_json::from_str(text)
+            .map_err(|e| self.err(format!("header is not valid JSON: {e}")))?;
+        let data_len = self.map.len() - data_start;
+        let mut ranges = Vec::new();
+        for (name, entry) in &json {
+            if name == "__metadata__" {
+                let obj = entry
+                    .as_object()
+                    .ok_or_else(|| self.err("__metadata__ is not an object"))?;
+                for (k, v) in obj {
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| self.err(format!("metadata {k} is not a string")))?;
+                    self.metadata.insert(k.clone(), s.to_string());
+                }
+                continue;
+            }
+            let info =
+                parse_tensor_entry(entry).map_err(|p| self.err(format!("tensor {name}: {p}")))?;
+            let (begin, end) = info;
+            let (dtype, shape) =
+                parse_dtype_shape(entry).map_err(|p| self.err(format!("tensor {name}: {p}")))?;
+            let expected = shape
+                .iter()
+                .try_fold(dtype.size(), |acc, &x| acc.checked_mul(x))
+                .ok_or_else(|| self.err(format!("tensor {name}: shape {shape:?} overflows")))?;
+            if end < begin || end - begin != expected {
+                return Err(self.err(format!(
+                    "tensor {name}: offsets {begin}..{end} do not hold shape {shape:?} of {dtype:?}"
+                )));
+            }
+            if end > data_len {
+                return Err(self.err(format!(
+                    "truncated: tensor {name} ends at byte {} but the file has {} bytes",
+                    data_start + end,
+                    self.map.len()
+                )));
+            }
+            ranges.push((begin, end, name.clone()));
+            self.tensors.insert(
+                name.clone(),
+                TensorInfo {
+                    dtype,
+                    shape,
+                    bytes: data_start + begin..data_start + end,
+                },
+            );
+        }
+        // Safetensors rule: tensors tile the data section exactly, no holes,
+        // nothing after the last one.
+        ranges.sort();
+        let mut at = 0;
+        for (begin, end, name) in &ranges {
+            if *begin != at {
+                return Err(self.err(format!(
+                    "tensor {name} starts at {begin}, expected {at}: a hole or overlap"
+                )));
+            }
+            at = *end;
+        }
+        if at != data_len {
+            return Err(self.err(format!(
+                "file length {} does not match its header: the tensors end at byte {} (truncated or appended to)",
+                self.map.len(),
+                data_start + at
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_metadata(&mut self) -> Result<()> {
+        let get = |k: &str| -> Result<&String> {
+            self.metadata
+                .get(k)
+                .ok_or_else(|| self.err(format!("not a fastnn dataset file: metadata has no {k}")))
+        };
+        if get("fastnn.format")? != FORMAT_NAME {
+            return Err(self.err(format!(
+                "not a dataset file: fastnn.format is {:?}",
+                self.metadata["fastnn.format"]
+            )));
+        }
+        let version = get("fastnn.version")?;
+        if version != &FORMAT_VERSION.to_string() {
+            return Err(self.err(format!(
+                "dataset format version {version} is not supported (this fastnn reads version {FORMAT_VERSION}); convert the source again"
+            )));
+        }
+        let classes: Vec<String> = serde_json::from_str(get("classes")?)
+            .map_err(|e| self.err(format!("metadata classes is not a JSON list of names: {e}")))?;
+        let coarse = match self.metadata.get("coarse_classes") {
+            Some(s) => Some(serde_json::from_str::<Vec<String>>(s).map_err(|e| {
+                self.err(format!("metadata coarse_classes is not a JSON list: {e}"))
+            })?),
+            None => None,
+        };
+        let shape: std::result::Result<Vec<usize>, _> = get("shape")?
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect();
+        let shape = shape.map_err(|_| {
+            self.err(format!(
+                "metadata shape {:?} is not a list of sizes",
+                self.metadata["shape"]
+            ))
+        })?;
+        let splits: Vec<String> = get("splits")?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if classes.is_empty() || classes.len() > 256 {
+            return Err(self.err(format!("{} classes: expected 1 to 256", classes.len())));
+        }
+        if !splits.iter().any(|s| s == "train") {
+            return Err(self.err("the file has no train split"));
+        }
+        self.classes = classes;
+        self.coarse_classes = coarse;
+        self.shape = shape;
+        self.splits = splits;
+        Ok(())
+    }
+
+    fn check_tensors(&self) -> Result<()> {
+        let d: usize = self.shape.iter().product();
+        let c = channel_count(&self.shape);
+        for split in &self.splits {
+            let images = self.tensor(&format!("{split}.images"))?;
+            if images.shape.len() != 2 || images.shape[1] != d {
+                return Err(self.err(format!(
+                    "{split}.images has shape {:?}, expected [n, {d}] for samples of shape {:?}",
+                    images.shape, self.shape
+                )));
+            }
+            if images.bytes.start % TENSOR_ALIGN != 0 {
+                return Err(self.err(format!("{split}.images is not {TENSOR_ALIGN}-byte aligned")));
+            }
+            let n = images.shape[0];
+            for (labels_name, count) in [
+                ("labels", Some(self.classes.len())),
+                ("coarse_labels", None),
+            ] {
+                let name = format!("{split}.{labels_name}");
+                let Some(labels) = self.tensors.get(&name) else {
+                    if labels_name == "labels" {
+                        return Err(self.err(format!("missing tensor {name}")));
+                    }
+                    continue;
+                };
+                if labels.dtype != Dtype::U8 || labels.shape != [n] {
+                    return Err(self.err(format!(
+                        "{name} is {:?} {:?}, expected U8 [{n}] to match {split}.images",
+                        labels.dtype, labels.shape
+                    )));
+                }
+                let limit = count
+                    .or(self.coarse_classes.as_ref().map(Vec::len))
+                    .unwrap_or(256);
+                if let Some((i, &bad)) = self.map[labels.bytes.clone()]
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &l)| l as usize >= limit)
+                {
+                    return Err(self.err(format!(
+                        "{name}[{i}] = {bad} is out of range for {limit} classes"
+                    )));
+                }
+            }
+        }
+        for (name, len) in [
+            ("stats.feature_mean", d),
+            ("stats.feature_std", d),
+            ("stats.channel_mean", c),
+            ("stats.channel_std", c),
+        ] {
+            let t = self.tensor(name)?;
+            if t.dtype != Dtype::F32 || t.shape != [len] {
+                return Err(self.err(format!(
+                    "{name} is {:?} {:?}, expected F32 [{len}]",
+                    t.dtype, t.shape
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_crc(&self) -> Result<()> {
+        let Some(expected) = self.metadata.get("data_crc32") else {
+            return Err(self.err("metadata has no data_crc32"));
+        };
+        let data_start =
+            self.map.len() - self.tensors.values().map(|t| t.bytes.len()).sum::<usize>();
+        let actual = format!("{:08x}", crc32fast::hash(&self.map[data_start..]));
+        if &actual != expected {
+            return Err(self.err(format!(
+                "corrupted: the data checksum is {actual}, the header recorded {expected}; convert the source again"
+            )));
+        }
+        Ok(())
+    }
+
+    fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| self.err(format!("missing tensor {name}")))
+    }
+
+    fn f32_tensor(&self, name: &str) -> &[f32] {
+        let t = &self.tensors[name];
+        cast_f32(&self.map[t.bytes.clone()])
+    }
+
+    /// The path the dataset was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The metadata strings of the file.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Class names, in label order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Names of the second label set (CIFAR-100), if any.
+    pub fn coarse_classes(&self) -> Option<&[String]> {
+        self.coarse_classes.as_deref()
+    }
+
+    /// Shape of one sample (`[3, 32, 32]`, `[1, 28, 28]`, `[d]`).
+    pub fn sample_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Features per sample.
+    pub fn dim(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Names of the splits in the file, `train` first.
+    pub fn split_names(&self) -> &[String] {
+        &self.splits
+    }
+
+    /// Zero-copy view of the split `name`.
+    pub fn split(&self, name: &str) -> Result<SplitView<'_>> {
+        let Some(split) = self.splits.iter().find(|s| *s == name) else {
+            return Err(self.err(format!(
+                "has no split {name:?} (it has: {})",
+                self.splits.join(", ")
+            )));
+        };
+        let images = &self.tensors[&format!("{name}.images")];
+        let bytes = &self.map[images.bytes.clone()];
+        let features = match images.dtype {
+            Dtype::U8 => FeatureView::U8(bytes),
+            Dtype::F32 => FeatureView::F32(cast_f32(bytes)),
+        };
+        let labels = &self.map[self.tensors[&format!("{name}.labels")].bytes.clone()];
+        let coarse_labels = self
+            .tensors
+            .get(&format!("{name}.coarse_labels"))
+            .map(|t| &self.map[t.bytes.clone()]);
+        Ok(SplitView {
+            name: split,
+            dim: self.dim(),
+            features,
+            labels,
+            coarse_labels,
+        })
+    }
+
+    /// The training split cut into `(train, validation)`: the validation set
+    /// is the last `holdout` samples (the classic "first 45,000 train, last
+    /// 5,000 validation" of CIFAR-10). Nothing is copied.
+    pub fn train_validation(&self, holdout: Holdout) -> Result<(SplitView<'_>, SplitView<'_>)> {
+        let train = self.split("train")?;
+        let count = holdout.count_of(train.len());
+        if count >= train.len() && !train.is_empty() {
+            return Err(self.err(format!(
+                "a validation set of {count} leaves no training sample out of {}",
+                train.len()
+            )));
+        }
+        Ok(train.split_validation(count))
+    }
+
+    /// Training-split statistics, in the units the features are stored in.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            feature_mean: self.f32_tensor("stats.feature_mean").to_vec(),
+            feature_std: self.f32_tensor("stats.feature_std").to_vec(),
+            channel_mean: self.f32_tensor("stats.channel_mean").to_vec(),
+            channel_std: self.f32_tensor("stats.channel_std").to_vec(),
+        }
+    }
+}
+
+/// Reinterprets 4-byte aligned little-endian bytes as f32 values.
+fn cast_f32(bytes: &[u8]) -> &[f32] {
+    assert!(
+        cfg!(target_endian = "little"),
+        "dataset files are little-endian"
+    );
+    // SAFETY: every bit pattern is a valid f32; `align_to` yields an aligned
+    // middle part, and the asserts below guarantee it is the whole slice (the
+    // tensors were validated to start 64-byte aligned in a page-aligned map
+    // and to hold a whole number of f32 values).
+    let (head, body, tail) = unsafe { bytes.align_to::<f32>() };
+    assert!(head.is_empty() && tail.is_empty(), "f32 tensor misaligned");
+    body
+}
+
+fn parse_tensor_entry(entry: &Value) -> std::result::Result<(usize, usize), String> {
+    let offsets = entry
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 2)
+        .ok_or("data_offsets must be a pair of integers")?;
+    let get = |v: &Value| -> std::result::Result<usize, String> {
+        v.as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| "data_offsets must be a pair of integers".to_string())
+    };
+    Ok((get(&offsets[0])?, get(&offsets[1])?))
+}
+
+fn parse_dtype_shape(entry: &Value) -> std::result::Result<(Dtype, Vec<usize>), String> {
+    let dtype = match entry.get("dtype").and_then(Value::as_str) {
+        Some("U8") => Dtype::U8,
+        Some("F32") => Dtype::F32,
+        Some(other) => return Err(format!("dtype {other} is not supported (U8 or F32)")),
+        None => return Err("no dtype".to_string()),
+    };
+    let shape = entry
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or("no shape")?
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|x| usize::try_from(x).ok())
+                .ok_or("shape entries must be integers")
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((dtype, shape))
+}
