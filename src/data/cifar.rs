@@ -240,15 +240,18 @@ pub fn read_tarball(
 // Label sets
 // ---------------------------------------------------------------------------
 
-/// One label set of a batch: its pickle key and the number of classes.
+/// One label set of a batch: its pickle key, its name in messages and the
+/// number of classes.
 struct LabelKey {
     key: &'static str,
+    what: &'static str,
     classes: u8,
 }
 
 /// CIFAR-10 has one label set.
 const CIFAR10_KEYS: &[LabelKey] = &[LabelKey {
     key: "labels",
+    what: "label",
     classes: 10,
 }];
 
@@ -256,10 +259,12 @@ const CIFAR10_KEYS: &[LabelKey] = &[LabelKey {
 const CIFAR100_KEYS: &[LabelKey] = &[
     LabelKey {
         key: "fine_labels",
+        what: "fine label",
         classes: 100,
     },
     LabelKey {
         key: "coarse_labels",
+        what: "coarse label",
         classes: 20,
     },
 ];
@@ -520,9 +525,8 @@ fn binary_batch(
             let key = &layout.keys[slot];
             if label >= key.classes {
                 return Err(format!(
-                    "record {i}: {} label {label} is out of range (there are {} classes)",
-                    key.key.trim_end_matches("labels").trim_end_matches('_'),
-                    key.classes
+                    "record {i}: {} {label} is out of range (there are {} classes)",
+                    key.what, key.classes
                 ));
             }
         }

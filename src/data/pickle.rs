@@ -862,3 +862,182 @@ fn printable(op: u8) -> String {
         "not a known opcode".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `bytes` and returns the error message, which must exist.
+    fn error(bytes: &[u8]) -> PickleError {
+        parse(bytes).expect_err("the pickle should be refused")
+    }
+
+    /// The array pickle of the module docs, as Python 2's cPickle writes it,
+    /// for a 1×3072 array... shrunk to shape (1, 2) with two pixel bytes.
+    fn tiny_array() -> Vec<u8> {
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(b"cnumpy.core.multiarray\n_reconstruct\nq\x01");
+        p.extend(b"cnumpy\nndarray\nq\x02K\x00\x85U\x01b\x87Rq\x03");
+        p.extend(b"(K\x01K\x01K\x02\x86");
+        p.extend(b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R");
+        p.extend(b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb");
+        p.extend(b"\x89T\x02\x00\x00\x00\x07\x09tb.");
+        p
+    }
+
+    #[test]
+    fn reads_an_array_without_copying_its_bytes() {
+        let input = tiny_array();
+        let doc = parse(&input).unwrap();
+        let array = doc.array(doc.root).unwrap();
+        assert_eq!(array.shape, vec![1, 2]);
+        assert_eq!(array.dtype.as_ref().unwrap().name, "u1");
+        assert!(!array.fortran);
+        let data = array.data.unwrap();
+        assert_eq!(doc.bytes(data), Some(&[7u8, 9][..]));
+        // The data is a span of the input: the two bytes before STOP etc.
+        let Value::Bytes(span) = data else {
+            panic!("expected a span, got {data:?}")
+        };
+        assert_eq!(span.start, input.len() - 5);
+    }
+
+    #[test]
+    fn dict_list_and_memo_share_objects() {
+        // {b'k': [1, 2, 300]} where the list is memoized, then filled, then
+        // fetched back with BINGET: the fetched list must see the items.
+        let p = b"\x80\x02}q\x01(U\x01k]q\x02(K\x01K\x02M\x2c\x01eU\x01jh\x02u.";
+        let doc = parse(p).unwrap();
+        let list = doc.get(doc.root, "k").unwrap();
+        assert_eq!(
+            doc.items(list).unwrap(),
+            &[Value::Int(1), Value::Int(2), Value::Int(300)]
+        );
+        assert_eq!(doc.get(doc.root, "j"), Some(list));
+        assert_eq!(doc.get(doc.root, "missing"), None);
+    }
+
+    #[test]
+    fn codecs_encode_decodes_latin1() {
+        // _codecs.encode('\u00ff\u0000A', 'latin1') with the text as UTF-8.
+        let p = b"\x80\x02c_codecs\nencode\nX\x04\x00\x00\x00\xc3\xbf\x00AX\x06\x00\x00\x00latin1\x86R.";
+        let doc = parse(p).unwrap();
+        assert_eq!(doc.bytes(doc.root), Some(&[0xff, 0x00, b'A'][..]));
+    }
+
+    #[test]
+    fn codecs_encode_refuses_wide_characters() {
+        let p = b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00\xc4\x80X\x06\x00\x00\x00latin1\x86R.";
+        assert!(error(p)
+            .message
+            .contains("U+0100 is not a latin1 character"));
+    }
+
+    #[test]
+    fn protocol4_opcodes() {
+        // FRAME, SHORT_BINUNICODE, MEMOIZE, BINBYTES8, NEWTRUE, EMPTY_TUPLE.
+        let mut p = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00".to_vec();
+        p.extend(b"}\x94(\x8c\x01a\x94\x8e\x03\x00\x00\x00\x00\x00\x00\x00xyz");
+        p.extend(b"\x8c\x01b\x88u\x8c\x01ch\x01s\x8c\x01d)s.");
+        let doc = parse(&p).unwrap();
+        assert_eq!(
+            doc.bytes(doc.get(doc.root, "a").unwrap()),
+            Some(&b"xyz"[..])
+        );
+        assert_eq!(doc.get(doc.root, "b"), Some(Value::Bool(true)));
+        // MEMOIZE numbered the dict 0 and 'a' 1; SETITEM stored c -> 'a'.
+        let c = doc.get(doc.root, "c").unwrap();
+        assert_eq!(doc.text(c), Some("a"));
+        assert_eq!(doc.items(doc.get(doc.root, "d").unwrap()), Some(&[][..]));
+    }
+
+    #[test]
+    fn refuses_protocol_5() {
+        let e = error(b"\x80\x05}.");
+        assert_eq!(e.offset, 0);
+        assert!(e.message.contains("unsupported pickle protocol 5"), "{e}");
+        let e = error(b"\x80\x04\x96\x01\x00\x00\x00\x00\x00\x00\x00x.");
+        assert!(
+            e.message.contains("unsupported opcode 0x96 (BYTEARRAY8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_opcodes_with_their_offset() {
+        // 'I' (INT, protocol 0) is not implemented.
+        let e = error(b"\x80\x02I1\n.");
+        assert_eq!(
+            e.to_string(),
+            "pickle byte 2: unsupported opcode 0x49 ('I')"
+        );
+    }
+
+    #[test]
+    fn refuses_forbidden_globals() {
+        let e = error(b"\x80\x02cos\nsystem\nU\x02ls\x85R.");
+        assert_eq!(e.offset, 2);
+        assert!(e.message.starts_with("forbidden global os.system"), "{e}");
+        let e = error(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.");
+        assert!(
+            e.message.starts_with("forbidden global builtins.eval"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncated_inputs() {
+        let full = tiny_array();
+        for cut in 0..full.len() {
+            let e = error(&full[..cut]);
+            assert!(e.message.contains("truncated"), "cut at {cut}: {e}");
+        }
+        assert!(error(b"").message.contains("ends before STOP"));
+    }
+
+    #[test]
+    fn binstring_lengths() {
+        let e = error(b"\x80\x02T\xfb\xff\xff\xff.");
+        assert_eq!(
+            e.to_string(),
+            "pickle byte 2: BINSTRING with negative length -5"
+        );
+        let e = error(b"\x80\x02T\x00\x01\x00\x00abc.");
+        assert_eq!(
+            e.message,
+            "truncated: BINSTRING needs 256 bytes, only 4 left in the input"
+        );
+    }
+
+    #[test]
+    fn stack_and_mark_errors() {
+        assert_eq!(error(b".").message, "stack underflow in STOP");
+        assert_eq!(error(b"K\x01\x86.").message, "stack underflow in TUPLE2");
+        assert_eq!(error(b"K\x01t.").message, "TUPLE without a MARK");
+        assert_eq!(error(b"]K\x01e.").message, "APPENDS without a MARK");
+        assert_eq!(error(b"q\x01.").message, "stack underflow in BINPUT");
+        assert_eq!(
+            error(b"h\x07.").message,
+            "BINGET of memo index 7, which was never stored"
+        );
+        assert_eq!(
+            error(b"K\x01K\x02a.").message,
+            "APPEND on Int(1), not a container"
+        );
+        assert_eq!(
+            error(b"}(K\x01u.").message,
+            "SETITEMS with an odd number of items (1)"
+        );
+        assert_eq!(error(b"K\x01.K").message, "1 unexpected bytes after STOP");
+    }
+
+    #[test]
+    fn build_checks_the_array_state() {
+        // Replace the dtype u1 state's byte order '|' by '>'.
+        let mut p = tiny_array();
+        let at = p.windows(3).position(|w| w == b"U\x01|").unwrap();
+        p[at + 2] = b'>';
+        let e = error(&p);
+        assert!(e.message.contains("byte order Some(\">\")"), "{e}");
+    }
+}
