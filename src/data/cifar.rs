@@ -509,7 +509,7 @@ fn binary_batch(
     split: &mut Split,
 ) -> std::result::Result<usize, String> {
     let record = layout.size();
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(format!(
             "truncated: {} bytes is not a whole number of {record}-byte records",
             bytes.len()

@@ -657,7 +657,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>, op: &str) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.err(format!(
                 "{op} with an odd number of items ({})",
                 items.len()
