@@ -708,3 +708,157 @@ fn read_members(path: &Path, kind: CifarKind) -> Result<HashMap<&'static str, Me
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A protocol-2 pickle of `{'data': array, 'labels': labels}` in the
+    /// opcodes Python 2 writes, with the array's fields given.
+    fn batch_pickle(
+        dtype: &str,
+        fortran: bool,
+        shape: (u16, u16),
+        data: &[u8],
+        labels: &[u8],
+    ) -> Vec<u8> {
+        let mut p = b"\x80\x02}q\x01(U\x04data".to_vec();
+        p.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R");
+        p.extend(b"(K\x01M");
+        p.extend(shape.0.to_le_bytes());
+        p.push(b'M');
+        p.extend(shape.1.to_le_bytes());
+        p.extend(b"\x86cnumpy\ndtype\nU");
+        p.push(dtype.len() as u8);
+        p.extend(dtype.as_bytes());
+        p.extend(b"K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb");
+        p.push(if fortran { 0x88 } else { 0x89 });
+        p.push(b'T');
+        p.extend((data.len() as u32).to_le_bytes());
+        p.extend(data);
+        p.extend(b"tbU\x06labels](");
+        for &l in labels {
+            p.extend([b'K', l]);
+        }
+        p.extend(b"eu.");
+        p
+    }
+
+    fn python10(bytes: &[u8]) -> std::result::Result<Split, String> {
+        let mut split = Split {
+            pixels: Vec::new(),
+            labels: vec![Vec::new()],
+        };
+        python_batch(bytes, CIFAR10_KEYS, &mut split)?;
+        Ok(split)
+    }
+
+    #[test]
+    fn python_batch_reads_data_and_labels() {
+        let data: Vec<u8> = (0..2 * IMAGE_BYTES).map(|i| (i % 251) as u8).collect();
+        let split = python10(&batch_pickle("u1", false, (2, 3072), &data, &[3, 9])).unwrap();
+        assert_eq!(split.pixels, data);
+        assert_eq!(split.labels, vec![vec![3, 9]]);
+    }
+
+    #[test]
+    fn python_batch_validation() {
+        let data = vec![0u8; 2 * IMAGE_BYTES];
+        let cases = [
+            (
+                batch_pickle("i2", false, (2, 3072), &data, &[0, 0]),
+                "'data' has dtype i2, expected u1",
+            ),
+            (
+                batch_pickle("u1", true, (2, 3072), &data, &[0, 0]),
+                "'data' is in Fortran (column-major) order",
+            ),
+            (
+                batch_pickle("u1", false, (3072, 2), &data, &[0, 0]),
+                "'data' has shape [3072, 2], expected (N, 3072)",
+            ),
+            (
+                batch_pickle("u1", false, (2, 3072), &data[1..], &[0, 0]),
+                "'data' holds 6143 bytes, expected 2·3072",
+            ),
+            (
+                batch_pickle("u1", false, (0, 3072), &[], &[]),
+                "the batch holds no image",
+            ),
+            (
+                batch_pickle("u1", false, (2, 3072), &data, &[0, 0, 0]),
+                "'labels' has 3 labels for 2 images",
+            ),
+            (
+                batch_pickle("u1", false, (2, 3072), &data, &[0, 10]),
+                "labels[1] = 10 is out of range (there are 10 classes)",
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(python10(&bytes).unwrap_err(), want);
+        }
+        // A dict without 'labels'.
+        let mut no_labels = batch_pickle("u1", false, (2, 3072), &data, &[0, 0]);
+        let at = no_labels
+            .windows(8)
+            .position(|w| w == b"U\x06labels")
+            .unwrap();
+        no_labels[at + 2] = b'L';
+        assert_eq!(
+            python10(&no_labels).unwrap_err(),
+            "the batch has no 'labels' entry"
+        );
+    }
+
+    #[test]
+    fn binary_batch_splits_records() {
+        // Two CIFAR-100 records: coarse label first, then fine.
+        let mut bytes = vec![19, 99];
+        bytes.extend(vec![7u8; IMAGE_BYTES]);
+        bytes.extend([0, 5]);
+        bytes.extend(vec![8u8; IMAGE_BYTES]);
+        let mut split = Split {
+            pixels: Vec::new(),
+            labels: vec![Vec::new(), Vec::new()],
+        };
+        assert_eq!(binary_batch(&bytes, CIFAR100_RECORD, &mut split), Ok(2));
+        assert_eq!(split.labels, vec![vec![99, 5], vec![19, 0]]);
+        assert_eq!(split.pixels.len(), 2 * IMAGE_BYTES);
+        assert_eq!(split.pixels[IMAGE_BYTES - 1], 7);
+        assert_eq!(split.pixels[IMAGE_BYTES], 8);
+
+        assert_eq!(
+            binary_batch(&[], CIFAR10_RECORD, &mut split),
+            Err("the batch holds no image".to_string())
+        );
+    }
+
+    #[test]
+    fn text_names_trims_and_counts() {
+        assert_eq!(text_names(b" a \r\nb\n\n", 2).unwrap(), ["a", "b"]);
+        assert_eq!(
+            text_names(b"a\nb\n", 3).unwrap_err(),
+            "2 class names, expected 3"
+        );
+        assert_eq!(text_names(b"\xff\n", 1).unwrap_err(), "not UTF-8 text");
+    }
+
+    #[test]
+    fn member_file_names() {
+        assert_eq!(
+            file_name("cifar-10-batches-py/data_batch_1"),
+            "data_batch_1"
+        );
+        assert_eq!(file_name("data_batch_1"), "data_batch_1");
+        assert_eq!(file_name("cifar-10-batches-py/"), "cifar-10-batches-py");
+        assert_eq!(
+            CifarKind::of_member("data_batch_1"),
+            Some(CifarKind::Cifar10Python)
+        );
+        assert_eq!(
+            CifarKind::of_member("test.bin"),
+            Some(CifarKind::Cifar100Binary)
+        );
+        assert_eq!(CifarKind::of_member("readme.html"), None);
+    }
+}
