@@ -148,6 +148,12 @@ pub fn detect(input: &Path) -> Result<SourceFormat> {
     if name.ends_with(".csv") {
         return Ok(SourceFormat::Csv);
     }
+    if !starts_with_gzip_magic(input)? {
+        return Err(DataError::new(
+            input,
+            "cannot tell the format: not a gzip'd CIFAR tarball, a folder of IDX files or a .csv file (see --format)",
+        ));
+    }
     match cifar::detect_tarball(input)? {
         Some(kind) if kind.format() == "cifar100" => Ok(SourceFormat::Cifar100),
         Some(_) => Ok(SourceFormat::Cifar10),
@@ -156,6 +162,14 @@ pub fn detect(input: &Path) -> Result<SourceFormat> {
             "cannot tell the format: not a CIFAR tarball, a folder of IDX files or a .csv file (see --format)",
         )),
     }
+}
+
+fn starts_with_gzip_magic(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 2];
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, "cannot open", e))?;
+    let n = file.read(&mut magic).map_err(|e| DataError::io(path, "cannot read", e))?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
 fn file_name(p: &Path) -> String {
