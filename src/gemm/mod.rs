@@ -1,1 +1,431 @@
-//! (being written) the GEMM engine.
+//! Single-precision matrix product `C = α·op(A)·op(B) + β·C`, then an
+//! epilogue, on the CPU.
+//!
+//! The engine follows Goto & van de Geijn ("Anatomy of high-performance
+//! matrix multiplication", 2008) and BLIS (Van Zee & van de Geijn, 2015):
+//! five loops around a register-blocked microkernel, with A and B packed into
+//! aligned, contiguous micro-panels (`loops.rs`, `pack.rs`, `params.rs`).
+//! Microkernels exist for AVX-512F, AVX2+FMA and portable Rust
+//! (`kernels/`), chosen once at run time ([`crate::cpu`]); small and skinny
+//! products skip packing (`small.rs`); `matrixmultiply` is the fallback and
+//! the f64 path. Every operand has its own row and column strides, so `X·Wᵀ`,
+//! `dZ·W` and `dZᵀ·X` are computed without materialising a transpose.
+//!
+//! Threads split M and N only, never K: every element of C is summed in one
+//! fixed order, so **C is bitwise identical for any thread count**.
+//!
+//! ```
+//! use fastnn::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
+//! // H = relu(X·Wᵀ + b), X [2, 3], W [4, 3]
+//! let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+//! let w = [1.0; 12];
+//! let b = [0.0, -7.0, -20.0, 1.0];
+//! let mut h = [0.0; 8];
+//! let mut ctx = GemmCtx::new(Parallelism::Single);
+//! ctx.gemm(
+//!     1.0,
+//!     MatRef::row_major(&x, 2, 3),
+//!     MatRef::row_major(&w, 4, 3).t(),
+//!     0.0,
+//!     MatMut::row_major(&mut h, 2, 4),
+//!     Epilogue::BiasAct(&b, Activation::Relu),
+//! );
+//! assert_eq!(h, [6.0, 0.0, 0.0, 7.0, 15.0, 8.0, 0.0, 16.0]);
+//! ```
+
+pub mod bench;
+mod epilogue;
+mod kernels;
+mod loops;
+mod mat;
+mod pack;
+mod params;
+pub mod reference;
+mod small;
+mod threads;
+mod workspace;
+
+pub use epilogue::{Activation, Epilogue};
+pub use mat::{MatMut, MatRef};
+pub use workspace::GemmWorkspace;
+
+pub(crate) use loops::Args;
+pub(crate) use workspace::PartWs;
+
+use crate::cpu::{self, Isa, IsaError};
+use params::Params;
+
+/// How many threads one GEMM call may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parallelism {
+    /// The calling thread only.
+    Single,
+    /// Up to `n` rayon threads: the current rayon pool when called from
+    /// inside one (`pool.install(..)`), else a pool of `n` threads built
+    /// once per process and cached.
+    Rayon(usize),
+}
+
+impl Parallelism {
+    /// A thread count as a `Parallelism` (0 and 1 mean `Single`).
+    pub fn threads(n: usize) -> Self {
+        if n <= 1 {
+            Parallelism::Single
+        } else {
+            Parallelism::Rayon(n)
+        }
+    }
+
+    fn count(self) -> usize {
+        match self {
+            Parallelism::Single => 1,
+            Parallelism::Rayon(n) => n.max(1),
+        }
+    }
+}
+
+/// Which algorithm a call uses (tests and benchmarks force one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Packed for large products, no-pack for small/skinny ones (see
+    /// [`Strategy::small_wins`]).
+    #[default]
+    Auto,
+    /// Always the packed loop nest.
+    Packed,
+    /// Always the no-pack single-thread path.
+    Small,
+}
+
+impl Strategy {
+    /// The measured switch point: true when the no-pack path is faster.
+    ///
+    /// Measured on this machine (AVX-512, 1 thread, GFLOP/s packed / small):
+    /// see `params.rs` for the table. The no-pack path wins when C is very
+    /// narrow or very short (one microkernel tile or less in that
+    /// direction) or the whole product is tiny.
+    pub fn small_wins(m: usize, k: usize, n: usize) -> bool {
+        n <= params::SMALL_MAX_N
+            || m <= params::SMALL_MAX_M
+            || m.saturating_mul(k).saturating_mul(n) <= params::SMALL_MAX_MKN
+    }
+}
+
+/// A GEMM context: the kernel family, the threads and the pack buffers.
+/// Keep one per training run; calls on it allocate nothing once the
+/// workspace has grown to the shapes used.
+pub struct GemmCtx {
+    isa: Isa,
+    par: Parallelism,
+    strategy: Strategy,
+    ws: GemmWorkspace,
+}
+
+impl GemmCtx {
+    /// The process-wide kernel ([`cpu::selected`]: best available or
+    /// `FASTNN_ISA`). Panics if `FASTNN_ISA` names a kernel this CPU lacks.
+    pub fn new(par: Parallelism) -> Self {
+        Self::build(cpu::selected(), par)
+    }
+
+    /// A specific kernel family, refused if this CPU cannot run it.
+    pub fn with_isa(isa: Isa, par: Parallelism) -> Result<Self, IsaError> {
+        Ok(Self::build(isa.check()?, par))
+    }
+
+    fn build(isa: Isa, par: Parallelism) -> Self {
+        GemmCtx {
+            isa,
+            par,
+            strategy: Strategy::Auto,
+            ws: GemmWorkspace::new(),
+        }
+    }
+
+    /// Forces an algorithm (default [`Strategy::Auto`]).
+    pub fn with_strategy(mut self, s: Strategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn parallelism(&self) -> Parallelism {
+        self.par
+    }
+
+    pub fn set_parallelism(&mut self, par: Parallelism) {
+        self.par = par;
+    }
+
+    /// The workspace (e.g. to report its size).
+    pub fn workspace(&self) -> &GemmWorkspace {
+        &self.ws
+    }
+
+    /// `C = epilogue(α·A·B + β·C)` on views. `A` is m×k, `B` k×n, `C` m×n;
+    /// transposes are views (`MatRef::t`). Panics with a message naming the
+    /// mismatch if the shapes disagree.
+    pub fn gemm(
+        &mut self,
+        alpha: f32,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        beta: f32,
+        mut c: MatMut<'_>,
+        epi: Epilogue<'_>,
+    ) {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        assert!(
+            b.rows() == k,
+            "gemm: A is {m}×{k} but B is {}×{n} (inner dimensions differ)",
+            b.rows()
+        );
+        assert!(
+            c.rows() == m && c.cols() == n,
+            "gemm: A·B is {m}×{n} but C is {}×{}",
+            c.rows(),
+            c.cols()
+        );
+        // SAFETY: the views were bounds-checked at construction; C is a
+        // unique borrow whose elements do not overlap (MatMut::new), so it
+        // cannot alias A, B or the epilogue's operands (shared borrows).
+        unsafe {
+            self.gemm_raw(
+                m,
+                k,
+                n,
+                alpha,
+                a.as_ptr(),
+                a.rs() as isize,
+                a.cs() as isize,
+                b.as_ptr(),
+                b.rs() as isize,
+                b.cs() as isize,
+                beta,
+                c.as_mut_ptr(),
+                c.rs() as isize,
+                c.cs() as isize,
+                epi,
+            )
+        }
+    }
+
+    /// `C = epilogue(α·op(A)·op(B) + β·C)` on raw pointers with
+    /// matrixmultiply-style strides: element (i, p) of op(A) is at
+    /// `a + i·rsa + p·csa`, (p, j) of op(B) at `b + p·rsb + j·csb`, (i, j) of
+    /// C at `c + i·rsc + j·csc`. Strides may be negative.
+    ///
+    /// # Safety
+    /// - `a` is valid for reads at every (i, p) offset, i < m, p < k, and
+    ///   `b` at every (p, j), p < k, j < n.
+    /// - `c` is valid for writes (and reads, if β ≠ 0) at every (i, j); the
+    ///   offsets of distinct (i, j) are distinct.
+    /// - C does not overlap A, B, or the epilogue's bias or Z, and nothing
+    ///   else reads or writes C during the call.
+    ///
+    /// The epilogue's shapes are checked (panic on mismatch). With β = 0, C
+    /// is never read (it may hold NaN or garbage).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_raw(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+        epi: Epilogue<'_>,
+    ) {
+        epi.check(m, n);
+        let args = Args {
+            m,
+            k,
+            n,
+            alpha,
+            a,
+            rsa,
+            csa,
+            b,
+            rsb,
+            csb,
+            beta,
+            c,
+            rsc,
+            csc,
+            epi: epi.raw(),
+        };
+        self.run(&args)
+    }
+
+    /// Pre-sizes the workspace for an m×k×n product, so that the first call
+    /// with that shape does not allocate either.
+    pub fn reserve(&mut self, m: usize, k: usize, n: usize) {
+        if m == 0 || n == 0 || k == 0 || self.isa == Isa::MatrixMultiply {
+            return;
+        }
+        if self.strategy == Strategy::Small
+            || (self.strategy == Strategy::Auto && Strategy::small_wins(m, k, n))
+        {
+            return;
+        }
+        let p = params_of(self.isa);
+        let split = threads::split(m, n, &p, self.par.count());
+        self.ws.ensure_parts(split.parts());
+        for (t, part) in self.ws.parts.iter_mut().take(split.parts()).enumerate() {
+            let (_, pm, _, pn) = split.part(t);
+            part.reserve(&p, pm, k, pn);
+        }
+    }
+
+    /// # Safety
+    /// `args` satisfies [`GemmCtx::gemm_raw`]'s contract.
+    unsafe fn run(&mut self, args: &Args) {
+        let Args { m, k, n, .. } = *args;
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 || args.alpha == 0.0 {
+            // C = epilogue(β·C): no product to compute.
+            for i in 0..m {
+                for j in 0..n {
+                    let cij = args.c.offset(i as isize * args.rsc + j as isize * args.csc);
+                    *cij = args.epi.finish1(0.0, 1.0, args.beta, cij, i, j);
+                }
+            }
+            return;
+        }
+        if self.isa == Isa::MatrixMultiply {
+            return fallback(args);
+        }
+        let small = match self.strategy {
+            Strategy::Small => true,
+            Strategy::Packed => false,
+            Strategy::Auto => Strategy::small_wins(m, k, n),
+        };
+        if small {
+            return run_small(self.isa, args);
+        }
+        let p = params_of(self.isa);
+        let threads = if m.saturating_mul(k).saturating_mul(n) < params::THREAD_MIN_FLOPS {
+            1
+        } else {
+            self.par.count()
+        };
+        let split = threads::split(m, n, &p, threads);
+        self.ws.ensure_parts(split.parts());
+        let isa = self.isa;
+        let parts = &mut self.ws.parts[..split.parts()];
+        if parts.len() == 1 {
+            return run_packed(isa, args, &mut parts[0]);
+        }
+        threads::for_each_part(self.par, parts, |t, ws| {
+            let (i0, pm, j0, pn) = split.part(t);
+            // SAFETY: parts tile C without overlap (threads::split), so each
+            // thread writes only its own sub-block.
+            unsafe { run_packed(isa, &args.part(i0, pm, j0, pn), ws) }
+        });
+    }
+}
+
+/// The block sizes of a kernel family.
+fn params_of(isa: Isa) -> Params {
+    match isa {
+        Isa::Avx512 => params::AVX512,
+        Isa::Avx2 => params::AVX2,
+        Isa::Scalar | Isa::MatrixMultiply => params::SCALAR,
+    }
+}
+
+/// # Safety
+/// `isa` is available; `args` satisfies the raw contract; m, n, k > 0.
+unsafe fn run_packed(isa: Isa, args: &Args, ws: &mut PartWs) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => kernels::avx512::packed(args, ws),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => kernels::avx2::packed(args, ws),
+        Isa::Scalar => kernels::scalar::packed(args, ws),
+        _ => unreachable!("gemm kernel {isa} is not available on this target"),
+    }
+}
+
+/// # Safety
+/// As [`run_packed`].
+unsafe fn run_small(isa: Isa, args: &Args) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => kernels::avx512::small(args),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => kernels::avx2::small(args),
+        Isa::Scalar => kernels::scalar::small(args),
+        _ => unreachable!("gemm kernel {isa} is not available on this target"),
+    }
+}
+
+/// `matrixmultiply::sgemm` (single-threaded), then the epilogue in a second
+/// pass over C.
+///
+/// # Safety
+/// As [`run_packed`].
+unsafe fn fallback(g: &Args) {
+    matrixmultiply::sgemm(
+        g.m, g.k, g.n, g.alpha, g.a, g.rsa, g.csa, g.b, g.rsb, g.csb, g.beta, g.c, g.rsc, g.csc,
+    );
+    if !g.epi.is_none() {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let cij = g.c.offset(i as isize * g.rsc + j as isize * g.csc);
+                *cij = g.epi.finish1(*cij, 1.0, 0.0, cij, i, j);
+            }
+        }
+    }
+}
+
+/// Convenience: `C = epilogue(α·A·B + β·C)` with the selected kernel on one
+/// thread and a fresh workspace (allocates; for tests and non-hot code).
+pub fn sgemm(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+    epi: Epilogue<'_>,
+) {
+    GemmCtx::new(Parallelism::Single).gemm(alpha, a, b, beta, c, epi)
+}
+
+/// f64 product `C = α·op(A)·op(B) + β·C` through `matrixmultiply::dgemm`
+/// (single-threaded). Strides as in [`GemmCtx::gemm_raw`].
+///
+/// # Safety
+/// As [`GemmCtx::gemm_raw`] (without epilogue).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dgemm_raw(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f64,
+    a: *const f64,
+    rsa: isize,
+    csa: isize,
+    b: *const f64,
+    rsb: isize,
+    csb: isize,
+    beta: f64,
+    c: *mut f64,
+    rsc: isize,
+    csc: isize,
+) {
+    matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+}

@@ -1,0 +1,1 @@
+//! GEMM benchmark logic (being written).

@@ -1,0 +1,227 @@
+//! Epilogues: what happens to a tile of `α·AB + β·C` before it is stored.
+//!
+//! Order of operations, identical in the vector and scalar paths (so a fused
+//! epilogue equals the unfused sequence bit for bit):
+//!
+//! ```text
+//! v = α·ab            (skipped when α = 1)
+//! v = v + β·c_old     (only when β ≠ 0: β = 0 never reads C)
+//! v = v + bias[j]     (Bias, BiasAct)
+//! v = act(v)          (Act, BiasAct)        relu: v > 0 ? v : 0, leaky: v > 0 ? v : v·slope
+//! v = v ⊙ act'(z)     (ActGrad)             relu: z > 0 ? v : 0, leaky: z > 0 ? v : v·slope
+//! ```
+
+use super::MatRef;
+
+/// An elementwise activation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `x`.
+    Identity,
+    /// `max(x, 0)` (exactly `x > 0 ? x : 0`; NaN maps to 0).
+    Relu,
+    /// `x > 0 ? x : slope·x`.
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    /// `act(x)`.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        self.scale_by_grad(x, x)
+    }
+
+    /// `v · act'(z)`, written as a select: `z > 0 ? v : (0 or v·slope)`.
+    #[inline(always)]
+    pub fn scale_by_grad(self, z: f32, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => {
+                if z > 0.0 {
+                    v
+                } else {
+                    0.0
+                }
+            }
+            Activation::LeakyRelu(slope) => {
+                if z > 0.0 {
+                    v
+                } else {
+                    v * slope
+                }
+            }
+        }
+    }
+}
+
+/// Applied to every element of C after `α·op(A)·op(B) + β·C`, in the same
+/// pass as the store.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Epilogue<'a> {
+    /// Store `α·AB + β·C`.
+    #[default]
+    None,
+    /// Add `bias[j]` to column `j` of every row (`bias.len() == n`).
+    Bias(&'a [f32]),
+    /// Apply an activation.
+    Act(Activation),
+    /// Add the bias, then apply the activation: `act(XWᵀ + b)` in one pass.
+    BiasAct(&'a [f32], Activation),
+    /// Multiply elementwise by `act'(Z)`, Z an m×n matrix with its own
+    /// strides: the backward pass `dX = (dZ·W) ⊙ act'(Z_prev)`.
+    ActGrad(MatRef<'a>, Activation),
+}
+
+impl Epilogue<'_> {
+    /// Panics with a clear message unless the epilogue fits an m×n C.
+    pub(crate) fn check(&self, m: usize, n: usize) {
+        match self {
+            Epilogue::Bias(b) | Epilogue::BiasAct(b, _) => assert!(
+                b.len() == n,
+                "gemm epilogue: bias has {} elements, C has {n} columns",
+                b.len()
+            ),
+            Epilogue::ActGrad(z, _) => assert!(
+                z.rows() == m && z.cols() == n,
+                "gemm epilogue: Z is {}×{}, C is {m}×{n}",
+                z.rows(),
+                z.cols()
+            ),
+            _ => {}
+        }
+    }
+
+    /// The raw form the kernels use.
+    pub(crate) fn raw(&self) -> Epi {
+        let mut e = Epi::NONE;
+        match *self {
+            Epilogue::None => {}
+            Epilogue::Bias(b) => e.bias = b.as_ptr(),
+            Epilogue::Act(a) => e.act = a,
+            Epilogue::BiasAct(b, a) => {
+                e.bias = b.as_ptr();
+                e.act = a;
+            }
+            Epilogue::ActGrad(z, a) => {
+                e.z = z.as_ptr();
+                e.rsz = z.rs() as isize;
+                e.csz = z.cs() as isize;
+                e.zact = a;
+            }
+        }
+        e
+    }
+}
+
+/// Raw epilogue: pointers already offset to the current tile's (0, 0).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epi {
+    /// Bias at the tile's column 0, or null.
+    pub bias: *const f32,
+    pub act: Activation,
+    /// Z at the tile's (0, 0), or null.
+    pub z: *const f32,
+    pub rsz: isize,
+    pub csz: isize,
+    pub zact: Activation,
+}
+
+// SAFETY: Epi only carries read-only pointers into data the caller keeps
+// alive and unmodified for the whole GEMM call (borrowed slices).
+unsafe impl Send for Epi {}
+unsafe impl Sync for Epi {}
+
+impl Epi {
+    pub const NONE: Epi = Epi {
+        bias: std::ptr::null(),
+        act: Activation::Identity,
+        z: std::ptr::null(),
+        rsz: 0,
+        csz: 0,
+        zact: Activation::Identity,
+    };
+
+    /// The epilogue seen from element (i, j).
+    ///
+    /// # Safety
+    /// (i, j) lies inside the C this epilogue was made for.
+    #[inline(always)]
+    pub unsafe fn at(&self, i: usize, j: usize) -> Epi {
+        let mut e = *self;
+        if !e.bias.is_null() {
+            e.bias = e.bias.add(j);
+        }
+        if !e.z.is_null() {
+            e.z = e.z.offset(i as isize * e.rsz + j as isize * e.csz);
+        }
+        e
+    }
+
+    /// True when the vector path can load Z rows directly.
+    #[inline(always)]
+    pub fn vector_ok(&self) -> bool {
+        self.z.is_null() || self.csz == 1
+    }
+
+    /// True when the epilogue does nothing.
+    pub fn is_none(&self) -> bool {
+        self.bias.is_null() && self.z.is_null() && self.act == Activation::Identity
+    }
+
+    /// Finishes one element: see the module docs for the order.
+    ///
+    /// # Safety
+    /// `c` valid for reads if β ≠ 0; bias/Z valid at (i, j).
+    #[inline(always)]
+    pub unsafe fn finish1(
+        &self,
+        ab: f32,
+        alpha: f32,
+        beta: f32,
+        c: *const f32,
+        i: usize,
+        j: usize,
+    ) -> f32 {
+        let mut v = if alpha == 1.0 { ab } else { alpha * ab };
+        if beta != 0.0 {
+            v += beta * *c;
+        }
+        if !self.bias.is_null() {
+            v += *self.bias.add(j);
+        }
+        v = self.act.apply(v);
+        if !self.z.is_null() {
+            let z = *self.z.offset(i as isize * self.rsz + j as isize * self.csz);
+            v = self.zact.scale_by_grad(z, v);
+        }
+        v
+    }
+}
+
+/// Finishes an `mr × nr` block of raw products `ab` (row-major, leading
+/// dimension `ldab`) into C.
+///
+/// # Safety
+/// `ab` valid for the block; C valid for the block with strides (rsc, csc)
+/// (read only if β ≠ 0); `epi` offset to the block's (0, 0).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn finish_scalar(
+    ab: *const f32,
+    ldab: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+    epi: &Epi,
+) {
+    for i in 0..mr {
+        for j in 0..nr {
+            let cij = c.offset(i as isize * rsc + j as isize * csc);
+            *cij = epi.finish1(*ab.add(i * ldab + j), alpha, beta, cij, i, j);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Microkernels: one generic body, one SIMD vocabulary per ISA.
+//!
+//! The MR×NR microkernel is written once ([`microkernel`]) over the small
+//! [`Simd`] trait (splat/load/store/fma/select). Each ISA module implements
+//! the trait with `std::arch` intrinsics and instantiates the whole loop nest
+//! inside one `#[target_feature]` function, so the `#[inline(always)]` body
+//! is compiled for that ISA (the matrixmultiply / pulp technique).
+//!
+//! Packed operand layout (see `pack.rs`): an A micro-panel holds, for each
+//! `p` in `0..k`, the MR values `A[i0..i0+MR, p]`; a B micro-panel holds, for
+//! each `p`, the NR = NV·LANES values `B[p, j0..j0+NR]`. The accumulators
+//! form an MR×NV grid of vectors, row `i` of the C tile being the NV vectors
+//! `acc[i][0..NV]` (C is row-preferred: our C rows are batch rows).
+
+pub(crate) mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+
+use super::epilogue::Epi;
+
+/// The SIMD vocabulary a microkernel needs.
+///
+/// All functions are `unsafe`: the x86 implementations require the CPU
+/// features their ISA names, and `load`/`store` dereference raw pointers
+/// (valid for LANES consecutive f32, no alignment required).
+pub(crate) trait Simd: Copy {
+    /// One vector of LANES f32.
+    type V: Copy;
+    /// f32 lanes per vector.
+    const LANES: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a·b + c`, fused where the ISA has FMA.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `if x > 0 { t } else { f }` (false for NaN).
+    unsafe fn select_pos(x: Self::V, t: Self::V, f: Self::V) -> Self::V;
+}
+
+/// `acc = Ã·B̃` over `k` steps: Ã an MR-row micro-panel, B̃ an NR = NV·LANES
+/// column micro-panel.
+///
+/// # Safety
+/// `a` is valid for `k·MR` reads and `b` for `k·NV·LANES` reads; the CPU
+/// supports `S`.
+#[inline(always)]
+pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+) -> [[S::V; NV]; MR] {
+    let nr = NV * S::LANES;
+    let mut acc = [[S::zero(); NV]; MR];
+    let mut a = a;
+    let mut b = b;
+    for _ in 0..k {
+        let mut bv = [S::zero(); NV];
+        for (v, bvv) in bv.iter_mut().enumerate() {
+            *bvv = S::load(b.add(v * S::LANES));
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = S::splat(*a.add(i));
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = S::fma(ai, bv[v], *x);
+            }
+        }
+        a = a.add(MR);
+        b = b.add(nr);
+    }
+    acc
+}
+
+/// Applies α, β·C and the epilogue to one vector of products and stores it
+/// at `c` (LANES contiguous elements of row `i`, starting at column `j`).
+/// Same operations, in the same order, as [`super::epilogue::finish_scalar`].
+///
+/// # Safety
+/// `c` valid for LANES reads (if β ≠ 0) and writes; `epi` valid at (i, j..j+LANES)
+/// with `epi.vector_ok()`; the CPU supports `S`.
+#[inline(always)]
+pub(crate) unsafe fn finish_vec<S: Simd>(
+    ab: S::V,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    epi: &Epi,
+    i: usize,
+    j: usize,
+) {
+    let mut v = if alpha == 1.0 {
+        ab
+    } else {
+        S::mul(S::splat(alpha), ab)
+    };
+    if beta != 0.0 {
+        v = S::add(v, S::mul(S::splat(beta), S::load(c)));
+    }
+    if !epi.bias.is_null() {
+        v = S::add(v, S::load(epi.bias.add(j)));
+    }
+    v = act_vec::<S>(epi.act, v, v);
+    if !epi.z.is_null() {
+        let z = S::load(epi.z.offset(i as isize * epi.rsz + j as isize));
+        v = act_vec::<S>(epi.zact, z, v);
+    }
+    S::store(c, v);
+}
+
+/// `x > 0 ? v : (v·slope or 0)`: with x = v this is the activation, with
+/// x = z it multiplies v by act'(z).
+#[inline(always)]
+unsafe fn act_vec<S: Simd>(act: super::Activation, x: S::V, v: S::V) -> S::V {
+    use super::Activation;
+    match act {
+        Activation::Identity => v,
+        Activation::Relu => S::select_pos(x, v, S::zero()),
+        Activation::LeakyRelu(slope) => S::select_pos(x, v, S::mul(v, S::splat(slope))),
+    }
+}
+
+/// Stores one MR×NR tile of products: straight from registers into C when the
+/// tile is full and rows of C (and Z) are contiguous, else through `tile`
+/// (an aligned scratch of at least MR·NR floats) and the scalar finish, which
+/// writes only the valid `mr × nr` corner.
+///
+/// # Safety
+/// C valid for the `mr × nr` tile at `c` with strides (rsc, csc), reads only
+/// if β ≠ 0; `epi` already offset to this tile; `tile` valid for MR·NR
+/// writes; the CPU supports `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
+    acc: &[[S::V; NV]; MR],
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+    epi: &Epi,
+    tile: *mut f32,
+) {
+    let nr_full = NV * S::LANES;
+    if mr == MR && nr == nr_full && csc == 1 && epi.vector_ok() {
+        for (i, row) in acc.iter().enumerate() {
+            let ci = c.offset(i as isize * rsc);
+            for (v, x) in row.iter().enumerate() {
+                finish_vec::<S>(*x, alpha, beta, ci.add(v * S::LANES), epi, i, v * S::LANES);
+            }
+        }
+    } else {
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                S::store(tile.add(i * nr_full + v * S::LANES), *x);
+            }
+        }
+        super::epilogue::finish_scalar(tile, nr_full, mr, nr, alpha, beta, c, rsc, csc, epi);
+    }
+}

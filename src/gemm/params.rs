@@ -1,0 +1,69 @@
+//! Block sizes, one table per ISA.
+//!
+//! The loop nest (see `loops.rs`) is BLIS's with the roles of A and B
+//! swapped, because our microkernel is row-preferred (C rows are batch rows):
+//! an MR-row micro-panel of Ã stays in L1 while LOOP 1 streams the NR-wide
+//! micro-panels of B̃ from L2; the KC×NC block B̃ lives in L2, the MC×KC
+//! block Ã in L2/L3.
+//!
+//! This machine (measured with `lscpu`): L1d 48 KiB, L2 2 MiB per core.
+
+/// Block sizes of one kernel family. MC is a multiple of MR, NC of NR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Params {
+    /// Rows of the microkernel tile (LOOP 2 step). Ã micro-panel: MR×KC.
+    pub mr: usize,
+    /// Vectors per tile row; NR = nv·LANES (LOOP 1 step). B̃ micro-panel: KC×NR.
+    pub nv: usize,
+    /// NR, the tile width in floats.
+    pub nr: usize,
+    /// LOOP 5 (IC) step: rows of the packed block Ã (MC×KC floats, one per thread).
+    pub mc: usize,
+    /// LOOP 4 (PC) step: the depth of Ã and B̃; an Ã micro-panel (MR×KC) must fit L1.
+    pub kc: usize,
+    /// LOOP 3 (JC) step: columns of the packed block B̃ (KC×NC floats, one per thread), L2-resident.
+    pub nc: usize,
+}
+
+/// AVX-512F: 12×32 tile (24 zmm accumulators).
+/// Ã micro-panel 12×512×4 B = 24 KiB (half of L1d); B̃ block 512×768×4 B = 1.5 MiB (L2).
+pub(crate) const AVX512: Params = Params {
+    mr: 12,
+    nv: 2,
+    nr: 32,
+    mc: 1020,
+    kc: 512,
+    nc: 768,
+};
+
+/// AVX2+FMA: 6×16 tile (12 ymm accumulators).
+/// Ã micro-panel 6×512×4 B = 12 KiB; B̃ block 512×768×4 B = 1.5 MiB (L2).
+pub(crate) const AVX2: Params = Params {
+    mr: 6,
+    nv: 2,
+    nr: 16,
+    mc: 1020,
+    kc: 512,
+    nc: 768,
+};
+
+/// Portable: 4×8 tile.
+pub(crate) const SCALAR: Params = Params {
+    mr: 4,
+    nv: 1,
+    nr: 8,
+    mc: 256,
+    kc: 256,
+    nc: 512,
+};
+
+/// Products with fewer multiply-adds than this run single-threaded
+/// (thread start-up and the duplicated Ã packing do not pay below it).
+pub(crate) const THREAD_MIN_FLOPS: usize = 1 << 20;
+
+/// No-pack path when C has at most this many columns (the 10-class layer).
+pub(crate) const SMALL_MAX_N: usize = 16;
+/// No-pack path when C has at most this many rows.
+pub(crate) const SMALL_MAX_M: usize = 4;
+/// No-pack path when m·k·n is at most this.
+pub(crate) const SMALL_MAX_MKN: usize = 32 * 32 * 32;

@@ -1,0 +1,146 @@
+//! Splitting C between threads, and the cached rayon pools.
+//!
+//! C is cut into at most `threads` rectangles along N (or along M when C is
+//! taller than wide), on NR (MR) boundaries. Each thread runs the whole loop
+//! nest on its rectangle with its own pack buffers: no barrier, no shared
+//! packed panel, and every element is computed exactly as on one thread.
+
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+use super::params::Params;
+use super::workspace::PartWs;
+use super::Parallelism;
+
+/// How C is cut.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Split {
+    m: usize,
+    n: usize,
+    /// Rows per part (a multiple of MR) when splitting M, else m.
+    step_m: usize,
+    /// Columns per part (a multiple of NR) when splitting N, else n.
+    step_n: usize,
+}
+
+impl Split {
+    pub fn parts(&self) -> usize {
+        self.m.div_ceil(self.step_m) * self.n.div_ceil(self.step_n)
+    }
+
+    /// Part `t` as (i0, rows, j0, cols).
+    pub fn part(&self, t: usize) -> (usize, usize, usize, usize) {
+        let pn = self.n.div_ceil(self.step_n);
+        let (ti, tj) = (t / pn, t % pn);
+        let (i0, j0) = (ti * self.step_m, tj * self.step_n);
+        (
+            i0,
+            self.step_m.min(self.m - i0),
+            j0,
+            self.step_n.min(self.n - j0),
+        )
+    }
+}
+
+/// Cuts an m×n C into at most `threads` parts.
+pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize) -> Split {
+    let whole = Split {
+        m,
+        n,
+        step_m: m,
+        step_n: n,
+    };
+    if threads <= 1 {
+        return whole;
+    }
+    let (tiles_m, tiles_n) = (m.div_ceil(p.mr), n.div_ceil(p.nr));
+    if tiles_n >= tiles_m.min(threads) || tiles_n >= 2 * threads {
+        // Along N: each thread packs its own columns of B̃, all of Ã.
+        let per = tiles_n.div_ceil(threads.min(tiles_n));
+        Split {
+            step_n: per * p.nr,
+            ..whole
+        }
+    } else {
+        let per = tiles_m.div_ceil(threads.min(tiles_m));
+        Split {
+            step_m: per * p.mr,
+            ..whole
+        }
+    }
+}
+
+/// The cached pool of `n` threads (built on first use).
+fn pool(n: usize) -> Arc<ThreadPool> {
+    static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(k, _)| *k == n) {
+        return p.clone();
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("fastnn-gemm-{i}"))
+            .build()
+            .expect("cannot start the gemm thread pool"),
+    );
+    pools.push((n, p.clone()));
+    p
+}
+
+/// Runs `f(t, ws_t)` for every part, in parallel.
+pub(crate) fn for_each_part<F>(par: Parallelism, parts: &mut [PartWs], f: F)
+where
+    F: Fn(usize, &mut PartWs) + Sync + Send,
+{
+    let go = |parts: &mut [PartWs]| {
+        parts
+            .par_iter_mut()
+            .enumerate()
+            .with_max_len(1)
+            .for_each(|(t, ws)| f(t, ws))
+    };
+    if rayon::current_thread_index().is_some() {
+        // Inside a caller's pool (`pool.install`): use it.
+        go(parts)
+    } else {
+        let n = match par {
+            Parallelism::Single => 1,
+            Parallelism::Rayon(n) => n,
+        };
+        pool(n).install(|| go(parts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemm::params;
+
+    #[test]
+    fn parts_tile_c_exactly() {
+        for (m, n, t) in [
+            (128, 1024, 2),
+            (1024, 128, 2),
+            (100, 40, 3),
+            (13, 7, 4),
+            (1, 1, 2),
+        ] {
+            let s = split(m, n, &params::AVX512, t);
+            assert!(s.parts() <= t.max(1));
+            let mut seen = vec![0u8; m * n];
+            for p in 0..s.parts() {
+                let (i0, pm, j0, pn) = s.part(p);
+                assert!(i0 % params::AVX512.mr == 0 && j0 % params::AVX512.nr == 0);
+                for i in i0..i0 + pm {
+                    for j in j0..j0 + pn {
+                        seen[i * n + j] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&x| x == 1), "{m}×{n} over {t}");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Pack buffers, kept by the caller between calls.
+
+use super::params::Params;
+use crate::buf::AlignedBuf;
+
+/// Largest microkernel tile, in floats (12×32 = 384).
+const TILE_MAX: usize = 512;
+
+/// The buffers of one thread: Ã, B̃ and the edge-tile scratch.
+pub(crate) struct PartWs {
+    pub a: AlignedBuf<f32>,
+    pub b: AlignedBuf<f32>,
+    pub tile: AlignedBuf<f32>,
+}
+
+impl PartWs {
+    fn new() -> Self {
+        PartWs {
+            a: AlignedBuf::zeroed(0),
+            b: AlignedBuf::zeroed(0),
+            tile: AlignedBuf::zeroed(TILE_MAX),
+        }
+    }
+
+    /// Grows Ã and B̃ to fit an m×k×n problem with block sizes `p` (no-op
+    /// once large enough: the hot path does not allocate).
+    pub fn reserve(&mut self, p: &Params, m: usize, k: usize, n: usize) {
+        let kc = p.kc.min(k);
+        let a_len = p.mc.min(m.div_ceil(p.mr) * p.mr) * kc;
+        let b_len = p.nc.min(n.div_ceil(p.nr) * p.nr) * kc;
+        if self.a.len() < a_len {
+            self.a = AlignedBuf::zeroed(a_len);
+        }
+        if self.b.len() < b_len {
+            self.b = AlignedBuf::zeroed(b_len);
+        }
+    }
+}
+
+/// Workspace for [`super::GemmCtx`]: one set of pack buffers per thread.
+///
+/// Buffers grow on first use to the block sizes a shape needs (at most
+/// MC×KC + KC×NC floats per thread, see `params.rs`) and are reused after:
+/// once every shape has run once (or after [`GemmWorkspace::reserve`]), a
+/// call allocates nothing.
+pub struct GemmWorkspace {
+    pub(crate) parts: Vec<PartWs>,
+}
+
+impl Default for GemmWorkspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GemmWorkspace {
+    /// An empty workspace (grows on first use).
+    pub fn new() -> Self {
+        GemmWorkspace { parts: Vec::new() }
+    }
+
+    /// Makes room for `threads` parts.
+    pub(crate) fn ensure_parts(&mut self, threads: usize) {
+        while self.parts.len() < threads {
+            self.parts.push(PartWs::new());
+        }
+    }
+
+    /// Bytes currently held.
+    pub fn bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| (p.a.len() + p.b.len() + p.tile.len()) * 4)
+            .sum()
+    }
+}

@@ -1,0 +1,631 @@
+//! Every GEMM kernel, forced per call, against the f64 reference.
+//!
+//! Error bound (stated once, used everywhere): for an element with
+//! `scale = |α|·Σ_p |a_ip||b_pj| + |β||c_ij| + |bias_j|` (from
+//! `gemm::reference`),
+//!
+//! ```text
+//! |c − ref| ≤ (K + 3) · ε · scale,      ε = f32::EPSILON = 2u
+//! ```
+//!
+//! K roundings for the sum in any order (with or without FMA), 3 more for
+//! α·, +β·c and +bias; the classical worst case is γ_{K+3} ≈ (K+3)·u, so
+//! this bound has a factor 2 of slack and nothing more. Activations are
+//! 1-Lipschitz selects and do not add error.
+
+use fastnn::cpu::Isa;
+use fastnn::gemm::{
+    reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy,
+};
+
+/// Deterministic pseudo-random floats in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// How an operand is laid out in memory.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// Row-major with 3 padding floats per row (a view into a bigger matrix).
+    RowPadded,
+    /// Column-major.
+    Col,
+    /// Neither stride is 1.
+    Strided,
+}
+
+/// (strides, buffer length) for a rows×cols operand.
+fn strides(l: Layout, rows: usize, cols: usize) -> (usize, usize, usize) {
+    let (rs, cs) = match l {
+        Layout::RowPadded => (cols + 3, 1),
+        Layout::Col => (1, rows),
+        Layout::Strided => (2, 2 * rows + 1),
+    };
+    let len = if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    };
+    (rs, cs, len + 5)
+}
+
+/// Contexts for every kernel family this CPU has, × both strategies.
+/// Missing kernels are reported, not silently passed.
+fn contexts(par: Parallelism) -> Vec<(String, GemmCtx)> {
+    let mut out = Vec::new();
+    for isa in Isa::ALL {
+        match GemmCtx::with_isa(isa, par) {
+            Ok(_) => {
+                let strategies: &[Strategy] = if isa == Isa::MatrixMultiply {
+                    &[Strategy::Auto]
+                } else {
+                    &[Strategy::Packed, Strategy::Small]
+                };
+                for &s in strategies {
+                    let ctx = GemmCtx::with_isa(isa, par).unwrap().with_strategy(s);
+                    out.push((format!("{isa}/{s:?}"), ctx));
+                }
+            }
+            Err(e) => println!("SKIPPED gemm kernel {isa}: {e}"),
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug)]
+enum EpiKind {
+    None,
+    Bias,
+    BiasRelu,
+    Leaky,
+    ReluGrad,
+    LeakyGrad,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_one(
+    name: &str,
+    ctx: &mut GemmCtx,
+    rng: &mut Rng,
+    (m, k, n): (usize, usize, usize),
+    ta: bool,
+    tb: bool,
+    lc: Layout,
+    alpha: f32,
+    beta: f32,
+    ek: EpiKind,
+) {
+    // op(A) is m×k: stored k×m and viewed transposed when ta.
+    let (ar, ac) = if ta { (k, m) } else { (m, k) };
+    let la = if (m + k) % 2 == 0 {
+        Layout::RowPadded
+    } else {
+        Layout::Strided
+    };
+    let (rsa, csa, lena) = strides(la, ar, ac);
+    let abuf = rng.vec(lena);
+    let a = MatRef::new(&abuf, ar, ac, rsa, csa);
+    let a = if ta { a.t() } else { a };
+    let (br, bc) = if tb { (n, k) } else { (k, n) };
+    let (rsb, csb, lenb) = strides(Layout::RowPadded, br, bc);
+    let bbuf = rng.vec(lenb);
+    let b = MatRef::new(&bbuf, br, bc, rsb, csb);
+    let b = if tb { b.t() } else { b };
+    let (rsc, csc, lenc) = strides(lc, m, n);
+    let mut cbuf = if beta == 0.0 {
+        vec![f32::NAN; lenc]
+    } else {
+        rng.vec(lenc)
+    };
+    let c_old = cbuf.clone();
+    let bias = rng.vec(n);
+    let zbuf = rng.vec(m * n);
+    let z = MatRef::row_major(&zbuf, m, n);
+    let epi = match ek {
+        EpiKind::None => Epilogue::None,
+        EpiKind::Bias => Epilogue::Bias(&bias),
+        EpiKind::BiasRelu => Epilogue::BiasAct(&bias, Activation::Relu),
+        EpiKind::Leaky => Epilogue::Act(Activation::LeakyRelu(0.01)),
+        EpiKind::ReluGrad => Epilogue::ActGrad(z, Activation::Relu),
+        EpiKind::LeakyGrad => Epilogue::ActGrad(z.t().t(), Activation::LeakyRelu(0.1)),
+    };
+    ctx.gemm(
+        alpha,
+        a,
+        b,
+        beta,
+        MatMut::new(&mut cbuf, m, n, rsc, csc),
+        epi,
+    );
+    let (want, scale) =
+        reference::gemm(alpha, a, b, beta, MatRef::new(&c_old, m, n, rsc, csc), epi);
+    let eps = f32::EPSILON as f64;
+    for i in 0..m {
+        for j in 0..n {
+            let got = cbuf[i * rsc + j * csc] as f64;
+            let bound = (k as f64 + 3.0) * eps * scale[i * n + j];
+            let err = (got - want[i * n + j]).abs();
+            assert!(
+                err <= bound,
+                "{name}: {m}×{k}×{n} ta={ta} tb={tb} C {lc:?} α={alpha} β={beta} {ek:?}: \
+                 C[{i},{j}] = {got}, reference {}, |err| {err:e} > bound {bound:e}",
+                want[i * n + j]
+            );
+        }
+    }
+    // Elements outside the C view are untouched.
+    let inside: std::collections::HashSet<usize> = (0..m)
+        .flat_map(|i| (0..n).map(move |j| i * rsc + j * csc))
+        .collect();
+    for (x, (new, old)) in cbuf.iter().zip(&c_old).enumerate() {
+        if !inside.contains(&x) {
+            assert!(
+                new.to_bits() == old.to_bits(),
+                "{name}: wrote outside C at {x}"
+            );
+        }
+    }
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (7, 13, 33),
+    (33, 257, 13),
+    (13, 1, 7),
+    (1, 33, 257),
+    (257, 33, 1),
+    (2, 5, 3),
+    // around MR (4, 6, 12) and NR (8, 16, 32)
+    (3, 9, 7),
+    (5, 17, 15),
+    (11, 8, 31),
+    (12, 19, 32),
+    (13, 20, 33),
+    (25, 3, 65),
+    // around KC (256, 512)
+    (13, 511, 17),
+    (7, 513, 33),
+    (25, 257, 40),
+];
+
+#[test]
+fn every_kernel_matches_reference_all_transposes() {
+    let mut rng = Rng(1);
+    for (name, mut ctx) in contexts(Parallelism::Single) {
+        for &shape in SHAPES {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                for (alpha, beta) in [(1.0, 0.0), (-0.75, 1.0), (1.0, 0.5), (0.5, 0.0)] {
+                    let lc = if shape.0 % 2 == 0 {
+                        Layout::Col
+                    } else {
+                        Layout::RowPadded
+                    };
+                    check_one(
+                        &name,
+                        &mut ctx,
+                        &mut rng,
+                        shape,
+                        ta,
+                        tb,
+                        lc,
+                        alpha,
+                        beta,
+                        EpiKind::None,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_strided_and_column_major_c() {
+    let mut rng = Rng(2);
+    for (name, mut ctx) in contexts(Parallelism::Single) {
+        for &shape in &[(13, 20, 33), (12, 64, 32), (37, 41, 70)] {
+            for lc in [Layout::RowPadded, Layout::Col, Layout::Strided] {
+                check_one(
+                    &name,
+                    &mut ctx,
+                    &mut rng,
+                    shape,
+                    false,
+                    true,
+                    lc,
+                    1.5,
+                    0.5,
+                    EpiKind::BiasRelu,
+                );
+                check_one(
+                    &name,
+                    &mut ctx,
+                    &mut rng,
+                    shape,
+                    true,
+                    false,
+                    lc,
+                    1.0,
+                    0.0,
+                    EpiKind::ReluGrad,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_large_blocks() {
+    // Around MC (1020) and NC (768) with a small K, and several KC blocks.
+    let mut rng = Rng(3);
+    for (name, mut ctx) in contexts(Parallelism::Single) {
+        for &shape in &[(1021, 3, 40), (20, 5, 769), (40, 1100, 70)] {
+            check_one(
+                &name,
+                &mut ctx,
+                &mut rng,
+                shape,
+                false,
+                false,
+                Layout::RowPadded,
+                1.0,
+                0.5,
+                EpiKind::Bias,
+            );
+            check_one(
+                &name,
+                &mut ctx,
+                &mut rng,
+                shape,
+                true,
+                true,
+                Layout::RowPadded,
+                1.0,
+                0.0,
+                EpiKind::LeakyGrad,
+            );
+        }
+    }
+}
+
+#[test]
+fn every_kernel_every_epilogue() {
+    let mut rng = Rng(4);
+    let kinds = [
+        EpiKind::None,
+        EpiKind::Bias,
+        EpiKind::BiasRelu,
+        EpiKind::Leaky,
+        EpiKind::ReluGrad,
+        EpiKind::LeakyGrad,
+    ];
+    for (name, mut ctx) in contexts(Parallelism::Single) {
+        for &shape in &[
+            (1, 1, 1),
+            (13, 33, 7),
+            (24, 70, 64),
+            (35, 600, 45),
+            (128, 50, 10),
+        ] {
+            for ek in kinds {
+                for beta in [0.0, 1.0] {
+                    check_one(
+                        &name,
+                        &mut ctx,
+                        &mut rng,
+                        shape,
+                        false,
+                        true,
+                        Layout::RowPadded,
+                        1.0,
+                        beta,
+                        ek,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The unfused operation applied to C[i, j].
+type Unfused<'a> = dyn Fn(usize, usize, f32) -> f32 + 'a;
+
+/// The fused epilogue equals the GEMM followed by the same operations in a
+/// separate pass, bit for bit.
+#[test]
+fn fused_epilogue_equals_unfused_bitwise() {
+    let mut rng = Rng(5);
+    for (name, mut ctx) in contexts(Parallelism::Single) {
+        for &(m, k, n) in &[(13, 33, 7), (24, 70, 64), (37, 600, 45), (128, 64, 10)] {
+            let a = rng.vec(m * k);
+            let w = rng.vec(n * k);
+            let bias = rng.vec(n);
+            let z = rng.vec(m * n);
+            let c0 = rng.vec(m * n);
+            let a = MatRef::row_major(&a, m, k);
+            let b = MatRef::row_major(&w, n, k).t();
+            let zv = MatRef::row_major(&z, m, n);
+            let cases: [(Epilogue, &Unfused); 4] = [
+                (Epilogue::Bias(&bias), &|_, j, v| v + bias[j]),
+                (Epilogue::BiasAct(&bias, Activation::Relu), &|_, j, v| {
+                    Activation::Relu.apply(v + bias[j])
+                }),
+                (Epilogue::Act(Activation::LeakyRelu(0.2)), &|_, _, v| {
+                    Activation::LeakyRelu(0.2).apply(v)
+                }),
+                (
+                    Epilogue::ActGrad(zv, Activation::LeakyRelu(0.3)),
+                    &|i, j, v| Activation::LeakyRelu(0.3).scale_by_grad(z[i * n + j], v),
+                ),
+            ];
+            for (epi, unfused) in cases {
+                for beta in [0.0, 0.5] {
+                    let mut plain = c0.clone();
+                    ctx.gemm(
+                        0.5,
+                        a,
+                        b,
+                        beta,
+                        MatMut::row_major(&mut plain, m, n),
+                        Epilogue::None,
+                    );
+                    let mut fused = c0.clone();
+                    ctx.gemm(0.5, a, b, beta, MatMut::row_major(&mut fused, m, n), epi);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want = unfused(i, j, plain[i * n + j]);
+                            assert_eq!(
+                                fused[i * n + j].to_bits(),
+                                want.to_bits(),
+                                "{name} {m}×{k}×{n} {epi:?} at ({i},{j})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 1 thread vs 2 (and 3) threads, in separate rayon pools and through the
+/// cached pools: bit-identical C, on shapes split along N and along M.
+#[test]
+fn threads_do_not_change_bits() {
+    let mut rng = Rng(6);
+    let pool1 = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let pool2 = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for isa in Isa::ALL {
+        if let Err(e) = isa.check() {
+            println!("SKIPPED gemm kernel {isa}: {e}");
+            continue;
+        }
+        // (m, k, n): split along N, along M, ragged both ways, multi-KC.
+        for &(m, k, n, tb) in &[
+            (128, 300, 1024, true),
+            (600, 200, 20, false),
+            (130, 700, 77, true),
+            (1024, 128, 96, false),
+        ] {
+            let a = rng.vec(m * k);
+            let bv = rng.vec(k * n);
+            let bias = rng.vec(n);
+            let a = MatRef::row_major(&a, m, k);
+            let b = if tb {
+                MatRef::row_major(&bv, n, k).t()
+            } else {
+                MatRef::row_major(&bv, k, n)
+            };
+            let run = |par: Parallelism, pool: Option<&rayon::ThreadPool>| {
+                let mut ctx = GemmCtx::with_isa(isa, par)
+                    .unwrap()
+                    .with_strategy(Strategy::Packed);
+                let mut c = vec![f32::NAN; m * n];
+                let mut go = || {
+                    ctx.gemm(
+                        1.0,
+                        a,
+                        b,
+                        0.0,
+                        MatMut::row_major(&mut c, m, n),
+                        Epilogue::BiasAct(&bias, Activation::Relu),
+                    )
+                };
+                match pool {
+                    Some(p) => p.install(go),
+                    None => go(),
+                }
+                c
+            };
+            let one = run(Parallelism::Single, None);
+            let in_pool1 = run(Parallelism::Rayon(1), Some(&pool1));
+            let in_pool2 = run(Parallelism::Rayon(2), Some(&pool2));
+            let cached2 = run(Parallelism::Rayon(2), None);
+            let cached3 = run(Parallelism::Rayon(3), None);
+            for (what, c) in [
+                ("pool1", &in_pool1),
+                ("pool2", &in_pool2),
+                ("cached2", &cached2),
+                ("cached3", &cached3),
+            ] {
+                let same = one
+                    .iter()
+                    .zip(c.iter())
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{isa} {m}×{k}×{n}: {what} differs from 1 thread");
+            }
+        }
+    }
+}
+
+#[test]
+fn threaded_matches_reference() {
+    let mut rng = Rng(7);
+    for (name, mut ctx) in contexts(Parallelism::Rayon(2)) {
+        for &shape in &[(128, 300, 200), (300, 100, 20)] {
+            check_one(
+                &name,
+                &mut ctx,
+                &mut rng,
+                shape,
+                false,
+                true,
+                Layout::RowPadded,
+                1.0,
+                0.0,
+                EpiKind::BiasRelu,
+            );
+            check_one(
+                &name,
+                &mut ctx,
+                &mut rng,
+                shape,
+                true,
+                false,
+                Layout::Col,
+                0.5,
+                0.5,
+                EpiKind::ReluGrad,
+            );
+        }
+    }
+}
+
+#[test]
+fn negative_strides_raw() {
+    // op(A) and C traversed backwards through the raw entry point.
+    let (m, k, n) = (9, 21, 35);
+    let mut rng = Rng(8);
+    let a = rng.vec(m * k);
+    let b = rng.vec(k * n);
+    for (name, mut ctx) in contexts(Parallelism::Single) {
+        let mut c = vec![f32::NAN; m * n];
+        // SAFETY: A is read at (m-1-i)·k + p, C written at (m-1-i)·n + j:
+        // inside both buffers; C does not overlap A or B.
+        unsafe {
+            ctx.gemm_raw(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add((m - 1) * k),
+                -(k as isize),
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr().add((m - 1) * n),
+                -(n as isize),
+                1,
+                Epilogue::None,
+            )
+        };
+        let (want, scale) = reference::gemm(
+            1.0,
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            0.0,
+            MatRef::row_major(&c, m, n),
+            Epilogue::None,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let err = (c[i * n + j] as f64 - want[i * n + j]).abs();
+                assert!(
+                    err <= (k as f64 + 3.0) * f32::EPSILON as f64 * scale[i * n + j],
+                    "{name} ({i},{j})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "inner dimensions differ")]
+fn shape_mismatch_panics() {
+    let a = [0f32; 6];
+    let b = [0f32; 6];
+    let mut c = [0f32; 4];
+    let mut ctx = GemmCtx::with_isa(Isa::Scalar, Parallelism::Single).unwrap();
+    ctx.gemm(
+        1.0,
+        MatRef::row_major(&a, 2, 3),
+        MatRef::row_major(&b, 2, 3),
+        0.0,
+        MatMut::row_major(&mut c, 2, 2),
+        Epilogue::None,
+    );
+}
+
+#[test]
+#[should_panic(expected = "bias has 3 elements")]
+fn bias_mismatch_panics() {
+    let a = [0f32; 4];
+    let mut c = [0f32; 4];
+    let mut ctx = GemmCtx::with_isa(Isa::Scalar, Parallelism::Single).unwrap();
+    ctx.gemm(
+        1.0,
+        MatRef::row_major(&a, 2, 2),
+        MatRef::row_major(&a, 2, 2),
+        0.0,
+        MatMut::row_major(&mut c, 2, 2),
+        Epilogue::Bias(&[0.0; 3]),
+    );
+}
+
+#[test]
+fn k_zero_scales_c() {
+    let mut c = [1.0f32, -2.0, 3.0, -4.0];
+    let mut ctx = GemmCtx::with_isa(Isa::Scalar, Parallelism::Single).unwrap();
+    let e: [f32; 0] = [];
+    ctx.gemm(
+        1.0,
+        MatRef::row_major(&e, 2, 0),
+        MatRef::row_major(&e, 0, 2),
+        0.5,
+        MatMut::row_major(&mut c, 2, 2),
+        Epilogue::Act(Activation::Relu),
+    );
+    assert_eq!(c, [0.5, 0.0, 1.5, 0.0]);
+}
+
+#[test]
+fn dgemm_fallback() {
+    let a = [1.0f64, 2.0, 3.0, 4.0];
+    let mut c = [0.0f64; 4];
+    // SAFETY: 2×2 row-major buffers, C distinct from A.
+    unsafe {
+        fastnn::gemm::dgemm_raw(
+            2,
+            2,
+            2,
+            1.0,
+            a.as_ptr(),
+            2,
+            1,
+            a.as_ptr(),
+            2,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            2,
+            1,
+        )
+    };
+    assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
+}
