@@ -6,7 +6,10 @@ use fastnn::data::convert::{convert, ConvertOptions};
 use fastnn::data::csv::{read_csv, CsvOptions, Header, LabelColumn};
 use fastnn::data::file::{write_dataset, TENSOR_ALIGN};
 use fastnn::data::idx::{read_idx_dir, read_maybe_gzip};
-use fastnn::data::{Dataset, FeatureView, Features, Holdout, Normalize, Normalizer, RawDataset, RawSplit, SourceInfo};
+use fastnn::data::{
+    Dataset, FeatureView, Features, Holdout, Normalize, Normalizer, RawDataset, RawSplit,
+    SourceInfo,
+};
 use md5::{Digest, Md5};
 
 fn fixtures() -> PathBuf {
@@ -22,7 +25,9 @@ fn digits() -> Vec<String> {
 /// samples, and a feature that is constant on the training split.
 fn awkward() -> RawDataset {
     let d = 6;
-    let train: Vec<u8> = (0..7 * d).map(|i| if i % d == 4 { 9 } else { (i * 37 % 251) as u8 }).collect();
+    let train: Vec<u8> = (0..7 * d)
+        .map(|i| if i % d == 4 { 9 } else { (i * 37 % 251) as u8 })
+        .collect();
     let test: Vec<u8> = (0..3 * d).map(|i| (i * 11 % 256) as u8).collect();
     RawDataset {
         format: "test".to_string(),
@@ -74,7 +79,9 @@ fn round_trip_keeps_every_value_and_aligns_every_tensor() {
     assert_eq!(ds.split_names(), &["train".to_string(), "test".to_string()]);
     for split in &raw.splits {
         let view = ds.split(&split.name).unwrap();
-        let Features::U8(expected) = &split.features else { unreachable!() };
+        let Features::U8(expected) = &split.features else {
+            unreachable!()
+        };
         assert_eq!(u8_features(view.features()), expected.as_slice());
         assert_eq!(view.labels(), split.labels.as_slice());
         assert_eq!(view.dim, 6);
@@ -106,18 +113,29 @@ fn statistics_come_from_the_training_split_only() {
     let (_dir, path) = write_tmp(&raw);
     let ds = Dataset::open(&path).unwrap();
     let stats = ds.stats();
-    let Features::U8(train) = &raw.splits[0].features else { unreachable!() };
+    let Features::U8(train) = &raw.splits[0].features else {
+        unreachable!()
+    };
     let rows: Vec<&[u8]> = train.chunks(6).collect();
     for f in 0..6 {
         let xs: Vec<f64> = rows.iter().map(|r| r[f] as f64).collect();
         let mean = xs.iter().sum::<f64>() / 7.0;
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 7.0;
-        assert!((stats.feature_mean[f] as f64 - mean).abs() < 1e-4, "mean {f}");
-        assert!((stats.feature_std[f] as f64 - var.sqrt()).abs() < 1e-4, "std {f}");
+        assert!(
+            (stats.feature_mean[f] as f64 - mean).abs() < 1e-4,
+            "mean {f}"
+        );
+        assert!(
+            (stats.feature_std[f] as f64 - var.sqrt()).abs() < 1e-4,
+            "std {f}"
+        );
     }
     assert_eq!(stats.feature_std[4], 0.0, "feature 4 is constant on train");
     for c in 0..2 {
-        let xs: Vec<f64> = rows.iter().flat_map(|r| r[c * 3..c * 3 + 3].iter().map(|&x| x as f64)).collect();
+        let xs: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| r[c * 3..c * 3 + 3].iter().map(|&x| x as f64))
+            .collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / xs.len() as f64;
         assert!((stats.channel_mean[c] as f64 - mean).abs() < 1e-4);
@@ -142,13 +160,21 @@ fn gather_normalises_the_requested_rows() {
             for f in 0..6 {
                 let x = u8_features(test.features())[i * 6 + f] as f64;
                 let (mean, std) = match mode {
-                    Normalize::Feature => (stats.feature_mean[f] as f64, stats.feature_std[f] as f64),
-                    Normalize::Channel => (stats.channel_mean[f / 3] as f64, stats.channel_std[f / 3] as f64),
+                    Normalize::Feature => {
+                        (stats.feature_mean[f] as f64, stats.feature_std[f] as f64)
+                    }
+                    Normalize::Channel => (
+                        stats.channel_mean[f / 3] as f64,
+                        stats.channel_std[f / 3] as f64,
+                    ),
                     Normalize::None => (0.0, 1.0),
                 };
                 let expected = if std == 0.0 { 0.0 } else { (x - mean) / std };
                 let got = out[r * 6 + f] as f64;
-                assert!((got - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "{mode:?} row {r} feature {f}: {got} vs {expected}");
+                assert!(
+                    (got - expected).abs() <= 1e-5 * (1.0 + expected.abs()),
+                    "{mode:?} row {r} feature {f}: {got} vs {expected}"
+                );
             }
         }
     }
@@ -161,12 +187,18 @@ fn validation_is_cut_from_the_end_of_the_training_split() {
     let (train, val) = ds.train_validation(Holdout::Count(2)).unwrap();
     assert_eq!((train.len(), val.len()), (5, 2));
     assert_eq!(val.labels(), &[2, 0]);
-    assert_eq!(u8_features(val.features()), &u8_features(ds.split("train").unwrap().features())[5 * 6..]);
+    assert_eq!(
+        u8_features(val.features()),
+        &u8_features(ds.split("train").unwrap().features())[5 * 6..]
+    );
     let (train, val) = ds.train_validation(Holdout::Fraction(0.3)).unwrap();
     assert_eq!((train.len(), val.len()), (5, 2));
     let (train, val) = ds.train_validation(Holdout::Count(0)).unwrap();
     assert_eq!((train.len(), val.len()), (7, 0));
-    let err = ds.train_validation(Holdout::Count(7)).unwrap_err().to_string();
+    let err = ds
+        .train_validation(Holdout::Count(7))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("leaves no training sample"), "{err}");
 }
 
@@ -212,11 +244,17 @@ fn an_existing_output_is_kept_unless_overwrite() {
     let raw = awkward();
     let (_dir, path) = write_tmp(&raw);
     let before = std::fs::read(&path).unwrap();
-    let err = write_dataset(&raw, &SourceInfo::default(), &path, false).unwrap_err().to_string();
+    let err = write_dataset(&raw, &SourceInfo::default(), &path, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
     write_dataset(&raw, &SourceInfo::default(), &path, true).unwrap();
-    assert_ne!(std::fs::read(&path).unwrap(), before, "metadata differs, so the file was rewritten");
+    assert_ne!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "metadata differs, so the file was rewritten"
+    );
 }
 
 #[test]
@@ -225,12 +263,17 @@ fn idx_fixture_decodes_to_its_formulas() {
     assert_eq!(raw.shape, vec![1, 28, 28]);
     assert_eq!(raw.splits.len(), 1, "the fixture has no t10k files");
     let train = &raw.splits[0];
-    let Features::U8(pixels) = &train.features else { panic!("u8") };
+    let Features::U8(pixels) = &train.features else {
+        panic!("u8")
+    };
     for n in 0..12 {
         assert_eq!(train.labels[n] as usize, (n * 3) % 10);
         for y in 0..28 {
             for x in 0..28 {
-                assert_eq!(pixels[n * 784 + y * 28 + x] as usize, (n * 5 + y * 3 + x) & 0xFF);
+                assert_eq!(
+                    pixels[n * 784 + y * 28 + x] as usize,
+                    (n * 5 + y * 3 + x) & 0xFF
+                );
             }
         }
     }
@@ -239,7 +282,9 @@ fn idx_fixture_decodes_to_its_formulas() {
 #[test]
 fn csv_fixtures_with_and_without_header_match_the_idx_fixture() {
     let idx = read_idx_dir(&fixtures().join("mnist-tiny"), digits()).unwrap();
-    let Features::U8(pixels) = &idx.splits[0].features else { panic!("u8") };
+    let Features::U8(pixels) = &idx.splits[0].features else {
+        panic!("u8")
+    };
     let expected: Vec<f32> = pixels.iter().map(|&p| p as f32).collect();
     for (file, header) in [
         ("fashion-mnist_train_tiny.csv", Header::Auto),
@@ -254,13 +299,22 @@ fn csv_fixtures_with_and_without_header_match_the_idx_fixture() {
         let raw = read_csv(&fixtures().join("mnist-tiny").join(file), None, &opts).unwrap();
         assert_eq!(raw.shape, vec![784], "{file}");
         assert_eq!(raw.splits[0].labels, idx.splits[0].labels, "{file}");
-        assert_eq!(raw.splits[0].features, Features::F32(expected.clone()), "{file}");
+        assert_eq!(
+            raw.splits[0].features,
+            Features::F32(expected.clone()),
+            "{file}"
+        );
     }
     let by_name = CsvOptions {
         label: LabelColumn::Name("label".into()),
         header: Header::Auto,
     };
-    let raw = read_csv(&fixtures().join("mnist-tiny/fashion-mnist_train_tiny.csv"), None, &by_name).unwrap();
+    let raw = read_csv(
+        &fixtures().join("mnist-tiny/fashion-mnist_train_tiny.csv"),
+        None,
+        &by_name,
+    )
+    .unwrap();
     assert_eq!(raw.splits[0].labels, idx.splits[0].labels);
 }
 
@@ -273,21 +327,36 @@ fn write_text(dir: &Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn csv_string_labels_become_sorted_classes_and_test_tables_share_them() {
     let dir = tempfile::tempdir().unwrap();
-    let train = write_text(dir.path(), "train.csv", "a,b,species\n1,2,virginica\n3,4.5,setosa\n-1,0,setosa\n");
+    let train = write_text(
+        dir.path(),
+        "train.csv",
+        "a,b,species\n1,2,virginica\n3,4.5,setosa\n-1,0,setosa\n",
+    );
     let test = write_text(dir.path(), "test.csv", "a,b,species\n0,0,virginica\n");
     let opts = CsvOptions {
         label: "species".parse().unwrap(),
         header: Header::Auto,
     };
     let raw = read_csv(&train, Some(&test), &opts).unwrap();
-    assert_eq!(raw.classes, vec!["setosa".to_string(), "virginica".to_string()]);
+    assert_eq!(
+        raw.classes,
+        vec!["setosa".to_string(), "virginica".to_string()]
+    );
     assert_eq!(raw.splits[0].labels, vec![1, 0, 0]);
-    assert_eq!(raw.splits[0].features, Features::F32(vec![1.0, 2.0, 3.0, 4.5, -1.0, 0.0]));
+    assert_eq!(
+        raw.splits[0].features,
+        Features::F32(vec![1.0, 2.0, 3.0, 4.5, -1.0, 0.0])
+    );
     assert_eq!(raw.splits[1].labels, vec![1]);
 
     let unseen = write_text(dir.path(), "unseen.csv", "a,b,species\n0,0,versicolor\n");
-    let err = read_csv(&train, Some(&unseen), &opts).unwrap_err().to_string();
-    assert!(err.contains("unseen.csv") && err.contains("\"versicolor\" does not occur"), "{err}");
+    let err = read_csv(&train, Some(&unseen), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unseen.csv") && err.contains("\"versicolor\" does not occur"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -295,10 +364,26 @@ fn csv_bad_cells_and_rows_are_named_by_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let opts = CsvOptions::default();
     let cases = [
-        ("cell.csv", "label,x,y\n1,2,3\n0,4,oops\n", "line 3, column 3 (y): \"oops\" is not a number"),
-        ("width.csv", "label,x,y\n1,2,3\n0,4\n", "line 3: 2 columns, expected 3"),
-        ("nan.csv", "1,2,3\n0,NaN,3\n", "line 2, column 2 (column 2): \"NaN\" is not a finite number"),
-        ("inf.csv", "1,2,3\n0,2,-inf\n", "line 2, column 3 (column 3): \"-inf\" is not a finite number"),
+        (
+            "cell.csv",
+            "label,x,y\n1,2,3\n0,4,oops\n",
+            "line 3, column 3 (y): \"oops\" is not a number",
+        ),
+        (
+            "width.csv",
+            "label,x,y\n1,2,3\n0,4\n",
+            "line 3: 2 columns, expected 3",
+        ),
+        (
+            "nan.csv",
+            "1,2,3\n0,NaN,3\n",
+            "line 2, column 2 (column 2): \"NaN\" is not a finite number",
+        ),
+        (
+            "inf.csv",
+            "1,2,3\n0,2,-inf\n",
+            "line 2, column 3 (column 3): \"-inf\" is not a finite number",
+        ),
         ("empty.csv", "", "empty CSV file"),
     ];
     for (name, text, expected) in cases {
@@ -320,7 +405,8 @@ fn csv_bad_cells_and_rows_are_named_by_line_and_column() {
 fn idx_gz(dir: &Path, name: &str, dims: &[u32], data: &[u8]) {
     use std::io::Write;
     let mut raw = vec![0, 0, 8, dims.len() as u8];
-    dims.iter().for_each(|d| raw.extend_from_slice(&d.to_be_bytes()));
+    dims.iter()
+        .for_each(|d| raw.extend_from_slice(&d.to_be_bytes()));
     raw.extend_from_slice(data);
     let f = std::fs::File::create(dir.join(format!("{name}.gz"))).unwrap();
     let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
@@ -335,11 +421,17 @@ fn idx_folders_with_inconsistent_files_are_refused() {
     idx_gz(d, "train-images-idx3-ubyte", &[3, 2, 2], &[0; 12]);
     idx_gz(d, "train-labels-idx1-ubyte", &[2], &[0, 1]);
     let err = read_idx_dir(d, digits()).unwrap_err().to_string();
-    assert!(err.contains("train-labels-idx1-ubyte.gz: 2 labels for 3 images"), "{err}");
+    assert!(
+        err.contains("train-labels-idx1-ubyte.gz: 2 labels for 3 images"),
+        "{err}"
+    );
 
     idx_gz(d, "train-labels-idx1-ubyte", &[3], &[0, 10, 1]);
     let err = read_idx_dir(d, digits()).unwrap_err().to_string();
-    assert!(err.contains("label 1 is 10, out of range for 10 classes"), "{err}");
+    assert!(
+        err.contains("label 1 is 10, out of range for 10 classes"),
+        "{err}"
+    );
 
     idx_gz(d, "train-labels-idx1-ubyte", &[3], &[0, 9, 1]);
     idx_gz(d, "t10k-images-idx3-ubyte", &[1, 2, 2], &[0; 4]);
@@ -355,7 +447,10 @@ fn idx_folders_with_inconsistent_files_are_refused() {
     let gz = std::fs::read(&path).unwrap();
     std::fs::write(&path, &gz[..gz.len() - 10]).unwrap();
     let err = read_idx_dir(d, digits()).unwrap_err().to_string();
-    assert!(err.contains("train-images-idx3-ubyte.gz: truncated or corrupt gzip data"), "{err}");
+    assert!(
+        err.contains("train-images-idx3-ubyte.gz: truncated or corrupt gzip data"),
+        "{err}"
+    );
 }
 
 /// The real Fashion-MNIST shipped in `data/fashion-mnist`.
@@ -364,26 +459,54 @@ fn embedded_fashion_mnist_converts_with_its_published_content() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
     // The uncompressed content is upstream's (FORMATS.md §2).
     for (file, md5) in [
-        ("train-images-idx3-ubyte.gz", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-        ("t10k-labels-idx1-ubyte.gz", "15d484375f8d13e6eb1aabb0c3f46965"),
+        (
+            "train-images-idx3-ubyte.gz",
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            "15d484375f8d13e6eb1aabb0c3f46965",
+        ),
     ] {
         let raw = read_maybe_gzip(&dir.join(file)).unwrap();
-        let digest: String = Md5::digest(&raw).iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = Md5::digest(&raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(digest, md5, "{file}");
     }
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("fashion.safetensors");
     let report = convert(&dir, &path, &ConvertOptions::default()).unwrap();
-    assert_eq!(report.splits, vec![("train".to_string(), 60_000), ("test".to_string(), 10_000)]);
+    assert_eq!(
+        report.splits,
+        vec![("train".to_string(), 60_000), ("test".to_string(), 10_000)]
+    );
     let ds = Dataset::open(&path).unwrap();
-    assert_eq!(ds.classes()[0], "T-shirt/top", "the folder name says fashion");
+    assert_eq!(
+        ds.classes()[0],
+        "T-shirt/top",
+        "the folder name says fashion"
+    );
     for (split, per_class) in [("train", 6000), ("test", 1000)] {
         let mut counts = [0usize; 10];
-        ds.split(split).unwrap().labels().iter().for_each(|&l| counts[l as usize] += 1);
+        ds.split(split)
+            .unwrap()
+            .labels()
+            .iter()
+            .for_each(|&l| counts[l as usize] += 1);
         assert_eq!(counts, [per_class; 10], "{split}");
     }
     // The classic Fashion-MNIST statistics: mean 0.2860, std 0.3530 in [0, 1].
     let stats = ds.stats();
-    assert!((stats.channel_mean[0] / 255.0 - 0.2860).abs() < 1e-4, "{}", stats.channel_mean[0]);
-    assert!((stats.channel_std[0] / 255.0 - 0.3530).abs() < 1e-4, "{}", stats.channel_std[0]);
+    assert!(
+        (stats.channel_mean[0] / 255.0 - 0.2860).abs() < 1e-4,
+        "{}",
+        stats.channel_mean[0]
+    );
+    assert!(
+        (stats.channel_std[0] / 255.0 - 0.3530).abs() < 1e-4,
+        "{}",
+        stats.channel_std[0]
+    );
 }

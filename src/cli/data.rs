@@ -132,7 +132,11 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
 }
 
 fn print_report(out: &Path, report: &ConvertReport) -> Result<()> {
-    let splits: Vec<String> = report.splits.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    let splits: Vec<String> = report
+        .splits
+        .iter()
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect();
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -168,9 +172,15 @@ fn run_info(args: InfoArgs) -> Result<()> {
 fn write_info(out: &mut impl Write, ds: &Dataset) -> Result<()> {
     let meta = ds.metadata();
     let size = std::fs::metadata(ds.path()).map(|m| m.len()).unwrap_or(0);
-    writeln!(out, "file:     {} ({:.1} MB)", ds.path().display(), size as f64 / 1e6)?;
+    writeln!(
+        out,
+        "file:     {} ({:.1} MB)",
+        ds.path().display(),
+        size as f64 / 1e6
+    )?;
     let md5s: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(meta.get("source_md5").map_or("{}", String::as_str)).unwrap_or_default();
+        serde_json::from_str(meta.get("source_md5").map_or("{}", String::as_str))
+            .unwrap_or_default();
     writeln!(
         out,
         "source:   {} ({})",
@@ -185,7 +195,12 @@ fn write_info(out: &mut impl Write, ds: &Dataset) -> Result<()> {
         FeatureView::U8(_) => "u8",
         FeatureView::F32(_) => "f32",
     };
-    writeln!(out, "sample:   {} = {} {dtype} features", shape.join("×"), ds.dim())?;
+    writeln!(
+        out,
+        "sample:   {} = {} {dtype} features",
+        shape.join("×"),
+        ds.dim()
+    )?;
     let classes = ds.classes();
     writeln!(out, "classes:  {}: {}", classes.len(), classes.join(", "))?;
     if let Some(coarse) = ds.coarse_classes() {
@@ -197,17 +212,34 @@ fn write_info(out: &mut impl Write, ds: &Dataset) -> Result<()> {
         let mut counts = vec![0usize; classes.len()];
         split.labels().iter().for_each(|&l| counts[l as usize] += 1);
         if classes.len() <= 20 {
-            let hist: Vec<String> = counts.iter().enumerate().map(|(c, n)| format!("{}={n}", classes[c])).collect();
+            let hist: Vec<String> = counts
+                .iter()
+                .enumerate()
+                .map(|(c, n)| format!("{}={n}", classes[c]))
+                .collect();
             writeln!(out, "  per class: {}", hist.join(" "))?;
         } else {
-            let (lo, hi) = (counts.iter().min().unwrap_or(&0), counts.iter().max().unwrap_or(&0));
+            let (lo, hi) = (
+                counts.iter().min().unwrap_or(&0),
+                counts.iter().max().unwrap_or(&0),
+            );
             writeln!(out, "  per class: {lo} to {hi} samples")?;
         }
     }
     let stats = ds.stats();
-    let fmt = |v: &[f32]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
+    let fmt = |v: &[f32]| {
+        v.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     writeln!(out, "normalisation (training split, stored units):")?;
-    writeln!(out, "  channel mean [{}]  std [{}]", fmt(&stats.channel_mean), fmt(&stats.channel_std))?;
+    writeln!(
+        out,
+        "  channel mean [{}]  std [{}]",
+        fmt(&stats.channel_mean),
+        fmt(&stats.channel_std)
+    )?;
     let range = |v: &[f32]| {
         let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
         let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -225,13 +257,20 @@ fn write_info(out: &mut impl Write, ds: &Dataset) -> Result<()> {
 fn run_fetch(args: FetchArgs) -> Result<()> {
     let Some(remote) = fetch::remote(&args.name) else {
         let names: Vec<&str> = REMOTES.iter().map(|r| r.name).collect();
-        bail!("unknown dataset {:?}: fetch knows {}", args.name, names.join(", "));
+        bail!(
+            "unknown dataset {:?}: fetch knows {}",
+            args.name,
+            names.join(", ")
+        );
     };
     let out = args
         .output
         .unwrap_or_else(|| PathBuf::from(format!("{}.safetensors", remote.name)));
     if !args.force && out.exists() {
-        bail!("{}: already exists (use --force to overwrite it)", out.display());
+        bail!(
+            "{}: already exists (use --force to overwrite it)",
+            out.display()
+        );
     }
     if args.md5.is_some() && remote.files.len() != 1 {
         bail!("--md5 applies to single-archive datasets (cifar10, cifar100)");
@@ -260,8 +299,12 @@ fn run_fetch(args: FetchArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let opts = ConvertOptions {
-        classes: (remote.name == "fashion-mnist")
-            .then(|| fastnn::data::idx::FASHION_CLASSES.iter().map(|s| s.to_string()).collect()),
+        classes: (remote.name == "fashion-mnist").then(|| {
+            fastnn::data::idx::FASHION_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        }),
         overwrite: args.force,
         ..ConvertOptions::default()
     };
@@ -275,9 +318,11 @@ fn download_bar() -> ProgressBar {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar
 }

@@ -32,7 +32,9 @@ impl std::str::FromStr for SourceFormat {
             "cifar100" => Ok(SourceFormat::Cifar100),
             "idx" => Ok(SourceFormat::Idx),
             "csv" => Ok(SourceFormat::Csv),
-            _ => Err(format!("unknown format {s:?} (auto, cifar10, cifar100, idx or csv)")),
+            _ => Err(format!(
+                "unknown format {s:?} (auto, cifar10, cifar100, idx or csv)"
+            )),
         }
     }
 }
@@ -71,7 +73,10 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         return Err(DataError::new(input, "no such file or folder"));
     }
     if !opts.overwrite && out.exists() {
-        return Err(DataError::new(out, "already exists (use --force to overwrite it)"));
+        return Err(DataError::new(
+            out,
+            "already exists (use --force to overwrite it)",
+        ));
     }
     let format = match opts.format {
         SourceFormat::Auto => detect(input)?,
@@ -86,14 +91,23 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     // first one decodes.
     let (raw, md5s) = rayon::join(
         || read_source(input, format, opts),
-        || sources.iter().map(|p| Ok((file_name(p), md5_file(p)?))).collect::<Result<Vec<_>>>(),
+        || {
+            sources
+                .iter()
+                .map(|p| Ok((file_name(p), md5_file(p)?)))
+                .collect::<Result<Vec<_>>>()
+        },
     );
     let mut raw = raw?;
     if let Some(classes) = &opts.classes {
         if classes.len() != raw.classes.len() {
             return Err(DataError::new(
                 input,
-                format!("{} class names given, the data has {} classes", classes.len(), raw.classes.len()),
+                format!(
+                    "{} class names given, the data has {} classes",
+                    classes.len(),
+                    raw.classes.len()
+                ),
             ));
         }
         raw.classes = classes.clone();
@@ -105,7 +119,11 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     write_dataset(&raw, &source, out, opts.overwrite)?;
     Ok(ConvertReport {
         format,
-        splits: raw.splits.iter().map(|s| (s.name.clone(), s.len())).collect(),
+        splits: raw
+            .splits
+            .iter()
+            .map(|s| (s.name.clone(), s.len()))
+            .collect(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -116,14 +134,20 @@ fn read_source(input: &Path, format: SourceFormat, opts: &ConvertOptions) -> Res
         SourceFormat::Csv => super::csv::read_csv(input, opts.csv_test.as_deref(), &opts.csv),
         SourceFormat::Cifar10 | SourceFormat::Cifar100 => {
             let kind = cifar::detect_tarball(input)?.ok_or_else(|| {
-                DataError::new(input, "not a CIFAR tarball: none of the known CIFAR members was found")
+                DataError::new(
+                    input,
+                    "not a CIFAR tarball: none of the known CIFAR members was found",
+                )
             })?;
             let wanted_100 = format == SourceFormat::Cifar100;
             let wanted = if wanted_100 { "cifar100" } else { "cifar10" };
             if kind.format() != wanted {
                 return Err(DataError::new(
                     input,
-                    format!("--format {wanted} was given, but this is a {} tarball", kind.tarball_name()),
+                    format!(
+                        "--format {wanted} was given, but this is a {} tarball",
+                        kind.tarball_name()
+                    ),
                 ));
             }
             cifar::read_tarball(input, kind, opts.cifar100_labels)
@@ -168,7 +192,9 @@ fn starts_with_gzip_magic(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut magic = [0u8; 2];
     let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, "cannot open", e))?;
-    let n = file.read(&mut magic).map_err(|e| DataError::io(path, "cannot read", e))?;
+    let n = file
+        .read(&mut magic)
+        .map_err(|e| DataError::io(path, "cannot read", e))?;
     Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 

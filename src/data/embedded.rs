@@ -30,7 +30,8 @@ pub fn open_default() -> Result<(Dataset, Option<ConvertReport>)> {
         return Ok((ds, None));
     }
     if let Some(dir) = cache.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| super::DataError::io(dir, "cannot create the cache folder", e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| super::DataError::io(dir, "cannot create the cache folder", e))?;
     }
     let opts = ConvertOptions {
         format: SourceFormat::Idx,

@@ -107,7 +107,9 @@ pub fn md5_file(path: &Path) -> Result<String> {
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| DataError::io(path, "cannot read", e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| DataError::io(path, "cannot read", e))?;
         if n == 0 {
             break;
         }
@@ -133,7 +135,12 @@ pub fn download(url: &str, dest: &Path, expected_md5: &str, progress: Progress<'
     result
 }
 
-fn download_inner(url: &str, dest: &Path, expected_md5: &str, progress: Progress<'_>) -> Result<()> {
+fn download_inner(
+    url: &str,
+    dest: &Path,
+    expected_md5: &str,
+    progress: Progress<'_>,
+) -> Result<()> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(20)))
         .timeout_recv_body(Some(Duration::from_secs(120)))
@@ -166,13 +173,18 @@ fn download_inner(url: &str, dest: &Path, expected_md5: &str, progress: Progress
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| DataError::io(dest, "cannot write", e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| DataError::io(dest, "cannot write", e))?;
         received += n as u64;
         progress(received, total);
     }
-    out.flush().map_err(|e| DataError::io(dest, "cannot write", e))?;
+    out.flush()
+        .map_err(|e| DataError::io(dest, "cannot write", e))?;
     if let Some(total) = total.filter(|&t| t != received) {
-        return Err(DataError::new(url, format!("truncated download: {received} of {total} bytes")));
+        return Err(DataError::new(
+            url,
+            format!("truncated download: {received} of {total} bytes"),
+        ));
     }
     let actual = hex(&hasher.finalize());
     if actual != expected_md5.to_ascii_lowercase() {
@@ -203,9 +215,19 @@ pub fn fetch_files(
             Some(u) => format!("{}/{}", u.trim_end_matches('/'), file.name),
             None => format!("{}{}", remote.base_url, file.name),
         };
-        let md5 = if single { md5_override.unwrap_or(file.md5) } else { file.md5 };
+        let md5 = if single {
+            md5_override.unwrap_or(file.md5)
+        } else {
+            file.md5
+        };
         let dest = dir.join(file.name);
-        download(&url, &dest, md5, &mut |done, total| progress(file.name, done, total))?;
+        download(&url, &dest, md5, &mut |done, total| {
+            progress(file.name, done, total)
+        })?;
     }
-    Ok(if single { dir.join(remote.files[0].name) } else { dir.to_path_buf() })
+    Ok(if single {
+        dir.join(remote.files[0].name)
+    } else {
+        dir.to_path_buf()
+    })
 }

@@ -36,6 +36,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+
+// Tensors are mapped and read in place, and safetensors data is
+// little-endian: a big-endian CPU would need a byte-swapping copy.
+#[cfg(not(target_endian = "little"))]
+compile_error!("fastnn reads little-endian tensor files in place and needs a little-endian CPU");
 use serde_json::{json, Value};
 
 use super::error::{DataError, Result};
@@ -89,7 +94,7 @@ impl Stats {
     /// Statistics of `n` rows of `d` features laid out as `channels` planes
     /// (d = channels · plane size).
     pub fn compute(features: &Features, d: usize, channels: usize) -> Stats {
-        let n = if d == 0 { 0 } else { features.len() / d };
+        let n = features.len().checked_div(d).unwrap_or(0);
         let mut sum = vec![0f64; d];
         let mut sum_sq = vec![0f64; d];
         let mut add_row = |row: &mut dyn Iterator<Item = f64>| {
@@ -119,7 +124,7 @@ impl Stats {
             .zip(&sum_sq)
             .map(|(&s, &q)| moments(s, q, n as f64))
             .unzip();
-        let plane = if channels == 0 { 0 } else { d / channels };
+        let plane = d.checked_div(channels).unwrap_or(0);
         let (channel_mean, channel_std) = (0..channels)
             .map(|c| {
                 let r = c * plane..(c + 1) * plane;
@@ -334,7 +339,7 @@ fn header_json(tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>) -
     }
     map.insert("__metadata__".to_string(), json!(metadata));
     let mut header = Value::Object(map).to_string();
-    while (8 + header.len()) % TENSOR_ALIGN != 0 {
+    while !(8 + header.len()).is_multiple_of(TENSOR_ALIGN) {
         header.push(' ');
     }
     header
@@ -844,10 +849,6 @@ impl Dataset {
 
 /// Reinterprets 4-byte aligned little-endian bytes as f32 values.
 fn cast_f32(bytes: &[u8]) -> &[f32] {
-    assert!(
-        cfg!(target_endian = "little"),
-        "dataset files are little-endian"
-    );
     // SAFETY: every bit pattern is a valid f32; `align_to` yields an aligned
     // middle part, and the asserts below guarantee it is the whole slice (the
     // tensors were validated to start 64-byte aligned in a page-aligned map
