@@ -749,3 +749,41 @@ fn archive_that_is_not_gzip() {
         "{e}"
     );
 }
+
+// ---- real archives, when a user has them ------------------------------------
+
+/// Reads whichever of the four real archives sit in `$FASTNN_CIFAR_DIR` and
+/// checks what the CIFAR page promises: 50,000 training and 10,000 test
+/// images, classes balanced. Ignored by default (the archives are 170 MB
+/// each and never downloaded by tests):
+///
+/// ```text
+/// FASTNN_CIFAR_DIR=~/data cargo test --test cifar -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore]
+fn real_archives() {
+    let dir = PathBuf::from(std::env::var("FASTNN_CIFAR_DIR").expect("set FASTNN_CIFAR_DIR"));
+    let mut seen = 0;
+    for kind in CifarKind::ALL {
+        let path = dir.join(kind.tarball_name());
+        if !path.exists() {
+            continue;
+        }
+        seen += 1;
+        let start = std::time::Instant::now();
+        let ds = cifar::read_tarball(&path, kind, Cifar100Labels::Fine).unwrap();
+        println!("{}: read in {:?}", path.display(), start.elapsed());
+        let classes = ds.classes.len();
+        for (split, n) in ds.splits.iter().zip([50_000, 10_000]) {
+            assert_eq!(split.len(), n);
+            assert_eq!(features(split).len(), n * 3072);
+            let mut histogram = vec![0; classes];
+            for &l in &split.labels {
+                histogram[l as usize] += 1;
+            }
+            assert_eq!(histogram, vec![n / classes; classes], "{}", split.name);
+        }
+    }
+    assert!(seen > 0, "no CIFAR tarball in {}", dir.display());
+}
