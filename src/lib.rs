@@ -12,6 +12,7 @@
 //! is glue around it.
 
 pub mod buf;
-pub mod data;
 pub mod cpu;
+pub mod data;
 pub mod gemm;
+pub mod model;
