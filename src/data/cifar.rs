@@ -179,18 +179,24 @@ pub fn read_tarball(
     kind: CifarKind,
     cifar100_labels: Cifar100Labels,
 ) -> Result<RawDataset> {
-    let members = read_members(path, kind)?;
-    let member = |name: &str| &members[name];
+    // Members are taken out of the map as they are used, so each raw batch
+    // is freed once its pixels are copied into the split.
+    let mut members = read_members(path, kind)?;
+    let mut member = |name: &str| {
+        members
+            .remove(name)
+            .expect("read_members checks that every member is present")
+    };
     let (train, test, names) = match kind {
         CifarKind::Cifar10Python => {
             let train = (1..=5)
                 .map(|k| member(&format!("data_batch_{k}")))
                 .collect::<Vec<_>>();
             let meta = member("batches.meta");
-            let names = with_path(path, meta, python_meta(&meta.bytes, &["label_names"]))?;
+            let names = with_path(path, &meta, python_meta(&meta.bytes, &["label_names"]))?;
             (
-                python_split(path, &train, CIFAR10_KEYS)?,
-                python_split(path, &[member("test_batch")], CIFAR10_KEYS)?,
+                python_split(path, train, CIFAR10_KEYS)?,
+                python_split(path, vec![member("test_batch")], CIFAR10_KEYS)?,
                 names,
             )
         }
@@ -198,12 +204,12 @@ pub fn read_tarball(
             let meta = member("meta");
             let names = with_path(
                 path,
-                meta,
+                &meta,
                 python_meta(&meta.bytes, &["fine_label_names", "coarse_label_names"]),
             )?;
             (
-                python_split(path, &[member("train")], CIFAR100_KEYS)?,
-                python_split(path, &[member("test")], CIFAR100_KEYS)?,
+                python_split(path, vec![member("train")], CIFAR100_KEYS)?,
+                python_split(path, vec![member("test")], CIFAR100_KEYS)?,
                 names,
             )
         }
@@ -212,10 +218,10 @@ pub fn read_tarball(
                 .map(|k| member(&format!("data_batch_{k}.bin")))
                 .collect::<Vec<_>>();
             let meta = member("batches.meta.txt");
-            let names = vec![with_path(path, meta, text_names(&meta.bytes, 10))?];
+            let names = vec![with_path(path, &meta, text_names(&meta.bytes, 10))?];
             (
-                binary_split(path, &train, CIFAR10_RECORD)?,
-                binary_split(path, &[member("test_batch.bin")], CIFAR10_RECORD)?,
+                binary_split(path, train, CIFAR10_RECORD)?,
+                binary_split(path, vec![member("test_batch.bin")], CIFAR10_RECORD)?,
                 names,
             )
         }
@@ -223,12 +229,12 @@ pub fn read_tarball(
             let fine = member("fine_label_names.txt");
             let coarse = member("coarse_label_names.txt");
             let names = vec![
-                with_path(path, fine, text_names(&fine.bytes, 100))?,
-                with_path(path, coarse, text_names(&coarse.bytes, 20))?,
+                with_path(path, &fine, text_names(&fine.bytes, 100))?,
+                with_path(path, &coarse, text_names(&coarse.bytes, 20))?,
             ];
             (
-                binary_split(path, &[member("train.bin")], CIFAR100_RECORD)?,
-                binary_split(path, &[member("test.bin")], CIFAR100_RECORD)?,
+                binary_split(path, vec![member("train.bin")], CIFAR100_RECORD)?,
+                binary_split(path, vec![member("test.bin")], CIFAR100_RECORD)?,
                 names,
             )
         }
@@ -302,6 +308,19 @@ struct Split {
     labels: Vec<Vec<u8>>,
 }
 
+impl Split {
+    /// An empty split with room for the images of `members`: their total
+    /// size bounds the pixel count, so the pixels are never moved while the
+    /// split grows (pages reserved but never written cost no memory).
+    fn for_members(members: &[Member], label_sets: usize) -> Split {
+        let bytes = members.iter().map(|m| m.bytes.len()).sum();
+        Split {
+            pixels: Vec::with_capacity(bytes),
+            labels: vec![Vec::new(); label_sets],
+        }
+    }
+}
+
 /// Builds the dataset from the splits and the names (both in key order).
 fn assemble(
     kind: CifarKind,
@@ -343,16 +362,13 @@ fn assemble(
 // Python version
 // ---------------------------------------------------------------------------
 
-/// Concatenates python batches into one split.
-fn python_split(archive: &Path, batches: &[&Member], keys: &[LabelKey]) -> Result<Split> {
-    let mut split = Split {
-        pixels: Vec::new(),
-        labels: vec![Vec::new(); keys.len()],
-    };
+/// Concatenates python batches into one split, freeing each batch once read.
+fn python_split(archive: &Path, batches: Vec<Member>, keys: &[LabelKey]) -> Result<Split> {
+    let mut split = Split::for_members(&batches, keys.len());
     for member in batches {
         with_path(
             archive,
-            member,
+            &member,
             python_batch(&member.bytes, keys, &mut split),
         )?;
     }
@@ -485,16 +501,13 @@ fn python_meta(bytes: &[u8], keys: &[&str]) -> std::result::Result<Vec<Vec<Strin
 // Binary version
 // ---------------------------------------------------------------------------
 
-/// Concatenates binary batches into one split.
-fn binary_split(archive: &Path, batches: &[&Member], layout: &RecordLayout) -> Result<Split> {
-    let mut split = Split {
-        pixels: Vec::new(),
-        labels: vec![Vec::new(); layout.keys.len()],
-    };
+/// Concatenates binary batches into one split, freeing each batch once read.
+fn binary_split(archive: &Path, batches: Vec<Member>, layout: &RecordLayout) -> Result<Split> {
+    let mut split = Split::for_members(&batches, layout.keys.len());
     for member in batches {
         with_path(
             archive,
-            member,
+            &member,
             binary_batch(&member.bytes, layout, &mut split),
         )?;
     }
