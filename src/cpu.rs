@@ -17,7 +17,8 @@ use std::fmt;
 use std::sync::OnceLock;
 
 /// A family of GEMM microkernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Isa {
     /// AVX-512F kernels (x86-64 only).
     Avx512,

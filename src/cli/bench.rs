@@ -1,10 +1,73 @@
-//! `fastnn bench`: (being written) GEMM and training throughput.
+//! `fastnn bench`: GEMM (and, later, training) throughput of this machine.
 
-use clap::Subcommand;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use fastnn::cpu::Isa;
+use fastnn::gemm::bench::{self, BenchConfig, Shape, Trans};
 
 #[derive(Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// GFLOP/s of fastnn's GEMM next to matrixmultiply, and % of the measured peak.
+    Gemm(GemmArgs),
+}
+
+#[derive(Args)]
+pub struct GemmArgs {
+    /// Rows of op(A) and C (with --k and --n: one shape; default: the training shapes and squares).
+    #[arg(long)]
+    m: Option<usize>,
+    /// Inner dimension.
+    #[arg(long)]
+    k: Option<usize>,
+    /// Columns of op(B) and C.
+    #[arg(long)]
+    n: Option<usize>,
+    /// Transposes: NN, NT (B transposed: X·Wᵀ), TN (A transposed: dZᵀ·X), TT.
+    #[arg(long, default_value = "NN")]
+    trans: String,
+    /// Threads for fastnn (and for the split matrixmultiply baseline).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Kernel family: avx512, avx2, scalar, matrixmultiply (default: FASTNN_ISA or the best available).
+    #[arg(long)]
+    isa: Option<String>,
+    /// Timed samples per measurement (the median is reported).
+    #[arg(long, default_value_t = 11)]
+    samples: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        BenchCommand::Gemm(args) => gemm(args),
+    }
+}
+
+fn gemm(args: GemmArgs) -> anyhow::Result<()> {
+    let trans = Trans::parse(&args.trans)
+        .with_context(|| format!("--trans {:?}: expected NN, NT, TN or TT", args.trans))?;
+    let shapes = match (args.m, args.k, args.n) {
+        (Some(m), Some(k), Some(n)) => vec![Shape::new(m, k, n, trans)],
+        (None, None, None) => BenchConfig::default_shapes(),
+        _ => bail!("give all of --m, --k and --n, or none of them"),
+    };
+    let isa = args.isa.as_deref().map(Isa::parse).transpose()?;
+    let cfg = BenchConfig {
+        shapes,
+        threads: args.threads,
+        isa,
+        samples: args.samples,
+        min_sample: Duration::from_millis(20),
+    };
+    let report = bench::run(&cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }

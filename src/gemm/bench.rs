@@ -1,1 +1,460 @@
-//! GEMM benchmark logic (being written).
+//! GEMM benchmark: GFLOP/s of fastnn and matrixmultiply side by side, and
+//! this machine's measured FMA peak, for `fastnn bench gemm` (the binary
+//! only parses arguments and prints) and `benches/gemm.rs`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
+use crate::buf::AlignedBuf;
+use crate::cpu::{self, Isa, IsaError};
+
+/// Which operands are transposed: `NT` = B transposed (`X·Wᵀ`), `TN` = A
+/// transposed (`dZᵀ·X`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Trans {
+    NN,
+    NT,
+    TN,
+    TT,
+}
+
+impl Trans {
+    pub fn parse(s: &str) -> Option<Trans> {
+        match s.to_ascii_uppercase().as_str() {
+            "NN" => Some(Trans::NN),
+            "NT" => Some(Trans::NT),
+            "TN" => Some(Trans::TN),
+            "TT" => Some(Trans::TT),
+            _ => None,
+        }
+    }
+    fn ta(self) -> bool {
+        matches!(self, Trans::TN | Trans::TT)
+    }
+    fn tb(self) -> bool {
+        matches!(self, Trans::NT | Trans::TT)
+    }
+}
+
+/// An m×k×n product (A m×k, B k×n), all operands stored densely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Shape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans: Trans,
+}
+
+impl Shape {
+    pub const fn new(m: usize, k: usize, n: usize, trans: Trans) -> Self {
+        Shape { m, k, n, trans }
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.k as f64 * self.n as f64
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}×{} {:?}", self.m, self.k, self.n, self.trans)
+    }
+}
+
+/// The products of one training step of the DESIGN.md workloads
+/// (batch 128), then squares.
+pub const TRAINING_SHAPES: [Shape; 5] = [
+    Shape::new(128, 3072, 1024, Trans::NT),
+    Shape::new(128, 1024, 3072, Trans::NN),
+    Shape::new(1024, 128, 3072, Trans::TN),
+    Shape::new(128, 784, 512, Trans::NT),
+    Shape::new(128, 512, 256, Trans::NT),
+];
+
+/// Square products.
+pub const SQUARE_SHAPES: [Shape; 3] = [
+    Shape::new(512, 512, 512, Trans::NN),
+    Shape::new(1024, 1024, 1024, Trans::NN),
+    Shape::new(2048, 2048, 2048, Trans::NN),
+];
+
+/// Operands of one shape: A, B (dense, transposed in memory as asked) and C.
+pub struct Operands {
+    pub shape: Shape,
+    a: AlignedBuf<f32>,
+    b: AlignedBuf<f32>,
+    c: AlignedBuf<f32>,
+}
+
+impl Operands {
+    pub fn new(shape: Shape) -> Self {
+        let Shape { m, k, n, .. } = shape;
+        let fill = |len: usize, seed: u32| {
+            let mut v = AlignedBuf::<f32>::zeroed(len);
+            for (i, x) in v.iter_mut().enumerate() {
+                let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed);
+                *x = (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            }
+            v
+        };
+        Operands {
+            shape,
+            a: fill(m * k, 1),
+            b: fill(k * n, 2),
+            c: AlignedBuf::zeroed(m * n),
+        }
+    }
+
+    fn a(&self) -> MatRef<'_> {
+        let Shape { m, k, trans, .. } = self.shape;
+        if trans.ta() {
+            MatRef::row_major(&self.a, k, m).t()
+        } else {
+            MatRef::row_major(&self.a, m, k)
+        }
+    }
+
+    fn b(&self) -> MatRef<'_> {
+        let Shape { k, n, trans, .. } = self.shape;
+        if trans.tb() {
+            MatRef::row_major(&self.b, n, k).t()
+        } else {
+            MatRef::row_major(&self.b, k, n)
+        }
+    }
+
+    /// One fastnn product `C = A·B` (β = 0).
+    pub fn run_fastnn(&mut self, ctx: &mut GemmCtx) {
+        let Shape { m, n, .. } = self.shape;
+        let mut c = std::mem::replace(&mut self.c, AlignedBuf::zeroed(0));
+        ctx.gemm(
+            1.0,
+            self.a(),
+            self.b(),
+            0.0,
+            MatMut::row_major(&mut c, m, n),
+            Epilogue::None,
+        );
+        self.c = c;
+    }
+
+    /// One matrixmultiply product, single-threaded, or split over M across
+    /// the threads of `pool` (matrixmultiply's own threading is off).
+    pub fn run_matrixmultiply(&mut self, pool: Option<&rayon::ThreadPool>) {
+        use rayon::prelude::*;
+        let Shape { m, k, n, .. } = self.shape;
+        let (a, b) = (self.a(), self.b());
+        let (ap, rsa, csa) = (SendPtr(a.as_ptr()), a.rs() as isize, a.cs() as isize);
+        let (bp, rsb, csb) = (SendPtr(b.as_ptr()), b.rs() as isize, b.cs() as isize);
+        let rows = |i0: usize, c: &mut [f32]| {
+            let mm = c.len() / n;
+            // SAFETY: A rows i0..i0+mm, all of B and the C chunk are in bounds.
+            unsafe {
+                matrixmultiply::sgemm(
+                    mm,
+                    k,
+                    n,
+                    1.0,
+                    ap.get().offset(i0 as isize * rsa),
+                    rsa,
+                    csa,
+                    bp.get(),
+                    rsb,
+                    csb,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            }
+        };
+        match pool {
+            None => rows(0, &mut self.c),
+            Some(pool) => {
+                let chunk = m.div_ceil(pool.current_num_threads()) * n;
+                pool.install(|| {
+                    self.c
+                        .par_chunks_mut(chunk)
+                        .enumerate()
+                        .for_each(|(t, c)| rows(t * chunk / n, c))
+                })
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*const f32);
+impl SendPtr {
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+// SAFETY: only read, during one call, by threads that the call joins.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Median seconds per call of `f`, after warm-up: `samples` samples, each
+/// timing enough calls to last ≥ `min_sample`.
+pub fn median_secs(mut f: impl FnMut(), samples: usize, min_sample: Duration) -> f64 {
+    f();
+    f();
+    let t0 = Instant::now();
+    f();
+    let once = t0.elapsed().max(Duration::from_nanos(100));
+    let inner = ((min_sample.as_secs_f64() / once.as_secs_f64()).ceil() as usize).clamp(1, 100_000);
+    let mut times: Vec<f64> = (0..samples.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..inner {
+                f();
+            }
+            t.elapsed().as_secs_f64() / inner as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Measured FMA peak of one kernel family.
+#[derive(Clone, Debug, Serialize)]
+pub struct Peak {
+    pub isa: Isa,
+    pub threads: usize,
+    /// Sum over threads of each thread's best sample.
+    pub gflops: f64,
+}
+
+/// The register-resident FMA peak of `isa` on `threads` threads running at
+/// once (None when the ISA has no FMA loop here or the CPU lacks it).
+pub fn measure_peak(isa: Isa, threads: usize) -> Option<Peak> {
+    let f = peak_loop(isa)?;
+    const ITERS: u64 = 2_000_000;
+    let per_thread = |_: usize| {
+        let mut best = Vec::new();
+        for _ in 0..15 {
+            let t = Instant::now();
+            // SAFETY: peak_loop returned f only for an ISA this CPU supports.
+            let flops = unsafe { f(ITERS) };
+            best.push(flops / t.elapsed().as_secs_f64());
+        }
+        // The best sample: contention from other processes only lowers
+        // a sample, never raises it.
+        best.into_iter().fold(0.0, f64::max)
+    };
+    let total: f64 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads.max(1))
+            .map(|t| s.spawn(move || per_thread(t)))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("peak thread")).sum()
+    });
+    Some(Peak {
+        isa,
+        threads: threads.max(1),
+        gflops: total / 1e9,
+    })
+}
+
+type PeakFn = unsafe fn(u64) -> f64;
+
+fn peak_loop(isa: Isa) -> Option<PeakFn> {
+    if !isa.is_available() {
+        return None;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(peak::avx512),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(peak::avx2),
+        _ => None,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// 24 independent zmm FMA chains; returns the FLOPs done.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512(iters: u64) -> f64 {
+        let x = _mm512_set1_ps(std::hint::black_box(0.999_999));
+        let y = _mm512_set1_ps(std::hint::black_box(1e-7));
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for a in acc {
+            s = _mm512_add_ps(s, a);
+        }
+        std::hint::black_box(s);
+        iters as f64 * 24.0 * 16.0 * 2.0
+    }
+
+    /// 12 independent ymm FMA chains; returns the FLOPs done.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(iters: u64) -> f64 {
+        let x = _mm256_set1_ps(std::hint::black_box(0.999_999));
+        let y = _mm256_set1_ps(std::hint::black_box(1e-7));
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, x, y);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for a in acc {
+            s = _mm256_add_ps(s, a);
+        }
+        std::hint::black_box(s);
+        iters as f64 * 12.0 * 8.0 * 2.0
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub shapes: Vec<Shape>,
+    pub threads: usize,
+    /// None: the process-wide choice (`FASTNN_ISA` or best available).
+    pub isa: Option<Isa>,
+    pub samples: usize,
+    pub min_sample: Duration,
+}
+
+impl BenchConfig {
+    /// The training shapes and the squares.
+    pub fn default_shapes() -> Vec<Shape> {
+        TRAINING_SHAPES
+            .iter()
+            .chain(&SQUARE_SHAPES)
+            .copied()
+            .collect()
+    }
+}
+
+/// One shape's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShapeResult {
+    pub shape: Shape,
+    pub threads: usize,
+    pub fastnn_gflops: f64,
+    pub matrixmultiply_gflops: f64,
+    /// Percent of the measured peak (best ISA, same thread count).
+    pub fastnn_pct_peak: f64,
+    pub matrixmultiply_pct_peak: f64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub isa: Isa,
+    pub detected: String,
+    pub threads: usize,
+    /// How matrixmultiply was run.
+    pub matrixmultiply_mode: String,
+    pub peaks: Vec<Peak>,
+    /// The peak percentages refer to this (best measured) figure.
+    pub peak_gflops: f64,
+    pub results: Vec<ShapeResult>,
+}
+
+/// Runs the benchmark. Refuses an ISA the CPU lacks.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport, IsaError> {
+    let isa = match cfg.isa {
+        Some(isa) => isa.check()?,
+        None => cpu::try_selected()?,
+    };
+    let threads = cfg.threads.max(1);
+    let peaks: Vec<Peak> = [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter_map(|i| measure_peak(i, threads))
+        .collect();
+    let peak = peaks.iter().map(|p| p.gflops).fold(f64::NAN, f64::max);
+    let mut ctx = GemmCtx::with_isa(isa, Parallelism::threads(threads))?;
+    let pool = (threads > 1).then(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("cannot start the benchmark thread pool")
+    });
+    let mut results = Vec::new();
+    for &shape in &cfg.shapes {
+        let mut ops = Operands::new(shape);
+        let t_fast = median_secs(|| ops.run_fastnn(&mut ctx), cfg.samples, cfg.min_sample);
+        let t_mm = median_secs(
+            || ops.run_matrixmultiply(pool.as_ref()),
+            cfg.samples,
+            cfg.min_sample,
+        );
+        let (gf, gm) = (shape.flops() / t_fast / 1e9, shape.flops() / t_mm / 1e9);
+        results.push(ShapeResult {
+            shape,
+            threads,
+            fastnn_gflops: gf,
+            matrixmultiply_gflops: gm,
+            fastnn_pct_peak: 100.0 * gf / peak,
+            matrixmultiply_pct_peak: 100.0 * gm / peak,
+        });
+    }
+    Ok(BenchReport {
+        isa,
+        detected: cpu::features().to_string(),
+        threads,
+        matrixmultiply_mode: if threads == 1 {
+            "matrixmultiply 0.3, single-threaded".into()
+        } else {
+            format!("matrixmultiply 0.3, single-threaded calls split over M across {threads} rayon threads")
+        },
+        peaks,
+        peak_gflops: peak,
+        results,
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "gemm kernel {} (detected: {}), {} thread(s)",
+            self.isa, self.detected, self.threads
+        )?;
+        for p in &self.peaks {
+            writeln!(
+                f,
+                "measured FMA peak {:>7}: {:7.1} GFLOP/s on {} thread(s)",
+                p.isa.name(),
+                p.gflops,
+                p.threads
+            )?;
+        }
+        writeln!(f, "baseline: {}", self.matrixmultiply_mode)?;
+        writeln!(
+            f,
+            "{:<22} {:>13} {:>7} {:>15} {:>7} {:>7}",
+            "shape (m×k×n)", "fastnn GF/s", "%peak", "matmul GF/s", "%peak", "ratio"
+        )?;
+        for r in &self.results {
+            writeln!(
+                f,
+                "{:<22} {:>13.1} {:>6.1}% {:>15.1} {:>6.1}% {:>6.2}x",
+                r.shape.to_string(),
+                r.fastnn_gflops,
+                r.fastnn_pct_peak,
+                r.matrixmultiply_gflops,
+                r.matrixmultiply_pct_peak,
+                r.fastnn_gflops / r.matrixmultiply_gflops
+            )?;
+        }
+        Ok(())
+    }
+}
