@@ -604,7 +604,9 @@ impl<'a> Machine<'a> {
                 }
                 MEMOIZE => {
                     // The next free index, as Python's `len(memo)`.
-                    let i = u32::try_from(self.memo.len()).expect("memo below 2^32 entries");
+                    let Ok(i) = u32::try_from(self.memo.len()) else {
+                        return self.err("MEMOIZE: the memo is full (2^32 entries)");
+                    };
                     self.memo_put(i, "MEMOIZE")?;
                 }
                 BINGET => {
