@@ -874,8 +874,8 @@ mod tests {
         parse(bytes).expect_err("the pickle should be refused")
     }
 
-    /// The array pickle of the module docs, as Python 2's cPickle writes it,
-    /// for a 1×3072 array... shrunk to shape (1, 2) with two pixel bytes.
+    /// An array pickled as Python 2's cPickle writes the CIFAR `data` entry,
+    /// shrunk to shape (1, 2) with the two bytes 7 and 9.
     fn tiny_array() -> Vec<u8> {
         let mut p = b"\x80\x02".to_vec();
         p.extend(b"cnumpy.core.multiarray\n_reconstruct\nq\x01");
@@ -897,7 +897,7 @@ mod tests {
         assert!(!array.fortran);
         let data = array.data.unwrap();
         assert_eq!(doc.bytes(data), Some(&[7u8, 9][..]));
-        // The data is a span of the input: the two bytes before STOP etc.
+        // The data is a span of the input, ending before `t`, `b` and `.`.
         let Value::Bytes(span) = data else {
             panic!("expected a span, got {data:?}")
         };
@@ -1041,5 +1041,21 @@ mod tests {
         p[at + 2] = b'>';
         let e = error(&p);
         assert!(e.message.contains("byte order Some(\">\")"), "{e}");
+    }
+
+    #[test]
+    fn damaged_bytes_never_panic() {
+        // Overwrite every byte of a valid pickle with opcodes and boundary
+        // values: each result may be Ok or Err, but must not panic.
+        let good = tiny_array();
+        for at in 0..good.len() {
+            for b in [
+                0x00, 0x01, 0x7f, 0x80, 0xff, b'(', b'.', b'h', b'b', b'R', b't', b'e', b'u', b's',
+            ] {
+                let mut bad = good.clone();
+                bad[at] = b;
+                let _ = parse(&bad);
+            }
+        }
     }
 }
