@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use fastnn::cpu::Isa;
 use fastnn::gemm::bench::{self, BenchConfig, Shape, Trans};
+use fastnn::gemm::Strategy;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -33,6 +34,9 @@ pub struct GemmArgs {
     /// Kernel family: avx512, avx2, scalar, matrixmultiply (default: FASTNN_ISA or the best available).
     #[arg(long)]
     isa: Option<String>,
+    /// Algorithm: auto, packed (Goto/BLIS loop nest) or small (no-pack path).
+    #[arg(long, default_value = "auto")]
+    strategy: String,
     /// Timed samples per measurement (the median is reported).
     #[arg(long, default_value_t = 11)]
     samples: usize,
@@ -56,7 +60,14 @@ fn gemm(args: GemmArgs) -> anyhow::Result<()> {
         _ => bail!("give all of --m, --k and --n, or none of them"),
     };
     let isa = args.isa.as_deref().map(Isa::parse).transpose()?;
+    let strategy = match args.strategy.to_ascii_lowercase().as_str() {
+        "auto" => Strategy::Auto,
+        "packed" => Strategy::Packed,
+        "small" => Strategy::Small,
+        other => bail!("--strategy {other:?}: expected auto, packed or small"),
+    };
     let cfg = BenchConfig {
+        strategy,
         shapes,
         threads: args.threads,
         isa,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
+use super::{Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy};
 use crate::buf::AlignedBuf;
 use crate::cpu::{self, Isa, IsaError};
 
@@ -329,6 +329,8 @@ pub struct BenchConfig {
     pub isa: Option<Isa>,
     pub samples: usize,
     pub min_sample: Duration,
+    /// Packed, no-pack or automatic (default).
+    pub strategy: Strategy,
 }
 
 impl BenchConfig {
@@ -380,7 +382,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, IsaError> {
         .filter_map(|i| measure_peak(i, threads))
         .collect();
     let peak = peaks.iter().map(|p| p.gflops).fold(f64::NAN, f64::max);
-    let mut ctx = GemmCtx::with_isa(isa, Parallelism::threads(threads))?;
+    let mut ctx = GemmCtx::with_isa(isa, Parallelism::threads(threads))?.with_strategy(cfg.strategy);
     let pool = (threads > 1).then(|| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -100,8 +100,7 @@ pub enum Strategy {
 impl Strategy {
     /// The measured switch point: true when the no-pack path is faster.
     ///
-    /// Measured on this machine (AVX-512, 1 thread, GFLOP/s packed / small):
-    /// see `params.rs` for the table. The no-pack path wins when C is very
+    /// Measured on this machine: see the table in `params.rs`. The no-pack path wins when C is very
     /// narrow or very short (one microkernel tile or less in that
     /// direction) or the whole product is tiny.
     pub fn small_wins(m: usize, k: usize, n: usize) -> bool {

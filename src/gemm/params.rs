@@ -61,6 +61,17 @@ pub(crate) const SCALAR: Params = Params {
 /// (thread start-up and the duplicated Ã packing do not pay below it).
 pub(crate) const THREAD_MIN_FLOPS: usize = 1 << 20;
 
+// Switch points of the no-pack path (`Strategy::small_wins`), measured with
+// `fastnn bench gemm --strategy packed|small`, AVX-512, 1 thread, medians
+// (GFLOP/s packed / no-pack; the machine was shared, load 2.6-3.8):
+//
+//   128×256×10 NT   22.7 / 40.2   -> no-pack     128×256×16 NT   42.5 / 53.4   -> no-pack
+//   128×256×32 NT   74.5 / 49.5   -> packed      128×256×48 NT   79.2 / 46.5   -> packed
+//   4×256×256 NN    32.6 / 79.0   -> no-pack     8×256×256 NN    65.0 / 57.3   -> packed
+//   12×256×256 NN   70.9 / 56.0   -> packed      10×128×256 TN   51.0 / 39.6   -> packed
+//   128×10×256 NN   65.1 / 60.4   -> packed      16×16×16 NN     11.1 / 27.8   -> no-pack
+//   32×32×32 NN     30.9 / 43.5   -> no-pack     48×48×48 NN     78.5 / 62.1   -> packed
+
 /// No-pack path when C has at most this many columns (the 10-class layer).
 pub(crate) const SMALL_MAX_N: usize = 16;
 /// No-pack path when C has at most this many rows.
