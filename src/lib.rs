@@ -16,3 +16,8 @@ pub mod cpu;
 pub mod data;
 pub mod gemm;
 pub mod model;
+pub mod rng;
+pub mod net;
+pub mod ops;
+pub mod optim;
+pub mod tensorfile;

@@ -79,3 +79,185 @@ impl std::fmt::Display for Loss {
         })
     }
 }
+
+// ---------------------------------------------------------------------------
+// The network: configuration, parameter layout, initialisation
+// ---------------------------------------------------------------------------
+
+use std::ops::Range;
+
+use crate::buf::AlignedBuf;
+use crate::rng::Rng;
+
+/// The shape and choices of an MLP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpConfig {
+    /// `[inputs, hidden…, classes]`.
+    pub dims: Vec<usize>,
+    pub act: Act,
+    pub loss: Loss,
+    /// Probability of dropping a hidden unit during training (0 = off).
+    pub dropout: f32,
+}
+
+impl MlpConfig {
+    /// Number of linear layers.
+    pub fn layers(&self) -> usize {
+        self.dims.len() - 1
+    }
+
+    /// Inputs of the first layer.
+    pub fn inputs(&self) -> usize {
+        self.dims[0]
+    }
+
+    /// Outputs of the last layer.
+    pub fn classes(&self) -> usize {
+        *self.dims.last().expect("dims is never empty")
+    }
+
+    /// Number of trainable parameters (weights and biases).
+    pub fn parameter_count(&self) -> usize {
+        self.dims.windows(2).map(|d| d[0] * d[1] + d[1]).sum()
+    }
+
+    /// Floating-point operations of one training step per sample: the
+    /// forward product of every layer, its weight gradient, and the input
+    /// gradient of every layer but the first (2 flops per multiply-add).
+    pub fn train_flops_per_sample(&self) -> u64 {
+        let macs: usize = self
+            .dims
+            .windows(2)
+            .enumerate()
+            .map(|(l, d)| d[0] * d[1] * if l == 0 { 2 } else { 3 })
+            .sum();
+        2 * macs as u64
+    }
+
+    /// Checks the configuration, with a message a user can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dims.len() < 2 {
+            return Err("a network needs at least an input and an output size".into());
+        }
+        if let Some(i) = self.dims.iter().position(|&d| d == 0) {
+            return Err(format!("layer size {i} is 0"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+/// Where one layer's parameters live in a slab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerSlots {
+    pub fan_in: usize,
+    pub fan_out: usize,
+    /// `W` as `[fan_out, fan_in]`, row-major (PyTorch's `nn.Linear` layout).
+    pub w: Range<usize>,
+    /// `b` as `[fan_out]`.
+    pub b: Range<usize>,
+}
+
+/// The offsets of every tensor in a parameter slab. Gradients and optimiser
+/// state use the same layout, so each is one flat, aligned buffer (llm.c).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub layers: Vec<LayerSlots>,
+    /// Length of the slab in floats (with alignment padding).
+    pub len: usize,
+}
+
+/// Floats per 64-byte line: every tensor of a slab starts on a line.
+const LINE: usize = 16;
+
+impl Layout {
+    pub fn new(dims: &[usize]) -> Layout {
+        let mut at = 0;
+        let mut take = |n: usize| {
+            let r = at..at + n;
+            at = (at + n).div_ceil(LINE) * LINE;
+            r
+        };
+        let layers = dims
+            .windows(2)
+            .map(|d| LayerSlots {
+                fan_in: d[0],
+                fan_out: d[1],
+                w: take(d[0] * d[1]),
+                b: take(d[1]),
+            })
+            .collect();
+        Layout { layers, len: at }
+    }
+}
+
+/// An MLP's parameters in one aligned slab.
+#[derive(Clone)]
+pub struct Mlp {
+    pub cfg: MlpConfig,
+    pub layout: Layout,
+    pub params: AlignedBuf<f32>,
+}
+
+impl Mlp {
+    /// A network with zero parameters (to be loaded or initialised).
+    pub fn zeros(cfg: MlpConfig) -> Mlp {
+        let layout = Layout::new(&cfg.dims);
+        let params = AlignedBuf::zeroed(layout.len);
+        Mlp {
+            cfg,
+            layout,
+            params,
+        }
+    }
+
+    /// A freshly initialised network: weights drawn from a normal
+    /// distribution with Kaiming's standard deviation `gain/√fan_in` for the
+    /// ReLU family (gain √2, or √(2/(1+0.01²)) for the leaky ReLU) and
+    /// Xavier's `√(2/(fan_in+fan_out))` for tanh and sigmoid; zero biases.
+    pub fn init(cfg: MlpConfig, seed: u64) -> Mlp {
+        let mut mlp = Mlp::zeros(cfg);
+        let mut rng = Rng::derive(seed, &[0x1417]);
+        for slot in &mlp.layout.layers {
+            let (fi, fo) = (slot.fan_in as f64, slot.fan_out as f64);
+            let std = match mlp.cfg.act {
+                Act::Relu => (2.0 / fi).sqrt(),
+                Act::LeakyRelu => (2.0 / (1.0 + (LEAKY_SLOPE as f64).powi(2)) / fi).sqrt(),
+                Act::Tanh | Act::Sigmoid => (2.0 / (fi + fo)).sqrt(),
+            };
+            for w in &mut mlp.params[slot.w.clone()] {
+                *w = (rng.normal() * std) as f32;
+            }
+        }
+        mlp
+    }
+
+    /// Weights of layer `l`, `[fan_out, fan_in]`.
+    pub fn weight(&self, l: usize) -> &[f32] {
+        &self.params[self.layout.layers[l].w.clone()]
+    }
+
+    /// Bias of layer `l`, `[fan_out]`.
+    pub fn bias(&self, l: usize) -> &[f32] {
+        &self.params[self.layout.layers[l].b.clone()]
+    }
+
+    /// `Σ_l ‖W_l‖²`, the quantity the L2 penalty scales.
+    pub fn weight_norm_sq(&self) -> f64 {
+        self.layout
+            .layers
+            .iter()
+            .flat_map(|s| self.params[s.w.clone()].iter())
+            .map(|&w| (w as f64) * (w as f64))
+            .sum()
+    }
+
+    /// PyTorch `nn.Sequential` index of linear layer `l`, for the network
+    /// `Linear, act, [Dropout,] Linear, act, [Dropout,] …, Linear`.
+    pub fn sequential_index(&self, l: usize) -> usize {
+        let per_hidden = if self.cfg.dropout > 0.0 { 3 } else { 2 };
+        l * per_hidden
+    }
+}

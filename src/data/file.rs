@@ -19,11 +19,9 @@
 //! `stats.channel_mean`, `stats.channel_std` (F32 `[c]`), in the units the
 //! features are stored in (bytes 0–255 for images).
 //!
-//! Safetensors forbids holes between tensors, so alignment comes from two
-//! rules: the JSON header is padded until `8 + N` is a multiple of 64, and a
-//! tensor whose byte length is not a multiple of 64 is followed by a
-//! `__pad.K` U8 tensor (readers ignore those). numpy and PyTorch users open
-//! the file with `safetensors.numpy.load_file` or `safetensors.torch.load_file`.
+//! Every tensor starts 64-byte aligned ([`crate::tensorfile`] says how).
+//! numpy and PyTorch users open the file with `safetensors.numpy.load_file`
+//! or `safetensors.torch.load_file`.
 //!
 //! The metadata records the format version, the source files and their md5,
 //! the class names, the sample shape and a CRC-32 of the data section, which
@@ -31,29 +29,23 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-
-// Tensors are mapped and read in place, and safetensors data is
-// little-endian: a big-endian CPU would need a byte-swapping copy.
-#[cfg(not(target_endian = "little"))]
-compile_error!("fastnn reads little-endian tensor files in place and needs a little-endian CPU");
 use serde_json::{json, Value};
 
 use super::error::{DataError, Result};
 use super::{Features, RawDataset};
+use crate::tensorfile::{self, cast_f32, Dtype, TensorInfo, TensorOut};
+
+pub use crate::tensorfile::TENSOR_ALIGN;
+
 
 /// Value of the `fastnn.format` metadata key of a dataset file.
 pub const FORMAT_NAME: &str = "dataset";
 /// Version of the dataset file layout written by this code.
 pub const FORMAT_VERSION: u32 = 1;
-/// Alignment of every tensor's data, in bytes.
-pub const TENSOR_ALIGN: usize = 64;
-/// Largest JSON header accepted, as in the safetensors crate.
-const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Where a dataset came from, recorded in its metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -68,20 +60,6 @@ pub struct SourceInfo {
 // Writing
 // ---------------------------------------------------------------------------
 
-/// One tensor to be written: its name, dtype, shape and little-endian bytes.
-struct TensorOut<'a> {
-    name: String,
-    dtype: &'static str,
-    shape: Vec<usize>,
-    bytes: std::borrow::Cow<'a, [u8]>,
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// Per-feature and per-channel mean and (population) standard deviation of
-/// the training features, accumulated in f64.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
     pub feature_mean: Vec<f32>,
@@ -190,29 +168,14 @@ pub fn write_dataset(
                 ),
             ));
         }
-        let (dtype, bytes) = match &split.features {
-            Features::U8(v) => ("U8", std::borrow::Cow::Borrowed(v.as_slice())),
-            Features::F32(v) => ("F32", std::borrow::Cow::Owned(f32_bytes(v))),
-        };
-        tensors.push(TensorOut {
-            name: format!("{}.images", split.name),
-            dtype,
-            shape: vec![n, d],
-            bytes,
+        let images = format!("{}.images", split.name);
+        tensors.push(match &split.features {
+            Features::U8(v) => TensorOut::u8(images, vec![n, d], v),
+            Features::F32(v) => TensorOut::f32(images, vec![n, d], v),
         });
-        tensors.push(TensorOut {
-            name: format!("{}.labels", split.name),
-            dtype: "U8",
-            shape: vec![n],
-            bytes: std::borrow::Cow::Borrowed(&split.labels),
-        });
+        tensors.push(TensorOut::u8(format!("{}.labels", split.name), vec![n], &split.labels));
         if let Some(coarse) = &split.coarse_labels {
-            tensors.push(TensorOut {
-                name: format!("{}.coarse_labels", split.name),
-                dtype: "U8",
-                shape: vec![n],
-                bytes: std::borrow::Cow::Borrowed(coarse),
-            });
+            tensors.push(TensorOut::u8(format!("{}.coarse_labels", split.name), vec![n], coarse));
         }
     }
     for (name, values, len) in [
@@ -221,76 +184,11 @@ pub fn write_dataset(
         ("stats.channel_mean", &stats.channel_mean, channels),
         ("stats.channel_std", &stats.channel_std, channels),
     ] {
-        tensors.push(TensorOut {
-            name: name.to_string(),
-            dtype: "F32",
-            shape: vec![len],
-            bytes: std::borrow::Cow::Owned(f32_bytes(values)),
-        });
+        tensors.push(TensorOut::f32(name, vec![len], values));
     }
-
-    let tensors = with_padding(tensors);
-    let crc = {
-        let mut h = crc32fast::Hasher::new();
-        tensors.iter().for_each(|t| h.update(&t.bytes));
-        h.finalize()
-    };
-    let metadata = dataset_metadata(raw, source, crc);
-    let header = header_json(&tensors, &metadata);
-
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".fastnn-").suffix(".tmp");
-    // A dataset file is for everyone to read, like any file `cp` would
-    // write (temporary files are private by default).
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| DataError::io(dir, "cannot create a temporary file", e))?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        let mut write = || -> std::io::Result<()> {
-            w.write_all(&(header.len() as u64).to_le_bytes())?;
-            w.write_all(header.as_bytes())?;
-            for t in &tensors {
-                w.write_all(&t.bytes)?;
-            }
-            w.flush()
-        };
-        write().map_err(|e| DataError::io(tmp.path(), "cannot write", e))?;
-    }
-    let persisted = if overwrite {
-        tmp.persist(out).map_err(|e| e.error)
-    } else {
-        tmp.persist_noclobber(out).map_err(|e| e.error)
-    };
-    persisted.map_err(|e| DataError::io(out, "cannot move the finished file into place", e))?;
-    Ok(())
-}
-
-/// Inserts `__pad.K` tensors after every tensor whose length is not a
-/// multiple of [`TENSOR_ALIGN`], so that each tensor starts aligned.
-fn with_padding(tensors: Vec<TensorOut<'_>>) -> Vec<TensorOut<'_>> {
-    let count = tensors.len();
-    let mut padded = Vec::with_capacity(2 * count);
-    for (i, t) in tensors.into_iter().enumerate() {
-        let rem = t.bytes.len() % TENSOR_ALIGN;
-        padded.push(t);
-        if rem != 0 && i + 1 < count {
-            let k = TENSOR_ALIGN - rem;
-            padded.push(TensorOut {
-                name: format!("__pad.{i}"),
-                dtype: "U8",
-                shape: vec![k],
-                bytes: std::borrow::Cow::Owned(vec![0u8; k]),
-            });
-        }
-    }
-    padded
+    let tensors = tensorfile::with_padding(tensors);
+    let metadata = dataset_metadata(raw, source, tensorfile::data_crc(&tensors));
+    tensorfile::write_atomic(out, &tensors, &metadata, overwrite)
 }
 
 fn dataset_metadata(raw: &RawDataset, source: &SourceInfo, crc: u32) -> BTreeMap<String, String> {
@@ -326,53 +224,9 @@ fn dataset_metadata(raw: &RawDataset, source: &SourceInfo, crc: u32) -> BTreeMap
 
 /// The JSON header, padded with spaces so that the data section starts at a
 /// multiple of [`TENSOR_ALIGN`] bytes from the start of the file.
-fn header_json(tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>) -> String {
-    let mut map = serde_json::Map::new();
-    let mut offset = 0usize;
-    for t in tensors {
-        let end = offset + t.bytes.len();
-        map.insert(
-            t.name.clone(),
-            json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end] }),
-        );
-        offset = end;
-    }
-    map.insert("__metadata__".to_string(), json!(metadata));
-    let mut header = Value::Object(map).to_string();
-    while !(8 + header.len()).is_multiple_of(TENSOR_ALIGN) {
-        header.push(' ');
-    }
-    header
-}
-
 // ---------------------------------------------------------------------------
 // Reading
 // ---------------------------------------------------------------------------
-
-/// Element type of a tensor in a dataset file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
-    U8,
-    F32,
-}
-
-impl Dtype {
-    fn size(self) -> usize {
-        match self {
-            Dtype::U8 => 1,
-            Dtype::F32 => 4,
-        }
-    }
-}
-
-/// Location of one tensor inside the mapped file.
-#[derive(Debug, Clone)]
-struct TensorInfo {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    /// Absolute byte range in the file.
-    bytes: Range<usize>,
-}
 
 /// Zero-copy view of a split's features.
 #[derive(Debug, Clone, Copy)]
@@ -468,6 +322,8 @@ impl Holdout {
 pub struct Dataset {
     path: PathBuf,
     map: Mmap,
+    /// Offset of the data section (what the CRC covers).
+    data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
     metadata: BTreeMap<String, String>,
     classes: Vec<String>,
@@ -497,16 +353,6 @@ impl Dataset {
     pub fn open(path: impl AsRef<Path>) -> Result<Dataset> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| DataError::io(path, "cannot open", e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| DataError::io(path, "cannot stat", e))?
-            .len();
-        if file_len < 8 {
-            return Err(DataError::new(
-                path,
-                format!("not a dataset file: {file_len} bytes is shorter than the 8-byte safetensors header length"),
-            ));
-        }
         // SAFETY: the map is read-only and lives as long as the Dataset; its
         // length is the file length just read, and every access below is
         // bounds-checked against `map.len()`. The remaining hazard, another
@@ -516,6 +362,7 @@ impl Dataset {
         let mut ds = Dataset {
             path: path.to_path_buf(),
             map,
+            data_start: 0,
             tensors: BTreeMap::new(),
             metadata: BTreeMap::new(),
             classes: Vec::new(),
@@ -535,83 +382,10 @@ impl Dataset {
     }
 
     fn parse_header(&mut self) -> Result<()> {
-        let file_len = self.map.len() as u64;
-        let n = u64::from_le_bytes(self.map[..8].try_into().expect("8 bytes"));
-        if n > MAX_HEADER_BYTES || 8 + n > file_len {
-            return Err(self.err(format!(
-                "truncated or not a safetensors file: header claims {n} bytes, the file has {file_len}"
-            )));
-        }
-        let data_start = 8 + n as usize;
-        let text = std::str::from_utf8(&self.map[8..data_start])
-            .map_err(|_| self.err("header is not UTF-8"))?;
-        let json: serde_json::Map<String, Value> = serde_json::from_str(text)
-            .map_err(|e| self.err(format!("header is not valid JSON: {e}")))?;
-        let data_len = self.map.len() - data_start;
-        let mut ranges = Vec::new();
-        for (name, entry) in &json {
-            if name == "__metadata__" {
-                let obj = entry
-                    .as_object()
-                    .ok_or_else(|| self.err("__metadata__ is not an object"))?;
-                for (k, v) in obj {
-                    let s = v
-                        .as_str()
-                        .ok_or_else(|| self.err(format!("metadata {k} is not a string")))?;
-                    self.metadata.insert(k.clone(), s.to_string());
-                }
-                continue;
-            }
-            let info =
-                parse_tensor_entry(entry).map_err(|p| self.err(format!("tensor {name}: {p}")))?;
-            let (begin, end) = info;
-            let (dtype, shape) =
-                parse_dtype_shape(entry).map_err(|p| self.err(format!("tensor {name}: {p}")))?;
-            let expected = shape
-                .iter()
-                .try_fold(dtype.size(), |acc, &x| acc.checked_mul(x))
-                .ok_or_else(|| self.err(format!("tensor {name}: shape {shape:?} overflows")))?;
-            if end < begin || end - begin != expected {
-                return Err(self.err(format!(
-                    "tensor {name}: offsets {begin}..{end} do not hold shape {shape:?} of {dtype:?}"
-                )));
-            }
-            if end > data_len {
-                return Err(self.err(format!(
-                    "truncated: tensor {name} ends at byte {} but the file has {} bytes",
-                    data_start + end,
-                    self.map.len()
-                )));
-            }
-            ranges.push((begin, end, name.clone()));
-            self.tensors.insert(
-                name.clone(),
-                TensorInfo {
-                    dtype,
-                    shape,
-                    bytes: data_start + begin..data_start + end,
-                },
-            );
-        }
-        // Safetensors rule: tensors tile the data section exactly, no holes,
-        // nothing after the last one.
-        ranges.sort();
-        let mut at = 0;
-        for (begin, end, name) in &ranges {
-            if *begin != at {
-                return Err(self.err(format!(
-                    "tensor {name} starts at {begin}, expected {at}: a hole or overlap"
-                )));
-            }
-            at = *end;
-        }
-        if at != data_len {
-            return Err(self.err(format!(
-                "file length {} does not match its header: the tensors end at byte {} (truncated or appended to)",
-                self.map.len(),
-                data_start + at
-            )));
-        }
+        let header = tensorfile::parse(&self.map).map_err(|p| self.err(p))?;
+        self.tensors = header.tensors;
+        self.metadata = header.metadata;
+        self.data_start = header.data_start;
         Ok(())
     }
 
@@ -736,9 +510,7 @@ impl Dataset {
         let Some(expected) = self.metadata.get("data_crc32") else {
             return Err(self.err("metadata has no data_crc32"));
         };
-        let data_start =
-            self.map.len() - self.tensors.values().map(|t| t.bytes.len()).sum::<usize>();
-        let actual = format!("{:08x}", crc32fast::hash(&self.map[data_start..]));
+        let actual = format!("{:08x}", crc32fast::hash(&self.map[self.data_start..]));
         if &actual != expected {
             return Err(self.err(format!(
                 "corrupted: the data checksum is {actual}, the header recorded {expected}; convert the source again"
@@ -845,50 +617,4 @@ impl Dataset {
             channel_std: self.f32_tensor("stats.channel_std").to_vec(),
         }
     }
-}
-
-/// Reinterprets 4-byte aligned little-endian bytes as f32 values.
-fn cast_f32(bytes: &[u8]) -> &[f32] {
-    // SAFETY: every bit pattern is a valid f32; `align_to` yields an aligned
-    // middle part, and the asserts below guarantee it is the whole slice (the
-    // tensors were validated to start 64-byte aligned in a page-aligned map
-    // and to hold a whole number of f32 values).
-    let (head, body, tail) = unsafe { bytes.align_to::<f32>() };
-    assert!(head.is_empty() && tail.is_empty(), "f32 tensor misaligned");
-    body
-}
-
-fn parse_tensor_entry(entry: &Value) -> std::result::Result<(usize, usize), String> {
-    let offsets = entry
-        .get("data_offsets")
-        .and_then(Value::as_array)
-        .filter(|a| a.len() == 2)
-        .ok_or("data_offsets must be a pair of integers")?;
-    let get = |v: &Value| -> std::result::Result<usize, String> {
-        v.as_u64()
-            .and_then(|x| usize::try_from(x).ok())
-            .ok_or_else(|| "data_offsets must be a pair of integers".to_string())
-    };
-    Ok((get(&offsets[0])?, get(&offsets[1])?))
-}
-
-fn parse_dtype_shape(entry: &Value) -> std::result::Result<(Dtype, Vec<usize>), String> {
-    let dtype = match entry.get("dtype").and_then(Value::as_str) {
-        Some("U8") => Dtype::U8,
-        Some("F32") => Dtype::F32,
-        Some(other) => return Err(format!("dtype {other} is not supported (U8 or F32)")),
-        None => return Err("no dtype".to_string()),
-    };
-    let shape = entry
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or("no shape")?
-        .iter()
-        .map(|x| {
-            x.as_u64()
-                .and_then(|x| usize::try_from(x).ok())
-                .ok_or("shape entries must be integers")
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok((dtype, shape))
 }

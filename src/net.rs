@@ -1,0 +1,215 @@
+//! One training step of an MLP on a batch: forward, fused loss, backward.
+//!
+//! ```text
+//! X [B, in] ─ layer l: H_l = act(H_{l−1}·W_lᵀ + b_l)     one GEMM, bias + ReLU in the store
+//!             (dropout: H_l ⊙= mask_l)
+//!           ─ logits = H_{L−2}·W_{L−1}ᵀ + b_{L−1}
+//!           ─ loss, dlogits                                one pass over the logits
+//! backward, l = L−1 … 0:
+//!   dW_l = dZ_lᵀ·H_{l−1}      db_l = column sums of dZ_l
+//!   dZ_{l−1} = (dZ_l·W_l) ⊙ act'(Z_{l−1})                   one GEMM, act' in the store (ReLU family)
+//! ```
+//!
+//! Weights are kept as PyTorch stores them, `W [out, in]` row-major; the
+//! products read `Wᵀ` and `dZᵀ` through strides, never through a copy.
+//! Every buffer a step touches is allocated when the [`Workspace`] is built:
+//! a step allocates nothing.
+
+use crate::buf::AlignedBuf;
+use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
+use crate::model::{Act, Mlp, LEAKY_SLOPE};
+use crate::ops::{self, LossOut};
+use crate::rng::Rng;
+
+/// The GEMM epilogue form of an activation, for those the store can fuse.
+fn fused(act: Act) -> Option<Activation> {
+    match act {
+        Act::Relu => Some(Activation::Relu),
+        Act::LeakyRelu => Some(Activation::LeakyRelu(LEAKY_SLOPE)),
+        Act::Tanh | Act::Sigmoid => None,
+    }
+}
+
+/// Everything a step needs besides the parameters: the input batch, every
+/// layer's outputs and gradients, dropout masks, the GEMM context.
+pub struct Workspace {
+    max_batch: usize,
+    /// Input batch `[B, in]`, normalised.
+    pub x: AlignedBuf<f32>,
+    /// Labels of the batch.
+    pub labels: Vec<u8>,
+    /// Output of each layer `[B, out]`: hidden activations (after dropout),
+    /// then the logits.
+    h: Vec<AlignedBuf<f32>>,
+    /// Gradient of the loss with respect to each layer's pre-activation.
+    dz: Vec<AlignedBuf<f32>>,
+    /// Dropout factors of each hidden layer (empty without dropout).
+    masks: Vec<AlignedBuf<f32>>,
+    gemm: GemmCtx,
+}
+
+impl Workspace {
+    /// Buffers for batches of up to `max_batch` samples of `mlp`.
+    pub fn new(mlp: &Mlp, max_batch: usize, par: Parallelism) -> Workspace {
+        Self::with_gemm(mlp, max_batch, GemmCtx::new(par))
+    }
+
+    /// As [`Workspace::new`] with a given GEMM context (a forced kernel).
+    pub fn with_gemm(mlp: &Mlp, max_batch: usize, gemm: GemmCtx) -> Workspace {
+        let outs = &mlp.cfg.dims[1..];
+        let hidden = outs.len() - 1;
+        let buf = |n: usize| AlignedBuf::zeroed(max_batch * n);
+        Workspace {
+            max_batch,
+            x: buf(mlp.cfg.inputs()),
+            labels: vec![0; max_batch],
+            h: outs.iter().map(|&n| buf(n)).collect(),
+            dz: outs.iter().map(|&n| buf(n)).collect(),
+            masks: if mlp.cfg.dropout > 0.0 {
+                outs[..hidden].iter().map(|&n| buf(n)).collect()
+            } else {
+                Vec::new()
+            },
+            gemm,
+        }
+    }
+
+    /// Largest batch the buffers hold.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The GEMM context (its kernel and thread count).
+    pub fn gemm(&self) -> &GemmCtx {
+        &self.gemm
+    }
+
+    /// Logits of the last forward pass, `[B, classes]`.
+    pub fn logits(&self) -> &[f32] {
+        self.h.last().expect("at least one layer")
+    }
+
+    /// Output of layer `l` from the last forward pass.
+    pub fn layer_output(&self, l: usize) -> &[f32] {
+        &self.h[l]
+    }
+}
+
+/// Input of layer `l`: the batch for the first layer, else the previous
+/// layer's output.
+fn layer_input<'a>(x: &'a [f32], h: &'a [AlignedBuf<f32>], l: usize) -> &'a [f32] {
+    if l == 0 {
+        x
+    } else {
+        &h[l - 1]
+    }
+}
+
+impl Mlp {
+    /// Forward pass of the first `batch` rows of `ws.x`. With `dropout_rng`
+    /// (training) hidden units are dropped; without it (evaluation) the
+    /// network is deterministic.
+    pub fn forward(&self, ws: &mut Workspace, batch: usize, mut dropout_rng: Option<&mut Rng>) {
+        assert!(batch <= ws.max_batch, "batch {batch} > workspace {}", ws.max_batch);
+        let layers = self.cfg.layers();
+        let Workspace { x, h, masks, gemm, .. } = ws;
+        for (l, slot) in self.layout.layers.iter().enumerate() {
+            let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
+            let (before, rest) = h.split_at_mut(l);
+            let input = if l == 0 { &x[..] } else { &before[l - 1][..] };
+            let out = &mut rest[0][..batch * fan_out];
+            let last = l + 1 == layers;
+            let bias = &self.params[slot.b.clone()];
+            let epilogue = match fused(self.cfg.act) {
+                Some(a) if !last => Epilogue::BiasAct(bias, a),
+                _ => Epilogue::Bias(bias),
+            };
+            // H = act(X·Wᵀ + b): X [B, in], W [out, in] read as Wᵀ [in, out].
+            gemm.gemm(
+                1.0,
+                MatRef::row_major(&input[..batch * fan_in], batch, fan_in),
+                MatRef::row_major(&self.params[slot.w.clone()], fan_out, fan_in).t(),
+                0.0,
+                MatMut::row_major(out, batch, fan_out),
+                epilogue,
+            );
+            if last {
+                break;
+            }
+            if fused(self.cfg.act).is_none() {
+                ops::activate_in_place(out, self.cfg.act);
+            }
+            if let Some(rng) = dropout_rng.as_deref_mut() {
+                if let Some(mask) = masks.get_mut(l) {
+                    ops::dropout_forward(out, &mut mask[..batch * fan_out], self.cfg.dropout, rng);
+                }
+            }
+        }
+    }
+
+    /// The loss of the last forward pass and, in `ws`, its gradient with
+    /// respect to the logits.
+    pub fn loss_and_dlogits(&self, ws: &mut Workspace, batch: usize) -> LossOut {
+        let classes = self.cfg.classes();
+        let last = self.cfg.layers() - 1;
+        ops::loss_forward_backward(&mut ws.dz[last], &ws.h[last], &ws.labels[..batch], batch, classes, self.cfg.loss)
+    }
+
+    /// Backward pass: writes the gradient of the batch-mean loss into
+    /// `grads` (same layout as the parameters; overwritten, not
+    /// accumulated). Needs the forward pass (with the same dropout masks)
+    /// and [`Mlp::loss_and_dlogits`] first.
+    pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], batch: usize) {
+        let Workspace { x, h, dz, masks, gemm, .. } = ws;
+        let masked = !masks.is_empty();
+        for (l, slot) in self.layout.layers.iter().enumerate().rev() {
+            let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
+            let (dz_before, dz_rest) = dz.split_at_mut(l);
+            let dz_l = &dz_rest[0][..batch * fan_out];
+            let input = &layer_input(x, h, l)[..batch * fan_in];
+
+            // dW = dZᵀ·X: dZ [B, out] read as [out, B], X [B, in].
+            gemm.gemm(
+                1.0,
+                MatRef::row_major(dz_l, batch, fan_out).t(),
+                MatRef::row_major(input, batch, fan_in),
+                0.0,
+                MatMut::row_major(&mut grads[slot.w.clone()], fan_out, fan_in),
+                Epilogue::None,
+            );
+            ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
+            if l == 0 {
+                break; // nobody needs the gradient of the input batch
+            }
+
+            // dZ_{l−1} = (dZ·W) ⊙ act'(Z_{l−1}): W [out, in] as it is.
+            let prev_out = &h[l - 1][..batch * fan_in];
+            let act = fused(self.cfg.act);
+            let epilogue = match act {
+                Some(a) => Epilogue::ActGrad(MatRef::row_major(prev_out, batch, fan_in), a),
+                None => Epilogue::None,
+            };
+            let dz_prev = &mut dz_before[l - 1][..batch * fan_in];
+            gemm.gemm(
+                1.0,
+                MatRef::row_major(dz_l, batch, fan_out),
+                MatRef::row_major(&self.params[slot.w.clone()], fan_out, fan_in),
+                0.0,
+                MatMut::row_major(dz_prev, batch, fan_in),
+                epilogue,
+            );
+            if masked || act.is_none() {
+                let mask = masks.get(l - 1).map(|m| &m[..batch * fan_in]);
+                ops::act_dropout_backward(dz_prev, prev_out, mask, self.cfg.act, act.is_some());
+            }
+        }
+    }
+
+    /// Evaluation forward pass with the loss: `(loss sum, correct)` for
+    /// `batch` rows already in `ws.x` / `ws.labels`.
+    pub fn evaluate_batch(&self, ws: &mut Workspace, batch: usize) -> LossOut {
+        self.forward(ws, batch, None);
+        let classes = self.cfg.classes();
+        ops::loss_only(ws.logits(), &ws.labels[..batch], batch, classes, self.cfg.loss)
+    }
+}

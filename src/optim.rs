@@ -1,0 +1,180 @@
+//! Optimisers and learning-rate schedules: one pass over the flat
+//! parameter, gradient and state slabs (llm.c's `gpt2_update`).
+//!
+//! The update rules are PyTorch's (`torch.optim.SGD`, `Adam`, `AdamW`), so
+//! a run can be checked against it step by step. Two regularisers:
+//! - `l2` (λ): the tutorials' `λ‖W‖²` term of the loss; its gradient `2λW`
+//!   is added to the weights' gradient inside the update pass.
+//! - `weight_decay`: decoupled decay `w −= lr·wd·w` before the update
+//!   (Loshchilov & Hutter), for any optimiser.
+//!
+//! Both apply to weights only, never to biases.
+
+use crate::buf::AlignedBuf;
+use crate::model::Layout;
+
+/// The update rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimKind {
+    /// SGD with momentum μ (PyTorch: `v = μv + g`, Nesterov `d = g + μv`).
+    Sgd { momentum: f32, nesterov: bool },
+    /// Adam (Kingma & Ba) with bias correction.
+    Adam { beta1: f32, beta2: f32, eps: f32 },
+}
+
+/// An optimiser's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimConfig {
+    pub kind: OptimKind,
+    /// Coupled L2 penalty λ of `λ‖W‖²`.
+    pub l2: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+}
+
+/// Optimiser state: first and second moment slabs (same layout as the
+/// parameters) and the step count.
+#[derive(Clone)]
+pub struct Optimizer {
+    pub cfg: OptimConfig,
+    /// Momentum buffer (SGD) or first moment (Adam).
+    pub m: AlignedBuf<f32>,
+    /// Second moment (Adam; empty for SGD).
+    pub v: AlignedBuf<f32>,
+    /// Steps taken so far.
+    pub t: u64,
+}
+
+impl Optimizer {
+    pub fn new(cfg: OptimConfig, layout: &Layout) -> Optimizer {
+        let v_len = match cfg.kind {
+            OptimKind::Adam { .. } => layout.len,
+            OptimKind::Sgd { .. } => 0,
+        };
+        Optimizer {
+            cfg,
+            m: AlignedBuf::zeroed(layout.len),
+            v: AlignedBuf::zeroed(v_len),
+            t: 0,
+        }
+    }
+
+    /// One update of `params` with `grads` at learning rate `lr`.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32], layout: &Layout, lr: f32) {
+        self.t += 1;
+        for slot in &layout.layers {
+            for (range, is_weight) in [(slot.w.clone(), true), (slot.b.clone(), false)] {
+                let (l2, wd) = if is_weight {
+                    (self.cfg.l2, self.cfg.weight_decay)
+                } else {
+                    (0.0, 0.0)
+                };
+                let p = &mut params[range.clone()];
+                let g = &grads[range.clone()];
+                let m = &mut self.m[range.clone()];
+                match self.cfg.kind {
+                    OptimKind::Sgd { momentum, nesterov } => sgd(p, g, m, lr, momentum, nesterov, l2, wd),
+                    OptimKind::Adam { beta1, beta2, eps } => {
+                        let v = &mut self.v[range];
+                        let t = self.t as i32;
+                        let c1 = 1.0 - (beta1 as f64).powi(t);
+                        let c2 = 1.0 - (beta2 as f64).powi(t);
+                        adam(p, g, m, v, lr, beta1, beta2, eps, c1 as f32, c2 as f32, l2, wd)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SGD with momentum over one tensor.
+#[allow(clippy::too_many_arguments)]
+fn sgd(p: &mut [f32], g: &[f32], m: &mut [f32], lr: f32, mu: f32, nesterov: bool, l2: f32, wd: f32) {
+    for ((w, &g), v) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+        let g = g + 2.0 * l2 * *w;
+        *w -= lr * wd * *w;
+        *v = mu * *v + g;
+        let d = if nesterov { g + mu * *v } else { *v };
+        *w -= lr * d;
+    }
+}
+
+/// Adam over one tensor; `c1`, `c2` are the bias corrections `1 − β^t`.
+#[allow(clippy::too_many_arguments)]
+fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, b1: f32, b2: f32, eps: f32, c1: f32, c2: f32, l2: f32, wd: f32) {
+    let step = lr / c1;
+    let inv_sqrt_c2 = 1.0 / c2.sqrt();
+    for (((w, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g + 2.0 * l2 * *w;
+        *w -= lr * wd * *w;
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *w -= step * *m / (v.sqrt() * inv_sqrt_c2 + eps);
+    }
+}
+
+/// How the learning rate changes over a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f32 },
+    /// Cosine decay from the base rate to 0 over the run.
+    Cosine,
+}
+
+impl Schedule {
+    /// Learning rate at `step` (0-based) of `total` steps, `epoch` being the
+    /// current epoch, with a linear warm-up over the first `warmup` steps.
+    pub fn lr(&self, base: f32, step: usize, total: usize, epoch: usize, warmup: usize) -> f32 {
+        let scheduled = match *self {
+            Schedule::Constant => base,
+            Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
+            Schedule::Cosine => {
+                let progress = step as f64 / total.max(1) as f64;
+                (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
+            }
+        };
+        if step < warmup {
+            scheduled * (step + 1) as f32 / warmup as f32
+        } else {
+            scheduled
+        }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    /// `constant`, `cosine`, or `step:EVERY:GAMMA` (e.g. `step:10:0.1`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["constant"] => Ok(Schedule::Constant),
+            ["cosine"] => Ok(Schedule::Cosine),
+            ["step", every, gamma] => Ok(Schedule::Step {
+                every: every.parse().map_err(|_| format!("bad step interval in {s:?}"))?,
+                gamma: gamma.parse().map_err(|_| format!("bad step factor in {s:?}"))?,
+            }),
+            _ => Err(format!("unknown schedule {s:?} (constant, cosine or step:EVERY:GAMMA)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_follow_their_formulas() {
+        assert_eq!(Schedule::Constant.lr(0.1, 5, 10, 0, 0), 0.1);
+        let s = Schedule::Step { every: 2, gamma: 0.5 };
+        assert_eq!(s.lr(1.0, 0, 10, 3, 0), 0.5);
+        assert_eq!(s.lr(1.0, 0, 10, 4, 0), 0.25);
+        assert!((Schedule::Cosine.lr(1.0, 5, 10, 0, 0) - 0.5).abs() < 1e-6);
+        assert_eq!(Schedule::Cosine.lr(1.0, 0, 10, 0, 0), 1.0);
+        assert_eq!(Schedule::Constant.lr(1.0, 0, 10, 0, 4), 0.25);
+        assert_eq!(Schedule::Constant.lr(1.0, 3, 10, 0, 4), 1.0);
+        assert_eq!("step:3:0.1".parse(), Ok(Schedule::Step { every: 3, gamma: 0.1 }));
+        assert!("linear".parse::<Schedule>().is_err());
+    }
+}
