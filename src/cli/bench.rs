@@ -40,6 +40,9 @@ pub struct GemmArgs {
     /// Timed samples per measurement (the median is reported).
     #[arg(long, default_value_t = 11)]
     samples: usize,
+    /// Report the best sample instead of the median (for a shared, busy machine).
+    #[arg(long)]
+    best: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -68,6 +71,7 @@ fn gemm(args: GemmArgs) -> anyhow::Result<()> {
     };
     let cfg = BenchConfig {
         strategy,
+        best: args.best,
         shapes,
         threads: args.threads,
         isa,

@@ -96,7 +96,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
             let kc = p.kc.min(k - pc);
             let beta = if pc == 0 { args.beta } else { 1.0 };
             let last = pc + kc == k;
-            pack_a(
+            pack_a::<S>(
                 MR,
                 mc,
                 kc,
@@ -109,7 +109,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
             // LOOP 3 (JC): split N by NC; pack B̃ (kc×nc).
             for jc in (0..n).step_by(p.nc) {
                 let nc = p.nc.min(n - jc);
-                pack_b(
+                pack_b::<S>(
                     nr,
                     kc,
                     nc,

@@ -10,13 +10,15 @@
 //! Both are one generic routine, `pack_panels`: "rows" of a panel are the
 //! MR (or NR) index, with stride `rs`, and the depth index p has stride `ps`.
 
+use super::kernels::Simd;
+
 /// Packs `len` (≤ w·⌈len/w⌉) indices × `depth` into panels of width `w`.
 ///
 /// # Safety
 /// `src` valid at every `i·rs + p·ps` for i < len, p < depth; `dst` valid
 /// for ⌈len/w⌉·w·depth writes.
 #[inline(always)]
-unsafe fn pack_panels(
+unsafe fn pack_panels<S: Simd>(
     w: usize,
     len: usize,
     depth: usize,
@@ -35,6 +37,25 @@ unsafe fn pack_panels(
             // w-float copy per depth step.
             for p in 0..depth {
                 std::ptr::copy_nonoverlapping(s.offset(p as isize * ps), dst.add(p * w), w);
+            }
+        } else if ps == 1 && rows == w && w % 8 == 0 {
+            // Contiguous along the depth, full panel (e.g. B = Wᵀ): 8×8
+            // blocks transposed in registers, then the depth remainder.
+            let pv = depth / 8 * 8;
+            for p0 in (0..pv).step_by(8) {
+                for i0 in (0..w).step_by(8) {
+                    S::transpose8(
+                        s.offset(i0 as isize * rs).add(p0),
+                        rs,
+                        dst.add(p0 * w + i0),
+                        w,
+                    );
+                }
+            }
+            for p in pv..depth {
+                for i in 0..w {
+                    *dst.add(p * w + i) = *s.offset(i as isize * rs).add(p);
+                }
             }
         } else if ps == 1 {
             // Contiguous along the depth (e.g. A row-major, B = Wᵀ): read
@@ -81,7 +102,7 @@ unsafe fn pack_panels(
 /// # Safety
 /// As [`pack_panels`] with w = MR.
 #[inline(always)]
-pub(crate) unsafe fn pack_a(
+pub(crate) unsafe fn pack_a<S: Simd>(
     mr: usize,
     mc: usize,
     kc: usize,
@@ -90,7 +111,7 @@ pub(crate) unsafe fn pack_a(
     csa: isize,
     dst: *mut f32,
 ) {
-    pack_panels(mr, mc, kc, a, rsa, csa, dst)
+    pack_panels::<S>(mr, mc, kc, a, rsa, csa, dst)
 }
 
 /// Packs op(B)[0..kc, 0..nc] (at `b`, strides rsb, csb) into NR-column panels.
@@ -98,7 +119,7 @@ pub(crate) unsafe fn pack_a(
 /// # Safety
 /// As [`pack_panels`] with w = NR.
 #[inline(always)]
-pub(crate) unsafe fn pack_b(
+pub(crate) unsafe fn pack_b<S: Simd>(
     nr: usize,
     kc: usize,
     nc: usize,
@@ -107,7 +128,7 @@ pub(crate) unsafe fn pack_b(
     csb: isize,
     dst: *mut f32,
 ) {
-    pack_panels(nr, nc, kc, b, csb, rsb, dst)
+    pack_panels::<S>(nr, nc, kc, b, csb, rsb, dst)
 }
 
 #[cfg(test)]
@@ -118,18 +139,41 @@ mod tests {
     fn panels_zero_padded_every_layout() {
         // A 5×3 matrix, value 10·i + p, packed with width 4 from row-major,
         // column-major and a strided layout.
-        let (len, depth, w) = (5usize, 3usize, 4usize);
-        for (rs, ps) in [(3isize, 1isize), (1, 5), (7, 2)] {
-            let mut src = vec![f32::NAN; 64];
+        for (len, depth, w) in [
+            (5usize, 3usize, 4usize),
+            (16, 19, 8),
+            (13, 9, 16),
+            (32, 17, 32),
+        ] {
+            panels_case::<crate::gemm::kernels::scalar::Portable>(len, depth, w);
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::Isa::Avx2.is_available() {
+                panels_case::<crate::gemm::kernels::avx2::Avx2>(len, depth, w);
+            } else {
+                println!("SKIPPED avx2 packing: CPU lacks avx2/fma");
+            }
+        }
+    }
+
+    fn panels_case<S: Simd>(len: usize, depth: usize, w: usize) {
+        for (rs, ps) in [
+            (depth as isize, 1isize),
+            (1, len as isize),
+            (2 * depth as isize + 1, 1),
+            (7, 2 * len as isize),
+        ] {
+            let mut src = vec![f32::NAN; 4 * len * depth + 8];
             for i in 0..len {
                 for p in 0..depth {
                     src[(i as isize * rs + p as isize * ps) as usize] = (10 * i + p) as f32;
                 }
             }
-            let mut dst = vec![f32::NAN; 2 * w * depth];
-            // SAFETY: src covers every (i, p) offset; dst holds 2 panels.
-            unsafe { pack_panels(w, len, depth, src.as_ptr(), rs, ps, dst.as_mut_ptr()) };
-            for panel in 0..2 {
+            let panels = len.div_ceil(w);
+            let mut dst = vec![f32::NAN; panels * w * depth];
+            // SAFETY: src covers every (i, p) offset; dst holds all panels;
+            // Avx2 is only used after the CPU check above.
+            unsafe { pack_panels::<S>(w, len, depth, src.as_ptr(), rs, ps, dst.as_mut_ptr()) };
+            for panel in 0..panels {
                 for p in 0..depth {
                     for i in 0..w {
                         let row = panel * w + i;

@@ -46,6 +46,10 @@ impl Simd for Avx2 {
         let m = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_setzero_ps());
         _mm256_blendv_ps(f, t, m)
     }
+    #[inline(always)]
+    unsafe fn transpose8(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
+        super::transpose8_avx(src, rs, dst, w)
+    }
 }
 
 /// The packed loop nest with the 6×16 AVX2 kernel.

@@ -46,6 +46,10 @@ impl Simd for Avx512 {
         let m = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_setzero_ps());
         _mm512_mask_blend_ps(m, f, t)
     }
+    #[inline(always)]
+    unsafe fn transpose8(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
+        super::transpose8_avx(src, rs, dst, w)
+    }
 }
 
 /// The packed loop nest with the 12×32 AVX-512 kernel.

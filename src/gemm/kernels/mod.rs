@@ -41,6 +41,61 @@ pub(crate) trait Simd: Copy {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise `if x > 0 { t } else { f }` (false for NaN).
     unsafe fn select_pos(x: Self::V, t: Self::V, f: Self::V) -> Self::V;
+
+    /// Transposes an 8×8 block for packing: reads rows `src + r·rs`
+    /// (r < 8, 8 contiguous floats each) and writes `dst[q·w + r] =
+    /// src[r·rs + q]`. The default is scalar; x86 kernels shuffle in
+    /// registers.
+    #[inline(always)]
+    unsafe fn transpose8(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
+        for r in 0..8 {
+            let s = src.offset(r as isize * rs);
+            for q in 0..8 {
+                *dst.add(q * w + r) = *s.add(q);
+            }
+        }
+    }
+}
+
+/// 8×8 transpose with AVX shuffles (24 shuffles per 64 floats).
+///
+/// # Safety
+/// As [`Simd::transpose8`]; the CPU supports AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn transpose8_avx(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
+    use std::arch::x86_64::*;
+    let r = |i: isize| _mm256_loadu_ps(src.offset(i * rs));
+    let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
+    let t0 = _mm256_unpacklo_ps(r0, r1);
+    let t1 = _mm256_unpackhi_ps(r0, r1);
+    let t2 = _mm256_unpacklo_ps(r2, r3);
+    let t3 = _mm256_unpackhi_ps(r2, r3);
+    let t4 = _mm256_unpacklo_ps(r4, r5);
+    let t5 = _mm256_unpackhi_ps(r4, r5);
+    let t6 = _mm256_unpacklo_ps(r6, r7);
+    let t7 = _mm256_unpackhi_ps(r6, r7);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let out = [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ];
+    for (q, v) in out.into_iter().enumerate() {
+        _mm256_storeu_ps(dst.add(q * w), v);
+    }
 }
 
 /// `acc = Ã·B̃` over `k` steps: Ã an MR-row micro-panel, B̃ an NR = NV·LANES
