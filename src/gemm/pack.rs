@@ -38,7 +38,7 @@ unsafe fn pack_panels<S: Simd>(
             for p in 0..depth {
                 std::ptr::copy_nonoverlapping(s.offset(p as isize * ps), dst.add(p * w), w);
             }
-        } else if ps == 1 && rows == w && w % 8 == 0 {
+        } else if ps == 1 && rows == w && w.is_multiple_of(8) {
             // Contiguous along the depth, full panel (e.g. B = Wᵀ): 8×8
             // blocks transposed in registers, then the depth remainder.
             let pv = depth / 8 * 8;
