@@ -38,18 +38,26 @@ unsafe fn pack_panels<S: Simd>(
             for p in 0..depth {
                 std::ptr::copy_nonoverlapping(s.offset(p as isize * ps), dst.add(p * w), w);
             }
-        } else if ps == 1 && rows == w && w.is_multiple_of(8) {
-            // Contiguous along the depth, full panel (e.g. B = Wᵀ): 8×8
-            // blocks transposed in registers, then the depth remainder.
+        } else if ps == 1 && rows == w && w >= 8 {
+            // Contiguous along the depth, full panel (e.g. B = Wᵀ, A
+            // row-major): 8×8 blocks transposed in registers, then the
+            // leftover rows and depth steps one by one.
             let pv = depth / 8 * 8;
+            let wv = w / 8 * 8;
             for p0 in (0..pv).step_by(8) {
-                for i0 in (0..w).step_by(8) {
+                for i0 in (0..wv).step_by(8) {
                     S::transpose8(
                         s.offset(i0 as isize * rs).add(p0),
                         rs,
                         dst.add(p0 * w + i0),
                         w,
                     );
+                }
+                for i in wv..w {
+                    let si = s.offset(i as isize * rs).add(p0);
+                    for p in 0..8 {
+                        *dst.add((p0 + p) * w + i) = *si.add(p);
+                    }
                 }
             }
             for p in pv..depth {
