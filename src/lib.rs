@@ -12,12 +12,14 @@
 //! is glue around it.
 
 pub mod buf;
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod gemm;
 pub mod model;
-pub mod rng;
 pub mod net;
 pub mod ops;
 pub mod optim;
+pub mod rng;
 pub mod tensorfile;
+pub mod train;

@@ -23,6 +23,17 @@ enum Command {
     /// Convert, inspect and fetch datasets.
     #[command(subcommand)]
     Data(cli::data::DataCommand),
+    /// Train an MLP on a dataset file (default: the embedded Fashion-MNIST).
+    #[command(after_help = "Examples:
+  fastnn train                                   # Fashion-MNIST, 784-512-256-10, SGD + momentum
+  fastnn train --data cifar10.safetensors --hidden 1024,512 --epochs 20 --lr 0.02 --out run
+  fastnn train --config run.toml --epochs 30     # flags override the file
+  fastnn train --resume run                      # continue from run/checkpoint.safetensors")]
+    Train(cli::train::TrainArgs),
+    /// Evaluate a trained model on a dataset split.
+    Eval(cli::eval::EvalArgs),
+    /// Show a model's most likely classes for chosen samples.
+    Predict(cli::eval::PredictArgs),
     /// Measure this machine: matrix products and training throughput.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -32,6 +43,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => cli::data::run(cmd),
+        Command::Train(args) => cli::train::run(args),
+        Command::Eval(args) => cli::eval::run_eval(args),
+        Command::Predict(args) => cli::eval::run_predict(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
     };
     match result {

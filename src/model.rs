@@ -5,7 +5,8 @@
 pub const LEAKY_SLOPE: f32 = 0.01;
 
 /// Activation of the hidden layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Act {
     /// `max(z, 0)`; its derivative at 0 is taken as 0.
     #[default]
@@ -45,7 +46,8 @@ impl std::fmt::Display for Act {
 }
 
 /// Loss on the logits of the last layer, averaged over the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Softmax + cross-entropy (PyTorch `F.cross_entropy`).
     #[default]

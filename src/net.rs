@@ -89,6 +89,12 @@ impl Workspace {
         self.h.last().expect("at least one layer")
     }
 
+    /// Dropout factors (0 or 1/(1−p)) of hidden layer `l` in the last
+    /// training forward pass; `None` without dropout.
+    pub fn dropout_mask(&self, l: usize) -> Option<&[f32]> {
+        self.masks.get(l).map(|m| &m[..])
+    }
+
     /// Output of layer `l` from the last forward pass.
     pub fn layer_output(&self, l: usize) -> &[f32] {
         &self.h[l]
@@ -110,9 +116,15 @@ impl Mlp {
     /// (training) hidden units are dropped; without it (evaluation) the
     /// network is deterministic.
     pub fn forward(&self, ws: &mut Workspace, batch: usize, mut dropout_rng: Option<&mut Rng>) {
-        assert!(batch <= ws.max_batch, "batch {batch} > workspace {}", ws.max_batch);
+        assert!(
+            batch <= ws.max_batch,
+            "batch {batch} > workspace {}",
+            ws.max_batch
+        );
         let layers = self.cfg.layers();
-        let Workspace { x, h, masks, gemm, .. } = ws;
+        let Workspace {
+            x, h, masks, gemm, ..
+        } = ws;
         for (l, slot) in self.layout.layers.iter().enumerate() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
             let (before, rest) = h.split_at_mut(l);
@@ -152,7 +164,14 @@ impl Mlp {
     pub fn loss_and_dlogits(&self, ws: &mut Workspace, batch: usize) -> LossOut {
         let classes = self.cfg.classes();
         let last = self.cfg.layers() - 1;
-        ops::loss_forward_backward(&mut ws.dz[last], &ws.h[last], &ws.labels[..batch], batch, classes, self.cfg.loss)
+        ops::loss_forward_backward(
+            &mut ws.dz[last],
+            &ws.h[last],
+            &ws.labels[..batch],
+            batch,
+            classes,
+            self.cfg.loss,
+        )
     }
 
     /// Backward pass: writes the gradient of the batch-mean loss into
@@ -160,7 +179,14 @@ impl Mlp {
     /// accumulated). Needs the forward pass (with the same dropout masks)
     /// and [`Mlp::loss_and_dlogits`] first.
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], batch: usize) {
-        let Workspace { x, h, dz, masks, gemm, .. } = ws;
+        let Workspace {
+            x,
+            h,
+            dz,
+            masks,
+            gemm,
+            ..
+        } = ws;
         let masked = !masks.is_empty();
         for (l, slot) in self.layout.layers.iter().enumerate().rev() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
@@ -210,6 +236,12 @@ impl Mlp {
     pub fn evaluate_batch(&self, ws: &mut Workspace, batch: usize) -> LossOut {
         self.forward(ws, batch, None);
         let classes = self.cfg.classes();
-        ops::loss_only(ws.logits(), &ws.labels[..batch], batch, classes, self.cfg.loss)
+        ops::loss_only(
+            ws.logits(),
+            &ws.labels[..batch],
+            batch,
+            classes,
+            self.cfg.loss,
+        )
     }
 }

@@ -78,7 +78,13 @@ pub fn dropout_forward(h: &mut [f32], mask: &mut [f32], p: f32, rng: &mut Rng) {
 /// (after dropout). With `grad_applied`, the GEMM epilogue has already
 /// multiplied by `act'(z)` (ReLU family), and only the mask remains.
 // dh: (B·O), h_out: (B·O), mask: (B·O)
-pub fn act_dropout_backward(dh: &mut [f32], h_out: &[f32], mask: Option<&[f32]>, act: Act, grad_applied: bool) {
+pub fn act_dropout_backward(
+    dh: &mut [f32],
+    h_out: &[f32],
+    mask: Option<&[f32]>,
+    act: Act,
+    grad_applied: bool,
+) {
     match (mask, grad_applied) {
         (None, true) => {}
         (None, false) => {
@@ -124,7 +130,14 @@ pub struct LossOut {
 /// Computes `loss` on `logits` for `labels`, writes `dlogits` (the gradient
 /// of the batch-mean loss), and counts correct predictions.
 // dlogits: (B, C), logits: (B, C), labels: (B)
-pub fn loss_forward_backward(dlogits: &mut [f32], logits: &[f32], labels: &[u8], batch: usize, classes: usize, loss: Loss) -> LossOut {
+pub fn loss_forward_backward(
+    dlogits: &mut [f32],
+    logits: &[f32],
+    labels: &[u8],
+    batch: usize,
+    classes: usize,
+    loss: Loss,
+) -> LossOut {
     let mut out = LossOut::default();
     let inv_b = 1.0 / batch as f32;
     let rows = logits[..batch * classes].chunks_exact(classes);
@@ -144,7 +157,13 @@ pub fn loss_forward_backward(dlogits: &mut [f32], logits: &[f32], labels: &[u8],
 
 /// Loss and correct count only (evaluation: no gradient written).
 // logits: (B, C), labels: (B)
-pub fn loss_only(logits: &[f32], labels: &[u8], batch: usize, classes: usize, loss: Loss) -> LossOut {
+pub fn loss_only(
+    logits: &[f32],
+    labels: &[u8],
+    batch: usize,
+    classes: usize,
+    loss: Loss,
+) -> LossOut {
     let mut out = LossOut::default();
     for (z, &y) in logits[..batch * classes].chunks_exact(classes).zip(labels) {
         let y = y as usize;

@@ -14,7 +14,8 @@ use crate::buf::AlignedBuf;
 use crate::model::Layout;
 
 /// The update rule.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OptimKind {
     /// SGD with momentum μ (PyTorch: `v = μv + g`, Nesterov `d = g + μv`).
     Sgd { momentum: f32, nesterov: bool },
@@ -23,7 +24,7 @@ pub enum OptimKind {
 }
 
 /// An optimiser's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OptimConfig {
     pub kind: OptimKind,
     /// Coupled L2 penalty λ of `λ‖W‖²`.
@@ -73,13 +74,17 @@ impl Optimizer {
                 let g = &grads[range.clone()];
                 let m = &mut self.m[range.clone()];
                 match self.cfg.kind {
-                    OptimKind::Sgd { momentum, nesterov } => sgd(p, g, m, lr, momentum, nesterov, l2, wd),
+                    OptimKind::Sgd { momentum, nesterov } => {
+                        sgd(p, g, m, lr, momentum, nesterov, l2, wd)
+                    }
                     OptimKind::Adam { beta1, beta2, eps } => {
                         let v = &mut self.v[range];
                         let t = self.t as i32;
                         let c1 = 1.0 - (beta1 as f64).powi(t);
                         let c2 = 1.0 - (beta2 as f64).powi(t);
-                        adam(p, g, m, v, lr, beta1, beta2, eps, c1 as f32, c2 as f32, l2, wd)
+                        adam(
+                            p, g, m, v, lr, beta1, beta2, eps, c1 as f32, c2 as f32, l2, wd,
+                        )
                     }
                 }
             }
@@ -89,7 +94,16 @@ impl Optimizer {
 
 /// SGD with momentum over one tensor.
 #[allow(clippy::too_many_arguments)]
-fn sgd(p: &mut [f32], g: &[f32], m: &mut [f32], lr: f32, mu: f32, nesterov: bool, l2: f32, wd: f32) {
+fn sgd(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    lr: f32,
+    mu: f32,
+    nesterov: bool,
+    l2: f32,
+    wd: f32,
+) {
     for ((w, &g), v) in p.iter_mut().zip(g).zip(m.iter_mut()) {
         let g = g + 2.0 * l2 * *w;
         *w -= lr * wd * *w;
@@ -101,7 +115,20 @@ fn sgd(p: &mut [f32], g: &[f32], m: &mut [f32], lr: f32, mu: f32, nesterov: bool
 
 /// Adam over one tensor; `c1`, `c2` are the bias corrections `1 − β^t`.
 #[allow(clippy::too_many_arguments)]
-fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, b1: f32, b2: f32, eps: f32, c1: f32, c2: f32, l2: f32, wd: f32) {
+fn adam(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    lr: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    c1: f32,
+    c2: f32,
+    l2: f32,
+    wd: f32,
+) {
     let step = lr / c1;
     let inv_sqrt_c2 = 1.0 / c2.sqrt();
     for (((w, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
@@ -114,11 +141,15 @@ fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, b1: f32
 }
 
 /// How the learning rate changes over a run.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Schedule {
     Constant,
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f32 },
+    Step {
+        every: usize,
+        gamma: f32,
+    },
     /// Cosine decay from the base rate to 0 over the run.
     Cosine,
 }
@@ -152,10 +183,16 @@ impl std::str::FromStr for Schedule {
             ["constant"] => Ok(Schedule::Constant),
             ["cosine"] => Ok(Schedule::Cosine),
             ["step", every, gamma] => Ok(Schedule::Step {
-                every: every.parse().map_err(|_| format!("bad step interval in {s:?}"))?,
-                gamma: gamma.parse().map_err(|_| format!("bad step factor in {s:?}"))?,
+                every: every
+                    .parse()
+                    .map_err(|_| format!("bad step interval in {s:?}"))?,
+                gamma: gamma
+                    .parse()
+                    .map_err(|_| format!("bad step factor in {s:?}"))?,
             }),
-            _ => Err(format!("unknown schedule {s:?} (constant, cosine or step:EVERY:GAMMA)")),
+            _ => Err(format!(
+                "unknown schedule {s:?} (constant, cosine or step:EVERY:GAMMA)"
+            )),
         }
     }
 }
@@ -167,14 +204,23 @@ mod tests {
     #[test]
     fn schedules_follow_their_formulas() {
         assert_eq!(Schedule::Constant.lr(0.1, 5, 10, 0, 0), 0.1);
-        let s = Schedule::Step { every: 2, gamma: 0.5 };
+        let s = Schedule::Step {
+            every: 2,
+            gamma: 0.5,
+        };
         assert_eq!(s.lr(1.0, 0, 10, 3, 0), 0.5);
         assert_eq!(s.lr(1.0, 0, 10, 4, 0), 0.25);
         assert!((Schedule::Cosine.lr(1.0, 5, 10, 0, 0) - 0.5).abs() < 1e-6);
         assert_eq!(Schedule::Cosine.lr(1.0, 0, 10, 0, 0), 1.0);
         assert_eq!(Schedule::Constant.lr(1.0, 0, 10, 0, 4), 0.25);
         assert_eq!(Schedule::Constant.lr(1.0, 3, 10, 0, 4), 1.0);
-        assert_eq!("step:3:0.1".parse(), Ok(Schedule::Step { every: 3, gamma: 0.1 }));
+        assert_eq!(
+            "step:3:0.1".parse(),
+            Ok(Schedule::Step {
+                every: 3,
+                gamma: 0.1
+            })
+        );
         assert!("linear".parse::<Schedule>().is_err());
     }
 }

@@ -141,7 +141,12 @@ fn header_json(tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>) -
 /// renamed only once complete and flushed, so an interrupted write leaves
 /// the previous file (or nothing) behind. An existing `out` is an error
 /// unless `overwrite`.
-pub fn write_atomic(out: &Path, tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>, overwrite: bool) -> Result<(), DataError> {
+pub fn write_atomic(
+    out: &Path,
+    tensors: &[TensorOut<'_>],
+    metadata: &BTreeMap<String, String>,
+    overwrite: bool,
+) -> Result<(), DataError> {
     let header = header_json(tensors, metadata);
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -214,7 +219,8 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
         ));
     }
     let data_start = 8 + n as usize;
-    let text = std::str::from_utf8(&file[8..data_start]).map_err(|_| "header is not UTF-8".to_string())?;
+    let text =
+        std::str::from_utf8(&file[8..data_start]).map_err(|_| "header is not UTF-8".to_string())?;
     let json: serde_json::Map<String, Value> =
         serde_json::from_str(text).map_err(|e| format!("header is not valid JSON: {e}"))?;
     let data_len = file.len() - data_start;
@@ -227,12 +233,15 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
         if name == "__metadata__" {
             let obj = entry.as_object().ok_or("__metadata__ is not an object")?;
             for (k, v) in obj {
-                let s = v.as_str().ok_or_else(|| format!("metadata {k} is not a string"))?;
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| format!("metadata {k} is not a string"))?;
                 header.metadata.insert(k.clone(), s.to_string());
             }
             continue;
         }
-        let (dtype, shape, begin, end) = parse_entry(entry).map_err(|p| format!("tensor {name}: {p}"))?;
+        let (dtype, shape, begin, end) =
+            parse_entry(entry).map_err(|p| format!("tensor {name}: {p}"))?;
         let expected = shape
             .iter()
             .try_fold(dtype.size(), |acc, &x| acc.checked_mul(x))
@@ -267,7 +276,9 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
     let mut at = 0;
     for (begin, end, name) in &ranges {
         if *begin != at {
-            return Err(format!("tensor {name} starts at {begin}, expected {at}: a hole or overlap"));
+            return Err(format!(
+                "tensor {name} starts at {begin}, expected {at}: a hole or overlap"
+            ));
         }
         at = *end;
     }

@@ -2,3 +2,5 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
+pub mod train;

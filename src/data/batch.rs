@@ -9,7 +9,8 @@
 use super::file::{FeatureView, SplitView, Stats};
 
 /// How input features are normalised before they enter the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Normalize {
     /// Per feature: `(x − mean_f) / std_f`. A feature that is constant on the
     /// training split carries no information and is mapped to 0.
@@ -70,6 +71,24 @@ impl Normalizer {
             }
         };
         Normalizer { scale, shift }
+    }
+
+    /// The map `x·scale + shift` given directly (as stored in a model file).
+    ///
+    /// Panics if the two vectors differ in length.
+    pub fn from_affine(scale: Vec<f32>, shift: Vec<f32>) -> Normalizer {
+        assert_eq!(scale.len(), shift.len(), "scale and shift lengths differ");
+        Normalizer { scale, shift }
+    }
+
+    /// Per-feature factors.
+    pub fn scale(&self) -> &[f32] {
+        &self.scale
+    }
+
+    /// Per-feature offsets.
+    pub fn shift(&self) -> &[f32] {
+        &self.shift
     }
 
     /// Features per sample.

@@ -41,7 +41,6 @@ use crate::tensorfile::{self, cast_f32, Dtype, TensorInfo, TensorOut};
 
 pub use crate::tensorfile::TENSOR_ALIGN;
 
-
 /// Value of the `fastnn.format` metadata key of a dataset file.
 pub const FORMAT_NAME: &str = "dataset";
 /// Version of the dataset file layout written by this code.
@@ -173,9 +172,17 @@ pub fn write_dataset(
             Features::U8(v) => TensorOut::u8(images, vec![n, d], v),
             Features::F32(v) => TensorOut::f32(images, vec![n, d], v),
         });
-        tensors.push(TensorOut::u8(format!("{}.labels", split.name), vec![n], &split.labels));
+        tensors.push(TensorOut::u8(
+            format!("{}.labels", split.name),
+            vec![n],
+            &split.labels,
+        ));
         if let Some(coarse) = &split.coarse_labels {
-            tensors.push(TensorOut::u8(format!("{}.coarse_labels", split.name), vec![n], coarse));
+            tensors.push(TensorOut::u8(
+                format!("{}.coarse_labels", split.name),
+                vec![n],
+                coarse,
+            ));
         }
     }
     for (name, values, len) in [
@@ -300,7 +307,7 @@ impl<'a> SplitView<'a> {
 }
 
 /// How many training samples to hold out for validation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Holdout {
     /// This many samples, taken from the end of the training split.
     Count(usize),

@@ -1,0 +1,276 @@
+//! Model files and checkpoints, both safetensors files written atomically.
+//!
+//! - `model.safetensors`: the weights under PyTorch `nn.Sequential` names
+//!   (`0.weight` `[out, in]`, `0.bias`, `2.weight`, …), so
+//!   `model.load_state_dict(safetensors.torch.load_file(path))` works, plus
+//!   metadata that makes the file self-sufficient: layer sizes, activation,
+//!   class names, and the input normalisation as per-feature
+//!   `x·scale + shift` applied to the stored values (bytes 0–255 for images).
+//! - `checkpoint.safetensors`: the parameter slab, the optimiser's moment
+//!   slabs and step count, the epochs done and the run's configuration, so
+//!   `--resume` continues exactly where the run stopped.
+//!
+//! Each file carries a CRC-32 of its data, checked when it is loaded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::data::{DataError, Normalizer};
+use crate::model::{Act, Loss, Mlp, MlpConfig};
+use crate::optim::Optimizer;
+use crate::tensorfile::{self, Dtype, TensorOut};
+use crate::train::TrainConfig;
+
+/// File name of the model inside an output folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// File name of the checkpoint inside an output folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+const VERSION: &str = "1";
+
+/// What a checkpoint is written from (borrowed from the running trainer).
+pub struct CheckpointRef<'a> {
+    pub mlp: &'a Mlp,
+    pub optimizer: &'a Optimizer,
+    pub epochs_done: usize,
+    /// `(1-based epoch, accuracy)` of the best validation so far.
+    pub best: Option<(usize, f64)>,
+    pub config: &'a TrainConfig,
+    pub classes: &'a [String],
+    pub normalizer: &'a Normalizer,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub mlp: Mlp,
+    pub optimizer: Optimizer,
+    pub epochs_done: usize,
+    pub best: Option<(usize, f64)>,
+    pub config: TrainConfig,
+}
+
+/// A loaded model file.
+pub struct ModelFile {
+    pub mlp: Mlp,
+    pub classes: Vec<String>,
+    pub normalizer: Normalizer,
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serialises")
+}
+
+/// Metadata describing the network, shared by both files.
+fn network_metadata(mlp: &Mlp, kind: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("format".into(), "pt".into());
+    m.insert("fastnn.format".into(), kind.into());
+    m.insert("fastnn.version".into(), VERSION.into());
+    m.insert("dims".into(), json(&mlp.cfg.dims));
+    m.insert("activation".into(), mlp.cfg.act.to_string());
+    m.insert("loss".into(), mlp.cfg.loss.to_string());
+    m.insert("dropout".into(), mlp.cfg.dropout.to_string());
+    m
+}
+
+/// Writes `dir/model.safetensors` and `dir/checkpoint.safetensors`.
+pub fn save(dir: &Path, ck: &CheckpointRef<'_>) -> Result<(), DataError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DataError::io(dir, "cannot create the output folder", e))?;
+    save_model(&dir.join(MODEL_FILE), ck.mlp, ck.classes, ck.normalizer)?;
+
+    let mut meta = network_metadata(ck.mlp, "checkpoint");
+    meta.insert("epochs_done".into(), ck.epochs_done.to_string());
+    meta.insert("optimizer_steps".into(), ck.optimizer.t.to_string());
+    meta.insert("best".into(), json(&ck.best));
+    meta.insert("config".into(), json(ck.config));
+    let len = ck.mlp.layout.len;
+    let tensors = vec![
+        TensorOut::f32("params", vec![len], &ck.mlp.params),
+        TensorOut::f32("optimizer.m", vec![ck.optimizer.m.len()], &ck.optimizer.m),
+        TensorOut::f32("optimizer.v", vec![ck.optimizer.v.len()], &ck.optimizer.v),
+    ];
+    write_with_crc(&dir.join(CHECKPOINT_FILE), tensors, meta)
+}
+
+/// Writes a model file (see the module documentation).
+pub fn save_model(
+    path: &Path,
+    mlp: &Mlp,
+    classes: &[String],
+    norm: &Normalizer,
+) -> Result<(), DataError> {
+    let mut meta = network_metadata(mlp, "model");
+    meta.insert("classes".into(), json(&classes));
+    meta.insert("input_scale".into(), json(&norm.scale()));
+    meta.insert("input_shift".into(), json(&norm.shift()));
+    meta.insert(
+        "input_units".into(),
+        "the dataset file's stored values (bytes 0-255 for images); input = x * input_scale + input_shift".into(),
+    );
+    let mut tensors = Vec::new();
+    for (l, slot) in mlp.layout.layers.iter().enumerate() {
+        let idx = mlp.sequential_index(l);
+        tensors.push(TensorOut::f32(
+            format!("{idx}.weight"),
+            vec![slot.fan_out, slot.fan_in],
+            mlp.weight(l),
+        ));
+        tensors.push(TensorOut::f32(
+            format!("{idx}.bias"),
+            vec![slot.fan_out],
+            mlp.bias(l),
+        ));
+    }
+    write_with_crc(path, tensors, meta)
+}
+
+fn write_with_crc(
+    path: &Path,
+    tensors: Vec<TensorOut<'_>>,
+    mut meta: BTreeMap<String, String>,
+) -> Result<(), DataError> {
+    let tensors = tensorfile::with_padding(tensors);
+    meta.insert(
+        "data_crc32".into(),
+        format!("{:08x}", tensorfile::data_crc(&tensors)),
+    );
+    tensorfile::write_atomic(path, &tensors, &meta, true)
+}
+
+/// A file read whole and validated: header, CRC, fastnn kind.
+struct Loaded {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    header: tensorfile::Header,
+}
+
+impl Loaded {
+    fn read(path: &Path, kind: &str) -> Result<Loaded, DataError> {
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "cannot read", e))?;
+        let header = tensorfile::parse(&bytes).map_err(|p| DataError::new(path, p))?;
+        let l = Loaded {
+            path: path.to_path_buf(),
+            bytes,
+            header,
+        };
+        let found = l.meta("fastnn.format")?;
+        if found != kind {
+            return Err(l.err(format!("is a fastnn {found} file, not a {kind} file")));
+        }
+        if l.meta("fastnn.version")? != VERSION {
+            return Err(l.err("was written by a newer fastnn (unknown version)"));
+        }
+        let expected = l.meta("data_crc32")?;
+        let actual = format!("{:08x}", crc32fast::hash(&l.bytes[l.header.data_start..]));
+        if actual != expected {
+            return Err(l.err(format!(
+                "corrupted: the data checksum is {actual}, the header recorded {expected}"
+            )));
+        }
+        Ok(l)
+    }
+
+    fn err(&self, problem: impl Into<String>) -> DataError {
+        DataError::new(&self.path, problem)
+    }
+
+    fn meta(&self, key: &str) -> Result<&str, DataError> {
+        self.header
+            .metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| self.err(format!("metadata has no {key}")))
+    }
+
+    fn parse_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T, DataError> {
+        serde_json::from_str(self.meta(key)?)
+            .map_err(|e| self.err(format!("metadata {key} is malformed: {e}")))
+    }
+
+    fn config(&self) -> Result<MlpConfig, DataError> {
+        let cfg = MlpConfig {
+            dims: self.parse_meta("dims")?,
+            act: self
+                .meta("activation")?
+                .parse::<Act>()
+                .map_err(|e| self.err(e))?,
+            loss: self
+                .meta("loss")?
+                .parse::<Loss>()
+                .map_err(|e| self.err(e))?,
+            dropout: self
+                .meta("dropout")?
+                .parse()
+                .map_err(|_| self.err("metadata dropout is not a number"))?,
+        };
+        cfg.validate().map_err(|e| self.err(e))?;
+        Ok(cfg)
+    }
+
+    /// Copies the f32 tensor `name`, which must have `len` values.
+    fn f32_into(&self, name: &str, out: &mut [f32]) -> Result<(), DataError> {
+        let t = self
+            .header
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.err(format!("missing tensor {name}")))?;
+        let count: usize = t.shape.iter().product();
+        if t.dtype != Dtype::F32 || count != out.len() {
+            return Err(self.err(format!(
+                "tensor {name} is {:?} {:?}, expected F32 with {} values",
+                t.dtype,
+                t.shape,
+                out.len()
+            )));
+        }
+        tensorfile::read_f32_into(out, &self.bytes[t.bytes.clone()]);
+        Ok(())
+    }
+}
+
+/// Loads a model file written by [`save_model`].
+pub fn load_model(path: &Path) -> Result<ModelFile, DataError> {
+    let f = Loaded::read(path, "model")?;
+    let mut mlp = Mlp::zeros(f.config()?);
+    for l in 0..mlp.cfg.layers() {
+        let idx = mlp.sequential_index(l);
+        let slot = mlp.layout.layers[l].clone();
+        f.f32_into(&format!("{idx}.weight"), &mut mlp.params[slot.w])?;
+        f.f32_into(&format!("{idx}.bias"), &mut mlp.params[slot.b])?;
+    }
+    let classes: Vec<String> = f.parse_meta("classes")?;
+    let scale: Vec<f32> = f.parse_meta("input_scale")?;
+    let shift: Vec<f32> = f.parse_meta("input_shift")?;
+    if classes.len() != mlp.cfg.classes()
+        || scale.len() != mlp.cfg.inputs()
+        || shift.len() != scale.len()
+    {
+        return Err(f.err("metadata classes or input normalisation do not match the layer sizes"));
+    }
+    Ok(ModelFile {
+        mlp,
+        classes,
+        normalizer: Normalizer::from_affine(scale, shift),
+        metadata: f.header.metadata.clone(),
+    })
+}
+
+/// Loads `dir/checkpoint.safetensors`.
+pub fn load(dir: &Path) -> Result<Checkpoint, DataError> {
+    let f = Loaded::read(&dir.join(CHECKPOINT_FILE), "checkpoint")?;
+    let config: TrainConfig = f.parse_meta("config")?;
+    let mut mlp = Mlp::zeros(f.config()?);
+    f.f32_into("params", &mut mlp.params)?;
+    let mut optimizer = Optimizer::new(config.optim, &mlp.layout);
+    f.f32_into("optimizer.m", &mut optimizer.m)?;
+    f.f32_into("optimizer.v", &mut optimizer.v)?;
+    optimizer.t = f.parse_meta("optimizer_steps")?;
+    Ok(Checkpoint {
+        mlp,
+        optimizer,
+        epochs_done: f.parse_meta("epochs_done")?,
+        best: f.parse_meta("best")?,
+        config,
+    })
+}

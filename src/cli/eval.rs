@@ -1,0 +1,167 @@
+//! `fastnn eval` and `fastnn predict`: a trained model on a dataset split.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use fastnn::checkpoint::{load_model, ModelFile};
+use fastnn::data::Dataset;
+use fastnn::gemm::Parallelism;
+use fastnn::net::Workspace;
+use fastnn::train::evaluate;
+
+use super::train::open_data;
+
+/// Loss, accuracy, per-class accuracy and confusion matrix of a model.
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  fastnn eval --model run/model.safetensors --data cifar10.safetensors --split test"
+)]
+pub struct EvalArgs {
+    /// The model file (model.safetensors of a training run).
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset file (default: the embedded Fashion-MNIST).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The most likely classes of chosen samples.
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  fastnn predict --model run/model.safetensors --indices 0,1,2 --top 3"
+)]
+pub struct PredictArgs {
+    /// The model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset file (default: the embedded Fashion-MNIST).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Split the samples come from.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Sample indices, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    indices: Vec<usize>,
+    /// Classes to show per sample.
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+}
+
+fn load(model: &PathBuf, data: Option<&std::path::Path>) -> Result<(ModelFile, Dataset)> {
+    let m = load_model(model)?;
+    let ds = open_data(data)?;
+    if ds.dim() != m.mlp.cfg.inputs() || ds.classes().len() != m.mlp.cfg.classes() {
+        bail!(
+            "{}: the model takes {} features into {} classes, the dataset {} has {} features and {} classes",
+            model.display(),
+            m.mlp.cfg.inputs(),
+            m.mlp.cfg.classes(),
+            ds.path().display(),
+            ds.dim(),
+            ds.classes().len()
+        );
+    }
+    Ok((m, ds))
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let (m, ds) = load(&args.model, args.data.as_deref())?;
+    let view = ds.split(&args.split)?;
+    let mut ws = Workspace::new(&m.mlp, 256, Parallelism::Single);
+    let r = evaluate(&m.mlp, &mut ws, &m.normalizer, &view, &mut Vec::new());
+    let c = m.classes.len();
+    let per_class: Vec<f64> = (0..c)
+        .map(|k| {
+            let row = &r.confusion[k * c..(k + 1) * c];
+            row[k] as f64 / row.iter().sum::<usize>().max(1) as f64
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "split": args.split, "samples": r.samples, "loss": r.loss, "accuracy": r.accuracy,
+            "classes": m.classes, "per_class_accuracy": per_class, "confusion": r.confusion,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} on {} ({} samples): loss {:.4}, accuracy {:.2}%",
+        args.model.display(),
+        args.split,
+        r.samples,
+        r.loss,
+        100.0 * r.accuracy
+    )?;
+    let width = m.classes.iter().map(|s| s.len()).max().unwrap_or(5).max(5);
+    writeln!(out, "\nper class:")?;
+    for (k, acc) in per_class.iter().enumerate() {
+        writeln!(out, "  {:>width$}  {:6.2}%", m.classes[k], 100.0 * acc)?;
+    }
+    writeln!(
+        out,
+        "\nconfusion matrix (rows: true class, columns: predicted):"
+    )?;
+    for k in 0..c {
+        let row: Vec<String> = r.confusion[k * c..(k + 1) * c]
+            .iter()
+            .map(|n| format!("{n:>5}"))
+            .collect();
+        writeln!(out, "  {:>width$} {}", m.classes[k], row.join(""))?;
+    }
+    Ok(())
+}
+
+pub fn run_predict(args: PredictArgs) -> Result<()> {
+    let (m, ds) = load(&args.model, args.data.as_deref())?;
+    let view = ds.split(&args.split)?;
+    if let Some(&bad) = args.indices.iter().find(|&&i| i >= view.len()) {
+        bail!(
+            "index {bad} is out of range: split {} has {} samples",
+            args.split,
+            view.len()
+        );
+    }
+    let batch = args.indices.len();
+    let mut ws = Workspace::new(&m.mlp, batch, Parallelism::Single);
+    m.normalizer
+        .gather(&view, &args.indices, &mut ws.x, &mut ws.labels);
+    m.mlp.forward(&mut ws, batch, None);
+    let c = m.classes.len();
+    let mut out = std::io::stdout().lock();
+    for (r, &i) in args.indices.iter().enumerate() {
+        let z = &ws.logits()[r * c..(r + 1) * c];
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = z.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        let mut order: Vec<usize> = (0..c).collect();
+        order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+        let top: Vec<String> = order
+            .iter()
+            .take(args.top.max(1))
+            .map(|&k| {
+                format!(
+                    "{} {:.1}%",
+                    m.classes[k],
+                    100.0 * ((z[k] - max) as f64).exp() / sum
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "{i}: true {}; predicted {}",
+            m.classes[ws.labels[r] as usize],
+            top.join(", ")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! `fastnn train`: command-line flags and an optional TOML file → a
+//! validated `TrainConfig` → the library's training loop, with progress
+//! output.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fastnn::checkpoint;
+use fastnn::data::{embedded, Dataset, Holdout, Normalize};
+use fastnn::model::{Act, Loss};
+use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::train::{self, EpochMetrics, Observer, RunInfo, StepProgress, Summary, TrainConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+
+/// Every option of a run. On the command line each is a flag; in a TOML
+/// file (`--config`) each is a key of the same name with `_` for `-`.
+/// Flags override the file; the file overrides the defaults.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct TrainArgs {
+    /// Dataset file (default: the embedded Fashion-MNIST, converted on first use).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A TOML file with any of these options as keys.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Hidden layer sizes, comma-separated [default: 512,256].
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Option<Vec<usize>>,
+    /// relu, leaky_relu, tanh or sigmoid [default: relu].
+    #[arg(long)]
+    pub activation: Option<String>,
+    /// xent (softmax + cross-entropy), mse or hinge [default: xent].
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Dropout probability of hidden units [default: 0].
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// sgd, adam or adamw [default: sgd].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Use Nesterov momentum (SGD).
+    #[arg(long)]
+    pub nesterov: Option<bool>,
+    /// Learning rate [default: 0.05 for SGD, 0.001 for Adam/AdamW].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// constant, cosine or step:EVERY:GAMMA [default: cosine].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Steps of linear learning-rate warm-up [default: 0].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// L2 penalty λ of λ‖W‖² (gradient 2λW) [default: 0].
+    #[arg(long)]
+    pub l2: Option<f32>,
+    /// Decoupled weight decay [default: 0; 0.01 for adamw].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Epochs [default: 12].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Mini-batch size [default: 128].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Seed of initialisation, shuffling and dropout [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Input normalisation from training statistics: feature, channel or none [default: feature].
+    #[arg(long)]
+    pub normalize: Option<String>,
+    /// Validation samples held out of the end of the training split: a count
+    /// (5000) or a fraction (0.1) [default: 5000].
+    #[arg(long)]
+    pub validation: Option<String>,
+    /// Output folder for model.safetensors and checkpoint.safetensors.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write a checkpoint every N epochs [default: 1].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run whose checkpoint is in this folder.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Append one JSON object per epoch to this file.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Print only the final summary.
+    #[arg(long)]
+    #[serde(skip)]
+    pub quiet: bool,
+    /// Print the final summary as JSON on stdout (everything else goes to stderr).
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: bool,
+}
+
+/// Takes each option from the flags, else from the file.
+fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
+    macro_rules! pick {
+        ($($f:ident),*) => { TrainArgs { $($f: flags.$f.or(file.$f),)* config: flags.config, resume: flags.resume, quiet: flags.quiet, json: flags.json } };
+    }
+    pick!(
+        data,
+        hidden,
+        activation,
+        loss,
+        dropout,
+        optimizer,
+        momentum,
+        nesterov,
+        lr,
+        schedule,
+        warmup,
+        l2,
+        weight_decay,
+        epochs,
+        batch,
+        seed,
+        threads,
+        normalize,
+        validation,
+        out,
+        checkpoint_every,
+        metrics
+    )
+}
+
+fn parse_holdout(s: &str) -> Result<Holdout> {
+    if let Ok(n) = s.parse::<usize>() {
+        return Ok(Holdout::Count(n));
+    }
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(Holdout::Fraction(f)),
+        _ => bail!("--validation {s:?}: expected a count (5000) or a fraction in [0, 1) (0.1)"),
+    }
+}
+
+/// Resolves flags, file and defaults into the library's configuration.
+pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
+    let optimizer = args.optimizer.as_deref().unwrap_or("sgd");
+    let kind = match optimizer {
+        "sgd" => OptimKind::Sgd {
+            momentum: args.momentum.unwrap_or(0.9),
+            nesterov: args.nesterov.unwrap_or(false),
+        },
+        "adam" | "adamw" => OptimKind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        other => bail!("unknown optimizer {other:?} (sgd, adam or adamw)"),
+    };
+    let default_lr = if optimizer == "sgd" { 0.05 } else { 0.001 };
+    let default_wd = if optimizer == "adamw" { 0.01 } else { 0.0 };
+    let or = |v: &Option<String>, default: &str| v.clone().unwrap_or_else(|| default.to_string());
+    let cfg = TrainConfig {
+        hidden: args.hidden.clone().unwrap_or_else(|| vec![512, 256]),
+        act: or(&args.activation, "relu")
+            .parse::<Act>()
+            .map_err(anyhow::Error::msg)?,
+        loss: or(&args.loss, "xent")
+            .parse::<Loss>()
+            .map_err(anyhow::Error::msg)?,
+        dropout: args.dropout.unwrap_or(0.0),
+        optim: OptimConfig {
+            kind,
+            l2: args.l2.unwrap_or(0.0),
+            weight_decay: args.weight_decay.unwrap_or(default_wd),
+        },
+        lr: args.lr.unwrap_or(default_lr),
+        schedule: or(&args.schedule, "cosine")
+            .parse::<Schedule>()
+            .map_err(anyhow::Error::msg)?,
+        warmup: args.warmup.unwrap_or(0),
+        epochs: args.epochs.unwrap_or(12),
+        batch: args.batch.unwrap_or(128),
+        seed: args.seed.unwrap_or(1),
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        normalize: or(&args.normalize, "feature")
+            .parse::<Normalize>()
+            .map_err(anyhow::Error::msg)?,
+        holdout: parse_holdout(args.validation.as_deref().unwrap_or("5000"))?,
+        checkpoint_every: args.checkpoint_every.unwrap_or(1),
+    };
+    if cfg.lr <= 0.0 || !cfg.lr.is_finite() {
+        bail!("--lr must be a positive number");
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        bail!("--dropout must be in [0, 1)");
+    }
+    if cfg.threads == 0 || cfg.batch == 0 || cfg.epochs == 0 {
+        bail!("--threads, --batch and --epochs must be at least 1");
+    }
+    Ok(cfg)
+}
+
+/// Opens `--data`, or the embedded default.
+pub fn open_data(path: Option<&Path>) -> Result<Dataset> {
+    Ok(match path {
+        Some(p) => Dataset::open(p)?,
+        None => {
+            let (ds, report) = embedded::open_default()?;
+            if let Some(r) = report {
+                eprintln!(
+                    "fastnn: converted the embedded Fashion-MNIST into {} ({:.2} s)",
+                    ds.path().display(),
+                    r.seconds
+                );
+            }
+            ds
+        }
+    })
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let args = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            let file: TrainArgs = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+            merge(args, file)
+        }
+        None => args,
+    };
+    let resume = match &args.resume {
+        Some(dir) => Some(checkpoint::load(dir)?),
+        None => None,
+    };
+    // A resumed run keeps its configuration; only the epoch count may grow.
+    let cfg = match &resume {
+        Some(ck) => TrainConfig {
+            epochs: args.epochs.unwrap_or(ck.config.epochs),
+            ..ck.config.clone()
+        },
+        None => resolve(&args)?,
+    };
+    let out = args.out.clone().or_else(|| args.resume.clone());
+    let data = open_data(args.data.as_deref())?;
+    let metrics = match &args.metrics {
+        Some(p) => Some(BufWriter::new(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut progress = Progress::new(args.quiet, data.path(), metrics, cfg.epochs);
+    let (_, summary) = train::train(&data, &cfg, out.as_ref(), resume, &mut progress)?;
+    progress.finish(&summary, args.json, out.as_deref())
+}
+
+/// Progress output: a bar on a terminal, plain lines otherwise.
+struct Progress {
+    quiet: bool,
+    dataset: String,
+    bar: Option<ProgressBar>,
+    metrics: Option<BufWriter<File>>,
+    metrics_error: Option<std::io::Error>,
+    epochs: usize,
+}
+
+impl Progress {
+    fn new(
+        quiet: bool,
+        dataset: &Path,
+        metrics: Option<BufWriter<File>>,
+        epochs: usize,
+    ) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        Progress {
+            quiet,
+            dataset: dataset.file_name().map_or_else(
+                || dataset.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            bar: (tty && !quiet).then(|| {
+                let bar = ProgressBar::new(0);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "epoch {prefix} [{bar:30}] {pos}/{len} loss {msg} eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar
+            }),
+            metrics,
+            metrics_error: None,
+            epochs,
+        }
+    }
+
+    fn finish(mut self, s: &Summary, json: bool, out: Option<&Path>) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if let Some(e) = self.metrics_error.take() {
+            bail!("cannot write the metrics file: {e}");
+        }
+        if let Some(m) = &mut self.metrics {
+            m.flush().context("cannot write the metrics file")?;
+        }
+        if json {
+            let mut stdout = std::io::stdout().lock();
+            serde_json::to_writer(&mut stdout, s)?;
+            writeln!(stdout)?;
+            return Ok(());
+        }
+        let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+        let mut line = String::new();
+        if let (Some(e), Some(a)) = (s.best_val_epoch, s.best_val_accuracy) {
+            line += &format!("best validation {} at epoch {e}; ", pct(a));
+        }
+        if let (Some(a), Some(l)) = (s.test_accuracy, s.test_loss) {
+            line += &format!("test accuracy {} (loss {l:.4}); ", pct(a));
+        }
+        line += &format!(
+            "{:.1} s wall, {:.0} images/s",
+            s.wall_seconds, s.images_per_sec
+        );
+        if let Some(dir) = out {
+            line += &format!("; model in {}", dir.join(checkpoint::MODEL_FILE).display());
+        }
+        println!("{line}");
+        Ok(())
+    }
+}
+
+impl Observer for Progress {
+    fn start(&mut self, info: &RunInfo) {
+        if self.quiet {
+            return;
+        }
+        let dims: Vec<String> = info.dims.iter().map(|d| d.to_string()).collect();
+        eprintln!(
+            "fastnn: training {} ({} parameters, {:.2} GFLOP per step) on {} ({} train / {} validation / {} test), gemm {}, {} thread{}{}",
+            dims.join("-"),
+            info.parameters,
+            info.flops_per_step as f64 / 1e9,
+            self.dataset,
+            info.train_samples,
+            info.val_samples,
+            info.test_samples,
+            info.isa,
+            info.threads,
+            if info.threads == 1 { "" } else { "s" },
+            if info.start_epoch > 0 { format!(", resuming after epoch {}", info.start_epoch) } else { String::new() }
+        );
+    }
+
+    fn step(&mut self, p: &StepProgress) {
+        if let Some(bar) = &self.bar {
+            if p.step_in_epoch == 1 {
+                bar.set_length(p.steps_per_epoch as u64);
+                bar.set_prefix(format!("{}/{}", p.epoch, self.epochs));
+            }
+            bar.set_position(p.step_in_epoch as u64);
+            if p.step_in_epoch % 16 == 0 || p.step_in_epoch == p.steps_per_epoch {
+                bar.set_message(format!("{:.4}", p.running_loss));
+            }
+        }
+    }
+
+    fn epoch(&mut self, m: &EpochMetrics) {
+        if let Some(w) = &mut self.metrics {
+            let r = serde_json::to_writer(&mut *w, m)
+                .map_err(std::io::Error::from)
+                .and_then(|_| writeln!(w));
+            if let Err(e) = r {
+                self.metrics_error.get_or_insert(e);
+            }
+        }
+        if self.quiet {
+            return;
+        }
+        let val = match (m.val_loss, m.val_accuracy) {
+            (Some(l), Some(a)) => format!("  val loss {l:.4} acc {:.2}%", 100.0 * a),
+            _ => String::new(),
+        };
+        let line = format!(
+            "epoch {:>3}/{}  train loss {:.4} acc {:.2}%{val}  lr {:.4}  {:.0} img/s  {:.2} s",
+            m.epoch,
+            self.epochs,
+            m.train_loss,
+            100.0 * m.train_accuracy,
+            m.lr,
+            m.images_per_sec,
+            m.seconds
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Helpers shared by the training tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use fastnn::data::{Features, RawDataset, RawSplit, SourceInfo};
+use fastnn::rng::Rng;
+
+/// A learnable synthetic dataset: each class has a random prototype of
+/// `dim` bytes, and samples are prototypes plus noise. Written as a dataset
+/// file at `dir/synthetic.safetensors`.
+pub fn synthetic_dataset(dir: &Path, train: usize, test: usize, dim: usize, classes: usize, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    let protos: Vec<Vec<f64>> = (0..classes).map(|_| (0..dim).map(|_| 40.0 + 170.0 * rng.next_f64()).collect()).collect();
+    let mut split = |name: &str, n: usize| {
+        let mut features = Vec::with_capacity(n * dim);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = rng.below(classes as u64) as usize;
+            labels.push(c as u8);
+            features.extend(protos[c].iter().map(|&p| (p + 60.0 * rng.normal()).clamp(0.0, 255.0) as u8));
+        }
+        RawSplit {
+            name: name.to_string(),
+            features: Features::U8(features),
+            labels,
+            coarse_labels: None,
+        }
+    };
+    let splits = vec![split("train", train), split("test", test)];
+    let raw = RawDataset {
+        format: "synthetic".into(),
+        classes: (0..classes).map(|c| format!("class{c}")).collect(),
+        coarse_classes: None,
+        shape: vec![dim],
+        splits,
+    };
+    let path = dir.join("synthetic.safetensors");
+    fastnn::data::file::write_dataset(&raw, &SourceInfo::default(), &path, true).unwrap();
+    path
+}

@@ -1,0 +1,146 @@
+//! The training loop: it learns, it is deterministic across runs and
+//! thread counts, it resumes bit for bit, it stops on divergence.
+
+mod common;
+
+use std::path::PathBuf;
+
+use fastnn::checkpoint::{self, load_model};
+use fastnn::data::{Dataset, Holdout, Normalize};
+use fastnn::gemm::Parallelism;
+use fastnn::model::{Act, Loss};
+use fastnn::net::Workspace;
+use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::train::{evaluate, train, Silent, TrainConfig, TrainError};
+
+fn config(threads: usize) -> TrainConfig {
+    TrainConfig {
+        hidden: vec![192, 64],
+        act: Act::Relu,
+        loss: Loss::Xent,
+        dropout: 0.1,
+        optim: OptimConfig {
+            kind: OptimKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            l2: 1e-4,
+            weight_decay: 0.0,
+        },
+        lr: 0.02,
+        schedule: Schedule::Cosine,
+        warmup: 5,
+        epochs: 4,
+        batch: 64,
+        seed: 42,
+        threads,
+        normalize: Normalize::Feature,
+        holdout: Holdout::Count(200),
+        checkpoint_every: 1,
+    }
+}
+
+fn dataset(dir: &tempfile::TempDir) -> Dataset {
+    Dataset::open(common::synthetic_dataset(dir.path(), 1400, 300, 96, 4, 9)).unwrap()
+}
+
+#[test]
+fn it_learns_and_the_model_file_reproduces_the_test_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let out = dir.path().join("run");
+    let (mlp, summary) = train(&data, &config(2), Some(&out), None, &mut Silent).unwrap();
+    let test_acc = summary.test_accuracy.unwrap();
+    assert!(test_acc > 0.9, "test accuracy {test_acc}");
+    assert!(summary.best_val_accuracy.unwrap() > 0.9);
+
+    let model = load_model(&out.join(checkpoint::MODEL_FILE)).unwrap();
+    assert_eq!(&model.mlp.params[..], &mlp.params[..]);
+    assert_eq!(model.classes, data.classes());
+    let mut ws = Workspace::new(&model.mlp, 50, Parallelism::Single);
+    let r = evaluate(&model.mlp, &mut ws, &model.normalizer, &data.split("test").unwrap(), &mut Vec::new());
+    assert_eq!(r.accuracy, test_acc);
+    assert_eq!(r.confusion.iter().sum::<usize>(), 300);
+}
+
+#[test]
+fn same_seed_gives_bitwise_equal_weights_for_one_and_two_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let (a, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
+    let (b, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
+    let (c, _) = train(&data, &config(1), None, None, &mut Silent).unwrap();
+    assert!(a.params.iter().zip(b.params.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(a.params.iter().zip(c.params.iter()).all(|(x, y)| x.to_bits() == y.to_bits()), "1 vs 2 threads differ");
+    let other_seed = TrainConfig { seed: 43, ..config(2) };
+    let (d, _) = train(&data, &other_seed, None, None, &mut Silent).unwrap();
+    assert!(a.params.iter().zip(d.params.iter()).any(|(x, y)| x != y));
+}
+
+#[test]
+fn resuming_from_a_checkpoint_continues_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let (full, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
+
+    // The same 4-epoch run, stopped after its second epoch's checkpoint.
+    let out: PathBuf = dir.path().join("run");
+    let (_, partial) = train(&data, &config(2), Some(&out), None, &mut StopAfter(2)).unwrap();
+    assert_eq!(partial.epochs, 2);
+    let ck = checkpoint::load(&out).unwrap();
+    assert_eq!(ck.epochs_done, 2);
+    assert_eq!(ck.config, config(2));
+    let (resumed, summary) = train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
+    assert_eq!(summary.epochs, 4);
+    assert!(full.params.iter().zip(resumed.params.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+/// Asks the run to stop after `0` epochs, as a user's Ctrl-C would.
+struct StopAfter(usize);
+impl fastnn::train::Observer for StopAfter {
+    fn epoch(&mut self, m: &fastnn::train::EpochMetrics) {
+        self.0 = self.0.saturating_sub(usize::from(m.epoch > 0));
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.0 == 0
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_epoch_and_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let cfg = TrainConfig {
+        lr: 1e9,
+        schedule: Schedule::Constant,
+        warmup: 0,
+        ..config(1)
+    };
+    match train(&data, &cfg, None, None, &mut Silent) {
+        Err(e @ TrainError::Diverged { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("epoch 1, step"), "{msg}");
+            assert!(msg.contains("try a lower learning rate"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a learning rate of 1e9 must diverge"),
+    }
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let out = dir.path().join("run");
+    train(&data, &TrainConfig { epochs: 1, ..config(1) }, Some(&out), None, &mut Silent).unwrap();
+    let path = out.join(checkpoint::CHECKPOINT_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = bytes.len() - 100;
+    bytes[i] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = checkpoint::load(&out).err().expect("corruption detected").to_string();
+    assert!(err.contains("checkpoint.safetensors") && err.contains("corrupted"), "{err}");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = checkpoint::load(&out).err().expect("truncation detected").to_string();
+    assert!(err.contains("truncated") || err.contains("does not match"), "{err}");
+}
