@@ -1,0 +1,408 @@
+//! The reference MLP (`fastnn::reference`) against central finite
+//! differences and against a golden state written by PyTorch in float64
+//! (`tools/torch_golden.py`, the layout is in its docstring), in the manner
+//! of llm.c's `test_gpt2.c`.
+
+use std::collections::HashMap;
+
+use fastnn::model::{Act, Loss};
+use fastnn::reference::{
+    compare_with_finite_differences, gradcheck, param_names, random_problem, GradcheckInput,
+    Problem, RefMlp, RefOptim, RefOptimizer, GRADCHECK_EPS, GRADCHECK_FLOOR, GRADCHECK_TOL,
+    KINK_MARGIN,
+};
+use safetensors::{Dtype, SafeTensors};
+
+const ACTS: [Act; 4] = [Act::Relu, Act::LeakyRelu, Act::Tanh, Act::Sigmoid];
+const LOSSES: [Loss; 3] = [Loss::Xent, Loss::Mse, Loss::Hinge];
+const DIMS: [usize; 4] = [5, 7, 4, 3];
+const BATCH: usize = 6;
+
+/// Finite-difference step, relative-error floor, tolerance and kink margin:
+/// the library's defaults (their doc comments say why these values).
+const EPS: f64 = GRADCHECK_EPS;
+const FLOOR: f64 = GRADCHECK_FLOOR;
+const TOL: f64 = GRADCHECK_TOL;
+const MARGIN: f64 = KINK_MARGIN;
+
+fn problem(act: Act, loss: Loss, dropout: f64, seed: u64) -> Problem {
+    random_problem(&DIMS, act, loss, BATCH, dropout, seed, MARGIN)
+        .expect("a draw away from the kinks")
+}
+
+fn input<'a>(p: &'a Problem, loss: Loss, l2: f64) -> GradcheckInput<'a> {
+    GradcheckInput {
+        x: &p.x,
+        labels: &p.labels,
+        loss,
+        l2,
+        masks: p.masks.as_deref(),
+        eps: EPS,
+        floor: FLOOR,
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 1. Finite differences.
+
+#[test]
+fn gradients_match_finite_differences_for_every_activation_and_loss() {
+    let mut worst: f64 = 0.0;
+    let mut seed = 0;
+    for act in ACTS {
+        for loss in LOSSES {
+            for l2 in [0.0, 0.01] {
+                for dropout in [0.0, 0.5] {
+                    seed += 1;
+                    let p = problem(act, loss, dropout, seed);
+                    let errors = gradcheck(&p.mlp, &input(&p, loss, l2));
+                    for (name, err) in &errors {
+                        assert!(
+                            *err < TOL,
+                            "{act} {loss} l2={l2} dropout={dropout}: {name} relative error {err:e}"
+                        );
+                        worst = worst.max(*err);
+                    }
+                }
+            }
+        }
+    }
+    println!("finite differences: max relative error {worst:e} over {seed} configurations");
+}
+
+#[test]
+fn dropout_masks_change_the_gradients() {
+    // The masked case must really be masked: a zeroed hidden unit has no
+    // gradient on its incoming weights.
+    let p = problem(Act::Tanh, Loss::Xent, 0.5, 7);
+    let masks = p.masks.as_ref().unwrap();
+    let (_, _, g) = p
+        .mlp
+        .loss_and_grads(&p.x, &p.labels, Loss::Xent, 0.0, Some(masks));
+    let (_, _, g_full) = p.mlp.loss_and_grads(&p.x, &p.labels, Loss::Xent, 0.0, None);
+    assert_ne!(g, g_full);
+    let h1 = DIMS[1];
+    for j in 0..h1 {
+        if (0..BATCH).all(|n| masks[0][n * h1 + j] == 0.0) {
+            assert_eq!(
+                g.biases[0][j], 0.0,
+                "unit {j} is dropped for the whole batch"
+            );
+        }
+    }
+}
+
+#[test]
+fn kink_distance_sees_a_relu_at_zero() {
+    let mut mlp = RefMlp::zeros(&[1, 1, 1], Act::Relu);
+    mlp.weights[0][0] = 1.0;
+    assert_eq!(mlp.kink_distance(&[0.0], &[0], Loss::Xent, None), 0.0);
+    assert_eq!(mlp.kink_distance(&[0.5], &[0], Loss::Xent, None), 0.5);
+    mlp.act = Act::Tanh;
+    assert_eq!(
+        mlp.kink_distance(&[0.0], &[0], Loss::Xent, None),
+        f64::INFINITY
+    );
+    // Hinge, C = 1: no j ≠ y, so no kink; C = 2 with equal logits: 1 − 0 + 0.
+    assert_eq!(
+        mlp.kink_distance(&[0.0], &[0], Loss::Hinge, None),
+        f64::INFINITY
+    );
+    let two = RefMlp::zeros(&[1, 1, 2], Act::Tanh);
+    assert_eq!(two.kink_distance(&[0.0], &[0], Loss::Hinge, None), 1.0);
+}
+
+// ----------------------------------------------------------------------------
+// 3. The gradient check itself: order of the report, and it can fail.
+
+#[test]
+fn gradcheck_reports_every_tensor_in_sequential_order() {
+    let p = problem(Act::Relu, Loss::Xent, 0.0, 100);
+    let errors = gradcheck(&p.mlp, &input(&p, Loss::Xent, 0.0));
+    let names: Vec<&str> = errors.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    );
+    assert_eq!(param_names(3), names);
+    for (name, err) in &errors {
+        assert!(*err < TOL, "{name}: {err:e}");
+    }
+}
+
+#[test]
+fn gradcheck_detects_a_wrong_element() {
+    let p = problem(Act::Sigmoid, Loss::Mse, 0.0, 101);
+    let inp = input(&p, Loss::Mse, 0.0);
+    let (_, _, mut grads) = p.mlp.loss_and_grads(&p.x, &p.labels, Loss::Mse, 0.0, None);
+    // Flip the sign of one element of 2.weight (chosen with a gradient well
+    // above the floor, so the flip is a large relative error).
+    let k = (0..grads.weights[1].len())
+        .max_by(|&a, &b| {
+            grads.weights[1][a]
+                .abs()
+                .total_cmp(&grads.weights[1][b].abs())
+        })
+        .unwrap();
+    assert!(grads.weights[1][k].abs() > FLOOR);
+    grads.weights[1][k] = -grads.weights[1][k];
+    let errors = compare_with_finite_differences(&p.mlp, &grads, &inp);
+    for (name, err) in &errors {
+        if name == "2.weight" {
+            assert!(
+                *err > 1.0,
+                "a flipped sign gives a relative error of 2, got {err:e}"
+            );
+        } else {
+            assert!(*err < TOL, "{name}: {err:e}");
+        }
+    }
+}
+
+#[test]
+fn gradcheck_detects_a_missing_term() {
+    // Gradients computed without the L2 term, checked against the loss
+    // with it: every weight tensor must be flagged, no bias.
+    let p = problem(Act::Tanh, Loss::Xent, 0.0, 102);
+    let (_, _, grads) = p.mlp.loss_and_grads(&p.x, &p.labels, Loss::Xent, 0.0, None);
+    let errors = compare_with_finite_differences(&p.mlp, &grads, &input(&p, Loss::Xent, 0.1));
+    for (name, err) in &errors {
+        if name.ends_with("weight") {
+            assert!(*err > 1e-3, "{name}: missing 2λW not seen ({err:e})");
+        } else {
+            assert!(*err < TOL, "{name}: {err:e}");
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 2. PyTorch golden state.
+
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/mlp_golden.safetensors"
+);
+/// Same f64 math on both sides: only rounding differs.
+const GOLDEN_TOL: f64 = 1e-10;
+
+struct Golden {
+    bytes: Vec<u8>,
+    metadata: HashMap<String, String>,
+}
+
+impl Golden {
+    fn open() -> Golden {
+        let bytes = std::fs::read(GOLDEN).unwrap_or_else(|e| {
+            panic!("{GOLDEN}: {e}\n---> HINT: run python3 tools/torch_golden.py")
+        });
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("a safetensors file");
+        let metadata = meta.metadata().clone().expect("golden metadata");
+        assert_eq!(metadata["format"], "fastnn-golden");
+        assert_eq!(metadata["version"], "1");
+        Golden { bytes, metadata }
+    }
+
+    fn cases(&self) -> serde_json::Value {
+        serde_json::from_str(&self.metadata["cases"]).expect("cases is JSON")
+    }
+
+    fn f64s(&self, name: &str) -> Vec<f64> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(t.dtype(), Dtype::F64, "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
+    fn labels(&self, name: &str) -> Vec<usize> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(t.dtype(), Dtype::I64, "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+            .collect()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        SafeTensors::deserialize(&self.bytes)
+            .unwrap()
+            .tensor(name)
+            .is_ok()
+    }
+
+    /// The network of `case` with the parameters stored under `<case>.<prefix><param>`.
+    fn mlp(&self, case: &str, prefix: &str, dims: &[usize], act: Act) -> RefMlp {
+        let mut mlp = RefMlp::zeros(dims, act);
+        for (t, name) in param_names(mlp.layers()).iter().enumerate() {
+            let v = self.f64s(&format!("{case}.{prefix}{name}"));
+            assert_eq!(v.len(), mlp.tensor_mut(t).len(), "{case}.{prefix}{name}");
+            *mlp.tensor_mut(t) = v;
+        }
+        mlp
+    }
+}
+
+/// llm.c's `check_tensor`: prints the first values and the max difference,
+/// returns the max difference relative to the largest reference value.
+fn check_tensor(label: &str, ours: &[f64], golden: &[f64]) -> f64 {
+    assert_eq!(ours.len(), golden.len(), "{label}: length");
+    let mut maxdiff: f64 = 0.0;
+    let mut scale: f64 = 0.0;
+    for (a, b) in ours.iter().zip(golden) {
+        maxdiff = maxdiff.max((a - b).abs());
+        scale = scale.max(b.abs());
+    }
+    let rel = if maxdiff == 0.0 { 0.0 } else { maxdiff / scale };
+    let ok = if rel <= GOLDEN_TOL { "OK" } else { "NOT OK" };
+    let head: Vec<String> = ours
+        .iter()
+        .zip(golden)
+        .take(3)
+        .map(|(a, b)| format!("{a:.6e}/{b:.6e}"))
+        .collect();
+    println!(
+        "{label:<40} {ok:<6} maxdiff {maxdiff:.3e} rel {rel:.3e}  {}",
+        head.join(" ")
+    );
+    rel
+}
+
+fn dims_of(case: &serde_json::Value) -> Vec<usize> {
+    case["dims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect()
+}
+
+fn masks_of(golden: &Golden, name: &str, hidden: usize) -> Option<Vec<Vec<f64>>> {
+    golden.has(&format!("{name}.mask.0")).then(|| {
+        (0..hidden)
+            .map(|l| golden.f64s(&format!("{name}.mask.{l}")))
+            .collect()
+    })
+}
+
+#[test]
+fn golden_forward_and_backward_match_pytorch() {
+    let golden = Golden::open();
+    println!("golden state written by torch {}", golden.metadata["torch"]);
+    let cases = golden.cases();
+    let cases = cases.as_object().unwrap();
+    assert_eq!(
+        cases.len(),
+        4,
+        "relu_xent, tanh_mse, leaky_relu_hinge_l2, sigmoid_xent_dropout"
+    );
+    let mut worst: f64 = 0.0;
+    for (name, case) in cases {
+        let dims = dims_of(case);
+        let act: Act = case["activation"].as_str().unwrap().parse().unwrap();
+        let loss: Loss = case["loss"].as_str().unwrap().parse().unwrap();
+        let l2 = case["l2"].as_f64().unwrap();
+        let x = golden.f64s(&format!("{name}.x"));
+        let labels = golden.labels(&format!("{name}.labels"));
+        assert_eq!(labels.len() as u64, case["batch"].as_u64().unwrap());
+        let masks = masks_of(&golden, name, dims.len() - 2);
+        assert_eq!(
+            masks.is_some(),
+            case["dropout"].as_f64().unwrap() > 0.0,
+            "{name}: masks"
+        );
+        let mlp = golden.mlp(name, "init.", &dims, act);
+
+        let (value, logits, grads) = mlp.loss_and_grads(&x, &labels, loss, l2, masks.as_deref());
+        worst = worst.max(check_tensor(
+            &format!("{name}.logits"),
+            &logits,
+            &golden.f64s(&format!("{name}.logits")),
+        ));
+        worst = worst.max(check_tensor(
+            &format!("{name}.loss"),
+            &[value],
+            &golden.f64s(&format!("{name}.loss")),
+        ));
+        // The loss alone (no backward) agrees with the loss of the backward pass.
+        assert_eq!(mlp.loss(&x, &labels, loss, l2, masks.as_deref()), value);
+        for (t, pname) in param_names(mlp.layers()).iter().enumerate() {
+            let label = format!("{name}.grad.{pname}");
+            worst = worst.max(check_tensor(
+                &label,
+                grads.tensors()[t],
+                &golden.f64s(&label),
+            ));
+        }
+    }
+    println!("golden forward/backward: max relative difference {worst:.3e}");
+    assert!(
+        worst <= GOLDEN_TOL,
+        "max relative difference {worst:e} > {GOLDEN_TOL:e}"
+    );
+}
+
+#[test]
+fn golden_optimizer_steps_match_pytorch() {
+    let golden = Golden::open();
+    let cases = golden.cases();
+    let name = "relu_xent";
+    let case = &cases[name];
+    let dims = dims_of(case);
+    let act: Act = case["activation"].as_str().unwrap().parse().unwrap();
+    let loss: Loss = case["loss"].as_str().unwrap().parse().unwrap();
+    let l2 = case["l2"].as_f64().unwrap();
+    let x = golden.f64s(&format!("{name}.x"));
+    let labels = golden.labels(&format!("{name}.labels"));
+    let optims = case["optimizers"].as_object().unwrap();
+    assert_eq!(optims.len(), 3, "sgd, sgd_nesterov_wd, adamw");
+    let mut worst: f64 = 0.0;
+    for (opt_name, opt) in optims {
+        let f = |k: &str| opt[k].as_f64().unwrap();
+        let optim = match opt["kind"].as_str().unwrap() {
+            "sgd" => RefOptim::Sgd {
+                lr: f("lr"),
+                momentum: f("momentum"),
+                nesterov: opt["nesterov"].as_bool().unwrap(),
+                weight_decay: f("weight_decay"),
+            },
+            "adamw" => RefOptim::Adam {
+                lr: f("lr"),
+                beta1: f("beta1"),
+                beta2: f("beta2"),
+                eps: f("eps"),
+                weight_decay: f("weight_decay"),
+            },
+            other => panic!("unknown optimiser {other}"),
+        };
+        let steps = opt["steps"].as_u64().unwrap() as usize;
+        let mut mlp = golden.mlp(name, "init.", &dims, act);
+        let mut optimizer = RefOptimizer::new(optim, &mlp);
+        let mut losses = Vec::new();
+        for _ in 0..steps {
+            let (value, _, grads) = mlp.loss_and_grads(&x, &labels, loss, l2, None);
+            losses.push(value);
+            optimizer.step(&mut mlp, &grads);
+        }
+        let label = format!("{name}.{opt_name}.losses");
+        worst = worst.max(check_tensor(&label, &losses, &golden.f64s(&label)));
+        let expected = golden.mlp(name, &format!("{opt_name}."), &dims, act);
+        for (t, pname) in param_names(mlp.layers()).iter().enumerate() {
+            let label = format!("{name}.{opt_name}.{pname}");
+            worst = worst.max(check_tensor(
+                &label,
+                mlp.tensors()[t],
+                expected.tensors()[t],
+            ));
+        }
+        // The steps really moved the weights.
+        assert_ne!(mlp, golden.mlp(name, "init.", &dims, act));
+    }
+    println!("golden optimiser steps: max relative difference {worst:.3e}");
+    assert!(
+        worst <= GOLDEN_TOL,
+        "max relative difference {worst:e} > {GOLDEN_TOL:e}"
+    );
+}

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Writes tests/golden/mlp_golden.safetensors: a golden state of small MLPs
+computed by PyTorch in float64, replayed by tests/reference.rs (llm.c's
+train_gpt2.py debug state, read by test_gpt2.c).
+
+    pip install torch safetensors numpy
+    python3 tools/torch_golden.py            # writes tests/golden/mlp_golden.safetensors
+
+Every case is a network of dims [12, 16, 8, 5] (nn.Sequential: Linear, act,
+Linear, act, Linear, so the parameters are 0.weight, 0.bias, 2.weight, 2.bias,
+4.weight, 4.bias) on a batch of 10. Tensors, all float64 except the labels
+(int64), named "<case>.<what>":
+
+    <case>.x              (10, 12) inputs
+    <case>.labels         (10)     int64 class indices
+    <case>.mask.<l>       (10, h_l) inverted-dropout mask of hidden layer l
+                                    (values 0 or 1/(1-p)), when the case has one
+    <case>.init.<param>   initial parameters
+    <case>.logits         (10, 5)
+    <case>.loss           (1)      loss, including the L2 term
+    <case>.grad.<param>   gradient of the loss
+
+and, for the relu_xent case only, per optimiser run <opt> (each one starting
+from <case>.init.*, recomputing forward and backward on the same batch before
+each of 3 steps):
+
+    <case>.<opt>.losses   (3)      loss before each step
+    <case>.<opt>.<param>  parameters after the 3 steps
+
+The metadata holds "format" ("fastnn-golden"), "version" ("1"), "torch" (the
+version that wrote the file) and "cases", a JSON object: per case its dims,
+batch, activation, loss, l2, dropout p, and its optimiser runs with their
+hyperparameters. Weight decay is decoupled (w -= lr*wd*w before the update)
+and applies to weights only, never biases.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+DIMS = [12, 16, 8, 5]
+BATCH = 10
+STEPS = 3
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden", "mlp_golden.safetensors")
+
+ACTS = {
+    "relu": torch.nn.ReLU,
+    "leaky_relu": lambda: torch.nn.LeakyReLU(0.01),
+    "tanh": torch.nn.Tanh,
+    "sigmoid": torch.nn.Sigmoid,
+}
+
+CASES = {
+    "relu_xent": dict(seed=1, activation="relu", loss="xent", l2=0.0, dropout=0.0),
+    "tanh_mse": dict(seed=2, activation="tanh", loss="mse", l2=0.0, dropout=0.0),
+    "leaky_relu_hinge_l2": dict(seed=3, activation="leaky_relu", loss="hinge", l2=0.01, dropout=0.0),
+    "sigmoid_xent_dropout": dict(seed=4, activation="sigmoid", loss="xent", l2=0.0, dropout=0.5),
+}
+
+# Optimiser runs of the relu_xent case.
+OPTIMS = {
+    "sgd": dict(kind="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0),
+    "sgd_nesterov_wd": dict(kind="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adamw": dict(kind="adamw", lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1),
+}
+
+
+def build(activation):
+    layers = []
+    for i in range(len(DIMS) - 1):
+        layers.append(torch.nn.Linear(DIMS[i], DIMS[i + 1], dtype=torch.float64))
+        if i + 2 < len(DIMS):
+            layers.append(ACTS[activation]())
+    return torch.nn.Sequential(*layers)
+
+
+def forward(model, x, masks):
+    """The Sequential, with hidden layer l's output multiplied by masks[l]."""
+    h, hidden = x, 0
+    for module in model:
+        h = module(h)
+        if not isinstance(module, torch.nn.Linear) and masks is not None:
+            h = h * masks[hidden]
+            hidden += 1
+    return h
+
+
+def loss_of(model, x, labels, case, masks):
+    logits = forward(model, x, masks)
+    if case["loss"] == "xent":
+        loss = F.cross_entropy(logits, labels)
+    elif case["loss"] == "mse":
+        loss = F.mse_loss(logits, F.one_hot(labels, DIMS[-1]).to(torch.float64))
+    elif case["loss"] == "hinge":
+        loss = F.multi_margin_loss(logits, labels, p=1, margin=1.0)
+    else:
+        raise ValueError(case["loss"])
+    if case["l2"]:
+        loss = loss + case["l2"] * sum((p * p).sum() for n, p in model.named_parameters() if n.endswith("weight"))
+    return logits, loss
+
+
+def make_optimizer(model, opt):
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    if opt["kind"] == "sgd":
+        # Decoupled weight decay is applied by hand in run_optimizer.
+        return torch.optim.SGD(model.parameters(), lr=opt["lr"], momentum=opt["momentum"], nesterov=opt["nesterov"])
+    return torch.optim.AdamW(
+        [dict(params=weights, weight_decay=opt["weight_decay"]), dict(params=biases, weight_decay=0.0)],
+        lr=opt["lr"],
+        betas=(opt["beta1"], opt["beta2"]),
+        eps=opt["eps"],
+        foreach=False,
+    )
+
+
+def run_optimizer(model, x, labels, case, masks, opt):
+    optimizer = make_optimizer(model, opt)
+    losses = []
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        _, loss = loss_of(model, x, labels, case, masks)
+        loss.backward()
+        losses.append(loss.item())
+        if opt["kind"] == "sgd" and opt["weight_decay"]:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n.endswith("weight"):
+                        p.sub_(opt["lr"] * opt["weight_decay"] * p)
+        optimizer.step()
+    return losses
+
+
+def main():
+    tensors, meta = {}, {}
+    for name, case in CASES.items():
+        torch.manual_seed(case["seed"])
+        model = build(case["activation"])
+        x = torch.randn(BATCH, DIMS[0], dtype=torch.float64)
+        labels = torch.randint(0, DIMS[-1], (BATCH,), dtype=torch.int64)
+        masks = None
+        if case["dropout"]:
+            p = case["dropout"]
+            masks = [(torch.rand(BATCH, h, dtype=torch.float64) >= p).to(torch.float64) / (1 - p) for h in DIMS[1:-1]]
+        init = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+        logits, loss = loss_of(model, x, labels, case, masks)
+        loss.backward()
+
+        tensors[f"{name}.x"] = x
+        tensors[f"{name}.labels"] = labels
+        for l, m in enumerate(masks or []):
+            tensors[f"{name}.mask.{l}"] = m
+        for n, p in init.items():
+            tensors[f"{name}.init.{n}"] = p
+        tensors[f"{name}.logits"] = logits.detach()
+        tensors[f"{name}.loss"] = loss.detach().reshape(1)
+        for n, p in model.named_parameters():
+            tensors[f"{name}.grad.{n}"] = p.grad.detach().clone()
+
+        optims = {}
+        if name == "relu_xent":
+            for opt_name, opt in OPTIMS.items():
+                with torch.no_grad():
+                    for n, p in model.named_parameters():
+                        p.copy_(init[n])
+                losses = run_optimizer(model, x, labels, case, masks, opt)
+                tensors[f"{name}.{opt_name}.losses"] = torch.tensor(losses, dtype=torch.float64)
+                for n, p in model.named_parameters():
+                    tensors[f"{name}.{opt_name}.{n}"] = p.detach().clone()
+                optims[opt_name] = dict(opt, steps=STEPS)
+        meta[name] = dict(
+            dims=DIMS,
+            batch=BATCH,
+            activation=case["activation"],
+            loss=case["loss"],
+            l2=case["l2"],
+            dropout=case["dropout"],
+            optimizers=optims,
+        )
+
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {
+        "format": "fastnn-golden",
+        "version": "1",
+        "torch": torch.__version__,
+        "cases": json.dumps(meta, sort_keys=True),
+    }
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    save_file(tensors, OUT, metadata=metadata)
+    print(f"wrote {os.path.normpath(OUT)}: {len(tensors)} tensors, {os.path.getsize(OUT)} bytes, torch {torch.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
