@@ -265,10 +265,10 @@ fn every_kernel_strided_and_column_major_c() {
 
 #[test]
 fn every_kernel_large_blocks() {
-    // Around MC (1020) and NC (768) with a small K, and several KC blocks.
+    // Around MC (1536) and NC (768) with a small K, and several KC blocks.
     let mut rng = Rng(3);
     for (name, mut ctx) in contexts(Parallelism::Single) {
-        for &shape in &[(1021, 3, 40), (20, 5, 769), (40, 1100, 70)] {
+        for &shape in &[(1537, 3, 40), (20, 5, 769), (40, 1100, 70)] {
             check_one(
                 &name,
                 &mut ctx,

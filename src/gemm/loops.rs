@@ -21,7 +21,7 @@
 use super::epilogue::Epi;
 use super::kernels::{microkernel, store_tile, Simd};
 use super::pack::{pack_a, pack_b};
-use super::params::Params;
+use super::params::{block_steps, Params};
 use super::workspace::PartWs;
 
 /// One GEMM problem (or one thread's part of it), raw.
@@ -87,13 +87,14 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     let apack = ws.a.as_mut_ptr();
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
+    let (mc_step, kc_step, nc_step) = block_steps(p, m, k, n);
 
     // LOOP 5 (IC): split M by MC.
-    for ic in (0..m).step_by(p.mc) {
-        let mc = p.mc.min(m - ic);
+    for ic in (0..m).step_by(mc_step) {
+        let mc = mc_step.min(m - ic);
         // LOOP 4 (PC): split K by KC; pack Ã (mc×kc).
-        for pc in (0..k).step_by(p.kc) {
-            let kc = p.kc.min(k - pc);
+        for pc in (0..k).step_by(kc_step) {
+            let kc = kc_step.min(k - pc);
             let beta = if pc == 0 { args.beta } else { 1.0 };
             let last = pc + kc == k;
             pack_a::<S>(
@@ -107,8 +108,8 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                 apack,
             );
             // LOOP 3 (JC): split N by NC; pack B̃ (kc×nc).
-            for jc in (0..n).step_by(p.nc) {
-                let nc = p.nc.min(n - jc);
+            for jc in (0..n).step_by(nc_step) {
+                let nc = nc_step.min(n - jc);
                 pack_b::<S>(
                     nr,
                     kc,

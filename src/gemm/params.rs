@@ -25,13 +25,32 @@ pub(crate) struct Params {
     pub nc: usize,
 }
 
+/// The block steps used for an m×k×n problem: the number of blocks along
+/// each dimension is the one the maximum (MC, KC, NC) implies, and the blocks
+/// are made equal (rounded up to MR / NR), so that e.g. m = 1024 is one
+/// block and not 1020 + 4. The steps depend on the shape only, never on the
+/// thread count (KC fixes the summation order).
+pub(crate) fn block_steps(p: &Params, m: usize, k: usize, n: usize) -> (usize, usize, usize) {
+    let balanced = |len: usize, max: usize, unit: usize| {
+        let blocks = len.div_ceil(max).max(1);
+        len.div_ceil(blocks).div_ceil(unit) * unit
+    };
+    (
+        balanced(m, p.mc, p.mr),
+        balanced(k, p.kc, 1),
+        balanced(n, p.nc, p.nr),
+    )
+}
+
 /// AVX-512F: 12×32 tile (24 zmm accumulators).
-/// Ã micro-panel 12×512×4 B = 24 KiB (half of L1d); B̃ block 512×768×4 B = 1.5 MiB (L2).
+/// Ã micro-panel 12×512×4 B = 24 KiB (half of L1d); B̃ block 512×768×4 B =
+/// 1.5 MiB (L2); Ã block up to 1536×512×4 B = 3 MiB, streamed one micro-panel
+/// at a time from L3 (LOOP 2), so it need not fit L2.
 pub(crate) const AVX512: Params = Params {
     mr: 12,
     nv: 2,
     nr: 32,
-    mc: 1020,
+    mc: 1536,
     kc: 512,
     nc: 768,
 };
@@ -42,7 +61,7 @@ pub(crate) const AVX2: Params = Params {
     mr: 6,
     nv: 2,
     nr: 16,
-    mc: 1020,
+    mc: 1536,
     kc: 512,
     nc: 768,
 };

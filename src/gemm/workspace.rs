@@ -25,9 +25,9 @@ impl PartWs {
     /// Grows Ã and B̃ to fit an m×k×n problem with block sizes `p` (no-op
     /// once large enough: the hot path does not allocate).
     pub fn reserve(&mut self, p: &Params, m: usize, k: usize, n: usize) {
-        let kc = p.kc.min(k);
-        let a_len = p.mc.min(m.div_ceil(p.mr) * p.mr) * kc;
-        let b_len = p.nc.min(n.div_ceil(p.nr) * p.nr) * kc;
+        let (mc, kc, nc) = super::params::block_steps(p, m, k, n);
+        let a_len = mc * kc;
+        let b_len = nc * kc;
         if self.a.len() < a_len {
             self.a = AlignedBuf::zeroed(a_len);
         }
