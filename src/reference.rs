@@ -336,9 +336,9 @@ impl RefMlp {
     /// of PyTorch's `nn.Linear` initialisation), drawn from `rng`.
     pub fn random(dims: &[usize], act: Act, rng: &mut SplitMix64) -> RefMlp {
         let mut mlp = RefMlp::zeros(dims, act);
-        for l in 0..mlp.layers() {
+        for (l, (w, b)) in mlp.weights.iter_mut().zip(&mut mlp.biases).enumerate() {
             let bound = 1.0 / (dims[l] as f64).sqrt();
-            for v in mlp.weights[l].iter_mut().chain(mlp.biases[l].iter_mut()) {
+            for v in w.iter_mut().chain(b.iter_mut()) {
                 *v = rng.uniform(-bound, bound);
             }
         }
@@ -362,7 +362,7 @@ impl RefMlp {
 
     /// Parameter tensor `t` in [`param_names`] order (`2l` is `W_l`, `2l+1` is `b_l`).
     pub fn tensor_mut(&mut self, t: usize) -> &mut Vec<f64> {
-        if t % 2 == 0 {
+        if t.is_multiple_of(2) {
             &mut self.weights[t / 2]
         } else {
             &mut self.biases[t / 2]
@@ -603,7 +603,7 @@ impl RefOptimizer {
         self.t += 1;
         let grads = grads.tensors();
         for (t, g) in grads.iter().enumerate() {
-            let is_weight = t % 2 == 0;
+            let is_weight = t.is_multiple_of(2);
             let w = mlp.tensor_mut(t);
             let (m, v) = (&mut self.m[t], &mut self.v[t]);
             match self.optim {
@@ -715,7 +715,7 @@ pub fn compare_with_finite_differences(
     let mut out = Vec::new();
     for (t, name) in names.into_iter().enumerate() {
         let mut worst: f64 = 0.0;
-        for k in 0..analytic[t].len() {
+        for (k, &a) in analytic[t].iter().enumerate() {
             let orig = probe.tensor_mut(t)[k];
             probe.tensor_mut(t)[k] = orig + input.eps;
             let plus = probe.loss(input.x, input.labels, input.loss, input.l2, input.masks);
@@ -723,7 +723,7 @@ pub fn compare_with_finite_differences(
             let minus = probe.loss(input.x, input.labels, input.loss, input.l2, input.masks);
             probe.tensor_mut(t)[k] = orig;
             let numeric = (plus - minus) / (2.0 * input.eps);
-            worst = worst.max(relative_error(analytic[t][k], numeric, input.floor));
+            worst = worst.max(relative_error(a, numeric, input.floor));
         }
         out.push((name, worst));
     }
