@@ -129,23 +129,37 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                     for jr in (0..nc).step_by(nr) {
                         let nrv = nr.min(nc - jr);
                         let j = jc + jr;
+                        let cij = args.c.offset(i as isize * args.rsc + j as isize * args.csc);
+                        if args.csc == 1 {
+                            // The C tile is read (β ≠ 0 or a later KC block)
+                            // and written after the k loop: start fetching it now.
+                            for r in 0..mr {
+                                let row = cij.offset(r as isize * args.rsc);
+                                prefetch(row);
+                                prefetch(row.add(nrv - 1));
+                            }
+                        }
                         let acc = microkernel::<S, MR, NV>(kc, ap, bpack.add(jr * kc));
                         let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
                         store_tile::<S, MR, NV>(
-                            &acc,
-                            mr,
-                            nrv,
-                            args.alpha,
-                            beta,
-                            args.c.offset(i as isize * args.rsc + j as isize * args.csc),
-                            args.rsc,
-                            args.csc,
-                            &epi,
-                            tile,
+                            &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
                         );
                     }
                 }
             }
         }
     }
+}
+
+/// Hints the cache line holding `p` into L1 (no-op off x86-64).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch never faults, whatever the address; SSE is part of
+    // the x86-64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
