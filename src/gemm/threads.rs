@@ -7,7 +7,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use rayon::prelude::*;
 use rayon::ThreadPool;
 
 use super::params::Params;
@@ -90,28 +89,37 @@ fn pool(n: usize) -> Arc<ThreadPool> {
     p
 }
 
-/// Runs `f(t, ws_t)` for every part, in parallel.
+/// Runs `f(t, ws_t)` for every part, in parallel: part 0 on the calling
+/// thread, the others spawned into the caller's rayon pool (when called
+/// from inside one, e.g. under `pool.install`) or into the cached pool of
+/// `par` threads. The caller works too, so only `parts - 1` threads wake up.
 pub(crate) fn for_each_part<F>(par: Parallelism, parts: &mut [PartWs], f: F)
 where
     F: Fn(usize, &mut PartWs) + Sync + Send,
 {
-    let go = |parts: &mut [PartWs]| {
-        parts
-            .par_iter_mut()
-            .enumerate()
-            .with_max_len(1)
-            .for_each(|(t, ws)| f(t, ws))
+    let Some((first, rest)) = parts.split_first_mut() else {
+        return;
     };
     if rayon::current_thread_index().is_some() {
-        // Inside a caller's pool (`pool.install`): use it.
-        go(parts)
+        rayon::in_place_scope(|s| spawn_rest(s, first, rest, &f))
     } else {
         let n = match par {
             Parallelism::Single => 1,
             Parallelism::Rayon(n) => n,
         };
-        pool(n).install(|| go(parts))
+        pool(n).in_place_scope(|s| spawn_rest(s, first, rest, &f))
     }
+}
+
+/// Spawns parts 1.. into the scope, then runs part 0 here.
+fn spawn_rest<'s, F>(s: &rayon::Scope<'s>, first: &mut PartWs, rest: &'s mut [PartWs], f: &'s F)
+where
+    F: Fn(usize, &mut PartWs) + Sync + Send,
+{
+    for (t, ws) in rest.iter_mut().enumerate() {
+        s.spawn(move |_| f(t + 1, ws));
+    }
+    f(0, first);
 }
 
 #[cfg(test)]
