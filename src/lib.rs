@@ -24,3 +24,4 @@ pub mod reference;
 pub mod rng;
 pub mod tensorfile;
 pub mod train;
+pub mod workload;

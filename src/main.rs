@@ -29,11 +29,13 @@ enum Command {
   fastnn train --data cifar10.safetensors --hidden 1024,512 --epochs 20 --lr 0.02 --out run
   fastnn train --config run.toml --epochs 30     # flags override the file
   fastnn train --resume run                      # continue from run/checkpoint.safetensors")]
-    Train(cli::train::TrainArgs),
+    Train(Box<cli::train::TrainArgs>),
     /// Evaluate a trained model on a dataset split.
     Eval(cli::eval::EvalArgs),
     /// Show a model's most likely classes for chosen samples.
     Predict(cli::eval::PredictArgs),
+    /// Check the f64 reference gradients against central finite differences.
+    Gradcheck(cli::gradcheck::GradcheckArgs),
     /// Measure this machine: matrix products and training throughput.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -43,9 +45,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => cli::data::run(cmd),
-        Command::Train(args) => cli::train::run(args),
+        Command::Train(args) => cli::train::run(*args),
         Command::Eval(args) => cli::eval::run_eval(args),
         Command::Predict(args) => cli::eval::run_predict(args),
+        Command::Gradcheck(args) => cli::gradcheck::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
     };
     match result {

@@ -95,10 +95,26 @@ impl Workspace {
         self.masks.get(l).map(|m| &m[..])
     }
 
+    /// The dropout factors of hidden layer `l`, to be filled before
+    /// [`Mlp::forward_with_fixed_masks`]; `None` without dropout.
+    pub fn dropout_mask_mut(&mut self, l: usize) -> Option<&mut [f32]> {
+        self.masks.get_mut(l).map(|m| &mut m[..])
+    }
+
     /// Output of layer `l` from the last forward pass.
     pub fn layer_output(&self, l: usize) -> &[f32] {
         &self.h[l]
     }
+}
+
+/// Where a forward pass gets its dropout factors.
+enum Dropout<'a> {
+    /// Evaluation: no dropout.
+    Off,
+    /// Training: draw them from this generator.
+    Sample(&'a mut Rng),
+    /// Training: use those already in the workspace.
+    Fixed,
 }
 
 /// Input of layer `l`: the batch for the first layer, else the previous
@@ -115,7 +131,21 @@ impl Mlp {
     /// Forward pass of the first `batch` rows of `ws.x`. With `dropout_rng`
     /// (training) hidden units are dropped; without it (evaluation) the
     /// network is deterministic.
-    pub fn forward(&self, ws: &mut Workspace, batch: usize, mut dropout_rng: Option<&mut Rng>) {
+    pub fn forward(&self, ws: &mut Workspace, batch: usize, dropout_rng: Option<&mut Rng>) {
+        match dropout_rng {
+            Some(rng) => self.forward_inner(ws, batch, Dropout::Sample(rng)),
+            None => self.forward_inner(ws, batch, Dropout::Off),
+        }
+    }
+
+    /// A training forward pass with the dropout factors already in the
+    /// workspace ([`Workspace::dropout_mask_mut`]): to replay masks drawn
+    /// elsewhere (a PyTorch golden state).
+    pub fn forward_with_fixed_masks(&self, ws: &mut Workspace, batch: usize) {
+        self.forward_inner(ws, batch, Dropout::Fixed);
+    }
+
+    fn forward_inner(&self, ws: &mut Workspace, batch: usize, mut dropout: Dropout<'_>) {
         assert!(
             batch <= ws.max_batch,
             "batch {batch} > workspace {}",
@@ -151,9 +181,12 @@ impl Mlp {
             if fused(self.cfg.act).is_none() {
                 ops::activate_in_place(out, self.cfg.act);
             }
-            if let Some(rng) = dropout_rng.as_deref_mut() {
-                if let Some(mask) = masks.get_mut(l) {
-                    ops::dropout_forward(out, &mut mask[..batch * fan_out], self.cfg.dropout, rng);
+            if let Some(mask) = masks.get_mut(l) {
+                let mask = &mut mask[..batch * fan_out];
+                match &mut dropout {
+                    Dropout::Off => {}
+                    Dropout::Sample(rng) => ops::dropout_forward(out, mask, self.cfg.dropout, rng),
+                    Dropout::Fixed => out.iter_mut().zip(mask.iter()).for_each(|(h, &m)| *h *= m),
                 }
             }
         }

@@ -56,7 +56,7 @@ pub struct PredictArgs {
     top: usize,
 }
 
-fn load(model: &PathBuf, data: Option<&std::path::Path>) -> Result<(ModelFile, Dataset)> {
+fn load(model: &std::path::Path, data: Option<&std::path::Path>) -> Result<(ModelFile, Dataset)> {
     let m = load_model(model)?;
     let ds = open_data(data)?;
     if ds.dim() != m.mlp.cfg.inputs() || ds.classes().len() != m.mlp.cfg.classes() {

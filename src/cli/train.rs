@@ -34,15 +34,15 @@ pub struct TrainArgs {
     pub hidden: Option<Vec<usize>>,
     /// relu, leaky_relu, tanh or sigmoid [default: relu].
     #[arg(long)]
-    pub activation: Option<String>,
+    pub activation: Option<Act>,
     /// xent (softmax + cross-entropy), mse or hinge [default: xent].
     #[arg(long)]
-    pub loss: Option<String>,
+    pub loss: Option<Loss>,
     /// Dropout probability of hidden units [default: 0].
     #[arg(long)]
     pub dropout: Option<f32>,
     /// sgd, adam or adamw [default: sgd].
-    #[arg(long)]
+    #[arg(long, value_parser = ["sgd", "adam", "adamw"])]
     pub optimizer: Option<String>,
     /// SGD momentum [default: 0.9].
     #[arg(long)]
@@ -54,7 +54,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lr: Option<f32>,
     /// constant, cosine or step:EVERY:GAMMA [default: cosine].
-    #[arg(long)]
+    #[arg(long, value_parser = check::<Schedule>)]
     pub schedule: Option<String>,
     /// Steps of linear learning-rate warm-up [default: 0].
     #[arg(long)]
@@ -79,10 +79,10 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
     /// Input normalisation from training statistics: feature, channel or none [default: feature].
     #[arg(long)]
-    pub normalize: Option<String>,
+    pub normalize: Option<Normalize>,
     /// Validation samples held out of the end of the training split: a count
-    /// (5000) or a fraction (0.1) [default: 5000].
-    #[arg(long)]
+    /// (5000) or a fraction (0.1) [default: 0.1].
+    #[arg(long, value_parser = check_holdout)]
     pub validation: Option<String>,
     /// Output folder for model.safetensors and checkpoint.safetensors.
     #[arg(long)]
@@ -138,6 +138,17 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
     )
 }
 
+/// A clap value parser that checks a string with `T::from_str` and keeps it.
+fn check<T: std::str::FromStr<Err = String>>(s: &str) -> std::result::Result<String, String> {
+    s.parse::<T>().map(|_| s.to_string())
+}
+
+fn check_holdout(s: &str) -> std::result::Result<String, String> {
+    parse_holdout(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_holdout(s: &str) -> Result<Holdout> {
     if let Ok(n) = s.parse::<usize>() {
         return Ok(Holdout::Count(n));
@@ -168,12 +179,8 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     let or = |v: &Option<String>, default: &str| v.clone().unwrap_or_else(|| default.to_string());
     let cfg = TrainConfig {
         hidden: args.hidden.clone().unwrap_or_else(|| vec![512, 256]),
-        act: or(&args.activation, "relu")
-            .parse::<Act>()
-            .map_err(anyhow::Error::msg)?,
-        loss: or(&args.loss, "xent")
-            .parse::<Loss>()
-            .map_err(anyhow::Error::msg)?,
+        act: args.activation.unwrap_or_default(),
+        loss: args.loss.unwrap_or_default(),
         dropout: args.dropout.unwrap_or(0.0),
         optim: OptimConfig {
             kind,
@@ -191,10 +198,8 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        normalize: or(&args.normalize, "feature")
-            .parse::<Normalize>()
-            .map_err(anyhow::Error::msg)?,
-        holdout: parse_holdout(args.validation.as_deref().unwrap_or("5000"))?,
+        normalize: args.normalize.unwrap_or_default(),
+        holdout: parse_holdout(args.validation.as_deref().unwrap_or("0.1"))?,
         checkpoint_every: args.checkpoint_every.unwrap_or(1),
     };
     if cfg.lr <= 0.0 || !cfg.lr.is_finite() {
@@ -373,7 +378,7 @@ impl Observer for Progress {
                 bar.set_prefix(format!("{}/{}", p.epoch, self.epochs));
             }
             bar.set_position(p.step_in_epoch as u64);
-            if p.step_in_epoch % 16 == 0 || p.step_in_epoch == p.steps_per_epoch {
+            if p.step_in_epoch.is_multiple_of(16) || p.step_in_epoch == p.steps_per_epoch {
                 bar.set_message(format!("{:.4}", p.running_loss));
             }
         }

@@ -229,8 +229,6 @@ fn dataset_metadata(raw: &RawDataset, source: &SourceInfo, crc: u32) -> BTreeMap
     m
 }
 
-/// The JSON header, padded with spaces so that the data section starts at a
-/// multiple of [`TENSOR_ALIGN`] bytes from the start of the file.
 // ---------------------------------------------------------------------------
 // Reading
 // ---------------------------------------------------------------------------

@@ -1,0 +1,292 @@
+//! `fastnn train`, `eval` and `predict` end to end, including a run killed
+//! with SIGKILL and resumed.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fastnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fastnn"))
+        .args(args)
+        .output()
+        .expect("run fastnn")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn train_writes_model_metrics_and_a_summary_then_eval_and_predict_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 900, 200, 48, 3, 5);
+    let out = dir.path().join("run");
+    let metrics = dir.path().join("m.jsonl");
+    let stdout = ok(&fastnn(&[
+        "train",
+        "--data",
+        s(&data),
+        "--hidden",
+        "32",
+        "--epochs",
+        "3",
+        "--validation",
+        "100",
+        "--out",
+        s(&out),
+        "--metrics",
+        s(&metrics),
+        "--threads",
+        "1",
+    ]));
+    assert!(stdout.contains("test accuracy"), "{stdout}");
+    assert!(
+        out.join("model.safetensors").is_file() && out.join("checkpoint.safetensors").is_file()
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["epoch"], 3);
+    assert!(
+        lines[2]["val_accuracy"].as_f64().unwrap() > 0.8,
+        "{:?}",
+        lines[2]
+    );
+
+    let model = out.join("model.safetensors");
+    let eval = ok(&fastnn(&["eval", "--model", s(&model), "--data", s(&data)]));
+    assert!(
+        eval.contains("on test (200 samples)") && eval.contains("confusion matrix"),
+        "{eval}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&fastnn(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        json["confusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        200
+    );
+    let predict = ok(&fastnn(&[
+        "predict",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--indices",
+        "0,5",
+        "--top",
+        "2",
+    ]));
+    assert_eq!(predict.lines().count(), 2, "{predict}");
+    assert!(predict.starts_with("0: true class"), "{predict}");
+
+    let bad = fastnn(&[
+        "predict",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--indices",
+        "200",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("index 200 is out of range"));
+}
+
+#[test]
+fn json_summary_config_file_and_flag_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 300, 50, 16, 2, 6);
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        "hidden = [8]\nepochs = 1\noptimizer = \"adamw\"\nlr = 0.01\nvalidation = \"0\"\n",
+    )
+    .unwrap();
+    let metrics = dir.path().join("m.jsonl");
+    let out = ok(&fastnn(&[
+        "train",
+        "--data",
+        s(&data),
+        "--config",
+        s(&config),
+        "--epochs",
+        "2",
+        "--metrics",
+        s(&metrics),
+        "--json",
+        "--threads",
+        "1",
+    ]));
+    let summary: serde_json::Value =
+        serde_json::from_str(out.trim()).expect("one JSON object on stdout");
+    assert_eq!(summary["epochs"], 2, "the flag overrides the file");
+    assert!(summary["test_accuracy"].as_f64().is_some());
+    assert_eq!(
+        std::fs::read_to_string(&metrics).unwrap().lines().count(),
+        2
+    );
+
+    std::fs::write(&config, "hiden = [8]\n").unwrap();
+    let res = fastnn(&["train", "--data", s(&data), "--config", s(&config)]);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("run.toml") && err.contains("hiden"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_exits_1_naming_epoch_and_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 300, 50, 16, 2, 7);
+    let res = fastnn(&[
+        "train",
+        "--data",
+        s(&data),
+        "--lr",
+        "1e9",
+        "--schedule",
+        "constant",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("diverged")
+            && last.contains("epoch 1, step")
+            && last.contains("lower learning rate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(
+        fastnn(&["train", "--activation", "swish"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        fastnn(&["train", "--optimizer", "lbfgs"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        fastnn(&["train", "--schedule", "linear"]).status.code(),
+        Some(2)
+    );
+}
+
+/// Kills a run with SIGKILL at a random moment after its first checkpoint,
+/// resumes it, and compares the final model with an uninterrupted run's,
+/// byte for byte.
+#[test]
+fn a_killed_run_resumes_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            s(&data),
+            "--hidden",
+            "256,128",
+            "--epochs",
+            "6",
+            "--dropout",
+            "0.1",
+            "--threads",
+            "2",
+            "--quiet",
+            "--out",
+            s(out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let full = dir.path().join("full");
+    ok(&Command::new(env!("CARGO_BIN_EXE_fastnn"))
+        .args(args(&full))
+        .output()
+        .unwrap());
+
+    let mut rng = fastnn::rng::Rng::new(std::process::id() as u64);
+    let mut killed_mid_run = 0;
+    for attempt in 0..3 {
+        let killed = dir.path().join(format!("killed{attempt}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fastnn"))
+            .args(args(&killed))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !killed.join("checkpoint.safetensors").exists()
+            && start.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(40)));
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        killed_mid_run +=
+            usize::from(std::os::unix::process::ExitStatusExt::signal(&status) == Some(9));
+        let resumed = Command::new(env!("CARGO_BIN_EXE_fastnn"))
+            .args([
+                "train",
+                "--resume",
+                s(&killed),
+                "--data",
+                s(&data),
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        ok(&resumed);
+        assert_eq!(
+            std::fs::read(killed.join("model.safetensors")).unwrap(),
+            std::fs::read(full.join("model.safetensors")).unwrap(),
+            "attempt {attempt}: resumed model differs from the uninterrupted one"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&killed)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(
+            leftovers.len() <= 1,
+            "at most the one temporary file a kill interrupted: {leftovers:?}"
+        );
+    }
+    assert!(
+        killed_mid_run > 0,
+        "no attempt was killed before it finished: the test proved nothing"
+    );
+}
