@@ -41,12 +41,31 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn a_training_step_allocates_nothing_after_the_first() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fastnn::data::Dataset::open(common::synthetic_dataset(dir.path(), 600, 10, 200, 10, 1)).unwrap();
+    let data =
+        fastnn::data::Dataset::open(common::synthetic_dataset(dir.path(), 600, 10, 200, 10, 1))
+            .unwrap();
     let train = data.split("train").unwrap();
     let norm = Normalizer::new(Normalize::Feature, &data.stats(), data.dim());
     for (threads, act, dropout, kind) in [
-        (1, Act::Relu, 0.0, OptimKind::Sgd { momentum: 0.9, nesterov: true }),
-        (2, Act::Tanh, 0.2, OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }),
+        (
+            1,
+            Act::Relu,
+            0.0,
+            OptimKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+        ),
+        (
+            2,
+            Act::Tanh,
+            0.2,
+            OptimKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+        ),
     ] {
         let cfg = MlpConfig {
             dims: vec![200, 256, 128, 10],
@@ -55,17 +74,35 @@ fn a_training_step_allocates_nothing_after_the_first() {
             dropout,
         };
         let mut mlp = Mlp::init(cfg, 3);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         let mut ws = Workspace::new(&mlp, 128, Parallelism::threads(threads));
         let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
-        let mut opt = Optimizer::new(OptimConfig { kind, l2: 1e-4, weight_decay: 0.0 }, &mlp.layout);
+        let mut opt = Optimizer::new(
+            OptimConfig {
+                kind,
+                l2: 1e-4,
+                weight_decay: 0.0,
+            },
+            &mlp.layout,
+        );
         let indices: Vec<usize> = (0..train.len()).collect();
         pool.install(|| {
             let mut step = |s: usize| {
                 let batch = &indices[(s * 128) % 512..(s * 128) % 512 + 128];
                 norm.gather(&train, batch, &mut ws.x, &mut ws.labels);
                 let mut rng = Rng::derive(7, &[s as u64]);
-                train_step(&mut mlp, &mut ws, &mut grads, &mut opt, 128, 0.01, (dropout > 0.0).then_some(&mut rng));
+                train_step(
+                    &mut mlp,
+                    &mut ws,
+                    &mut grads,
+                    &mut opt,
+                    128,
+                    0.01,
+                    (dropout > 0.0).then_some(&mut rng),
+                );
             };
             step(0); // the first step may grow the GEMM workspace
             let before = ALLOCATIONS.load(Ordering::SeqCst);
@@ -73,7 +110,12 @@ fn a_training_step_allocates_nothing_after_the_first() {
                 step(s);
             }
             let after = ALLOCATIONS.load(Ordering::SeqCst);
-            assert_eq!(after - before, 0, "{threads} threads: {} allocations in 5 steps", after - before);
+            assert_eq!(
+                after - before,
+                0,
+                "{threads} threads: {} allocations in 5 steps",
+                after - before
+            );
         });
     }
 }

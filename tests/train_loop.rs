@@ -58,7 +58,13 @@ fn it_learns_and_the_model_file_reproduces_the_test_score() {
     assert_eq!(&model.mlp.params[..], &mlp.params[..]);
     assert_eq!(model.classes, data.classes());
     let mut ws = Workspace::new(&model.mlp, 50, Parallelism::Single);
-    let r = evaluate(&model.mlp, &mut ws, &model.normalizer, &data.split("test").unwrap(), &mut Vec::new());
+    let r = evaluate(
+        &model.mlp,
+        &mut ws,
+        &model.normalizer,
+        &data.split("test").unwrap(),
+        &mut Vec::new(),
+    );
     assert_eq!(r.accuracy, test_acc);
     assert_eq!(r.confusion.iter().sum::<usize>(), 300);
 }
@@ -70,9 +76,22 @@ fn same_seed_gives_bitwise_equal_weights_for_one_and_two_threads() {
     let (a, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
     let (b, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
     let (c, _) = train(&data, &config(1), None, None, &mut Silent).unwrap();
-    assert!(a.params.iter().zip(b.params.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
-    assert!(a.params.iter().zip(c.params.iter()).all(|(x, y)| x.to_bits() == y.to_bits()), "1 vs 2 threads differ");
-    let other_seed = TrainConfig { seed: 43, ..config(2) };
+    assert!(a
+        .params
+        .iter()
+        .zip(b.params.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(
+        a.params
+            .iter()
+            .zip(c.params.iter())
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "1 vs 2 threads differ"
+    );
+    let other_seed = TrainConfig {
+        seed: 43,
+        ..config(2)
+    };
     let (d, _) = train(&data, &other_seed, None, None, &mut Silent).unwrap();
     assert!(a.params.iter().zip(d.params.iter()).any(|(x, y)| x != y));
 }
@@ -90,9 +109,14 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
     let ck = checkpoint::load(&out).unwrap();
     assert_eq!(ck.epochs_done, 2);
     assert_eq!(ck.config, config(2));
-    let (resumed, summary) = train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
+    let (resumed, summary) =
+        train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
     assert_eq!(summary.epochs, 4);
-    assert!(full.params.iter().zip(resumed.params.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(full
+        .params
+        .iter()
+        .zip(resumed.params.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
 /// Asks the run to stop after `0` epochs, as a user's Ctrl-C would.
@@ -132,15 +156,37 @@ fn a_damaged_checkpoint_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(&dir);
     let out = dir.path().join("run");
-    train(&data, &TrainConfig { epochs: 1, ..config(1) }, Some(&out), None, &mut Silent).unwrap();
+    train(
+        &data,
+        &TrainConfig {
+            epochs: 1,
+            ..config(1)
+        },
+        Some(&out),
+        None,
+        &mut Silent,
+    )
+    .unwrap();
     let path = out.join(checkpoint::CHECKPOINT_FILE);
     let mut bytes = std::fs::read(&path).unwrap();
     let i = bytes.len() - 100;
     bytes[i] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
-    let err = checkpoint::load(&out).err().expect("corruption detected").to_string();
-    assert!(err.contains("checkpoint.safetensors") && err.contains("corrupted"), "{err}");
+    let err = checkpoint::load(&out)
+        .err()
+        .expect("corruption detected")
+        .to_string();
+    assert!(
+        err.contains("checkpoint.safetensors") && err.contains("corrupted"),
+        "{err}"
+    );
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = checkpoint::load(&out).err().expect("truncation detected").to_string();
-    assert!(err.contains("truncated") || err.contains("does not match"), "{err}");
+    let err = checkpoint::load(&out)
+        .err()
+        .expect("truncation detected")
+        .to_string();
+    assert!(
+        err.contains("truncated") || err.contains("does not match"),
+        "{err}"
+    );
 }

@@ -9,16 +9,29 @@ use fastnn::rng::Rng;
 /// A learnable synthetic dataset: each class has a random prototype of
 /// `dim` bytes, and samples are prototypes plus noise. Written as a dataset
 /// file at `dir/synthetic.safetensors`.
-pub fn synthetic_dataset(dir: &Path, train: usize, test: usize, dim: usize, classes: usize, seed: u64) -> PathBuf {
+pub fn synthetic_dataset(
+    dir: &Path,
+    train: usize,
+    test: usize,
+    dim: usize,
+    classes: usize,
+    seed: u64,
+) -> PathBuf {
     let mut rng = Rng::new(seed);
-    let protos: Vec<Vec<f64>> = (0..classes).map(|_| (0..dim).map(|_| 40.0 + 170.0 * rng.next_f64()).collect()).collect();
+    let protos: Vec<Vec<f64>> = (0..classes)
+        .map(|_| (0..dim).map(|_| 40.0 + 170.0 * rng.next_f64()).collect())
+        .collect();
     let mut split = |name: &str, n: usize| {
         let mut features = Vec::with_capacity(n * dim);
         let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
             let c = rng.below(classes as u64) as usize;
             labels.push(c as u8);
-            features.extend(protos[c].iter().map(|&p| (p + 60.0 * rng.normal()).clamp(0.0, 255.0) as u8));
+            features.extend(
+                protos[c]
+                    .iter()
+                    .map(|&p| (p + 60.0 * rng.normal()).clamp(0.0, 255.0) as u8),
+            );
         }
         RawSplit {
             name: name.to_string(),
