@@ -20,6 +20,7 @@ pub mod model;
 pub mod net;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod reference;
 pub mod rng;
 pub mod tensorfile;

@@ -8,7 +8,8 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ColorChoice, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap_complete::Shell;
 
 /// Train multi-layer perceptrons on the CPU, as fast as the machine allows.
 #[derive(Parser)]
@@ -39,10 +40,27 @@ enum Command {
     /// Measure this machine: matrix products and training throughput.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Draw loss and accuracy curves from a `train --metrics` file.
+    Plot(cli::plot::PlotArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    #[command(after_help = "Examples:
+  fastnn completions bash > ~/.local/share/bash-completion/completions/fastnn
+  fastnn completions zsh > ~/.zfunc/_fastnn
+  fastnn completions fish > ~/.config/fish/completions/fastnn.fish")]
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // NO_COLOR (https://no-color.org): any non-empty value turns colour off.
+    let mut command = Cli::command();
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        command = command.color(ColorChoice::Never);
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Data(cmd) => cli::data::run(cmd),
         Command::Train(args) => cli::train::run(*args),
@@ -50,6 +68,8 @@ fn main() -> ExitCode {
         Command::Predict(args) => cli::eval::run_predict(args),
         Command::Gradcheck(args) => cli::gradcheck::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Plot(args) => cli::plot::run(args),
+        Command::Completions { shell } => completions(&shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +79,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes the completion script for `shell` to stdout.
+fn completions(shell: &str) -> anyhow::Result<()> {
+    let shell = match shell {
+        "bash" => Shell::Bash,
+        "zsh" => Shell::Zsh,
+        _ => Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "fastnn", &mut script);
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, &script)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }
 
 /// True when the error comes from writing to a closed pipe.
