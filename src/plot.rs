@@ -53,7 +53,7 @@ impl From<&EpochMetrics> for EpochPoint {
 }
 
 /// What a metrics file's `{"run": {...}}` line says about the run.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 pub struct RunLine {
     #[serde(default)]
     pub dims: Vec<usize>,

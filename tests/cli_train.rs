@@ -59,6 +59,9 @@ fn train_writes_model_metrics_and_a_summary_then_eval_and_predict_use_it() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // A first line describes the run; one line per epoch follows.
+    assert_eq!(lines[0]["run"]["dims"], serde_json::json!([48, 32, 3]));
+    let lines = &lines[1..];
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2]["epoch"], 3);
     assert!(
@@ -149,7 +152,8 @@ fn json_summary_config_file_and_flag_precedence() {
     assert!(summary["test_accuracy"].as_f64().is_some());
     assert_eq!(
         std::fs::read_to_string(&metrics).unwrap().lines().count(),
-        2
+        3,
+        "a run line and two epochs"
     );
 
     std::fs::write(&config, "hiden = [8]\n").unwrap();

@@ -9,15 +9,17 @@ use fastnn::checkpoint::{load_model, ModelFile};
 use fastnn::data::Dataset;
 use fastnn::gemm::Parallelism;
 use fastnn::net::Workspace;
+use fastnn::tensorfile;
 use fastnn::train::evaluate;
 
 use super::train::open_data;
 
 /// Loss, accuracy, per-class accuracy and confusion matrix of a model.
 #[derive(Args)]
-#[command(
-    after_help = "Example:\n  fastnn eval --model run/model.safetensors --data cifar10.safetensors --split test"
-)]
+#[command(after_help = "Examples:
+  fastnn eval --model run/model.safetensors --data cifar10.safetensors --split test
+  fastnn eval --model run/model.safetensors --plot confusion.png
+  fastnn eval --model run/model.safetensors --json --logits logits.safetensors")]
 pub struct EvalArgs {
     /// The model file (model.safetensors of a training run).
     #[arg(long)]
@@ -31,6 +33,13 @@ pub struct EvalArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the confusion matrix into this picture (.png or .svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Also write every sample's logits (F32 [n, classes]) and labels
+    /// (U8 [n]) to this safetensors file.
+    #[arg(long)]
+    logits: Option<PathBuf>,
 }
 
 /// The most likely classes of chosen samples.
@@ -85,6 +94,19 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             row[k] as f64 / row.iter().sum::<usize>().max(1) as f64
         })
         .collect();
+    if let Some(path) = &args.plot {
+        let name = args.model.file_name().unwrap_or(args.model.as_os_str());
+        let title = format!(
+            "{} on {}: accuracy {:.2}%",
+            name.to_string_lossy(),
+            args.split,
+            100.0 * r.accuracy
+        );
+        fastnn::plot::confusion(path, &title, &m.classes, &r.confusion)?;
+    }
+    if let Some(path) = &args.logits {
+        write_logits(path, &m, &view, &mut ws)?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
@@ -119,6 +141,37 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             .collect();
         writeln!(out, "  {:>width$} {}", m.classes[k], row.join(""))?;
     }
+    Ok(())
+}
+
+/// Writes the logits and labels of every sample of `view`.
+fn write_logits(
+    path: &std::path::Path,
+    m: &ModelFile,
+    view: &fastnn::data::SplitView<'_>,
+    ws: &mut Workspace,
+) -> Result<()> {
+    let c = m.classes.len();
+    let mut logits = Vec::with_capacity(view.len() * c);
+    let mut labels = Vec::with_capacity(view.len());
+    let mut indices = Vec::new();
+    let mut start = 0;
+    while start < view.len() {
+        let n = ws.max_batch().min(view.len() - start);
+        indices.clear();
+        indices.extend(start..start + n);
+        m.normalizer
+            .gather(view, &indices, &mut ws.x, &mut ws.labels);
+        m.mlp.forward(ws, n, None);
+        logits.extend_from_slice(&ws.logits()[..n * c]);
+        labels.extend_from_slice(&ws.labels[..n]);
+        start += n;
+    }
+    let tensors = tensorfile::with_padding(vec![
+        tensorfile::TensorOut::f32("logits", vec![view.len(), c], &logits),
+        tensorfile::TensorOut::u8("labels", vec![view.len()], &labels),
+    ]);
+    tensorfile::write_atomic(path, &tensors, &Default::default(), true)?;
     Ok(())
 }
 

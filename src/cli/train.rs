@@ -268,6 +268,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => None,
     };
     let mut progress = Progress::new(args.quiet, data.path(), metrics, cfg.epochs);
+    progress.activation = cfg.act.to_string();
     let (_, summary) = train::train(&data, &cfg, out.as_ref(), resume, &mut progress)?;
     progress.finish(&summary, args.json, out.as_deref())
 }
@@ -280,6 +281,10 @@ struct Progress {
     metrics: Option<BufWriter<File>>,
     metrics_error: Option<std::io::Error>,
     epochs: usize,
+    /// For the curves: the activation, the run's title and its epochs.
+    activation: String,
+    title: String,
+    history: Vec<fastnn::plot::EpochPoint>,
 }
 
 impl Progress {
@@ -310,6 +315,9 @@ impl Progress {
             metrics,
             metrics_error: None,
             epochs,
+            activation: String::new(),
+            title: String::new(),
+            history: Vec::new(),
         }
     }
 
@@ -322,6 +330,12 @@ impl Progress {
         }
         if let Some(m) = &mut self.metrics {
             m.flush().context("cannot write the metrics file")?;
+        }
+        if let (Some(dir), false) = (out, self.history.is_empty()) {
+            let path = dir.join("curves.png");
+            if let Err(e) = fastnn::plot::curves(&path, &self.title, &self.history) {
+                eprintln!("fastnn: warning: no training curves: {e}");
+            }
         }
         if json {
             let mut stdout = std::io::stdout().lock();
@@ -344,13 +358,25 @@ impl Progress {
         if let Some(dir) = out {
             line += &format!("; model in {}", dir.join(checkpoint::MODEL_FILE).display());
         }
-        println!("{line}");
+        writeln!(std::io::stdout().lock(), "{line}")?;
         Ok(())
     }
 }
 
 impl Observer for Progress {
     fn start(&mut self, info: &RunInfo) {
+        let run = fastnn::plot::RunLine {
+            dims: info.dims.clone(),
+            activation: Some(self.activation.clone()),
+            dataset: Some(self.dataset.clone()),
+        };
+        self.title = run.title();
+        if let Some(w) = &mut self.metrics {
+            let line = serde_json::json!({ "run": run });
+            if let Err(e) = writeln!(w, "{line}") {
+                self.metrics_error.get_or_insert(e);
+            }
+        }
         if self.quiet {
             return;
         }
@@ -385,6 +411,7 @@ impl Observer for Progress {
     }
 
     fn epoch(&mut self, m: &EpochMetrics) {
+        self.history.push(m.into());
         if let Some(w) = &mut self.metrics {
             let r = serde_json::to_writer(&mut *w, m)
                 .map_err(std::io::Error::from)
