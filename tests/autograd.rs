@@ -101,7 +101,7 @@ fn parameters_round_trip_through_both_layouts() {
     assert_eq!(mlp.to_reference(), p.mlp);
     assert_eq!(
         mlp.parameters().len(),
-        p.mlp.tensors().iter().map(|t| t.len()).sum()
+        p.mlp.tensors().iter().map(|t| t.len()).sum::<usize>()
     );
     let fast = mlp.to_fast(Loss::Xent);
     let back = autograd::Mlp::from_fast(&g, &fast);
@@ -118,7 +118,7 @@ const TOL: f64 = 1e-7;
 
 /// Checks `f`'s gradient with respect to each of `xs` against central
 /// differences; returns the largest relative error.
-fn check(name: &str, xs: &[f64], f: impl Fn(&[Value]) -> Value) -> f64 {
+fn check(name: &str, xs: &[f64], f: impl for<'g> Fn(&[Value<'g>]) -> Value<'g>) -> f64 {
     let eval = |xs: &[f64]| {
         let g = Graph::new();
         let vs: Vec<Value> = xs.iter().map(|&x| g.value(x)).collect();
