@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{DataError, Normalizer};
 use crate::model::{Act, Loss, Mlp, MlpConfig};
+use crate::ops::LossOut;
 use crate::optim::Optimizer;
 use crate::tensorfile::{self, Dtype, TensorOut};
 use crate::train::TrainConfig;
@@ -32,6 +33,10 @@ pub struct CheckpointRef<'a> {
     pub mlp: &'a Mlp,
     pub optimizer: &'a Optimizer,
     pub epochs_done: usize,
+    /// Steps of the next epoch already done (a run stopped inside an epoch).
+    pub steps_in_epoch: usize,
+    /// Loss sum and correct count of those steps.
+    pub partial: LossOut,
     /// `(1-based epoch, accuracy)` of the best validation so far.
     pub best: Option<(usize, f64)>,
     pub config: &'a TrainConfig,
@@ -44,6 +49,8 @@ pub struct Checkpoint {
     pub mlp: Mlp,
     pub optimizer: Optimizer,
     pub epochs_done: usize,
+    pub steps_in_epoch: usize,
+    pub partial: LossOut,
     pub best: Option<(usize, f64)>,
     pub config: TrainConfig,
 }
@@ -81,6 +88,10 @@ pub fn save(dir: &Path, ck: &CheckpointRef<'_>) -> Result<(), DataError> {
 
     let mut meta = network_metadata(ck.mlp, "checkpoint");
     meta.insert("epochs_done".into(), ck.epochs_done.to_string());
+    meta.insert("steps_in_epoch".into(), ck.steps_in_epoch.to_string());
+    // f64 Display is the shortest string that parses back to the same value.
+    meta.insert("partial_loss_sum".into(), ck.partial.loss_sum.to_string());
+    meta.insert("partial_correct".into(), ck.partial.correct.to_string());
     meta.insert("optimizer_steps".into(), ck.optimizer.t.to_string());
     meta.insert("best".into(), json(&ck.best));
     meta.insert("config".into(), json(ck.config));
@@ -270,6 +281,11 @@ pub fn load(dir: &Path) -> Result<Checkpoint, DataError> {
         mlp,
         optimizer,
         epochs_done: f.parse_meta("epochs_done")?,
+        steps_in_epoch: f.parse_meta("steps_in_epoch")?,
+        partial: LossOut {
+            loss_sum: f.parse_meta("partial_loss_sum")?,
+            correct: f.parse_meta("partial_correct")?,
+        },
         best: f.parse_meta("best")?,
         config,
     })

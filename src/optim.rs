@@ -10,6 +10,8 @@
 //!
 //! Both apply to weights only, never to biases.
 
+use rayon::prelude::*;
+
 use crate::buf::AlignedBuf;
 use crate::model::Layout;
 
@@ -63,6 +65,10 @@ impl Optimizer {
     /// One update of `params` with `grads` at learning rate `lr`.
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], layout: &Layout, lr: f32) {
         self.t += 1;
+        let t = self.t as i32;
+        // The update is elementwise, so it splits across the threads of the
+        // pool it runs in (if any) without changing a single bit.
+        let parallel = rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1;
         for slot in &layout.layers {
             for (range, is_weight) in [(slot.w.clone(), true), (slot.b.clone(), false)] {
                 let (l2, wd) = if is_weight {
@@ -73,24 +79,46 @@ impl Optimizer {
                 let p = &mut params[range.clone()];
                 let g = &grads[range.clone()];
                 let m = &mut self.m[range.clone()];
+                let split = parallel && p.len() > PAR_CHUNK;
                 match self.cfg.kind {
                     OptimKind::Sgd { momentum, nesterov } => {
-                        sgd(p, g, m, lr, momentum, nesterov, l2, wd)
+                        let run = |p: &mut [f32], g: &[f32], m: &mut [f32]| {
+                            sgd(p, g, m, lr, momentum, nesterov, l2, wd)
+                        };
+                        if split {
+                            p.par_chunks_mut(PAR_CHUNK)
+                                .zip(g.par_chunks(PAR_CHUNK))
+                                .zip(m.par_chunks_mut(PAR_CHUNK))
+                                .for_each(|((p, g), m)| run(p, g, m));
+                        } else {
+                            run(p, g, m);
+                        }
                     }
                     OptimKind::Adam { beta1, beta2, eps } => {
                         let v = &mut self.v[range];
-                        let t = self.t as i32;
-                        let c1 = 1.0 - (beta1 as f64).powi(t);
-                        let c2 = 1.0 - (beta2 as f64).powi(t);
-                        adam(
-                            p, g, m, v, lr, beta1, beta2, eps, c1 as f32, c2 as f32, l2, wd,
-                        )
+                        let c1 = (1.0 - (beta1 as f64).powi(t)) as f32;
+                        let c2 = (1.0 - (beta2 as f64).powi(t)) as f32;
+                        let run = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+                            adam(p, g, m, v, lr, beta1, beta2, eps, c1, c2, l2, wd)
+                        };
+                        if split {
+                            p.par_chunks_mut(PAR_CHUNK)
+                                .zip(g.par_chunks(PAR_CHUNK))
+                                .zip(m.par_chunks_mut(PAR_CHUNK))
+                                .zip(v.par_chunks_mut(PAR_CHUNK))
+                                .for_each(|(((p, g), m), v)| run(p, g, m, v));
+                        } else {
+                            run(p, g, m, v);
+                        }
                     }
                 }
             }
         }
     }
 }
+
+/// Elements per parallel piece of the update (64 KiB of parameters).
+const PAR_CHUNK: usize = 1 << 14;
 
 /// SGD with momentum over one tensor.
 #[allow(clippy::too_many_arguments)]

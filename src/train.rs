@@ -86,7 +86,10 @@ pub struct EvalResult {
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    /// Epochs completed.
     pub epochs: usize,
+    /// True when the run stopped inside an epoch on request (Ctrl-C).
+    pub interrupted: bool,
     /// 1-based epoch of the best validation accuracy, if validating.
     pub best_val_epoch: Option<usize>,
     pub best_val_accuracy: Option<f64>,
@@ -247,7 +250,7 @@ pub fn train(
     }
     let norm = Normalizer::new(cfg.normalize, &data.stats(), data.dim());
 
-    let (mut mlp, mut opt, start_epoch, mut best) = match resume {
+    let (mut mlp, mut opt, start_epoch, mut best, resume_steps, resume_sum) = match resume {
         Some(ck) => {
             if ck.mlp.cfg != mcfg {
                 return Err(TrainError::Config(format!(
@@ -255,12 +258,20 @@ pub fn train(
                     ck.mlp.cfg.dims, mcfg.dims
                 )));
             }
-            (ck.mlp, ck.optimizer, ck.epochs_done, ck.best)
+            let steps = ck.steps_in_epoch;
+            (
+                ck.mlp,
+                ck.optimizer,
+                ck.epochs_done,
+                ck.best,
+                steps,
+                ck.partial,
+            )
         }
         None => {
             let mlp = Mlp::init(mcfg, cfg.seed);
             let opt = Optimizer::new(cfg.optim, &mlp.layout);
-            (mlp, opt, 0, None)
+            (mlp, opt, 0, None, 0, LossOut::default())
         }
     };
 
@@ -296,15 +307,43 @@ pub fn train(
     let mut order: Vec<usize> = Vec::with_capacity(train_view.len());
     let mut eval_indices: Vec<usize> = Vec::with_capacity(cfg.batch);
     let mut epochs_run = start_epoch;
+    let mut interrupted = false;
+    // Writes both files; `steps` > 0 marks a checkpoint taken inside epoch
+    // `epochs_done + 1` after that many steps, with their partial sums.
+    let save = |dir: &std::path::Path,
+                mlp: &Mlp,
+                opt: &Optimizer,
+                epochs_done: usize,
+                steps: usize,
+                partial: LossOut,
+                best| {
+        let ck = checkpoint::CheckpointRef {
+            mlp,
+            optimizer: opt,
+            epochs_done,
+            steps_in_epoch: steps,
+            partial,
+            best,
+            config: cfg,
+            classes: data.classes(),
+            normalizer: &norm,
+        };
+        checkpoint::save(dir, &ck)
+    };
     let mut run = || -> Result<(), TrainError> {
         for epoch in start_epoch..cfg.epochs {
             let epoch_start = Instant::now();
             order.clear();
             order.extend(0..train_view.len());
             Rng::derive(cfg.seed, &[SHUFFLE, epoch as u64]).shuffle(&mut order);
-            let mut sum = LossOut::default();
+            // A run resumed inside an epoch skips the steps already done.
+            let (first_step, mut sum) = if epoch == start_epoch {
+                (resume_steps, resume_sum)
+            } else {
+                (0, LossOut::default())
+            };
             let mut lr = cfg.lr;
-            for (s, chunk) in order.chunks(cfg.batch).enumerate() {
+            for (s, chunk) in order.chunks(cfg.batch).enumerate().skip(first_step) {
                 let step = epoch * steps_per_epoch + s;
                 lr = cfg
                     .schedule
@@ -344,6 +383,16 @@ pub fn train(
                     steps_per_epoch,
                     running_loss: sum.loss_sum / ((s * cfg.batch + chunk.len()) as f64),
                 });
+                // A stop asked for inside an epoch (Ctrl-C) ends the run after
+                // this step, with a checkpoint to resume from.
+                if s + 1 < steps_per_epoch && observer.stop_requested() {
+                    if let Some(dir) = out_dir {
+                        save(dir, &mlp, &opt, epoch, s + 1, sum, best)?;
+                        observer.checkpoint(dir);
+                    }
+                    interrupted = true;
+                    return Ok(());
+                }
             }
             let seconds_train = epoch_start.elapsed().as_secs_f64();
             train_seconds += seconds_train;
@@ -371,16 +420,7 @@ pub fn train(
             let last = stop || epoch + 1 == cfg.epochs;
             if let Some(dir) = out_dir {
                 if last || (epoch + 1) % cfg.checkpoint_every.max(1) == 0 {
-                    let ck = checkpoint::CheckpointRef {
-                        mlp: &mlp,
-                        optimizer: &opt,
-                        epochs_done: epoch + 1,
-                        best,
-                        config: cfg,
-                        classes: data.classes(),
-                        normalizer: &norm,
-                    };
-                    checkpoint::save(dir, &ck)?;
+                    save(dir, &mlp, &opt, epoch + 1, 0, LossOut::default(), best)?;
                     observer.checkpoint(dir);
                 }
             }
@@ -400,6 +440,7 @@ pub fn train(
     });
     let summary = Summary {
         epochs: epochs_run,
+        interrupted,
         best_val_epoch: best.map(|b| b.0),
         best_val_accuracy: best.map(|b| b.1),
         test_loss: test.as_ref().map(|t| t.loss),

@@ -294,3 +294,76 @@ fn a_killed_run_resumes_to_the_same_model() {
         "no attempt was killed before it finished: the test proved nothing"
     );
 }
+
+/// Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and exits
+/// cleanly; resuming gives the uninterrupted run's model.
+#[test]
+fn ctrl_c_checkpoints_and_the_run_resumes_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            s(&data),
+            "--hidden",
+            "256,128",
+            "--epochs",
+            "8",
+            "--threads",
+            "2",
+            "--out",
+            s(out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let full = dir.path().join("full");
+    ok(&Command::new(env!("CARGO_BIN_EXE_fastnn"))
+        .args(args(&full))
+        .output()
+        .unwrap());
+
+    let run = dir.path().join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_fastnn"))
+        .args(args(&run))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !run.join("checkpoint.safetensors").exists() && start.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("interrupted after") && stdout.contains("--resume"),
+        "{stdout}"
+    );
+    ok(&fastnn(&[
+        "train",
+        "--resume",
+        s(&run),
+        "--data",
+        s(&data),
+        "--quiet",
+    ]));
+    assert_eq!(
+        std::fs::read(run.join("model.safetensors")).unwrap(),
+        std::fs::read(full.join("model.safetensors")).unwrap()
+    );
+}

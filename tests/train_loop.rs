@@ -190,3 +190,39 @@ fn a_damaged_checkpoint_is_refused() {
         "{err}"
     );
 }
+
+/// Asks the run to stop after its `0`-th step, wherever that falls.
+struct StopAtStep(usize);
+impl fastnn::train::Observer for StopAtStep {
+    fn step(&mut self, _p: &fastnn::train::StepProgress) {
+        self.0 = self.0.saturating_sub(1);
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.0 == 0
+    }
+}
+
+#[test]
+fn a_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let (full, full_summary) = train(&data, &config(2), None, None, &mut Silent).unwrap();
+    // 1200 training samples in batches of 64: 19 steps per epoch; step 27
+    // is the 8th step of the second epoch.
+    let out: PathBuf = dir.path().join("run");
+    let (_, partial) = train(&data, &config(2), Some(&out), None, &mut StopAtStep(27)).unwrap();
+    assert!(partial.interrupted);
+    assert_eq!(partial.epochs, 1);
+    let ck = checkpoint::load(&out).unwrap();
+    assert_eq!((ck.epochs_done, ck.steps_in_epoch), (1, 8));
+    assert!(ck.partial.loss_sum > 0.0);
+    let (resumed, summary) =
+        train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
+    assert!(!summary.interrupted);
+    assert!(full
+        .params
+        .iter()
+        .zip(resumed.params.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
+}

@@ -276,6 +276,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// Progress output: a bar on a terminal, plain lines otherwise.
 struct Progress {
     quiet: bool,
+    /// Set by the first Ctrl-C (SIGINT); the run stops after its step.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop_announced: bool,
     dataset: String,
     bar: Option<ProgressBar>,
     metrics: Option<BufWriter<File>>,
@@ -295,8 +298,18 @@ impl Progress {
         epochs: usize,
     ) -> Progress {
         let tty = std::io::stderr().is_terminal();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The first Ctrl-C sets the flag (the run checkpoints after its
+        // current step and exits); a second one terminates at once.
+        let _ = signal_hook::flag::register_conditional_default(
+            signal_hook::consts::SIGINT,
+            stop.clone(),
+        )
+        .and_then(|_| signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()));
         Progress {
             quiet,
+            stop,
+            stop_announced: false,
             dataset: dataset.file_name().map_or_else(
                 || dataset.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
@@ -345,6 +358,16 @@ impl Progress {
         }
         let pct = |x: f64| format!("{:.2}%", 100.0 * x);
         let mut line = String::new();
+        if s.interrupted {
+            line += &match out {
+                Some(dir) => format!(
+                    "interrupted after {} complete epochs; continue with: fastnn train --resume {}; ",
+                    s.epochs,
+                    dir.display()
+                ),
+                None => format!("interrupted after {} complete epochs (no --out: nothing saved); ", s.epochs),
+            };
+        }
         if let (Some(e), Some(a)) = (s.best_val_epoch, s.best_val_accuracy) {
             line += &format!("best validation {} at epoch {e}; ", pct(a));
         }
@@ -364,6 +387,20 @@ impl Progress {
 }
 
 impl Observer for Progress {
+    fn stop_requested(&mut self) -> bool {
+        let stop = self.stop.load(std::sync::atomic::Ordering::Relaxed);
+        if stop && !self.stop_announced {
+            self.stop_announced = true;
+            let msg =
+                "fastnn: interrupted: stopping after this step (Ctrl-C again to quit at once)";
+            match &self.bar {
+                Some(bar) => bar.println(msg),
+                None => eprintln!("{msg}"),
+            }
+        }
+        stop
+    }
+
     fn start(&mut self, info: &RunInfo) {
         let run = fastnn::plot::RunLine {
             dims: info.dims.clone(),
