@@ -101,7 +101,11 @@ pub fn save(dir: &Path, ck: &CheckpointRef<'_>) -> Result<(), DataError> {
         TensorOut::f32("optimizer.m", vec![ck.optimizer.m.len()], &ck.optimizer.m),
         TensorOut::f32("optimizer.v", vec![ck.optimizer.v.len()], &ck.optimizer.v),
     ];
-    write_with_crc(&dir.join(CHECKPOINT_FILE), tensors, meta)
+    write_with_crc(
+        &dir.join(CHECKPOINT_FILE),
+        tensorfile::with_padding(tensors),
+        meta,
+    )
 }
 
 /// Writes a model file (see the module documentation).
@@ -133,6 +137,8 @@ pub fn save_model(
             mlp.bias(l),
         ));
     }
+    // No `__pad.K` tensors here: PyTorch's strict `load_state_dict` would
+    // reject them. All tensors are f32, so each still starts 4-byte aligned.
     write_with_crc(path, tensors, meta)
 }
 
@@ -141,7 +147,6 @@ fn write_with_crc(
     tensors: Vec<TensorOut<'_>>,
     mut meta: BTreeMap<String, String>,
 ) -> Result<(), DataError> {
-    let tensors = tensorfile::with_padding(tensors);
     meta.insert(
         "data_crc32".into(),
         format!("{:08x}", tensorfile::data_crc(&tensors)),

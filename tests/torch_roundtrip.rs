@@ -1,0 +1,77 @@
+//! PyTorch round trip (tools/torch_roundtrip.py): a fastnn model file runs
+//! in PyTorch with the same logits and accuracy, and a PyTorch state dict
+//! saved with fastnn's metadata runs in `fastnn eval`. Skipped when torch
+//! and safetensors are not installed for python3.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn torch_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch, safetensors, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn fastnn_and_pytorch_models_give_the_same_logits_both_ways() {
+    if !torch_available() {
+        eprintln!("skipped: torch not installed (python3 -m pip install torch safetensors numpy)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 600, 200, 24, 4, 11);
+    let out = dir.path().join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let bin = env!("CARGO_BIN_EXE_fastnn");
+    // Dropout shifts the nn.Sequential indices (Linear, act, Dropout, …).
+    let train = Command::new(bin)
+        .args([
+            "train",
+            "--data",
+            &s(&data),
+            "--hidden",
+            "16,8",
+            "--dropout",
+            "0.1",
+        ])
+        .args([
+            "--activation",
+            "leaky_relu",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+        ])
+        .args(["--validation", "0", "--quiet", "--out", &s(&out)])
+        .output()
+        .unwrap();
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/torch_roundtrip.py");
+    let run = Command::new("python3")
+        .arg(script)
+        .args(["--fastnn", bin, "--data", &s(&data), "--steps", "100"])
+        .args(["--model", &s(&out.join("model.safetensors"))])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    println!("{report}");
+    for way in ["fastnn_to_torch", "torch_to_fastnn"] {
+        let r = &report[way];
+        assert!(r["max_logit_diff"].as_f64().unwrap() <= 1e-4, "{way}: {r}");
+        assert_eq!(r["same_predictions"], 200, "{way}: {r}");
+        assert_eq!(r["torch_accuracy"], r["fastnn_accuracy"], "{way}: {r}");
+    }
+}
