@@ -123,6 +123,15 @@ impl MlpConfig {
         self.dims.windows(2).map(|d| d[0] * d[1] + d[1]).sum()
     }
 
+    /// Bytes a training run holds for this network at batch size `batch`:
+    /// parameters, gradients and two optimiser moments (4 slabs), plus each
+    /// layer's output, gradient and dropout mask for a batch, and the batch.
+    pub fn training_bytes(&self, batch: usize) -> u128 {
+        let params = self.parameter_count() as u128;
+        let units: u128 = self.dims.iter().map(|&d| d as u128).sum();
+        4 * (4 * params + 3 * units * batch as u128)
+    }
+
     /// Floating-point operations of one training step per sample: the
     /// forward product of every layer, its weight gradient, and the input
     /// gradient of every layer but the first (2 flops per multiply-add).
@@ -143,6 +152,15 @@ impl MlpConfig {
         }
         if let Some(i) = self.dims.iter().position(|&d| d == 0) {
             return Err(format!("layer size {i} is 0"));
+        }
+        let params = self.dims.windows(2).try_fold(0usize, |acc, d| {
+            d[0].checked_mul(d[1])?.checked_add(d[1])?.checked_add(acc)
+        });
+        if params.is_none_or(|p| p > (isize::MAX as usize) / 64) {
+            return Err(format!(
+                "a network of sizes {:?} has more parameters than memory can address",
+                self.dims
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} is not in [0, 1)", self.dropout));

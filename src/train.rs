@@ -243,6 +243,19 @@ pub fn train(
         dropout: cfg.dropout,
     };
     mcfg.validate().map_err(TrainError::Config)?;
+    // Refuse a network that cannot fit before allocating any of it.
+    let need = mcfg.training_bytes(cfg.batch);
+    if let Some(avail) = available_memory() {
+        if need > avail as u128 {
+            return Err(TrainError::Config(format!(
+                "the network {:?} at batch {} needs {:.2} GiB for parameters, gradients, optimiser state and activations; {:.2} GiB of memory is available",
+                mcfg.dims,
+                cfg.batch,
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
     let (train_view, val_view) = data.train_validation(cfg.holdout)?;
     let test_view = data.split("test").ok();
     if train_view.is_empty() {
@@ -453,4 +466,12 @@ pub fn train(
         },
     };
     Ok((mlp, summary))
+}
+
+/// Memory available to this process in bytes (Linux `MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

@@ -226,3 +226,32 @@ fn a_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
         .all(|(x, y)| x.to_bits() == y.to_bits()));
     assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
 }
+
+#[test]
+fn a_network_too_large_for_memory_is_refused_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let huge = TrainConfig {
+        hidden: vec![1 << 20, 1 << 20],
+        ..config(1)
+    };
+    match train(&data, &huge, None, None, &mut Silent) {
+        Err(TrainError::Config(msg)) => {
+            assert!(msg.contains("GiB") && msg.contains("needs"), "{msg}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a 2^40-parameter network must be refused"),
+    }
+    let absurd = TrainConfig {
+        hidden: vec![usize::MAX / 2, 3],
+        ..config(1)
+    };
+    let msg = train(&data, &absurd, None, None, &mut Silent)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("more parameters than memory can address"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,88 @@
+//! `fastnn bench train`: epoch throughput of the design's workloads.
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::Args;
+use fastnn::cpu;
+use fastnn::gemm::bench::measure_peak;
+use fastnn::workload::{measure, Workload};
+
+/// Training throughput (images/s, median of the epochs after a warm-up) of
+/// W1 (CIFAR-shaped, 3072-1024-512-10) or W2 (Fashion-MNIST, 784-512-256-10).
+#[derive(Args)]
+#[command(after_help = "Examples:
+  fastnn bench train --workload w2
+  fastnn bench train --workload w1 --batch 128 --threads 2 --json")]
+pub struct TrainBenchArgs {
+    /// w1 or w2.
+    #[arg(long, default_value = "w2")]
+    workload: Workload,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Epochs to run, the first being a warm-up.
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: TrainBenchArgs) -> Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let t = measure(args.workload, args.batch, threads, args.epochs)?;
+    let gflops = t.median * t.flops_per_sample as f64 / 1e9;
+    let peak = measure_peak(cpu::selected(), threads).map(|p| p.gflops);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "workload": format!("{:?}", args.workload).to_lowercase(),
+            "batch": args.batch,
+            "threads": threads,
+            "isa": t.isa,
+            "images_per_sec": t.median,
+            "epochs_images_per_sec": t.epochs,
+            "flops_per_sample": t.flops_per_sample,
+            "gflops": gflops,
+            "peak_gflops": peak,
+            "fma_limit_images_per_sec": peak.map(|p| p * 1e9 / t.flops_per_sample as f64),
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    let epochs: Vec<String> = t.epochs.iter().map(|x| format!("{x:.0}")).collect();
+    writeln!(
+        out,
+        "{}, batch {}, {} thread(s), gemm {}",
+        args.workload.name(),
+        args.batch,
+        threads,
+        t.isa
+    )?;
+    writeln!(
+        out,
+        "  images/s: {:.0} (median of epochs 2..{}; all epochs: {})",
+        t.median,
+        t.epochs.len(),
+        epochs.join(", ")
+    )?;
+    match peak {
+        Some(p) => writeln!(
+            out,
+            "  {:.1} GFLOP/s of training math ({:.2} MFLOP per image) = {:.0}% of the measured FMA peak {:.0} GFLOP/s (limit {:.0} images/s)",
+            gflops,
+            t.flops_per_sample as f64 / 1e6,
+            100.0 * gflops / p,
+            p,
+            p * 1e9 / t.flops_per_sample as f64
+        )?,
+        None => writeln!(out, "  {:.1} GFLOP/s of training math ({:.2} MFLOP per image)", gflops, t.flops_per_sample as f64 / 1e6)?,
+    }
+    Ok(())
+}
