@@ -13,7 +13,20 @@ use clap_complete::Shell;
 
 /// Train multi-layer perceptrons on the CPU, as fast as the machine allows.
 #[derive(Parser)]
-#[command(name = "fastnn", version, about, propagate_version = true)]
+#[command(
+    name = "fastnn",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Examples:
+  fastnn data info                               # the embedded Fashion-MNIST
+  fastnn train --out run --metrics run/metrics.jsonl
+  fastnn eval --model run/model.safetensors --plot confusion.png
+  fastnn plot run/metrics.jsonl -o curves.svg
+  fastnn <command> --help                        # each command's options and examples
+
+Environment: NO_COLOR turns colour off. Exit codes: 0 success, 1 error, 2 usage error."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +35,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Convert, inspect and fetch datasets.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  fastnn data info
+  fastnn data convert cifar-10-binary.tar.gz -o cifar10.safetensors
+  fastnn data fetch mnist"
+    )]
     Data(cli::data::DataCommand),
     /// Train an MLP on a dataset file (default: the embedded Fashion-MNIST).
     #[command(after_help = "Examples:
@@ -36,9 +55,15 @@ enum Command {
     /// Show a model's most likely classes for chosen samples.
     Predict(cli::eval::PredictArgs),
     /// Check the f64 reference gradients against central finite differences.
+    #[command(after_help = "Example:
+  fastnn gradcheck --hidden 32,16 --activation tanh --loss hinge --l2 0.01 --dropout 0.5")]
     Gradcheck(cli::gradcheck::GradcheckArgs),
     /// Measure this machine: matrix products and training throughput.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:
+  fastnn bench gemm --threads 2"
+    )]
     Bench(cli::bench::BenchCommand),
     /// Draw loss and accuracy curves from a `train --metrics` file.
     Plot(cli::plot::PlotArgs),

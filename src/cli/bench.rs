@@ -1,5 +1,6 @@
 //! `fastnn bench`: GEMM (and, later, training) throughput of this machine.
 
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -11,6 +12,10 @@ use fastnn::gemm::Strategy;
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// GFLOP/s of fastnn's GEMM next to matrixmultiply, and % of the measured peak.
+    #[command(after_help = "Examples:
+  fastnn bench gemm                         # the training shapes and squares
+  fastnn bench gemm --m 1024 --k 784 --n 512 --trans NT --threads 2
+  fastnn bench gemm --json > gemm.json")]
     Gemm(GemmArgs),
 }
 
@@ -79,10 +84,11 @@ fn gemm(args: GemmArgs) -> anyhow::Result<()> {
         min_sample: Duration::from_millis(20),
     };
     let report = bench::run(&cfg)?;
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{report}");
+        write!(out, "{report}")?;
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `fastnn gradcheck`: the reference network's analytic gradients against
 //! central finite differences, on a random network and batch.
 
+use std::io::Write;
+
 use anyhow::{bail, Context};
 use clap::Args;
 use fastnn::model::{Act, Loss};
@@ -103,7 +105,9 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     };
 
     let dims_str: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "gradcheck: dims {}, {} + {}, batch {}, l2 {}, dropout {}, seed {}, eps {:e}",
         dims_str.join("-"),
         args.activation,
@@ -113,17 +117,20 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
         args.dropout,
         args.seed,
         args.eps
-    );
+    )?;
     let errors = gradcheck(&p.mlp, &input);
     let mut worst: f64 = 0.0;
     for (name, err) in &errors {
         let ok = if *err <= GRADCHECK_TOL { "ok" } else { "FAIL" };
-        println!("{name:<12} max relative error {err:.3e}  {ok}");
+        writeln!(out, "{name:<12} max relative error {err:.3e}  {ok}")?;
         worst = worst.max(*err);
     }
     if worst > GRADCHECK_TOL {
         bail!("max relative error {worst:.3e} exceeds {GRADCHECK_TOL:e}");
     }
-    println!("ok: max relative error {worst:.3e} <= {GRADCHECK_TOL:e}");
+    writeln!(
+        out,
+        "ok: max relative error {worst:.3e} <= {GRADCHECK_TOL:e}"
+    )?;
     Ok(())
 }
