@@ -4,9 +4,11 @@
 //!
 //! fastnn's fused engine ([`crate::net`]) and the reference
 //! ([`crate::reference`]) both derive gradients by hand. This module derives
-//! them automatically, one scalar at a time: it is slow (thousands of times
-//! slower than the fused engine) but every gradient comes from a handful of
-//! local rules, so it is an independent oracle a reader can check by eye.
+//! them automatically, one scalar at a time: it is slow (one node of 40 bytes
+//! per scalar operation, no SIMD, no blocking; 23× slower than the fused
+//! engine on the tiny network of `examples/micrograd.rs`, and the gap grows
+//! with the layers' width) but every gradient comes from a handful of local
+//! rules, so it is an independent oracle a reader can check by eye.
 //!
 //! # The engine in three ideas
 //!
@@ -634,6 +636,13 @@ impl<'g> Mlp<'g> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The module's documentation counts 40 bytes per node.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_node_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<Node>(), 40);
+    }
 
     /// micrograd's `test_sanity_check`, with the values PyTorch gives.
     #[test]
