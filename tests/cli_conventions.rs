@@ -1,0 +1,222 @@
+//! Command-line conventions: help with examples for every command,
+//! NO_COLOR, a closed stdout exits quietly, exit codes 0 / 1 / 2, shell
+//! completions, and the pictures of `plot` and `eval --plot`.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fastnn"))
+}
+
+fn fastnn(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run fastnn")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["data"],
+    &["data", "convert"],
+    &["data", "info"],
+    &["data", "fetch"],
+    &["train"],
+    &["eval"],
+    &["predict"],
+    &["gradcheck"],
+    &["bench"],
+    &["bench", "gemm"],
+    &["plot"],
+    &["completions"],
+];
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in COMMANDS {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = stdout_of(&fastnn(&args));
+        assert!(
+            help.contains("Usage:") && help.contains("\nExample") && help.contains("  fastnn "),
+            "fastnn {}: {help}",
+            cmd.join(" ")
+        );
+    }
+}
+
+#[test]
+fn no_color_turns_off_escape_sequences() {
+    // An error message would be coloured on a terminal; with NO_COLOR even a
+    // forced colour choice must not appear. Check help and a usage error.
+    for args in [&["--help"][..], &["train", "--epochs", "x"][..]] {
+        let out = bin().args(args).env("NO_COLOR", "1").output().unwrap();
+        let all = [out.stdout, out.stderr].concat();
+        assert!(
+            !all.contains(&0x1b),
+            "{args:?}: escape sequence with NO_COLOR"
+        );
+    }
+}
+
+#[test]
+fn a_closed_stdout_exits_0_without_a_message() {
+    // The read end is closed before fastnn writes: its first write fails
+    // with EPIPE. The embedded Fashion-MNIST is the dataset (`data info`
+    // with no file), and completions are a large output.
+    for args in [&["data", "info"][..], &["completions", "bash"][..]] {
+        let mut child = bin()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        let stderr: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with("fastnn: converted the embedded"))
+            .collect();
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr:?}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr:?}");
+    }
+}
+
+#[test]
+fn exit_codes_are_0_1_and_2() {
+    assert_eq!(fastnn(&["--version"]).status.code(), Some(0));
+    // Usage errors (clap): unknown command, bad value, missing argument.
+    for args in [
+        &["frobnicate"][..],
+        &["train", "--epochs", "x"][..],
+        &["eval"][..],
+        &["completions", "powershell"][..],
+        &[][..],
+    ] {
+        let out = fastnn(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    // Runtime errors: one line naming the problem.
+    let out = fastnn(&["data", "info", "/nonexistent/file.safetensors"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("fastnn: error: "), "{err}");
+    let out = fastnn(&["plot", "/nonexistent/metrics.jsonl"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn completions_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete"),
+        ("zsh", "#compdef fastnn"),
+        ("fish", "complete -c fastnn"),
+    ] {
+        let script = stdout_of(&fastnn(&["completions", shell]));
+        assert!(script.len() > 1000 && script.contains(marker), "{shell}");
+        assert!(
+            script.contains("train") && script.contains("plot"),
+            "{shell}"
+        );
+    }
+}
+
+/// Width and height from a PNG's signature and IHDR chunk.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+#[test]
+fn train_plot_and_eval_plot_write_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 400, 100, 16, 3, 9);
+    let run = dir.path().join("run");
+    let metrics = dir.path().join("metrics.jsonl");
+    stdout_of(&fastnn(&[
+        "train",
+        "--data",
+        s(&data),
+        "--hidden",
+        "8",
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        "--validation",
+        "50",
+        "--quiet",
+        "--out",
+        s(&run),
+        "--metrics",
+        s(&metrics),
+    ]));
+    // Written at the end of training.
+    let png = std::fs::read(run.join("curves.png")).unwrap();
+    assert_eq!(png_size(&png), (1200, 500));
+
+    let out = dir.path().join("c.png");
+    let said = stdout_of(&fastnn(&["plot", s(&metrics), "-o", s(&out)]));
+    assert!(said.contains("3 epochs"), "{said}");
+    assert_eq!(png_size(&std::fs::read(&out).unwrap()), (1200, 500));
+
+    let svg = dir.path().join("c.svg");
+    stdout_of(&fastnn(&[
+        "plot",
+        s(&metrics),
+        "-o",
+        s(&svg),
+        "--title",
+        "my run",
+    ]));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("my run") && text.contains("epoch"));
+
+    let bad = fastnn(&["plot", s(&metrics), "-o", s(&dir.path().join("c.jpg"))]);
+    assert_eq!(bad.status.code(), Some(1));
+
+    let conf = dir.path().join("confusion.png");
+    let model = run.join("model.safetensors");
+    stdout_of(&fastnn(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--plot",
+        s(&conf),
+    ]));
+    let (w, h) = png_size(&std::fs::read(&conf).unwrap());
+    assert!(w >= 300 && h >= 300, "{w}x{h}");
+    // Only the pictures: no temporary files left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
