@@ -62,10 +62,25 @@ fn every_command_has_help_with_an_example() {
 
 #[test]
 fn no_color_turns_off_escape_sequences() {
-    // An error message would be coloured on a terminal; with NO_COLOR even a
-    // forced colour choice must not appear. Check help and a usage error.
-    for args in [&["--help"][..], &["train", "--epochs", "x"][..]] {
-        let out = bin().args(args).env("NO_COLOR", "1").output().unwrap();
+    // CLICOLOR_FORCE colours the output even into a pipe; NO_COLOR wins.
+    let usage_error = ["train", "--epochs", "x"];
+    let forced = bin()
+        .args(usage_error)
+        .env("CLICOLOR_FORCE", "1")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(
+        forced.stderr.contains(&0x1b),
+        "colour is forced without NO_COLOR"
+    );
+    for args in [&["--help"][..], &usage_error[..]] {
+        let out = bin()
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .unwrap();
         let all = [out.stdout, out.stderr].concat();
         assert!(
             !all.contains(&0x1b),
