@@ -414,10 +414,11 @@ fn threads_do_not_change_bits() {
             println!("SKIPPED gemm kernel {isa}: {e}");
             continue;
         }
-        // (m, k, n): split along N, along M, ragged both ways, multi-KC.
+        // (m, k, n): split along N, along M (n = 8 is one NR panel for every
+        // kernel), ragged both ways, multi-KC; all above the threading threshold.
         for &(m, k, n, tb) in &[
             (128, 300, 1024, true),
-            (600, 200, 20, false),
+            (4000, 200, 8, false),
             (130, 700, 77, true),
             (1024, 128, 96, false),
         ] {

@@ -316,7 +316,7 @@ impl GemmCtx {
             return run_small(self.isa, args);
         }
         let p = params_of(self.isa);
-        let threads = if m.saturating_mul(k).saturating_mul(n) < params::THREAD_MIN_FLOPS {
+        let threads = if m.saturating_mul(k).saturating_mul(n) < params::THREAD_MIN_MKN {
             1
         } else {
             self.par.count()

@@ -76,9 +76,18 @@ pub(crate) const SCALAR: Params = Params {
     nc: 512,
 };
 
-/// Products with fewer multiply-adds than this run single-threaded
-/// (thread start-up and the duplicated Ã packing do not pay below it).
-pub(crate) const THREAD_MIN_FLOPS: usize = 1 << 20;
+/// Products with fewer multiply-adds (m·k·n) than this run single-threaded:
+/// waking a second thread and packing Ã twice do not pay below it.
+/// Measured (`fastnn bench gemm --trans NT --threads 1|2 --best`, AVX-512,
+/// threshold disabled; the machine was shared, load ≈ 4.7, so ±20 %),
+/// GFLOP/s on 1 / 2 threads:
+///
+/// ```text
+/// 64×64×64     (0.26 M)  106 / 44      64×128×128   (1.0 M)  118 / 82
+/// 96×96×96     (0.88 M)  134 / 164     128×128×128  (2.1 M)  136 / 103
+/// 128×256×128  (4.2 M)    94 / 108     128×256×256  (8.4 M)  104 / 134
+/// ```
+pub(crate) const THREAD_MIN_MKN: usize = 1 << 22;
 
 // Switch points of the no-pack path (`Strategy::small_wins`), measured with
 // `fastnn bench gemm --strategy packed|small`, AVX-512, 1 thread, medians

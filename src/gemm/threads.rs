@@ -151,4 +151,14 @@ mod tests {
             assert!(seen.iter().all(|&x| x == 1), "{m}×{n} over {t}");
         }
     }
+
+    #[test]
+    fn direction_of_split() {
+        for p in [params::AVX512, params::AVX2, params::SCALAR] {
+            let tall = split(4000, 8, &p, 2);
+            assert_eq!((tall.parts(), tall.part(1).0 > 0), (2, true), "M split");
+            let wide = split(128, 1024, &p, 2);
+            assert_eq!((wide.parts(), wide.part(1).2 > 0), (2, true), "N split");
+        }
+    }
 }
