@@ -379,7 +379,7 @@ pub fn confusion(
     }
     let names: Vec<String> = classes.iter().map(|n| abbreviate(n, 16)).collect();
     let cell = (640 / c as u32).clamp(14, 64);
-    let label_px = 9 * names.iter().map(|n| n.chars().count()).max().unwrap_or(1) as u32 + 16;
+    let label_px = 8 * names.iter().map(|n| n.chars().count()).max().unwrap_or(1) as u32 + 16;
     let left = 40 + label_px;
     let top = 60;
     let bottom = 40 + label_px;
