@@ -106,3 +106,8 @@ pub(crate) const SMALL_MAX_N: usize = 16;
 pub(crate) const SMALL_MAX_M: usize = 4;
 /// No-pack path when m·k·n is at most this.
 pub(crate) const SMALL_MAX_MKN: usize = 32 * 32 * 32;
+
+// NR = nv · LANES for every table (LANES: 16 for AVX-512, 8 for AVX2 and portable).
+const _: () = {
+    assert!(AVX512.nr == AVX512.nv * 16 && AVX2.nr == AVX2.nv * 8 && SCALAR.nr == SCALAR.nv * 8);
+};

@@ -30,6 +30,8 @@ pub(crate) unsafe fn small<S: Simd>(args: &Args) {
 #[inline(always)]
 unsafe fn row_block<S: Simd, const NV: usize>(g: &Args, i: usize, j: usize) {
     let l = S::LANES;
+    // The scratch row below holds 64 floats (constant-folded check).
+    assert!(NV * l <= 64);
     let mut acc = [S::zero(); NV];
     let ai = g.a.offset(i as isize * g.rsa);
     let bj = g.b.add(j);
@@ -93,6 +95,7 @@ unsafe fn dot_block<S: Simd, const NC: usize>(g: &Args, i: usize, j: usize) {
         }
         p += l;
     }
+    assert!(l <= 16);
     for (c, x) in acc.iter().enumerate() {
         let mut lanes = [0f32; 16];
         S::store(lanes.as_mut_ptr(), *x);

@@ -6,6 +6,14 @@ use crate::buf::AlignedBuf;
 /// Largest microkernel tile, in floats (12×32 = 384).
 const TILE_MAX: usize = 512;
 
+// Every kernel's edge tile fits the scratch buffer.
+const _: () = {
+    use super::params::{AVX2, AVX512, SCALAR};
+    assert!(AVX512.mr * AVX512.nr <= TILE_MAX);
+    assert!(AVX2.mr * AVX2.nr <= TILE_MAX);
+    assert!(SCALAR.mr * SCALAR.nr <= TILE_MAX);
+};
+
 /// The buffers of one thread: Ã, B̃ and the edge-tile scratch.
 pub(crate) struct PartWs {
     pub a: AlignedBuf<f32>,
