@@ -164,6 +164,10 @@ struct Loaded {
 impl Loaded {
     fn read(path: &Path, kind: &str) -> Result<Loaded, DataError> {
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "cannot read", e))?;
+        Loaded::from_bytes(path, bytes, kind)
+    }
+
+    fn from_bytes(path: &Path, bytes: Vec<u8>, kind: &str) -> Result<Loaded, DataError> {
         let header = tensorfile::parse(&bytes).map_err(|p| DataError::new(path, p))?;
         let l = Loaded {
             path: path.to_path_buf(),
@@ -221,11 +225,33 @@ impl Loaded {
                 .map_err(|_| self.err("metadata dropout is not a number"))?,
         };
         cfg.validate().map_err(|e| self.err(e))?;
+        // The file must hold the parameters its sizes describe: checked
+        // before the network (and the optimiser state) is allocated, so a
+        // small file claiming a huge network fails here.
+        let params = cfg
+            .dims
+            .windows(2)
+            .map(|d| d[0] * d[1] + d[1])
+            .sum::<usize>();
+        let data = self.bytes.len() - self.header.data_start;
+        if params.saturating_mul(4) > data {
+            return Err(self.err(format!(
+                "layer sizes {:?} need {params} parameters ({} bytes) but the file holds only {data} bytes of tensors",
+                cfg.dims,
+                params.saturating_mul(4)
+            )));
+        }
         Ok(cfg)
     }
 
-    /// Copies the f32 tensor `name`, which must have `len` values.
-    fn f32_into(&self, name: &str, out: &mut [f32]) -> Result<(), DataError> {
+    /// Copies the f32 tensor `name`, which must have `len` values (and the
+    /// shape `shape`, when given).
+    fn f32_into(
+        &self,
+        name: &str,
+        out: &mut [f32],
+        shape: Option<&[usize]>,
+    ) -> Result<(), DataError> {
         let t = self
             .header
             .tensors
@@ -240,6 +266,12 @@ impl Loaded {
                 out.len()
             )));
         }
+        if let Some(shape) = shape.filter(|&s| s != t.shape.as_slice()) {
+            return Err(self.err(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
+        }
         tensorfile::read_f32_into(out, &self.bytes[t.bytes.clone()]);
         Ok(())
     }
@@ -247,13 +279,29 @@ impl Loaded {
 
 /// Loads a model file written by [`save_model`].
 pub fn load_model(path: &Path) -> Result<ModelFile, DataError> {
-    let f = Loaded::read(path, "model")?;
+    model_from(Loaded::read(path, "model")?)
+}
+
+/// [`load_model`] on the bytes of a model file; `path` names it in messages.
+pub fn load_model_bytes(path: &Path, bytes: Vec<u8>) -> Result<ModelFile, DataError> {
+    model_from(Loaded::from_bytes(path, bytes, "model")?)
+}
+
+fn model_from(f: Loaded) -> Result<ModelFile, DataError> {
     let mut mlp = Mlp::zeros(f.config()?);
     for l in 0..mlp.cfg.layers() {
         let idx = mlp.sequential_index(l);
         let slot = mlp.layout.layers[l].clone();
-        f.f32_into(&format!("{idx}.weight"), &mut mlp.params[slot.w])?;
-        f.f32_into(&format!("{idx}.bias"), &mut mlp.params[slot.b])?;
+        f.f32_into(
+            &format!("{idx}.weight"),
+            &mut mlp.params[slot.w],
+            Some(&[slot.fan_out, slot.fan_in]),
+        )?;
+        f.f32_into(
+            &format!("{idx}.bias"),
+            &mut mlp.params[slot.b],
+            Some(&[slot.fan_out]),
+        )?;
     }
     let classes: Vec<String> = f.parse_meta("classes")?;
     let scale: Vec<f32> = f.parse_meta("input_scale")?;
@@ -274,13 +322,21 @@ pub fn load_model(path: &Path) -> Result<ModelFile, DataError> {
 
 /// Loads `dir/checkpoint.safetensors`.
 pub fn load(dir: &Path) -> Result<Checkpoint, DataError> {
-    let f = Loaded::read(&dir.join(CHECKPOINT_FILE), "checkpoint")?;
+    checkpoint_from(Loaded::read(&dir.join(CHECKPOINT_FILE), "checkpoint")?)
+}
+
+/// [`load`] on the bytes of a checkpoint file; `path` names it in messages.
+pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Result<Checkpoint, DataError> {
+    checkpoint_from(Loaded::from_bytes(path, bytes, "checkpoint")?)
+}
+
+fn checkpoint_from(f: Loaded) -> Result<Checkpoint, DataError> {
     let config: TrainConfig = f.parse_meta("config")?;
     let mut mlp = Mlp::zeros(f.config()?);
-    f.f32_into("params", &mut mlp.params)?;
+    f.f32_into("params", &mut mlp.params, None)?;
     let mut optimizer = Optimizer::new(config.optim, &mlp.layout);
-    f.f32_into("optimizer.m", &mut optimizer.m)?;
-    f.f32_into("optimizer.v", &mut optimizer.v)?;
+    f.f32_into("optimizer.m", &mut optimizer.m, None)?;
+    f.f32_into("optimizer.v", &mut optimizer.v, None)?;
     optimizer.t = f.parse_meta("optimizer_steps")?;
     Ok(Checkpoint {
         mlp,

@@ -147,7 +147,7 @@ impl CifarKind {
 /// up to that member is decompressed, so this is cheap; the full check of
 /// the archive happens when it is read.
 pub fn detect_tarball(path: &Path) -> Result<Option<CifarKind>> {
-    let mut archive = open_tarball(path)?;
+    let mut archive = tar::Archive::new(GzDecoder::new(open_tarball(path)?));
     let entries = archive.entries().map_err(|e| corrupt(path, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| corrupt(path, e))?;
@@ -179,9 +179,21 @@ pub fn read_tarball(
     kind: CifarKind,
     cifar100_labels: Cifar100Labels,
 ) -> Result<RawDataset> {
+    read_tarball_from(path, open_tarball(path)?, kind, cifar100_labels)
+}
+
+/// [`read_tarball`] on a gzip'd tar stream from any reader (the bytes of a
+/// tarball in memory, say); `path` names the archive in messages.
+pub fn read_tarball_from<R: Read>(
+    path: &Path,
+    tar_gz: R,
+    kind: CifarKind,
+    cifar100_labels: Cifar100Labels,
+) -> Result<RawDataset> {
+    let archive = tar::Archive::new(GzDecoder::new(tar_gz));
     // Members are taken out of the map as they are used, so each raw batch
     // is freed once its pixels are copied into the split.
-    let mut members = read_members(path, kind)?;
+    let mut members = read_members(path, archive, kind)?;
     let mut member = |name: &str| {
         members
             .remove(name)
@@ -240,6 +252,32 @@ pub fn read_tarball(
         }
     };
     Ok(assemble(kind, train, test, names, cifar100_labels))
+}
+
+/// Parses one batch member of a `kind` tarball (a pickled batch for the
+/// python versions, fixed-size records for the binary ones) and returns its
+/// pixels and label sets (fine then coarse for CIFAR-100). For tests and
+/// fuzzing of the record readers without building a whole tarball.
+#[doc(hidden)]
+pub fn parse_batch(
+    kind: CifarKind,
+    bytes: &[u8],
+) -> std::result::Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    let (keys, layout) = match kind {
+        CifarKind::Cifar10Python => (CIFAR10_KEYS, None),
+        CifarKind::Cifar100Python => (CIFAR100_KEYS, None),
+        CifarKind::Cifar10Binary => (CIFAR10_KEYS, Some(CIFAR10_RECORD)),
+        CifarKind::Cifar100Binary => (CIFAR100_KEYS, Some(CIFAR100_RECORD)),
+    };
+    let mut split = Split {
+        pixels: Vec::new(),
+        labels: vec![Vec::new(); keys.len()],
+    };
+    match layout {
+        Some(layout) => binary_batch(bytes, layout, &mut split)?,
+        None => python_batch(bytes, keys, &mut split)?,
+    };
+    Ok((split.pixels, split.labels))
 }
 
 // ---------------------------------------------------------------------------
@@ -596,10 +634,13 @@ fn member_path(archive: &Path, member: &str) -> String {
     format!("{}!{member}", archive.display())
 }
 
-fn open_tarball(path: &Path) -> Result<tar::Archive<GzDecoder<BufReader<File>>>> {
+fn open_tarball(path: &Path) -> Result<BufReader<File>> {
     let file = File::open(path).map_err(|e| DataError::io(path, "opening", e))?;
-    Ok(tar::Archive::new(GzDecoder::new(BufReader::new(file))))
+    Ok(BufReader::new(file))
 }
+
+/// Largest tar member read, in bytes: CIFAR-100's `train.bin` is 150 MB.
+pub const MAX_MEMBER_BYTES: u64 = 1 << 30;
 
 /// An error of the gzip or tar stream: in practice a truncated or damaged
 /// download.
@@ -650,10 +691,13 @@ fn file_name(member: &str) -> &str {
 }
 
 /// Streams the archive and keeps the members `kind` needs, by file name.
-fn read_members(path: &Path, kind: CifarKind) -> Result<HashMap<&'static str, Member>> {
+fn read_members<R: Read>(
+    path: &Path,
+    mut archive: tar::Archive<GzDecoder<R>>,
+    kind: CifarKind,
+) -> Result<HashMap<&'static str, Member>> {
     let wanted = kind.members();
     let mut found: HashMap<&'static str, Member> = HashMap::new();
-    let mut archive = open_tarball(path)?;
     {
         let entries = archive.entries().map_err(|e| corrupt(path, e))?;
         for entry in entries {
@@ -674,9 +718,20 @@ fn read_members(path: &Path, kind: CifarKind) -> Result<HashMap<&'static str, Me
                     format!("two members named {name}: {} and {member}", first.path),
                 ));
             }
+            // The largest CIFAR member is 150 MB: a header claiming more is
+            // refused before anything is read or allocated.
+            let size = entry.size();
+            if size > MAX_MEMBER_BYTES {
+                return Err(DataError::new(
+                    member_path(path, &member),
+                    format!(
+                        "the tar header claims {size} bytes, more than any CIFAR file \
+                         (at most {MAX_MEMBER_BYTES})"
+                    ),
+                ));
+            }
             // The header's size is only a hint for the allocation: cap it
             // so a corrupt header cannot ask for terabytes up front.
-            let size = entry.size();
             let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
             entry
                 .read_to_end(&mut bytes)

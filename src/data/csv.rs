@@ -6,6 +6,7 @@
 //! small integers (classes `0`..`max`) or names (classes sorted by name).
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::Path;
 
 use super::error::{DataError, Result};
@@ -62,11 +63,16 @@ struct Table {
 }
 
 fn read_table(path: &Path, opts: &CsvOptions) -> Result<Table> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "cannot read", e))?;
+    table_from(path, file, opts)
+}
+
+/// Reads one table from `source`; `path` names it in messages.
+fn table_from<R: Read>(path: &Path, source: R, opts: &CsvOptions) -> Result<Table> {
     let mut reader = ::csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_path(path)
-        .map_err(|e| DataError::new(path, format!("cannot read: {e}")))?;
+        .from_reader(source);
     let mut records = reader.records();
     let Some(first) = records.next() else {
         return Err(DataError::new(path, "empty CSV file"));
@@ -178,6 +184,22 @@ pub fn read_csv(train: &Path, test: Option<&Path>, opts: &CsvOptions) -> Result<
     let test_table = test
         .map(|p| read_table(p, opts).map(|t| (p, t)))
         .transpose()?;
+    assemble(train, train_table, test_table)
+}
+
+/// [`read_csv`] on a training table already in memory (or any reader);
+/// `name` stands for its path in messages.
+pub fn read_csv_from<R: Read>(name: &Path, train: R, opts: &CsvOptions) -> Result<RawDataset> {
+    let table = table_from(name, train, opts)?;
+    assemble(name, table, None)
+}
+
+/// Labels to classes, and the dataset.
+fn assemble(
+    train: &Path,
+    train_table: Table,
+    test_table: Option<(&Path, Table)>,
+) -> Result<RawDataset> {
     if let Some((p, t)) = &test_table {
         if t.dim != train_table.dim {
             return Err(DataError::new(

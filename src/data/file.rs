@@ -435,6 +435,16 @@ impl Dataset {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect();
+        if shape
+            .iter()
+            .try_fold(1usize, |acc, &x| acc.checked_mul(x))
+            .is_none()
+        {
+            return Err(self.err(format!(
+                "metadata shape {:?} has more features per sample than memory can address",
+                self.metadata["shape"]
+            )));
+        }
         if classes.is_empty() || classes.len() > 256 {
             return Err(self.err(format!("{} classes: expected 1 to 256", classes.len())));
         }
@@ -501,6 +511,9 @@ impl Dataset {
             ("stats.channel_std", c),
         ] {
             let t = self.tensor(name)?;
+            if t.bytes.start % 4 != 0 {
+                return Err(self.err(format!("{name} is not 4-byte aligned")));
+            }
             if t.dtype != Dtype::F32 || t.shape != [len] {
                 return Err(self.err(format!(
                     "{name} is {:?} {:?}, expected F32 [{len}]",
