@@ -43,6 +43,14 @@ pub(crate) fn block_steps(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
 }
 
 /// AVX-512F: 12×32 tile (24 zmm accumulators).
+///
+/// Alternatives measured (`fastnn bench gemm --best`, 1 thread, load ≈ 3-4,
+/// GFLOP/s on 128×3072×1024 NT / 128×1024×3072 NN / 1024×128×3072 TN /
+/// 128×784×512 NT / 128×512×256 NT / 1024³):
+/// 12×32: 143 / 143 / 173 / 152 / 155 / 185; 6×64: 141 / 138 / 176 / 150 /
+/// 152 / 176; 8×48: 150 / 116 / 178 / 159 / 149 / 171. Within noise of each
+/// other; 12×32 keeps the A panel smallest and wastes ≤ 3 % at m = 128.
+/// NC = 384 (with or without prefetching the next B block) was not faster.
 /// Ã micro-panel 12×512×4 B = 24 KiB (half of L1d); B̃ block 512×768×4 B =
 /// 1.5 MiB (L2); Ã block up to 1536×512×4 B = 3 MiB, streamed one micro-panel
 /// at a time from L3 (LOOP 2), so it need not fit L2.
