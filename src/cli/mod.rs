@@ -6,3 +6,5 @@ pub mod eval;
 pub mod gradcheck;
 pub mod plot;
 pub mod train;
+#[cfg(test)]
+mod train_props;
