@@ -630,3 +630,76 @@ fn dgemm_fallback() {
     };
     assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
 }
+
+/// Counts the allocations of the current thread (tests run in parallel
+/// threads, so a process-wide count would see the others).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        std::alloc::System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        std::alloc::System.dealloc(p, l)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Once the workspace has grown, a call allocates nothing (packed and
+/// no-pack paths, every epilogue), on the calling thread. The
+/// matrixmultiply fallback is exempt: that crate allocates its own pack
+/// buffers on every call.
+#[test]
+fn warm_calls_do_not_allocate() {
+    let mut rng = Rng(9);
+    let (m, k, n) = (130, 600, 200);
+    let a = rng.vec(m * k);
+    let w = rng.vec(n * k);
+    let bias = rng.vec(n);
+    let z = rng.vec(m * n);
+    let mut c = vec![0.0; m * n];
+    for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
+        if isa.check().is_err() {
+            println!("SKIPPED gemm kernel {isa}: not supported here");
+            continue;
+        }
+        for s in [Strategy::Auto, Strategy::Packed, Strategy::Small] {
+            let mut ctx = GemmCtx::with_isa(isa, Parallelism::Single)
+                .unwrap()
+                .with_strategy(s);
+            let call = |ctx: &mut GemmCtx, c: &mut [f32]| {
+                let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&w, n, k).t());
+                let zv = MatRef::row_major(&z, m, n);
+                ctx.gemm(
+                    1.0,
+                    a,
+                    b,
+                    0.0,
+                    MatMut::row_major(c, m, n),
+                    Epilogue::BiasAct(&bias, Activation::Relu),
+                );
+                ctx.gemm(
+                    1.0,
+                    a,
+                    b,
+                    1.0,
+                    MatMut::row_major(c, m, n),
+                    Epilogue::ActGrad(zv, Activation::Relu),
+                );
+            };
+            call(&mut ctx, &mut c);
+            let before = ALLOCS.with(|x| x.get());
+            call(&mut ctx, &mut c);
+            let after = ALLOCS.with(|x| x.get());
+            assert_eq!(after - before, 0, "{isa}/{s:?}: a warm call allocated");
+        }
+    }
+}

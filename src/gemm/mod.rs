@@ -372,8 +372,8 @@ unsafe fn run_small(isa: Isa, args: &Args) {
     }
 }
 
-/// `matrixmultiply::sgemm` (single-threaded), then the epilogue in a second
-/// pass over C.
+/// `matrixmultiply::sgemm` (single-threaded; it allocates its own pack
+/// buffers on every call), then the epilogue in a second pass over C.
 ///
 /// # Safety
 /// As [`run_packed`].

@@ -89,37 +89,42 @@ fn pool(n: usize) -> Arc<ThreadPool> {
     p
 }
 
-/// Runs `f(t, ws_t)` for every part, in parallel: part 0 on the calling
-/// thread, the others spawned into the caller's rayon pool (when called
-/// from inside one, e.g. under `pool.install`) or into the cached pool of
-/// `par` threads. The caller works too, so only `parts - 1` threads wake up.
+/// Runs `f(t, ws_t)` for every part, in parallel, by recursive
+/// `rayon::join` in the caller's rayon pool (when called from inside one,
+/// e.g. under `pool.install`) or in the cached pool of `par` threads.
+/// `join` keeps its jobs on the stack: a call allocates nothing (a scope's
+/// `spawn` would box every job).
 pub(crate) fn for_each_part<F>(par: Parallelism, parts: &mut [PartWs], f: F)
 where
     F: Fn(usize, &mut PartWs) + Sync + Send,
 {
-    let Some((first, rest)) = parts.split_first_mut() else {
-        return;
-    };
     if rayon::current_thread_index().is_some() {
-        rayon::in_place_scope(|s| spawn_rest(s, first, rest, &f))
+        join_parts(parts, 0, &f)
     } else {
         let n = match par {
             Parallelism::Single => 1,
             Parallelism::Rayon(n) => n,
         };
-        pool(n).in_place_scope(|s| spawn_rest(s, first, rest, &f))
+        pool(n).install(|| join_parts(parts, 0, &f))
     }
 }
 
-/// Spawns parts 1.. into the scope, then runs part 0 here.
-fn spawn_rest<'s, F>(s: &rayon::Scope<'s>, first: &mut PartWs, rest: &'s mut [PartWs], f: &'s F)
+/// Halves the parts until one is left, joining the halves.
+fn join_parts<F>(parts: &mut [PartWs], first: usize, f: &F)
 where
     F: Fn(usize, &mut PartWs) + Sync + Send,
 {
-    for (t, ws) in rest.iter_mut().enumerate() {
-        s.spawn(move |_| f(t + 1, ws));
+    match parts.len() {
+        0 => {}
+        1 => f(first, &mut parts[0]),
+        len => {
+            let (l, r) = parts.split_at_mut(len / 2);
+            rayon::join(
+                || join_parts(l, first, f),
+                || join_parts(r, first + len / 2, f),
+            );
+        }
     }
-    f(0, first);
 }
 
 #[cfg(test)]
