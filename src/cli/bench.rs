@@ -17,6 +17,8 @@ pub enum BenchCommand {
   fastnn bench gemm --m 1024 --k 784 --n 512 --trans NT --threads 2
   fastnn bench gemm --json > gemm.json")]
     Gemm(GemmArgs),
+    /// Training throughput (images/s) of the W1 and W2 workloads.
+    Train(super::bench_train::TrainBenchArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +58,7 @@ pub struct GemmArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Gemm(args) => gemm(args),
+        BenchCommand::Train(args) => super::bench_train::run(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand: clap arguments → validated library calls.
 
 pub mod bench;
+pub mod bench_train;
 pub mod data;
 pub mod eval;
 pub mod gradcheck;

@@ -130,12 +130,16 @@ impl Normalizer {
         }
     }
 
+    /// `row = src·scale + shift`. All four slices are cut to one length
+    /// first, so the loop has no bounds checks and vectorises.
     #[inline]
     fn apply<T: Copy + Into<f32>>(&self, row: &mut [f32], src: &[T]) {
-        for (((y, &x), &a), &b) in row.iter_mut().zip(src).zip(&self.scale).zip(&self.shift) {
+        let n = row.len();
+        let (src, scale, shift) = (&src[..n], &self.scale[..n], &self.shift[..n]);
+        for i in 0..n {
             // A plain multiply and add, not `mul_add`: without a
             // compile-time FMA target, `mul_add` is a slow library call.
-            *y = x.into() * a + b;
+            row[i] = src[i].into() * scale[i] + shift[i];
         }
     }
 }
