@@ -50,6 +50,10 @@ pub struct TrainConfig {
     pub holdout: Holdout,
     /// Write a checkpoint every this many epochs (and after the last).
     pub checkpoint_every: usize,
+    /// Also evaluate the test split after every epoch (for learning curves
+    /// against time; the model is never selected on it).
+    #[serde(default)]
+    pub test_every_epoch: bool,
 }
 
 /// Purposes of the derived random streams.
@@ -71,6 +75,14 @@ pub struct EpochMetrics {
     pub images_per_sec: f64,
     /// Wall time of the epoch, validation included.
     pub seconds: f64,
+    /// Wall time since the run (or its resumption) started, at the end of
+    /// the epoch's training steps.
+    pub elapsed: f64,
+    /// Test loss and accuracy after the epoch (`test_every_epoch` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
 }
 
 /// Loss, accuracy and confusion matrix on one split.
@@ -408,6 +420,7 @@ pub fn train(
                 }
             }
             let seconds_train = epoch_start.elapsed().as_secs_f64();
+            let elapsed = run_start.elapsed().as_secs_f64();
             train_seconds += seconds_train;
             trained_samples += train_view.len();
             let val = (!val_view.is_empty())
@@ -417,6 +430,12 @@ pub fn train(
                     best = Some((epoch + 1, v.accuracy));
                 }
             }
+            let test = match test_view {
+                Some(v) if cfg.test_every_epoch => {
+                    Some(evaluate(&mlp, &mut ws, &norm, &v, &mut eval_indices))
+                }
+                _ => None,
+            };
             let metrics = EpochMetrics {
                 epoch: epoch + 1,
                 train_loss: sum.loss_sum / train_view.len() as f64,
@@ -426,6 +445,9 @@ pub fn train(
                 lr,
                 images_per_sec: train_view.len() as f64 / seconds_train,
                 seconds: epoch_start.elapsed().as_secs_f64(),
+                elapsed,
+                test_loss: test.as_ref().map(|t| t.loss),
+                test_accuracy: test.as_ref().map(|t| t.accuracy),
             };
             observer.epoch(&metrics);
             epochs_run = epoch + 1;

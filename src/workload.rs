@@ -99,6 +99,7 @@ impl Workload {
             normalize: Normalize::Feature,
             holdout: Holdout::Count(0),
             checkpoint_every: 1,
+            test_every_epoch: false,
         }
     }
 }

@@ -37,6 +37,7 @@ fn config(threads: usize) -> TrainConfig {
         normalize: Normalize::Feature,
         holdout: Holdout::Count(200),
         checkpoint_every: 1,
+        test_every_epoch: false,
     }
 }
 
@@ -254,4 +255,38 @@ fn a_network_too_large_for_memory_is_refused_before_allocation() {
         msg.contains("more parameters than memory can address"),
         "{msg}"
     );
+}
+
+/// Collects every epoch's metrics.
+#[derive(Default)]
+struct Record(Vec<fastnn::train::EpochMetrics>);
+impl fastnn::train::Observer for Record {
+    fn epoch(&mut self, m: &fastnn::train::EpochMetrics) {
+        self.0.push(m.clone());
+    }
+}
+
+#[test]
+fn test_every_epoch_reports_the_test_split_without_changing_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let tracked = TrainConfig {
+        test_every_epoch: true,
+        ..config(1)
+    };
+    let mut record = Record::default();
+    let (a, summary) = train(&data, &tracked, None, None, &mut record).unwrap();
+    let (b, _) = train(&data, &config(1), None, None, &mut Silent).unwrap();
+    assert_eq!(
+        &a.params[..],
+        &b.params[..],
+        "evaluating the test split changes nothing"
+    );
+    assert_eq!(record.0.len(), 4);
+    assert!(record
+        .0
+        .iter()
+        .all(|m| m.test_accuracy.is_some() && m.elapsed > 0.0));
+    assert!(record.0.windows(2).all(|w| w[1].elapsed > w[0].elapsed));
+    assert_eq!(record.0[3].test_accuracy, summary.test_accuracy);
 }

@@ -48,7 +48,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub momentum: Option<f32>,
     /// Use Nesterov momentum (SGD).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: Option<bool>,
     /// Learning rate [default: 0.05 for SGD, 0.001 for Adam/AdamW].
     #[arg(long)]
@@ -90,6 +90,9 @@ pub struct TrainArgs {
     /// Write a checkpoint every N epochs [default: 1].
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Also measure the test split after every epoch (reported, never used to pick a model).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub test_every_epoch: Option<bool>,
     /// Continue the run whose checkpoint is in this folder.
     #[arg(long)]
     #[serde(skip)]
@@ -134,6 +137,7 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
         validation,
         out,
         checkpoint_every,
+        test_every_epoch,
         metrics
     )
 }
@@ -201,6 +205,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         normalize: args.normalize.unwrap_or_default(),
         holdout: parse_holdout(args.validation.as_deref().unwrap_or("0.1"))?,
         checkpoint_every: args.checkpoint_every.unwrap_or(1),
+        test_every_epoch: args.test_every_epoch.unwrap_or(false),
     };
     if cfg.lr <= 0.0 || !cfg.lr.is_finite() {
         bail!("--lr must be a positive number");
@@ -460,10 +465,17 @@ impl Observer for Progress {
         if self.quiet {
             return;
         }
-        let val = match (m.val_loss, m.val_accuracy) {
+        let mut val = match (m.val_loss, m.val_accuracy) {
             (Some(l), Some(a)) => format!("  val loss {l:.4} acc {:.2}%", 100.0 * a),
             _ => String::new(),
         };
+        if let (Some(l), Some(a)) = (m.test_loss, m.test_accuracy) {
+            val += &format!(
+                "  test loss {l:.4} acc {:.2}% at {:.1} s",
+                100.0 * a,
+                m.elapsed
+            );
+        }
         let line = format!(
             "epoch {:>3}/{}  train loss {:.4} acc {:.2}%{val}  lr {:.4}  {:.0} img/s  {:.2} s",
             m.epoch,
