@@ -54,11 +54,16 @@ pub struct TrainConfig {
     /// against time; the model is never selected on it).
     #[serde(default)]
     pub test_every_epoch: bool,
+    /// Mirror each training image left to right with probability 1/2
+    /// (data augmentation for images whose classes are mirror-symmetric).
+    #[serde(default)]
+    pub flip: bool,
 }
 
 /// Purposes of the derived random streams.
 const SHUFFLE: u64 = 1;
 const DROPOUT: u64 = 2;
+const FLIP: u64 = 3;
 
 /// One epoch's measurements.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -332,6 +337,9 @@ pub fn train(
     let mut order: Vec<usize> = Vec::with_capacity(train_view.len());
     let mut eval_indices: Vec<usize> = Vec::with_capacity(cfg.batch);
     let mut epochs_run = start_epoch;
+    let mut flips: Vec<bool> = Vec::with_capacity(cfg.batch);
+    // Row width of an image sample (its last dimension), for flips.
+    let width = *data.sample_shape().last().unwrap_or(&1);
     let mut interrupted = false;
     // Writes both files; `steps` > 0 marks a checkpoint taken inside epoch
     // `epochs_done + 1` after that many steps, with their partial sums.
@@ -373,7 +381,21 @@ pub fn train(
                 lr = cfg
                     .schedule
                     .lr(cfg.lr, step, total_steps, epoch, cfg.warmup);
-                norm.gather(&train_view, chunk, &mut ws.x, &mut ws.labels);
+                if cfg.flip {
+                    let mut rng = Rng::derive(cfg.seed, &[FLIP, step as u64]);
+                    flips.clear();
+                    flips.extend(chunk.iter().map(|_| rng.next_u64() >> 63 == 1));
+                    norm.gather_flipped(
+                        &train_view,
+                        chunk,
+                        &flips,
+                        width,
+                        &mut ws.x,
+                        &mut ws.labels,
+                    );
+                } else {
+                    norm.gather(&train_view, chunk, &mut ws.x, &mut ws.labels);
+                }
                 let mut drop_rng = Rng::derive(cfg.seed, &[DROPOUT, step as u64]);
                 let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
                 let out = train_step(

@@ -100,6 +100,7 @@ impl Workload {
             holdout: Holdout::Count(0),
             checkpoint_every: 1,
             test_every_epoch: false,
+            flip: false,
         }
     }
 }

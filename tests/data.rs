@@ -510,3 +510,38 @@ fn embedded_fashion_mnist_converts_with_its_published_content() {
         stats.channel_std[0]
     );
 }
+
+#[test]
+fn flipped_gather_mirrors_each_row_and_normalises_by_destination() {
+    let raw = awkward();
+    let (_dir, path) = write_tmp(&raw);
+    let ds = Dataset::open(&path).unwrap();
+    let norm = Normalizer::new(Normalize::Feature, &ds.stats(), 6);
+    let train = ds.split("train").unwrap();
+    let indices = [1usize, 4];
+    let (mut plain, mut flipped) = (vec![0f32; 12], vec![0f32; 12]);
+    let mut labels = vec![0u8; 2];
+    norm.gather(&train, &indices, &mut plain, &mut labels);
+    norm.gather_flipped(
+        &train,
+        &indices,
+        &[false, true],
+        3,
+        &mut flipped,
+        &mut labels,
+    );
+    assert_eq!(labels, vec![1, 1]);
+    assert_eq!(&flipped[..6], &plain[..6], "sample 0 is not flipped");
+    let src = &u8_features(train.features())[4 * 6..5 * 6];
+    let stats = ds.stats();
+    for f in 0..6 {
+        // Feature f of the flipped row holds source pixel (f / 3, 2 − f % 3).
+        let x = src[f / 3 * 3 + (2 - f % 3)] as f64;
+        let (mean, std) = (stats.feature_mean[f] as f64, stats.feature_std[f] as f64);
+        let expected = if std == 0.0 { 0.0 } else { (x - mean) / std };
+        assert!(
+            (flipped[6 + f] as f64 - expected).abs() < 1e-5,
+            "feature {f}"
+        );
+    }
+}

@@ -38,6 +38,7 @@ fn config(threads: usize) -> TrainConfig {
         holdout: Holdout::Count(200),
         checkpoint_every: 1,
         test_every_epoch: false,
+        flip: false,
     }
 }
 

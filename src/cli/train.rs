@@ -93,6 +93,9 @@ pub struct TrainArgs {
     /// Also measure the test split after every epoch (reported, never used to pick a model).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub test_every_epoch: Option<bool>,
+    /// Mirror each training image left to right with probability 1/2 (augmentation).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub flip: Option<bool>,
     /// Continue the run whose checkpoint is in this folder.
     #[arg(long)]
     #[serde(skip)]
@@ -138,6 +141,7 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
         out,
         checkpoint_every,
         test_every_epoch,
+        flip,
         metrics
     )
 }
@@ -206,6 +210,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         holdout: parse_holdout(args.validation.as_deref().unwrap_or("0.1"))?,
         checkpoint_every: args.checkpoint_every.unwrap_or(1),
         test_every_epoch: args.test_every_epoch.unwrap_or(false),
+        flip: args.flip.unwrap_or(false),
     };
     if cfg.lr <= 0.0 || !cfg.lr.is_finite() {
         bail!("--lr must be a positive number");

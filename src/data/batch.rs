@@ -130,6 +130,47 @@ impl Normalizer {
         }
     }
 
+    /// As [`Normalizer::gather`], mirroring the samples whose `flip` flag
+    /// is set left to right: each row of width `width` (the last dimension
+    /// of the sample shape) is read backwards, then normalised with the
+    /// statistics of the position it lands in.
+    ///
+    /// Panics as `gather` does, or if `width` does not divide the features.
+    pub fn gather_flipped(
+        &self,
+        split: &SplitView<'_>,
+        indices: &[usize],
+        flip: &[bool],
+        width: usize,
+        out: &mut [f32],
+        labels: &mut [u8],
+    ) {
+        self.gather(split, indices, out, labels);
+        let d = self.dim();
+        assert!(
+            width > 0 && d % width == 0,
+            "width {width} does not divide {d} features"
+        );
+        for ((row, &i), _) in out
+            .chunks_exact_mut(d)
+            .zip(indices)
+            .zip(flip)
+            .filter(|(_, &f)| f)
+        {
+            let mut put = |src: &mut dyn Iterator<Item = f32>| {
+                for (f, x) in src.enumerate() {
+                    let (line, col) = (f / width, f % width);
+                    let dst = line * width + (width - 1 - col);
+                    row[dst] = x * self.scale[dst] + self.shift[dst];
+                }
+            };
+            match split.features() {
+                FeatureView::U8(v) => put(&mut v[i * d..(i + 1) * d].iter().map(|&x| x as f32)),
+                FeatureView::F32(v) => put(&mut v[i * d..(i + 1) * d].iter().copied()),
+            }
+        }
+    }
+
     /// `row = src·scale + shift`. All four slices are cut to one length
     /// first, so the loop has no bounds checks and vectorises.
     #[inline]
