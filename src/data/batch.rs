@@ -148,7 +148,7 @@ impl Normalizer {
         self.gather(split, indices, out, labels);
         let d = self.dim();
         assert!(
-            width > 0 && d % width == 0,
+            width > 0 && d.is_multiple_of(width),
             "width {width} does not divide {d} features"
         );
         for ((row, &i), _) in out
