@@ -367,3 +367,43 @@ fn ctrl_c_checkpoints_and_the_run_resumes_to_the_same_model() {
         std::fs::read(full.join("model.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn dry_run_prints_the_plan_and_print_config_a_template_that_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 300, 50, 16, 2, 6);
+    let out = dir.path().join("run");
+    let plan = ok(&fastnn(&[
+        "train",
+        "--data",
+        s(&data),
+        "--hidden",
+        "8,4",
+        "--dry-run",
+        "--out",
+        s(&out),
+    ]));
+    assert!(plan.contains("hidden = [8, 4]"), "{plan}");
+    assert!(plan.contains("8 × 16") && plan.contains("2 × 4"), "{plan}");
+    assert!(plan.contains("total: 182 parameters"), "{plan}");
+    assert!(!out.exists(), "a dry run writes nothing");
+
+    let template = ok(&fastnn(&["train", "--print-config"]));
+    let config = dir.path().join("run.toml");
+    let uncommented: String = template
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = ")))
+        .filter(|l| !l.starts_with("data") && !l.starts_with("out") && !l.starts_with("metrics"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, uncommented).unwrap();
+    let plan = ok(&fastnn(&[
+        "train",
+        "--data",
+        s(&data),
+        "--config",
+        s(&config),
+        "--dry-run",
+    ]));
+    assert!(plan.contains("hidden = [512, 256]"), "{plan}");
+}

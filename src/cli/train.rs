@@ -111,12 +111,20 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub json: bool,
+    /// Print the resolved configuration and the layer table, then exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub dry_run: bool,
+    /// Print a commented configuration template for --config, then exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
 }
 
 /// Takes each option from the flags, else from the file.
 fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainArgs { $($f: flags.$f.or(file.$f),)* config: flags.config, resume: flags.resume, quiet: flags.quiet, json: flags.json } };
+        ($($f:ident),*) => { TrainArgs { $($f: flags.$f.or(file.$f),)* config: flags.config, resume: flags.resume, quiet: flags.quiet, json: flags.json, dry_run: flags.dry_run, print_config: flags.print_config } };
     }
     pick!(
         data,
@@ -243,6 +251,11 @@ pub fn open_data(path: Option<&Path>) -> Result<Dataset> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.print_config {
+        let mut out = std::io::stdout().lock();
+        out.write_all(CONFIG_TEMPLATE.as_bytes())?;
+        return Ok(());
+    }
     let args = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -267,6 +280,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let out = args.out.clone().or_else(|| args.resume.clone());
     let data = open_data(args.data.as_deref())?;
+    if args.dry_run {
+        return dry_run(&cfg, &data);
+    }
     let metrics = match &args.metrics {
         Some(p) => Some(BufWriter::new(
             File::options()
@@ -495,5 +511,117 @@ impl Observer for Progress {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
         }
+    }
+}
+
+/// A commented template of every `--config` key, with its default.
+pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is optional; a flag on the command
+# line overrides the key of the same name (with - for _).
+# Uncomment and edit what you need.
+
+# data = "cifar10.safetensors"   # dataset file (default: the embedded Fashion-MNIST)
+# hidden = [512, 256]            # hidden layer sizes
+# activation = "relu"            # relu, leaky_relu, tanh or sigmoid
+# loss = "xent"                  # xent, mse or hinge
+# dropout = 0.0                  # probability of dropping a hidden unit
+# optimizer = "sgd"              # sgd, adam or adamw
+# momentum = 0.9                 # SGD momentum
+# nesterov = false               # Nesterov momentum (SGD)
+# lr = 0.05                      # learning rate (default 0.001 for adam/adamw)
+# schedule = "cosine"            # constant, cosine or "step:EVERY:GAMMA"
+# warmup = 0                     # steps of linear warm-up
+# l2 = 0.0                       # λ of the λ‖W‖² penalty (weights only)
+# weight_decay = 0.0             # decoupled weight decay (default 0.01 for adamw)
+# epochs = 12
+# batch = 128
+# seed = 1
+# threads = 2                    # default: all cores
+# normalize = "feature"          # feature, channel or none
+# validation = "0.1"             # held-out count ("5000") or fraction ("0.1")
+# out = "run"                    # folder for model.safetensors, checkpoint.safetensors, curves.png
+# checkpoint_every = 1           # epochs between checkpoints
+# test_every_epoch = false       # also measure the test split after each epoch
+# flip = false                   # mirror training images left to right at random
+# metrics = "run/metrics.jsonl"  # one JSON object per epoch
+"#;
+
+/// `--dry-run`: the resolved configuration and the layer table.
+fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
+    let mut dims = vec![data.dim()];
+    dims.extend(&cfg.hidden);
+    dims.push(data.classes().len());
+    let mcfg = fastnn::model::MlpConfig {
+        dims: dims.clone(),
+        act: cfg.act,
+        loss: cfg.loss,
+        dropout: cfg.dropout,
+    };
+    mcfg.validate().map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# resolved configuration (dataset {})",
+        data.path().display()
+    )?;
+    writeln!(out, "{}", toml::to_string(cfg)?)?;
+    writeln!(
+        out,
+        "layer  shape (out × in)    activation  parameters  MFLOP/step  activations"
+    )?;
+    let b = cfg.batch as u64;
+    for (l, d) in dims.windows(2).enumerate() {
+        let (fan_in, fan_out) = (d[0] as u64, d[1] as u64);
+        let last = l + 2 == dims.len();
+        // Forward + weight gradient + input gradient (not for layer 0).
+        let passes = if l == 0 { 2 } else { 3 };
+        writeln!(
+            out,
+            "{:>5}  {:<20}  {:<10}  {:>10}  {:>10.1}  {:>8.1} KiB",
+            l,
+            format!("{fan_out} × {fan_in}"),
+            if last {
+                "none".to_string()
+            } else {
+                cfg.act.to_string()
+            },
+            fan_out * fan_in + fan_out,
+            (2 * passes * b * fan_in * fan_out) as f64 / 1e6,
+            // Output and its gradient (and a dropout mask) for a batch.
+            (4 * b * fan_out * if cfg.dropout > 0.0 && !last { 3 } else { 2 }) as f64 / 1024.0
+        )?;
+    }
+    writeln!(
+        out,
+        "total: {} parameters, {:.1} MFLOP per step of {}, {:.1} MiB for parameters, gradients, optimiser state and activations",
+        mcfg.parameter_count(),
+        (mcfg.train_flops_per_sample() * b) as f64 / 1e6,
+        cfg.batch,
+        mcfg.training_bytes(cfg.batch) as f64 / (1u64 << 20) as f64
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    /// The template names every option: uncommented, it parses with
+    /// unknown keys refused.
+    #[test]
+    fn the_template_parses_when_uncommented() {
+        let uncommented: String = CONFIG_TEMPLATE
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let args: TrainArgs = toml::from_str(&uncommented).expect("template keys parse");
+        assert_eq!(args.hidden, Some(vec![512, 256]));
+        assert_eq!(args.flip, Some(false));
+        assert_eq!(args.validation.as_deref(), Some("0.1"));
+        assert_eq!(
+            uncommented.lines().count(),
+            24,
+            "one line per TrainArgs key"
+        );
     }
 }
