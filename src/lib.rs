@@ -11,6 +11,7 @@
 //! The library never depends on the command-line parser; the `fastnn` binary
 //! is glue around it.
 
+pub mod atomic;
 pub mod autograd;
 pub mod buf;
 pub mod checkpoint;

@@ -165,18 +165,12 @@ macro_rules! render {
         let path: &Path = $path;
         register();
         let format = format_of(path)?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
+        let suffix = if format == Format::Png {
+            ".png"
+        } else {
+            ".svg"
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".fastnn-plot-")
-            .suffix(if format == Format::Png {
-                ".png"
-            } else {
-                ".svg"
-            })
-            .tempfile_in(dir)
+        let tmp = crate::atomic::temp_beside(path, ".fastnn-plot-", suffix)
             .map_err(|e| draw_err(path, e))?;
         match format {
             Format::Png => {

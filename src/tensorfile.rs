@@ -148,19 +148,8 @@ pub fn write_atomic(
     overwrite: bool,
 ) -> Result<(), DataError> {
     let header = header_json(tensors, metadata);
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".fastnn-").suffix(".tmp");
-    // Output files are for everyone to read, like any file `cp` would write
-    // (temporary files are private by default).
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| DataError::io(dir, "cannot create a temporary file", e))?;
+    let tmp = crate::atomic::temp_beside(out, ".fastnn-", ".tmp")
+        .map_err(|e| DataError::io(out, "cannot create a temporary file in its folder", e))?;
     {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
         let mut write = || -> std::io::Result<()> {
