@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 use fastnn::data::cifar::Cifar100Labels;
 use fastnn::data::convert::{convert, ConvertOptions, ConvertReport, SourceFormat};
 use fastnn::data::csv::{CsvOptions, Header, LabelColumn};
-use fastnn::data::embedded;
 use fastnn::data::fetch::{self, REMOTES};
 use fastnn::data::{Dataset, FeatureView};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -150,20 +149,7 @@ fn print_report(out: &Path, report: &ConvertReport) -> Result<()> {
 }
 
 fn run_info(args: InfoArgs) -> Result<()> {
-    let ds = match args.file {
-        Some(path) => Dataset::open(&path)?,
-        None => {
-            let (ds, report) = embedded::open_default()?;
-            if let Some(r) = report {
-                eprintln!(
-                    "fastnn: converted the embedded Fashion-MNIST into {} ({:.2} s)",
-                    ds.path().display(),
-                    r.seconds
-                );
-            }
-            ds
-        }
-    };
+    let ds = super::open_data(args.file.as_deref())?;
     let mut out = std::io::stdout().lock();
     write_info(&mut out, &ds)?;
     Ok(())

@@ -12,7 +12,7 @@ use fastnn::net::Workspace;
 use fastnn::tensorfile;
 use fastnn::train::evaluate;
 
-use super::train::open_data;
+use super::open_data;
 
 /// Loss, accuracy, per-class accuracy and confusion matrix of a model.
 #[derive(Args)]

@@ -9,3 +9,27 @@ pub mod plot;
 pub mod train;
 #[cfg(test)]
 mod train_props;
+
+use std::path::Path;
+
+use anyhow::Result;
+use fastnn::data::{embedded, Dataset};
+
+/// Opens the dataset file `path`, or the embedded Fashion-MNIST (converted
+/// on first use, which is said on stderr).
+pub fn open_data(path: Option<&Path>) -> Result<Dataset> {
+    Ok(match path {
+        Some(p) => Dataset::open(p)?,
+        None => {
+            let (ds, report) = embedded::open_default()?;
+            if let Some(r) = report {
+                eprintln!(
+                    "fastnn: converted the embedded Fashion-MNIST into {} ({:.2} s)",
+                    ds.path().display(),
+                    r.seconds
+                );
+            }
+            ds
+        }
+    })
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastnn::checkpoint;
-use fastnn::data::{embedded, Dataset, Holdout, Normalize};
+use fastnn::data::{Dataset, Holdout, Normalize};
 use fastnn::model::{Act, Loss};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::train::{self, EpochMetrics, Observer, RunInfo, StepProgress, Summary, TrainConfig};
@@ -232,24 +232,6 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-/// Opens `--data`, or the embedded default.
-pub fn open_data(path: Option<&Path>) -> Result<Dataset> {
-    Ok(match path {
-        Some(p) => Dataset::open(p)?,
-        None => {
-            let (ds, report) = embedded::open_default()?;
-            if let Some(r) = report {
-                eprintln!(
-                    "fastnn: converted the embedded Fashion-MNIST into {} ({:.2} s)",
-                    ds.path().display(),
-                    r.seconds
-                );
-            }
-            ds
-        }
-    })
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     if args.print_config {
         let mut out = std::io::stdout().lock();
@@ -279,7 +261,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => resolve(&args)?,
     };
     let out = args.out.clone().or_else(|| args.resume.clone());
-    let data = open_data(args.data.as_deref())?;
+    let data = super::open_data(args.data.as_deref())?;
     if args.dry_run {
         return dry_run(&cfg, &data);
     }
