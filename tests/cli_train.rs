@@ -207,6 +207,19 @@ fn usage_errors_exit_2() {
     );
 }
 
+/// Waits (up to a minute) until a run has written its first checkpoint.
+fn wait_for_checkpoint(dir: &Path) {
+    let start = Instant::now();
+    while !dir.join("checkpoint.safetensors").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Kills a run with SIGKILL at a random moment after its first checkpoint,
 /// resumes it, and compares the final model with an uninterrupted run's,
 /// byte for byte.
@@ -251,12 +264,7 @@ fn a_killed_run_resumes_to_the_same_model() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let start = Instant::now();
-        while !killed.join("checkpoint.safetensors").exists()
-            && start.elapsed() < Duration::from_secs(60)
-        {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_for_checkpoint(&killed);
         std::thread::sleep(Duration::from_millis(rng.below(40)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
@@ -332,11 +340,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes_to_the_same_model() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !run.join("checkpoint.safetensors").exists() && start.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_checkpoint(&run);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
