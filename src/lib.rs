@@ -2,11 +2,20 @@
 //!
 //! Architecture, bottom-up (see `DESIGN.md` in the design notes):
 //!
-//! - [`buf`]: 64-byte aligned buffers.
+//! - [`buf`]: 64-byte aligned buffers; [`atomic`]: files written whole or
+//!   not at all; [`tensorfile`]: aligned safetensors files.
 //! - [`cpu`]: CPU feature detection, done once, with the `FASTNN_ISA` override.
 //! - [`gemm`]: the packed, runtime-dispatched single-precision matrix product.
+//! - [`model`], [`ops`], [`net`]: the MLP, its layer math and one training
+//!   step (forward, fused loss, backward) on the GEMM engine.
+//! - [`optim`]: SGD and Adam over flat parameter slabs; [`rng`]: the seeded
+//!   generator.
+//! - [`train`]: the epoch loop; [`checkpoint`]: model files and checkpoints;
+//!   [`workload`]: the benchmark workloads; [`plot`]: pictures.
 //! - [`data`]: the dataset file (a safetensors file, memory-mapped) and the
 //!   converters that produce it from CIFAR tarballs, IDX files and CSV tables.
+//! - [`reference`] and [`autograd`]: two independent f64 oracles for the
+//!   gradients, written to be read.
 //!
 //! The library never depends on the command-line parser; the `fastnn` binary
 //! is glue around it.

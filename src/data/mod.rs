@@ -54,7 +54,9 @@ pub struct RawSplit {
     pub features: Features,
     /// `[n]` class indices, each below the number of classes.
     pub labels: Vec<u8>,
-    /// `[n]` CIFAR-100 superclass indices (absent for other datasets).
+    /// `[n]` CIFAR-100's second label set (absent for other datasets): the
+    /// 20 superclasses, or the 100 fine classes when `--labels coarse` made
+    /// the superclasses the main labels.
     pub coarse_labels: Option<Vec<u8>>,
 }
 
@@ -77,7 +79,7 @@ pub struct RawDataset {
     pub format: String,
     /// Class names, in label order.
     pub classes: Vec<String>,
-    /// CIFAR-100 superclass names, in coarse-label order.
+    /// Names of the second label set, in `coarse_labels` order.
     pub coarse_classes: Option<Vec<String>>,
     /// Shape of one sample: `[3, 32, 32]` (CHW) for CIFAR, `[1, 28, 28]` for
     /// IDX images, `[d]` for a CSV table. Its first entry is the channel count
