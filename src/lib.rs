@@ -14,7 +14,7 @@
 //!   [`workload`]: the benchmark workloads; [`plot`]: pictures.
 //! - [`data`]: the dataset file (a safetensors file, memory-mapped) and the
 //!   converters that produce it from CIFAR tarballs, IDX files and CSV tables.
-//! - [`reference`] and [`autograd`]: two independent f64 oracles for the
+//! - [`reference`](mod@reference) and [`autograd`]: two independent f64 oracles for the
 //!   gradients, written to be read.
 //!
 //! The library never depends on the command-line parser; the `fastnn` binary

@@ -1,7 +1,7 @@
 //! Datasets: real formats in, one memory-mapped tensor file out.
 //!
 //! Converters (`cifar`, `idx`, `csv`) read a source format into a
-//! [`RawDataset`] held in memory; [`file`] writes it as a safetensors file
+//! [`RawDataset`] held in memory; [`file`](mod@file) writes it as a safetensors file
 //! whose tensors are 64-byte aligned, and maps such a file back, validated,
 //! handing out zero-copy views of each split.
 

@@ -49,7 +49,7 @@ impl PartWs {
 ///
 /// Buffers grow on first use to the block sizes a shape needs (at most
 /// MC×KC + KC×NC floats per thread, see `params.rs`) and are reused after:
-/// once every shape has run once (or after [`GemmWorkspace::reserve`]), a
+/// once every shape has run once (or after [`GemmCtx::reserve`](super::GemmCtx::reserve)), a
 /// call allocates nothing.
 pub struct GemmWorkspace {
     pub(crate) parts: Vec<PartWs>,
