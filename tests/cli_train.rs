@@ -207,6 +207,26 @@ fn usage_errors_exit_2() {
     );
 }
 
+/// Arguments of a two-thread run of 256-128 hidden units on `data`,
+/// writing into `out`.
+fn run_args(data: &Path, out: &Path, epochs: usize, extra: &[&str]) -> Vec<String> {
+    let epochs = epochs.to_string();
+    let base = [
+        "train",
+        "--data",
+        s(data),
+        "--hidden",
+        "256,128",
+        "--epochs",
+        &epochs,
+        "--threads",
+        "2",
+        "--out",
+        s(out),
+    ];
+    base.iter().chain(extra).map(|a| a.to_string()).collect()
+}
+
 /// Waits (up to a minute) until a run has written its first checkpoint.
 fn wait_for_checkpoint(dir: &Path) {
     let start = Instant::now();
@@ -227,27 +247,7 @@ fn wait_for_checkpoint(dir: &Path) {
 fn a_killed_run_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--data",
-            s(&data),
-            "--hidden",
-            "256,128",
-            "--epochs",
-            "6",
-            "--dropout",
-            "0.1",
-            "--threads",
-            "2",
-            "--quiet",
-            "--out",
-            s(out),
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect()
-    };
+    let args = |out: &Path| run_args(&data, out, 6, &["--dropout", "0.1", "--quiet"]);
     let full = dir.path().join("full");
     ok(&Command::new(env!("CARGO_BIN_EXE_fastnn"))
         .args(args(&full))
@@ -309,24 +309,7 @@ fn a_killed_run_resumes_to_the_same_model() {
 fn ctrl_c_checkpoints_and_the_run_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--data",
-            s(&data),
-            "--hidden",
-            "256,128",
-            "--epochs",
-            "8",
-            "--threads",
-            "2",
-            "--out",
-            s(out),
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect()
-    };
+    let args = |out: &Path| run_args(&data, out, 8, &[]);
     let full = dir.path().join("full");
     ok(&Command::new(env!("CARGO_BIN_EXE_fastnn"))
         .args(args(&full))
