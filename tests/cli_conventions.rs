@@ -4,31 +4,11 @@
 
 mod common;
 
+use common::{bin, fastnn, ok as stdout_of, s};
+
 use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fastnn"))
-}
-
-fn fastnn(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run fastnn")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stdout_of(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}, stderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use std::process::Stdio;
 
 const COMMANDS: &[&[&str]] = &[
     &[],

@@ -2,25 +2,13 @@
 //! folders. Every failure must exit non-zero with one line naming the file
 //! and the problem, and leave no output behind.
 
+mod common;
+
+use common::{fastnn, fixtures, s};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
-}
-
-fn fastnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fastnn"))
-        .args(args)
-        .output()
-        .expect("run fastnn")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use std::path::Path;
+use std::process::Output;
 
 /// Asserts a runtime failure: exit code 1 and one stderr line mentioning
 /// `file` and `problem`.

@@ -3,29 +3,11 @@
 
 mod common;
 
+use common::{fastnn, ok, s};
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn fastnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fastnn"))
-        .args(args)
-        .output()
-        .expect("run fastnn")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn train_writes_model_metrics_and_a_summary_then_eval_and_predict_use_it() {
@@ -249,16 +231,13 @@ fn a_killed_run_resumes_to_the_same_model() {
     let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
     let args = |out: &Path| run_args(&data, out, 6, &["--dropout", "0.1", "--quiet"]);
     let full = dir.path().join("full");
-    ok(&Command::new(env!("CARGO_BIN_EXE_fastnn"))
-        .args(args(&full))
-        .output()
-        .unwrap());
+    ok(&common::bin().args(args(&full)).output().unwrap());
 
     let mut rng = fastnn::rng::Rng::new(std::process::id() as u64);
     let mut killed_mid_run = 0;
     for attempt in 0..3 {
         let killed = dir.path().join(format!("killed{attempt}"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fastnn"))
+        let mut child = common::bin()
             .args(args(&killed))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -270,7 +249,7 @@ fn a_killed_run_resumes_to_the_same_model() {
         let status = child.wait().unwrap();
         killed_mid_run +=
             usize::from(std::os::unix::process::ExitStatusExt::signal(&status) == Some(9));
-        let resumed = Command::new(env!("CARGO_BIN_EXE_fastnn"))
+        let resumed = common::bin()
             .args([
                 "train",
                 "--resume",
@@ -311,13 +290,10 @@ fn ctrl_c_checkpoints_and_the_run_resumes_to_the_same_model() {
     let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
     let args = |out: &Path| run_args(&data, out, 8, &[]);
     let full = dir.path().join("full");
-    ok(&Command::new(env!("CARGO_BIN_EXE_fastnn"))
-        .args(args(&full))
-        .output()
-        .unwrap());
+    ok(&common::bin().args(args(&full)).output().unwrap());
 
     let run = dir.path().join("run");
-    let child = Command::new(env!("CARGO_BIN_EXE_fastnn"))
+    let child = common::bin()
         .args(args(&run))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,5 +1,8 @@
 //! The dataset file and the IDX and CSV readers, through the library API.
 
+mod common;
+
+use common::fixtures;
 use std::path::{Path, PathBuf};
 
 use fastnn::data::convert::{convert, ConvertOptions};
@@ -11,10 +14,6 @@ use fastnn::data::{
     SourceInfo,
 };
 use md5::{Digest, Md5};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
-}
 
 fn digits() -> Vec<String> {
     (0..10).map(|d| d.to_string()).collect()

@@ -5,10 +5,13 @@
 //! a fixed bound. Explicit tests check that headers claiming absurd sizes
 //! fail at once, before allocating.
 
+mod common;
+
+use common::fixtures;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fastnn::data::cifar::{self, Cifar100Labels, CifarKind};
 use fastnn::data::csv::{read_csv_from, CsvOptions};
@@ -63,10 +66,6 @@ fn largest_allocation(f: impl FnOnce()) -> usize {
 const ALLOC_BOUND: usize = 80 << 20;
 
 // ---- inputs -------------------------------------------------------------------
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
-}
 
 fn valid(name: &str) -> Vec<u8> {
     std::fs::read(

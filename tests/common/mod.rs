@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use fastnn::data::{Features, RawDataset, RawSplit, SourceInfo};
 use fastnn::rng::Rng;
@@ -51,4 +52,35 @@ pub fn synthetic_dataset(
     let path = dir.join("synthetic.safetensors");
     fastnn::data::file::write_dataset(&raw, &SourceInfo::default(), &path, true).unwrap();
     path
+}
+
+/// The shared test fixtures beside the checkout.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// The `fastnn` binary, ready for arguments.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fastnn"))
+}
+
+/// Runs `fastnn args…` to completion.
+pub fn fastnn(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run fastnn")
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The stdout of a run that must have succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
