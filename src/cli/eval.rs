@@ -15,21 +15,28 @@ use fastnn::train::evaluate;
 use super::open_data;
 
 /// Loss, accuracy, per-class accuracy and confusion matrix of a model.
+/// The model, the dataset and the split a command works on.
 #[derive(Args)]
-#[command(after_help = "Examples:
-  fastnn eval --model run/model.safetensors --data cifar10.safetensors --split test
-  fastnn eval --model run/model.safetensors --plot confusion.png
-  fastnn eval --model run/model.safetensors --json --logits logits.safetensors")]
-pub struct EvalArgs {
+struct Source {
     /// The model file (model.safetensors of a training run).
     #[arg(long)]
     model: PathBuf,
     /// Dataset file (default: the embedded Fashion-MNIST).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Split to evaluate.
+    /// The split the samples come from.
     #[arg(long, default_value = "test")]
     split: String,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  fastnn eval --model run/model.safetensors --data cifar10.safetensors --split test
+  fastnn eval --model run/model.safetensors --plot confusion.png
+  fastnn eval --model run/model.safetensors --json --logits logits.safetensors")]
+pub struct EvalArgs {
+    #[command(flatten)]
+    source: Source,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -48,15 +55,8 @@ pub struct EvalArgs {
     after_help = "Example:\n  fastnn predict --model run/model.safetensors --indices 0,1,2 --top 3"
 )]
 pub struct PredictArgs {
-    /// The model file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Dataset file (default: the embedded Fashion-MNIST).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Split the samples come from.
-    #[arg(long, default_value = "test")]
-    split: String,
+    #[command(flatten)]
+    source: Source,
     /// Sample indices, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     indices: Vec<usize>,
@@ -83,8 +83,8 @@ fn load(model: &std::path::Path, data: Option<&std::path::Path>) -> Result<(Mode
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
-    let (m, ds) = load(&args.model, args.data.as_deref())?;
-    let view = ds.split(&args.split)?;
+    let (m, ds) = load(&args.source.model, args.source.data.as_deref())?;
+    let view = ds.split(&args.source.split)?;
     let mut ws = Workspace::new(&m.mlp, 256, Parallelism::Single);
     let r = evaluate(&m.mlp, &mut ws, &m.normalizer, &view, &mut Vec::new());
     let c = m.classes.len();
@@ -95,11 +95,15 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         })
         .collect();
     if let Some(path) = &args.plot {
-        let name = args.model.file_name().unwrap_or(args.model.as_os_str());
+        let name = args
+            .source
+            .model
+            .file_name()
+            .unwrap_or(args.source.model.as_os_str());
         let title = format!(
             "{} on {}: accuracy {:.2}%",
             name.to_string_lossy(),
-            args.split,
+            args.source.split,
             100.0 * r.accuracy
         );
         fastnn::plot::confusion(path, &title, &m.classes, &r.confusion)?;
@@ -110,7 +114,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
-            "split": args.split, "samples": r.samples, "loss": r.loss, "accuracy": r.accuracy,
+            "split": args.source.split, "samples": r.samples, "loss": r.loss, "accuracy": r.accuracy,
             "classes": m.classes, "per_class_accuracy": per_class, "confusion": r.confusion,
         });
         writeln!(out, "{v}")?;
@@ -119,8 +123,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     writeln!(
         out,
         "{} on {} ({} samples): loss {:.4}, accuracy {:.2}%",
-        args.model.display(),
-        args.split,
+        args.source.model.display(),
+        args.source.split,
         r.samples,
         r.loss,
         100.0 * r.accuracy
@@ -176,12 +180,12 @@ fn write_logits(
 }
 
 pub fn run_predict(args: PredictArgs) -> Result<()> {
-    let (m, ds) = load(&args.model, args.data.as_deref())?;
-    let view = ds.split(&args.split)?;
+    let (m, ds) = load(&args.source.model, args.source.data.as_deref())?;
+    let view = ds.split(&args.source.split)?;
     if let Some(&bad) = args.indices.iter().find(|&&i| i >= view.len()) {
         bail!(
             "index {bad} is out of range: split {} has {} samples",
-            args.split,
+            args.source.split,
             view.len()
         );
     }
