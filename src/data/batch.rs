@@ -108,26 +108,7 @@ impl Normalizer {
         out: &mut [f32],
         labels: &mut [u8],
     ) {
-        let d = self.dim();
-        assert_eq!(
-            split.dim, d,
-            "normaliser built for {d} features, split has {}",
-            split.dim
-        );
-        assert!(out.len() >= indices.len() * d, "batch buffer too small");
-        assert!(labels.len() >= indices.len(), "label buffer too small");
-        let all_labels = split.labels();
-        for ((row, &i), label) in out
-            .chunks_exact_mut(d.max(1))
-            .zip(indices)
-            .zip(labels.iter_mut())
-        {
-            *label = all_labels[i];
-            match split.features() {
-                FeatureView::U8(v) => self.apply(row, &v[i * d..(i + 1) * d]),
-                FeatureView::F32(v) => self.apply(row, &v[i * d..(i + 1) * d]),
-            }
-        }
+        self.gather_rows(split, indices, None, out, labels);
     }
 
     /// As [`Normalizer::gather`], mirroring the samples whose `flip` flag
@@ -145,29 +126,60 @@ impl Normalizer {
         out: &mut [f32],
         labels: &mut [u8],
     ) {
-        self.gather(split, indices, out, labels);
         let d = self.dim();
         assert!(
             width > 0 && d.is_multiple_of(width),
             "width {width} does not divide {d} features"
         );
-        for ((row, &i), _) in out
-            .chunks_exact_mut(d)
+        assert!(flip.len() >= indices.len(), "one flip flag per sample");
+        self.gather_rows(split, indices, Some((flip, width)), out, labels);
+    }
+
+    /// Each sample is read once: straight, or mirrored when its flag says so.
+    fn gather_rows(
+        &self,
+        split: &SplitView<'_>,
+        indices: &[usize],
+        flip: Option<(&[bool], usize)>,
+        out: &mut [f32],
+        labels: &mut [u8],
+    ) {
+        let d = self.dim();
+        assert_eq!(
+            split.dim, d,
+            "normaliser built for {d} features, split has {}",
+            split.dim
+        );
+        assert!(out.len() >= indices.len() * d, "batch buffer too small");
+        assert!(labels.len() >= indices.len(), "label buffer too small");
+        let all_labels = split.labels();
+        for (r, ((row, &i), label)) in out
+            .chunks_exact_mut(d.max(1))
             .zip(indices)
-            .zip(flip)
-            .filter(|(_, &f)| f)
+            .zip(labels.iter_mut())
+            .enumerate()
         {
-            let mut put = |src: &mut dyn Iterator<Item = f32>| {
-                for (f, x) in src.enumerate() {
-                    let (line, col) = (f / width, f % width);
-                    let dst = line * width + (width - 1 - col);
-                    row[dst] = x * self.scale[dst] + self.shift[dst];
+            *label = all_labels[i];
+            let mirror = flip.filter(|(flags, _)| flags[r]).map(|(_, width)| width);
+            match (split.features(), mirror) {
+                (FeatureView::U8(v), None) => self.apply(row, &v[i * d..(i + 1) * d]),
+                (FeatureView::F32(v), None) => self.apply(row, &v[i * d..(i + 1) * d]),
+                (FeatureView::U8(v), Some(w)) => {
+                    self.apply_mirrored(row, &v[i * d..(i + 1) * d], w)
                 }
-            };
-            match split.features() {
-                FeatureView::U8(v) => put(&mut v[i * d..(i + 1) * d].iter().map(|&x| x as f32)),
-                FeatureView::F32(v) => put(&mut v[i * d..(i + 1) * d].iter().copied()),
+                (FeatureView::F32(v), Some(w)) => {
+                    self.apply_mirrored(row, &v[i * d..(i + 1) * d], w)
+                }
             }
+        }
+    }
+
+    /// `row[line, w − 1 − col] = src[line, col]·scale + shift`, with the
+    /// statistics of the destination position.
+    fn apply_mirrored<T: Copy + Into<f32>>(&self, row: &mut [f32], src: &[T], width: usize) {
+        for (f, &x) in src.iter().enumerate() {
+            let dst = f - f % width + (width - 1 - f % width);
+            row[dst] = x.into() * self.scale[dst] + self.shift[dst];
         }
     }
 
