@@ -100,11 +100,6 @@ impl Workspace {
     pub fn dropout_mask_mut(&mut self, l: usize) -> Option<&mut [f32]> {
         self.masks.get_mut(l).map(|m| &mut m[..])
     }
-
-    /// Output of layer `l` from the last forward pass.
-    pub fn layer_output(&self, l: usize) -> &[f32] {
-        &self.h[l]
-    }
 }
 
 /// Where a forward pass gets its dropout factors.
@@ -158,7 +153,7 @@ impl Mlp {
         for (l, slot) in self.layout.layers.iter().enumerate() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
             let (before, rest) = h.split_at_mut(l);
-            let input = if l == 0 { &x[..] } else { &before[l - 1][..] };
+            let input = layer_input(x, before, l);
             let out = &mut rest[0][..batch * fan_out];
             let last = l + 1 == layers;
             let bias = &self.params[slot.b.clone()];
