@@ -34,6 +34,7 @@ pub mod optim;
 pub mod plot;
 pub mod reference;
 pub mod rng;
+pub mod rss;
 pub mod tensorfile;
 pub mod train;
 pub mod workload;

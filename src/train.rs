@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::{Dataset, Holdout, Normalize, Normalizer, SplitView};
+use crate::data::{Augment, Dataset, Geometry, Holdout, Normalize, Normalizer, SplitView};
 use crate::gemm::Parallelism;
 use crate::model::{Act, Loss, Mlp, MlpConfig};
 use crate::net::Workspace;
@@ -58,12 +58,18 @@ pub struct TrainConfig {
     /// (data augmentation for images whose classes are mirror-symmetric).
     #[serde(default)]
     pub flip: bool,
+    /// Translate each training image by a random whole number of pixels in
+    /// −k..=k, independently along each axis, filling with zeros (data
+    /// augmentation; 0 = off).
+    #[serde(default)]
+    pub translate: usize,
 }
 
 /// Purposes of the derived random streams.
 const SHUFFLE: u64 = 1;
 const DROPOUT: u64 = 2;
 const FLIP: u64 = 3;
+const TRANSLATE: u64 = 4;
 
 /// One epoch's measurements.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -279,6 +285,24 @@ pub fn train(
         return Err(TrainError::Config("the training split is empty".into()));
     }
     let norm = Normalizer::new(cfg.normalize, &data.stats(), data.dim());
+    // Augmentation moves pixels, so it needs samples that are images.
+    let augment_geometry = if cfg.flip || cfg.translate > 0 {
+        let g = Geometry::of_shape(data.sample_shape()).ok_or_else(|| {
+            TrainError::Config(format!(
+                "flips and translations need image samples ([C, H, W] or [H, W]); this dataset's samples are {:?}",
+                data.sample_shape()
+            ))
+        })?;
+        if cfg.translate >= g.height.min(g.width) || cfg.translate > i8::MAX as usize {
+            return Err(TrainError::Config(format!(
+                "a translation of up to {} pixels does not fit {}×{} images",
+                cfg.translate, g.height, g.width
+            )));
+        }
+        Some(g)
+    } else {
+        None
+    };
 
     let (mut mlp, mut opt, start_epoch, mut best, resume_steps, resume_sum) = match resume {
         Some(ck) => {
@@ -337,9 +361,7 @@ pub fn train(
     let mut order: Vec<usize> = Vec::with_capacity(train_view.len());
     let mut eval_indices: Vec<usize> = Vec::with_capacity(cfg.batch);
     let mut epochs_run = start_epoch;
-    let mut flips: Vec<bool> = Vec::with_capacity(cfg.batch);
-    // Row width of an image sample (its last dimension), for flips.
-    let width = *data.sample_shape().last().unwrap_or(&1);
+    let mut augments: Vec<Augment> = Vec::with_capacity(cfg.batch);
     let mut interrupted = false;
     // Writes both files; `steps` > 0 marks a checkpoint taken inside epoch
     // `epochs_done + 1` after that many steps, with their partial sums.
@@ -381,15 +403,13 @@ pub fn train(
                 lr = cfg
                     .schedule
                     .lr(cfg.lr, step, total_steps, epoch, cfg.warmup);
-                if cfg.flip {
-                    let mut rng = Rng::derive(cfg.seed, &[FLIP, step as u64]);
-                    flips.clear();
-                    flips.extend(chunk.iter().map(|_| rng.next_u64() >> 63 == 1));
-                    norm.gather_flipped(
+                if let Some(geometry) = augment_geometry {
+                    draw_augments(cfg, step, chunk.len(), &mut augments);
+                    norm.gather_augmented(
                         &train_view,
                         chunk,
-                        &flips,
-                        width,
+                        &augments,
+                        geometry,
                         &mut ws.x,
                         &mut ws.labels,
                     );
@@ -510,6 +530,28 @@ pub fn train(
         },
     };
     Ok((mlp, summary))
+}
+
+/// The augmentation of each sample of training step `step`. Flips and
+/// translations come from their own random streams, both derived from the
+/// seed and the step, so a resumed run draws the same ones.
+fn draw_augments(cfg: &TrainConfig, step: usize, samples: usize, out: &mut Vec<Augment>) {
+    out.clear();
+    out.resize(samples, Augment::default());
+    if cfg.flip {
+        let mut rng = Rng::derive(cfg.seed, &[FLIP, step as u64]);
+        for a in out.iter_mut() {
+            a.flip = rng.next_u64() >> 63 == 1;
+        }
+    }
+    if cfg.translate > 0 {
+        let k = cfg.translate as i64;
+        let mut rng = Rng::derive(cfg.seed, &[TRANSLATE, step as u64]);
+        for a in out.iter_mut() {
+            a.dx = (rng.below(2 * k as u64 + 1) as i64 - k) as i8;
+            a.dy = (rng.below(2 * k as u64 + 1) as i64 - k) as i8;
+        }
+    }
 }
 
 /// Memory available to this process in bytes (Linux `MemAvailable`), if known.

@@ -17,6 +17,7 @@ use crate::data::{
 use crate::model::{Act, Loss};
 use crate::optim::{OptimConfig, OptimKind, Schedule};
 use crate::rng::Rng;
+use crate::rss::ResidentMemory;
 use crate::train::{self, EpochMetrics, Observer, TrainConfig, TrainError};
 
 /// A benchmark workload.
@@ -101,6 +102,7 @@ impl Workload {
             checkpoint_every: 1,
             test_every_epoch: false,
             flip: false,
+            translate: 0,
         }
     }
 }
@@ -146,10 +148,23 @@ pub struct Throughput {
     pub isa: &'static str,
     /// Training floating-point operations per sample.
     pub flops_per_sample: u64,
+    /// Mean training loss of the first and of the last epoch: a run that
+    /// learns nothing shows here.
+    pub loss_first: f64,
+    pub loss_last: f64,
+    /// Training samples per epoch.
+    pub samples: usize,
+    /// The dataset file trained on.
+    pub dataset: PathBuf,
+    /// Resident memory at the end of the last epoch, while the dataset is
+    /// still mapped and the training buffers still live.
+    pub memory: Option<ResidentMemory>,
 }
 
 struct Collect {
     epochs: Vec<f64>,
+    losses: Vec<f64>,
+    memory: Option<ResidentMemory>,
     isa: &'static str,
     flops_per_step: u64,
 }
@@ -161,6 +176,8 @@ impl Observer for Collect {
     }
     fn epoch(&mut self, m: &EpochMetrics) {
         self.epochs.push(m.images_per_sec);
+        self.losses.push(m.train_loss);
+        self.memory = ResidentMemory::read();
     }
 }
 
@@ -176,6 +193,8 @@ pub fn measure(
     let cfg = workload.config(batch, threads, epochs.max(2));
     let mut obs = Collect {
         epochs: Vec::new(),
+        losses: Vec::new(),
+        memory: None,
         isa: "",
         flops_per_step: 0,
     };
@@ -189,9 +208,14 @@ pub fn measure(
         0.5 * (timed[n / 2 - 1] + timed[n / 2])
     };
     Ok(Throughput {
-        epochs: obs.epochs,
         median,
         isa: obs.isa,
         flops_per_sample: obs.flops_per_step / batch as u64,
+        loss_first: obs.losses[0],
+        loss_last: obs.losses[obs.losses.len() - 1],
+        samples: data.split("train").map_or(0, |s| s.len()),
+        dataset: data.path().to_path_buf(),
+        memory: obs.memory,
+        epochs: obs.epochs,
     })
 }

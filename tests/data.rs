@@ -10,8 +10,8 @@ use fastnn::data::csv::{read_csv, CsvOptions, Header, LabelColumn};
 use fastnn::data::file::{write_dataset, TENSOR_ALIGN};
 use fastnn::data::idx::{read_idx_dir, read_maybe_gzip};
 use fastnn::data::{
-    Dataset, FeatureView, Features, Holdout, Normalize, Normalizer, RawDataset, RawSplit,
-    SourceInfo,
+    Augment, Dataset, FeatureView, Features, Geometry, Holdout, Normalize, Normalizer, RawDataset,
+    RawSplit, SourceInfo,
 };
 use md5::{Digest, Md5};
 
@@ -510,37 +510,89 @@ fn embedded_fashion_mnist_converts_with_its_published_content() {
     );
 }
 
-#[test]
-fn flipped_gather_mirrors_each_row_and_normalises_by_destination() {
+/// Gathers training samples 1 and 4 of `awkward()` with `augments`, the six
+/// features read as `geometry`, and checks every value of sample 4 against
+/// `source`: for each destination feature, the source feature it must hold
+/// (`None`: a pixel moved in from outside, raw 0). Sample 1 is never moved.
+fn check_augmented(geometry: Geometry, augment: Augment, source: [Option<usize>; 6]) {
     let raw = awkward();
     let (_dir, path) = write_tmp(&raw);
     let ds = Dataset::open(&path).unwrap();
     let norm = Normalizer::new(Normalize::Feature, &ds.stats(), 6);
     let train = ds.split("train").unwrap();
     let indices = [1usize, 4];
-    let (mut plain, mut flipped) = (vec![0f32; 12], vec![0f32; 12]);
+    let (mut plain, mut moved) = (vec![0f32; 12], vec![0f32; 12]);
     let mut labels = vec![0u8; 2];
     norm.gather(&train, &indices, &mut plain, &mut labels);
-    norm.gather_flipped(
+    let augments = [Augment::default(), augment];
+    norm.gather_augmented(
         &train,
         &indices,
-        &[false, true],
-        3,
-        &mut flipped,
+        &augments,
+        geometry,
+        &mut moved,
         &mut labels,
     );
     assert_eq!(labels, vec![1, 1]);
-    assert_eq!(&flipped[..6], &plain[..6], "sample 0 is not flipped");
+    assert_eq!(&moved[..6], &plain[..6], "sample 0 is not moved");
     let src = &u8_features(train.features())[4 * 6..5 * 6];
     let stats = ds.stats();
     for f in 0..6 {
-        // Feature f of the flipped row holds source pixel (f / 3, 2 − f % 3).
-        let x = src[f / 3 * 3 + (2 - f % 3)] as f64;
+        let x = source[f].map_or(0.0, |s| src[s] as f64);
         let (mean, std) = (stats.feature_mean[f] as f64, stats.feature_std[f] as f64);
         let expected = if std == 0.0 { 0.0 } else { (x - mean) / std };
         assert!(
-            (flipped[6 + f] as f64 - expected).abs() < 1e-5,
-            "feature {f}"
+            (moved[6 + f] as f64 - expected).abs() < 1e-5,
+            "{augment:?} feature {f}: {} vs {expected}",
+            moved[6 + f]
         );
     }
+}
+
+#[test]
+fn flipped_gather_mirrors_each_row_and_normalises_by_destination() {
+    // Two channels of one 3-pixel row: each row is read backwards.
+    let g = Geometry::of_shape(&[2, 1, 3]).unwrap();
+    let flip = Augment {
+        flip: true,
+        ..Augment::default()
+    };
+    check_augmented(
+        g,
+        flip,
+        [Some(2), Some(1), Some(0), Some(5), Some(4), Some(3)],
+    );
+}
+
+#[test]
+fn translated_gather_moves_pixels_and_fills_with_zeros() {
+    // The six features as one 2×3 plane:  s0 s1 s2 / s3 s4 s5.
+    let g = Geometry::of_shape(&[2, 3]).unwrap();
+    let right = Augment {
+        dx: 1,
+        ..Augment::default()
+    };
+    check_augmented(g, right, [None, Some(0), Some(1), None, Some(3), Some(4)]);
+    let up_left = Augment {
+        dx: -2,
+        dy: -1,
+        ..Augment::default()
+    };
+    check_augmented(g, up_left, [Some(5), None, None, None, None, None]);
+    let down = Augment {
+        dy: 1,
+        ..Augment::default()
+    };
+    check_augmented(g, down, [None, None, None, Some(0), Some(1), Some(2)]);
+    // Mirrored first (s2 s1 s0 / s5 s4 s3), then moved right by one.
+    let flip_right = Augment {
+        flip: true,
+        dx: 1,
+        dy: 0,
+    };
+    check_augmented(
+        g,
+        flip_right,
+        [None, Some(2), Some(1), None, Some(5), Some(4)],
+    );
 }

@@ -39,6 +39,7 @@ fn config(threads: usize) -> TrainConfig {
         checkpoint_every: 1,
         test_every_epoch: false,
         flip: false,
+        translate: 0,
     }
 }
 
@@ -290,4 +291,67 @@ fn test_every_epoch_reports_the_test_split_without_changing_the_run() {
         .all(|m| m.test_accuracy.is_some() && m.elapsed > 0.0));
     assert!(record.0.windows(2).all(|w| w[1].elapsed > w[0].elapsed));
     assert_eq!(record.0[3].test_accuracy, summary.test_accuracy);
+}
+
+#[test]
+fn an_augmented_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::synthetic_with_shape(dir.path(), 1400, 300, &[1, 8, 12], 4, 9);
+    let data = Dataset::open(path).unwrap();
+    let augmented = TrainConfig {
+        flip: true,
+        translate: 2,
+        ..config(2)
+    };
+    let (plain, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
+    let (full, _) = train(&data, &augmented, None, None, &mut Silent).unwrap();
+    assert!(
+        plain
+            .params
+            .iter()
+            .zip(full.params.iter())
+            .any(|(x, y)| x != y),
+        "flips and translations changed nothing"
+    );
+    let out: PathBuf = dir.path().join("run");
+    let (_, partial) = train(&data, &augmented, Some(&out), None, &mut StopAtStep(27)).unwrap();
+    assert!(partial.interrupted);
+    let ck = checkpoint::load(&out).unwrap();
+    assert_eq!(ck.config, augmented);
+    let (resumed, _) = train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
+    assert!(full
+        .params
+        .iter()
+        .zip(resumed.params.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+#[test]
+fn augmentation_is_refused_for_flat_samples_and_oversized_translations() {
+    let dir = tempfile::tempdir().unwrap();
+    let flat = dataset(&dir);
+    let flip = TrainConfig {
+        flip: true,
+        ..config(1)
+    };
+    let err = train(&flat, &flip, None, None, &mut Silent)
+        .err()
+        .expect("a flat dataset cannot be flipped")
+        .to_string();
+    assert!(
+        err.contains("need image samples") && err.contains("[96]"),
+        "{err}"
+    );
+    let images = tempfile::tempdir().unwrap();
+    let path = common::synthetic_with_shape(images.path(), 400, 10, &[1, 8, 12], 4, 9);
+    let data = Dataset::open(path).unwrap();
+    let far = TrainConfig {
+        translate: 8,
+        ..config(1)
+    };
+    let err = train(&data, &far, None, None, &mut Silent)
+        .err()
+        .expect("8 pixels do not fit 8 rows")
+        .to_string();
+    assert!(err.contains("8 pixels") && err.contains("8×12"), "{err}");
 }

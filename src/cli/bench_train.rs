@@ -37,6 +37,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let t = measure(args.workload, args.batch, threads, args.epochs)?;
+    let mem = t.memory;
     let gflops = t.median * t.flops_per_sample as f64 / 1e9;
     let peak = measure_peak(cpu::selected(), threads).map(|p| p.gflops);
     let mut out = std::io::stdout().lock();
@@ -52,6 +53,13 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "gflops": gflops,
             "peak_gflops": peak,
             "fma_limit_images_per_sec": peak.map(|p| p * 1e9 / t.flops_per_sample as f64),
+            "samples": t.samples,
+            "loss_first": t.loss_first,
+            "loss_last": t.loss_last,
+            "dataset": t.dataset,
+            "rss_peak_bytes": mem.map(|m| m.peak),
+            "rss_anon_bytes": mem.map(|m| m.anon),
+            "rss_file_bytes": mem.map(|m| m.file),
         });
         writeln!(out, "{v}")?;
         return Ok(());
@@ -83,6 +91,21 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             p * 1e9 / t.flops_per_sample as f64
         )?,
         None => writeln!(out, "  {:.1} GFLOP/s of training math ({:.2} MFLOP per image)", gflops, t.flops_per_sample as f64 / 1e6)?,
+    }
+    writeln!(
+        out,
+        "  train loss {:.4} in the first epoch, {:.4} in the last",
+        t.loss_first, t.loss_last
+    )?;
+    if let Some(m) = mem {
+        const MB: f64 = 1e6;
+        writeln!(
+            out,
+            "  resident memory: {:.0} MB anonymous + {:.0} MB file-backed (the mapped dataset and the binary); peak {:.0} MB",
+            m.anon as f64 / MB,
+            m.file as f64 / MB,
+            m.peak as f64 / MB
+        )?;
     }
     Ok(())
 }

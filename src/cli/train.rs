@@ -96,6 +96,9 @@ pub struct TrainArgs {
     /// Mirror each training image left to right with probability 1/2 (augmentation).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub flip: Option<bool>,
+    /// Move each training image by a random −K..=K pixels along each axis, zero-filled (augmentation).
+    #[arg(long, value_name = "K")]
+    pub translate: Option<usize>,
     /// Continue the run whose checkpoint is in this folder.
     #[arg(long)]
     #[serde(skip)]
@@ -150,6 +153,7 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
         checkpoint_every,
         test_every_epoch,
         flip,
+        translate,
         metrics
     )
 }
@@ -219,6 +223,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         checkpoint_every: args.checkpoint_every.unwrap_or(1),
         test_every_epoch: args.test_every_epoch.unwrap_or(false),
         flip: args.flip.unwrap_or(false),
+        translate: args.translate.unwrap_or(0),
     };
     if cfg.lr <= 0.0 || !cfg.lr.is_finite() {
         bail!("--lr must be a positive number");
@@ -524,6 +529,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is 
 # checkpoint_every = 1           # epochs between checkpoints
 # test_every_epoch = false       # also measure the test split after each epoch
 # flip = false                   # mirror training images left to right at random
+# translate = 0                  # move training images by up to this many pixels at random
 # metrics = "run/metrics.jsonl"  # one JSON object per epoch
 "#;
 

@@ -36,6 +36,51 @@ impl std::str::FromStr for Normalize {
     }
 }
 
+/// How one training image is moved before it is normalised (data
+/// augmentation): mirrored left to right, then translated by `dx` columns
+/// and `dy` rows (positive: right and down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Augment {
+    pub flip: bool,
+    pub dx: i8,
+    pub dy: i8,
+}
+
+impl Augment {
+    /// True when the image is left as it is.
+    pub fn is_identity(&self) -> bool {
+        !self.flip && self.dx == 0 && self.dy == 0
+    }
+}
+
+/// Image layout of a sample: `channels` planes of `height × width`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Geometry {
+    /// From a sample shape `[C, H, W]` or `[H, W]`; `None` for flat samples
+    /// (`[d]`), which have no rows to move.
+    pub fn of_shape(shape: &[usize]) -> Option<Geometry> {
+        match *shape {
+            [channels, height, width] => Some(Geometry {
+                channels,
+                height,
+                width,
+            }),
+            [height, width] => Some(Geometry {
+                channels: 1,
+                height,
+                width,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Per-feature affine map `x·scale + shift` that normalises one sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Normalizer {
@@ -111,36 +156,39 @@ impl Normalizer {
         self.gather_rows(split, indices, None, out, labels);
     }
 
-    /// As [`Normalizer::gather`], mirroring the samples whose `flip` flag
-    /// is set left to right: each row of width `width` (the last dimension
-    /// of the sample shape) is read backwards, then normalised with the
-    /// statistics of the position it lands in.
+    /// As [`Normalizer::gather`], with each sample moved as its
+    /// [`Augment`] says (mirrored and/or translated) on the way: the images
+    /// are `geometry.channels` planes of `height × width`. Pixels moved in
+    /// from outside the image are raw zeros. Every value is normalised with
+    /// the statistics of the position it lands in.
     ///
-    /// Panics as `gather` does, or if `width` does not divide the features.
-    pub fn gather_flipped(
+    /// Panics as `gather` does, if the geometry does not match the features,
+    /// or if there are fewer augments than indices.
+    pub fn gather_augmented(
         &self,
         split: &SplitView<'_>,
         indices: &[usize],
-        flip: &[bool],
-        width: usize,
+        augments: &[Augment],
+        geometry: Geometry,
         out: &mut [f32],
         labels: &mut [u8],
     ) {
-        let d = self.dim();
-        assert!(
-            width > 0 && d.is_multiple_of(width),
-            "width {width} does not divide {d} features"
+        assert_eq!(
+            geometry.channels * geometry.height * geometry.width,
+            self.dim(),
+            "image geometry {geometry:?} does not match {} features",
+            self.dim()
         );
-        assert!(flip.len() >= indices.len(), "one flip flag per sample");
-        self.gather_rows(split, indices, Some((flip, width)), out, labels);
+        assert!(augments.len() >= indices.len(), "one augment per sample");
+        self.gather_rows(split, indices, Some((augments, geometry)), out, labels);
     }
 
-    /// Each sample is read once: straight, or mirrored when its flag says so.
+    /// Each sample is read once: straight, or moved when it has an augment.
     fn gather_rows(
         &self,
         split: &SplitView<'_>,
         indices: &[usize],
-        flip: Option<(&[bool], usize)>,
+        augments: Option<(&[Augment], Geometry)>,
         out: &mut [f32],
         labels: &mut [u8],
     ) {
@@ -160,26 +208,49 @@ impl Normalizer {
             .enumerate()
         {
             *label = all_labels[i];
-            let mirror = flip.filter(|(flags, _)| flags[r]).map(|(_, width)| width);
-            match (split.features(), mirror) {
+            let moved = augments
+                .map(|(a, g)| (a[r], g))
+                .filter(|(a, _)| !a.is_identity());
+            match (split.features(), moved) {
                 (FeatureView::U8(v), None) => self.apply(row, &v[i * d..(i + 1) * d]),
                 (FeatureView::F32(v), None) => self.apply(row, &v[i * d..(i + 1) * d]),
-                (FeatureView::U8(v), Some(w)) => {
-                    self.apply_mirrored(row, &v[i * d..(i + 1) * d], w)
+                (FeatureView::U8(v), Some((a, g))) => {
+                    self.apply_moved(row, &v[i * d..(i + 1) * d], a, g)
                 }
-                (FeatureView::F32(v), Some(w)) => {
-                    self.apply_mirrored(row, &v[i * d..(i + 1) * d], w)
+                (FeatureView::F32(v), Some((a, g))) => {
+                    self.apply_moved(row, &v[i * d..(i + 1) * d], a, g)
                 }
             }
         }
     }
 
-    /// `row[line, w − 1 − col] = src[line, col]·scale + shift`, with the
-    /// statistics of the destination position.
-    fn apply_mirrored<T: Copy + Into<f32>>(&self, row: &mut [f32], src: &[T], width: usize) {
-        for (f, &x) in src.iter().enumerate() {
-            let dst = f - f % width + (width - 1 - f % width);
-            row[dst] = x.into() * self.scale[dst] + self.shift[dst];
+    /// `row[c, y, x] = src[c, y − dy, x′]·scale + shift` with
+    /// `x′ = x − dx`, or `width − 1 − (x − dx)` when mirrored; a source
+    /// position outside the image reads as 0. Statistics are those of the
+    /// destination position.
+    fn apply_moved<T: Copy + Into<f32>>(
+        &self,
+        row: &mut [f32],
+        src: &[T],
+        a: Augment,
+        g: Geometry,
+    ) {
+        let (h, w) = (g.height as isize, g.width as isize);
+        for c in 0..g.channels as isize {
+            for y in 0..h {
+                let sy = y - a.dy as isize;
+                for x in 0..w {
+                    let dst = ((c * h + y) * w + x) as usize;
+                    let sx = x - a.dx as isize;
+                    let value = if (0..h).contains(&sy) && (0..w).contains(&sx) {
+                        let sx = if a.flip { w - 1 - sx } else { sx };
+                        src[((c * h + sy) * w + sx) as usize].into()
+                    } else {
+                        0.0
+                    };
+                    row[dst] = value * self.scale[dst] + self.shift[dst];
+                }
+            }
         }
     }
 

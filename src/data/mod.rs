@@ -16,7 +16,7 @@ pub mod file;
 pub mod idx;
 pub mod pickle;
 
-pub use batch::{Normalize, Normalizer};
+pub use batch::{Augment, Geometry, Normalize, Normalizer};
 pub use error::DataError;
 pub use file::{Dataset, FeatureView, Holdout, SourceInfo, SplitView};
 

@@ -18,6 +18,20 @@ pub fn synthetic_dataset(
     classes: usize,
     seed: u64,
 ) -> PathBuf {
+    synthetic_with_shape(dir, train, test, &[dim], classes, seed)
+}
+
+/// As [`synthetic_dataset`], with samples of the given shape (e.g.
+/// `[1, 8, 12]`: images).
+pub fn synthetic_with_shape(
+    dir: &Path,
+    train: usize,
+    test: usize,
+    shape: &[usize],
+    classes: usize,
+    seed: u64,
+) -> PathBuf {
+    let dim = shape.iter().product::<usize>();
     let mut rng = Rng::new(seed);
     let protos: Vec<Vec<f64>> = (0..classes)
         .map(|_| (0..dim).map(|_| 40.0 + 170.0 * rng.next_f64()).collect())
@@ -46,7 +60,7 @@ pub fn synthetic_dataset(
         format: "synthetic".into(),
         classes: (0..classes).map(|c| format!("class{c}")).collect(),
         coarse_classes: None,
-        shape: vec![dim],
+        shape: shape.to_vec(),
         splits,
     };
     let path = dir.join("synthetic.safetensors");
