@@ -708,9 +708,12 @@ impl<'a> Machine<'a> {
             },
             other => return self.err(format!("REDUCE on {other:?}")),
         };
-        let args = match args {
+        // Every allowed callable takes at most three arguments: copy no more
+        // than that (and the count), so that one large memoised tuple passed
+        // to REDUCE again and again costs nothing per call.
+        let (nargs, args) = match args {
             Value::Obj(id) => match &self.doc.objects[id.0] {
-                Object::Tuple(items) => items.clone(),
+                Object::Tuple(items) => (items.len(), head(items)),
                 other => return self.err(format!("REDUCE arguments are a {}", kind_of(other))),
             },
             other => return self.err(format!("REDUCE arguments are {other:?}")),
@@ -719,7 +722,7 @@ impl<'a> Machine<'a> {
             Global::Reconstruct => {
                 // _reconstruct(ndarray, (0,), b'b'): an empty placeholder.
                 // The shape and type code are overwritten by BUILD.
-                if args.len() != 3 || !self.is_global(args[0], Global::Ndarray) {
+                if nargs != 3 || !self.is_global(args[0], Global::Ndarray) {
                     return self.err("_reconstruct expects (numpy.ndarray, shape, typecode)");
                 }
                 self.push_object(Object::Array(Array {
@@ -740,7 +743,7 @@ impl<'a> Machine<'a> {
             Global::CodecsEncode => {
                 // encode(text, 'latin1'): each code point below 256 is one byte.
                 let (text, encoding) = match args[..] {
-                    [Value::Str(t), e] => (t, self.doc.text(e)),
+                    [Value::Str(t), e] if nargs == 2 => (t, self.doc.text(e)),
                     _ => return self.err("_codecs.encode expects (text, encoding)"),
                 };
                 if !matches!(encoding, Some("latin1" | "latin-1")) {
@@ -776,7 +779,8 @@ impl<'a> Machine<'a> {
             Value::Obj(id) => id,
             other => return self.err(format!("BUILD on {other:?}")),
         };
-        let Some(state) = self.doc.items(state).map(<[Value]>::to_vec) else {
+        // As in REDUCE, only the head of the state is copied.
+        let Some((nstate, state)) = self.doc.items(state).map(|s| (s.len(), head(s))) else {
             return self.err("BUILD state is not a tuple");
         };
         match &self.doc.objects[target.0] {
@@ -795,7 +799,7 @@ impl<'a> Machine<'a> {
             Object::Array(_) => {
                 // Version 1: (1, shape, dtype, fortran, data);
                 // version 0 (old numpy): (shape, dtype, fortran, data).
-                let fields = match state.len() {
+                let fields = match nstate {
                     5 if state[0] == Value::Int(1) => &state[1..],
                     4 => &state[..],
                     n => return self.err(format!("ndarray state with {n} items")),
@@ -841,6 +845,12 @@ impl<'a> Machine<'a> {
     fn is_global(&self, v: Value, g: Global) -> bool {
         matches!(v, Value::Obj(id) if self.doc.objects[id.0] == Object::Global(g))
     }
+}
+
+/// The first (at most five) items of a tuple: all that REDUCE and BUILD
+/// ever read of their arguments.
+fn head(items: &[Value]) -> Vec<Value> {
+    items[..items.len().min(5)].to_vec()
 }
 
 /// A word for an object's type, for error messages.
