@@ -98,7 +98,7 @@ impl Rng {
         (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }
 
-    fn shuffle(&mut self, xs: &mut [u32]) {
+    fn shuffle<T>(&mut self, xs: &mut [T]) {
         for i in (1..xs.len()).rev() {
             xs.swap(i, (self.next_u64() % (i as u64 + 1)) as usize);
         }
