@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Runs fastnn and its peers back to back on the same workloads and prints one
+table. Started by tools/compare/run.sh, which builds and installs the peers.
+
+Training: W1 (50,000 CIFAR-shaped random samples, 3072-1024-512-10) and W2
+(Fashion-MNIST, 784-512-256-10), SGD with momentum 0.9, at each batch size and
+thread count. fastnn runs first and writes the dataset file; every peer then
+trains on that same file (see peer_common.py). Each program reports images/s
+as the median of its epochs after a warm-up epoch, and its loss in the first
+and last epoch; this script measures each process's peak resident memory.
+
+GEMM: the shapes of `fastnn bench gemm` (training shapes and squares), fastnn
+and matrixmultiply from that command, numpy and PyTorch from gemm_peers.py.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.join(ROOT, "tools", "compare")
+FASTNN = os.path.join(ROOT, "target", "release", "fastnn")
+HIDDEN = {"w1": "1024,512", "w2": "512,256"}
+PEERS = ["fastnn", "pytorch", "numpy", "candle", "burn"]
+TITLES = {"fastnn": "fastnn", "pytorch": "PyTorch eager", "numpy": "numpy (tutorial)", "candle": "candle", "burn": "burn"}
+
+
+def run(cmd, env=None, timeout=3600):
+    """Runs cmd; returns (exit code, stdout, stderr, peak RSS in bytes)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
+        try:
+            # wait4 gives this child's own resource usage; waiting through
+            # Popen would reap it and lose that.
+            _, status, usage = os.wait4(p.pid, 0)
+        except KeyboardInterrupt:
+            p.kill()
+            raise
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return p.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024
+
+
+def last_json_line(text):
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError("no JSON line in the output")
+
+
+class Peers:
+    """Which peers can run here, and the command line of each."""
+
+    def __init__(self, out_dir, wanted):
+        self.out_dir = out_dir
+        self.missing = {}
+        for peer in wanted:
+            why = self.why_missing(peer)
+            if why:
+                self.missing[peer] = why
+        self.available = [p for p in wanted if p not in self.missing]
+
+    def why_missing(self, peer):
+        if peer == "fastnn":
+            return None if os.path.exists(FASTNN) else "target/release/fastnn not built"
+        if peer in ("pytorch", "numpy"):
+            module = "torch" if peer == "pytorch" else "numpy"
+            code = subprocess.run([sys.executable, "-c", f"import {module}, safetensors"], capture_output=True)
+            return None if code.returncode == 0 else f"python cannot import {module}"
+        marker = os.path.join(self.out_dir, f"{peer}.unavailable")
+        if os.path.exists(marker):
+            return open(marker).read().strip()
+        return None if os.path.exists(self.binary(peer)) else f"{self.binary(peer)} not built"
+
+    def binary(self, peer):
+        return os.path.join(self.out_dir, "release", f"compare-{peer}")
+
+    def command(self, peer, workload, data, batch, threads, epochs):
+        common = ["--data", data, "--hidden", HIDDEN[workload], "--batch", str(batch), "--threads", str(threads), "--epochs", str(epochs)]
+        if peer == "fastnn":
+            return [FASTNN, "bench", "train", "--workload", workload, "--batch", str(batch), "--threads", str(threads), "--epochs", str(epochs), "--json"]
+        if peer == "pytorch":
+            return [sys.executable, os.path.join(HERE, "torch_train.py")] + common
+        if peer == "numpy":
+            return [sys.executable, os.path.join(HERE, "numpy_train.py")] + common
+        return [self.binary(peer)] + common
+
+
+def peer_env(threads):
+    env = dict(os.environ)
+    # Every library that might start a thread pool gets the same count.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def train_runs(args, peers, results):
+    for workload in args.workloads:
+        for batch in args.batches:
+            for threads in args.threads:
+                data = None
+                for peer in peers.available:
+                    if peer != "fastnn" and data is None:
+                        continue  # the dataset file comes from fastnn's run
+                    cmd = peers.command(peer, workload, data, batch, threads, args.epochs)
+                    print(f"  {workload} batch {batch:>3} threads {threads}  {peer:<8}", end=" ", flush=True)
+                    code, out, err, rss = run(cmd, env=peer_env(threads))
+                    row = {"workload": workload, "batch": batch, "threads": threads, "peer": peer, "peak_rss_bytes": rss}
+                    if code != 0:
+                        row["error"] = (err.strip().splitlines() or [f"exit {code}"])[-1]
+                        print(f"failed: {row['error']}")
+                    else:
+                        row.update(last_json_line(out))
+                        row["peak_rss_bytes"] = rss
+                        if peer == "fastnn":
+                            data = row["dataset"]
+                        print(f"{row['images_per_sec']:>9,.0f} images/s  loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}  peak RSS {rss / 1e6:,.0f} MB")
+                    results["train"].append(row)
+                    save(args, results)
+
+
+def gemm_runs(args, peers, results):
+    for threads in args.threads:
+        print(f"  gemm, {threads} thread(s): fastnn and matrixmultiply", flush=True)
+        code, out, err, _ = run([FASTNN, "bench", "gemm", "--threads", str(threads), "--json"])
+        if code != 0:
+            results["gemm"].append({"threads": threads, "peer": "fastnn", "error": err.strip()})
+            continue
+        report = json.loads(out)
+        results["gemm"].append({"threads": threads, "peer": "fastnn", **report})
+        shapes = ",".join(f"{r['shape']['m']}x{r['shape']['k']}x{r['shape']['n']}:{r['shape']['trans']}" for r in report["results"])
+        for peer in ("numpy", "pytorch"):
+            if peer not in peers.available:
+                continue
+            print(f"  gemm, {threads} thread(s): {peer}", flush=True)
+            cmd = [sys.executable, os.path.join(HERE, "gemm_peers.py"), "--peer", "torch" if peer == "pytorch" else "numpy", "--threads", str(threads), "--shapes", shapes]
+            code, out, err, _ = run(cmd, env=peer_env(threads))
+            row = {"threads": threads, "peer": peer}
+            if code != 0:
+                row["error"] = (err.strip().splitlines() or [f"exit {code}"])[-1]
+            else:
+                row.update(last_json_line(out))
+            results["gemm"].append(row)
+        save(args, results)
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version()}
+
+
+def save(args, results):
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+
+def fmt_int(x):
+    return f"{x:,.0f}"
+
+
+def markdown(results):
+    """The tables of BENCHMARKS.md."""
+    lines = []
+    train = results["train"]
+    peers = [p for p in PEERS if any(r["peer"] == p for r in train)] or PEERS
+    missing = results.get("missing", {})
+    peaks = {r["threads"]: r["peak_gflops"] for r in train if r["peer"] == "fastnn" and r.get("peak_gflops")}
+    m = results["machine"]
+    peak_text = ", ".join(f"{peaks[t]:.0f} GFLOP/s on {t} thread(s)" for t in sorted(peaks))
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores" + (f"; measured FMA peak {peak_text}" if peaks else "") + f". Run {results['date']}.")
+    lines.append("")
+    if missing:
+        for p, why in missing.items():
+            lines.append(f"- **{TITLES[p]}: not run** ({why}).")
+        lines.append("")
+    if train:
+        lines.append("Training throughput, images/s (median of the epochs after a warm-up); in brackets fastnn's speed-up over the peer.")
+        lines.append("")
+        lines.append("| workload | batch | threads | " + " | ".join(TITLES[p] for p in peers) + " | loss falls |")
+        lines.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | --- |")
+        keys = sorted({(r["workload"], r["batch"], r["threads"]) for r in train})
+        for w, b, t in keys:
+            rows = {r["peer"]: r for r in train if (r["workload"], r["batch"], r["threads"]) == (w, b, t)}
+            ours = rows.get("fastnn", {}).get("images_per_sec")
+            cells, learners = [], []
+            for p in peers:
+                r = rows.get(p)
+                if r is None:
+                    cells.append("—")
+                elif "error" in r:
+                    cells.append("failed")
+                else:
+                    v = r["images_per_sec"]
+                    cells.append(fmt_int(v) if p == "fastnn" or not ours else f"{fmt_int(v)} ({ours / v:.2f}×)")
+                    learners.append(r["loss_last"] < r["loss_first"])
+            falls = "yes" if learners and all(learners) else "**no**"
+            lines.append(f"| {w.upper()} | {b} | {t} | " + " | ".join(cells) + f" | {falls} |")
+        lines.append("")
+        scaling = []
+        for w in sorted({r["workload"] for r in train}):
+            for b in sorted({r["batch"] for r in train}):
+                one = [r for r in train if (r["workload"], r["batch"], r["threads"], r["peer"]) == (w, b, 1, "fastnn") and "error" not in r]
+                two = [r for r in train if (r["workload"], r["batch"], r["threads"], r["peer"]) == (w, b, 2, "fastnn") and "error" not in r]
+                if one and two:
+                    scaling.append(f"{w.upper()} batch {b}: {two[0]['images_per_sec'] / one[0]['images_per_sec']:.2f}×")
+        if scaling:
+            lines.append("fastnn's scaling from 1 to 2 threads: " + ", ".join(scaling) + ".")
+            lines.append("")
+        lines.append("Peak resident memory of each process, MB (batch 128, most threads run); fastnn's split into anonymous and file-backed pages (the mapped dataset file and the binary) at the end of its last epoch.")
+        lines.append("")
+        lines.append("| workload | " + " | ".join(TITLES[p] for p in peers) + " | fastnn anonymous | fastnn file-backed |")
+        lines.append("| --- | " + " | ".join("---:" for _ in peers) + " | ---: | ---: |")
+        for w in sorted({r["workload"] for r in train}):
+            rows = [r for r in train if r["workload"] == w and r["batch"] == 128]
+            if not rows:
+                continue
+            t = max(r["threads"] for r in rows)
+            by = {r["peer"]: r for r in rows if r["threads"] == t}
+            cells = [fmt_int(by[p]["peak_rss_bytes"] / 1e6) if p in by and "error" not in by[p] else "—" for p in peers]
+            f = by.get("fastnn", {})
+            anon = fmt_int(f["rss_anon_bytes"] / 1e6) if f.get("rss_anon_bytes") else "—"
+            file_ = fmt_int(f["rss_file_bytes"] / 1e6) if f.get("rss_file_bytes") else "—"
+            lines.append(f"| {w.upper()} | " + " | ".join(cells) + f" | {anon} | {file_} |")
+        lines.append("")
+        versions = {}
+        for r in train:
+            if "error" not in r and r["peer"] != "fastnn":
+                versions[r["peer"]] = f"{r['version']}; matrix products: {r['backend']}"
+        isa = next((r["isa"] for r in train if r["peer"] == "fastnn" and "isa" in r), "?")
+        lines.append(f"- fastnn: its own GEMM, kernel {isa}.")
+        for p in peers:
+            if p in versions:
+                lines.append(f"- {TITLES[p]}: {versions[p]}.")
+        lines.append("")
+    gemm = results["gemm"]
+    for threads in sorted({g["threads"] for g in gemm}):
+        rows = {g["peer"]: g for g in gemm if g["threads"] == threads and "error" not in g}
+        ours = rows.get("fastnn")
+        if not ours:
+            continue
+        lines.append(f"GEMM, {threads} thread(s), GFLOP/s (median); measured FMA peak {ours['peak_gflops']:.0f} GFLOP/s.")
+        lines.append("")
+        others = [p for p in ("numpy", "pytorch") if p in rows]
+        lines.append("| shape | fastnn | % of peak | matrixmultiply | " + " | ".join(f"{p} ({rows[p]['blas']})" for p in others) + " |")
+        lines.append("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in others) + " |")
+        for i, r in enumerate(ours["results"]):
+            s = r["shape"]
+            cells = [f"{rows[p]['results'][i]['gflops']:.1f}" for p in others]
+            lines.append(f"| {s['m']}×{s['k']}×{s['n']} {s['trans']} | {r['fastnn_gflops']:.1f} | {r['fastnn_pct_peak']:.0f} % | {r['matrixmultiply_gflops']:.1f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
+    ap.add_argument("--workloads", default="w1,w2")
+    ap.add_argument("--batches", default="32,128,512")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per run, the first a warm-up")
+    ap.add_argument("--peers", default=",".join(PEERS), help="fastnn always runs: it writes the dataset files")
+    ap.add_argument("--no-gemm", action="store_true")
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="W2 at batch 128 only, plus the GEMM shapes")
+    args = ap.parse_args()
+    if args.quick:
+        args.workloads, args.batches = "w2", "128"
+    args.workloads = args.workloads.split(",")
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.threads = [int(t) for t in args.threads.split(",")]
+    wanted = ["fastnn"] + [p for p in args.peers.split(",") if p in PEERS and p != "fastnn"]
+    os.makedirs(args.out, exist_ok=True)
+    peers = Peers(args.out, wanted)
+    if "fastnn" in peers.missing:
+        sys.exit(peers.missing["fastnn"])
+    for p, why in peers.missing.items():
+        print(f"{TITLES[p]}: not run ({why})")
+    results = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "missing": peers.missing,
+        "train": [],
+        "gemm": [],
+    }
+    if not args.no_train:
+        print("training (images/s, median of the epochs after the first):")
+        train_runs(args, peers, results)
+    if not args.no_gemm:
+        print("GEMM:")
+        gemm_runs(args, peers, results)
+    save(args, results)
+    md = markdown(results)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    print()
+    print(md)
+    print(f"\n(written to {os.path.join(args.out, 'results.md')} and results.json)")
+
+
+if __name__ == "__main__":
+    main()

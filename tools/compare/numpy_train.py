@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""An MLP from scratch in numpy, written the way the classic tutorials write
+it (cs231n, "neural network from scratch"): one class per layer with
+`forward` and `backward`, `x @ W + b`, softmax + cross-entropy by hand, SGD
+with momentum. float32 throughout; the matrix products go to the BLAS numpy
+was built with. Times every whole epoch and prints one JSON line (see
+peer_common.py).
+
+    python3 tools/compare/numpy_train.py --data data/cache/fashion-mnist.safetensors \\
+        --hidden 512,256 --batch 128 --threads 2 --epochs 4
+"""
+import os
+import sys
+import time
+
+
+def _threads_from_argv():
+    argv = sys.argv
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "2"
+
+
+# The BLAS reads its thread count when numpy is first imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = _threads_from_argv()
+
+import numpy as np  # noqa: E402
+
+from peer_common import load_train, parse_args, report  # noqa: E402
+
+
+class Linear:
+    def __init__(self, fan_in, fan_out, rng):
+        self.W = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        self.b = np.zeros(fan_out, dtype=np.float32)
+        self.vW = np.zeros_like(self.W)
+        self.vb = np.zeros_like(self.b)
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, grad):
+        self.dW = self.x.T @ grad
+        self.db = grad.sum(axis=0)
+        return grad @ self.W.T
+
+    def step(self, lr, momentum):
+        self.vW = momentum * self.vW + self.dW
+        self.vb = momentum * self.vb + self.db
+        self.W -= lr * self.vW
+        self.b -= lr * self.vb
+
+
+class ReLU:
+    def forward(self, x):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, grad):
+        return grad * self.mask
+
+
+class SoftmaxCrossEntropy:
+    def forward(self, logits, labels):
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        self.probs = exp / exp.sum(axis=1, keepdims=True)
+        self.labels = labels
+        rows = np.arange(len(labels))
+        return float(-np.log(self.probs[rows, labels]).mean())
+
+    def backward(self):
+        grad = self.probs.copy()
+        grad[np.arange(len(self.labels)), self.labels] -= 1.0
+        return grad / len(self.labels)
+
+
+def blas_backend():
+    try:
+        from threadpoolctl import threadpool_info
+
+        libs = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)" for i in threadpool_info()]
+        if libs:
+            return ", ".join(libs)
+    except ImportError:
+        pass
+    cfg = np.show_config(mode="dicts")
+    blas = cfg.get("Build Dependencies", {}).get("blas", {})
+    return f"{blas.get('name', '?')} {blas.get('version', '?')}"
+
+
+def main():
+    args = parse_args(__doc__)
+    x, y = load_train(args.data)
+    rng = np.random.default_rng(args.seed)
+    dims = [x.shape[1]] + args.hidden + [10]
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(Linear(dims[i], dims[i + 1], rng))
+        if i + 2 < len(dims):
+            layers.append(ReLU())
+    criterion = SoftmaxCrossEntropy()
+    n = len(x)
+    rates, losses = [], []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        perm = rng.permutation(n)
+        total = 0.0
+        for i in range(0, n, args.batch):
+            idx = perm[i : i + args.batch]
+            out = x[idx]
+            for layer in layers:
+                out = layer.forward(out)
+            total += criterion.forward(out, y[idx]) * len(idx)
+            grad = criterion.backward()
+            for layer in reversed(layers):
+                grad = layer.backward(grad)
+            for layer in layers:
+                if isinstance(layer, Linear):
+                    layer.step(args.lr, 0.9)
+        rates.append(n / (time.perf_counter() - start))
+        losses.append(total / n)
+    report("numpy", f"numpy {np.__version__}", blas_backend(), args, n, rates, losses)
+
+
+if __name__ == "__main__":
+    main()
