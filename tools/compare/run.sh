@@ -4,7 +4,7 @@
 # virtual environment under target/compare, then runs every workload, batch
 # size and thread count back to back and prints the table.
 #
-#   tools/compare/run.sh                  # everything (about 20-30 minutes on 2 cores)
+#   tools/compare/run.sh                  # everything (about 30 minutes on 2 cores, once built)
 #   tools/compare/run.sh --quick          # W2 at batch 128 only, and the GEMM shapes
 #   tools/compare/run.sh --help           # the options of compare.py
 #
