@@ -48,7 +48,7 @@ unsafe fn pack_panels<S: Simd>(
             // back: 16 sequential streams suit the hardware prefetchers, and
             // the two 8×8 blocks of a step fill whole 64-byte lines of the
             // panel at once instead of each half in a separate pass.
-            let group = if wv % 16 == 0 { 16 } else { 8 };
+            let group = if wv.is_multiple_of(16) { 16 } else { 8 };
             for i0 in (0..wv).step_by(group) {
                 let si = s.offset(i0 as isize * rs);
                 for p0 in (0..pv).step_by(8) {
