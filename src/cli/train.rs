@@ -605,10 +605,11 @@ mod template_tests {
         let args: TrainArgs = toml::from_str(&uncommented).expect("template keys parse");
         assert_eq!(args.hidden, Some(vec![512, 256]));
         assert_eq!(args.flip, Some(false));
+        assert_eq!(args.translate, Some(0));
         assert_eq!(args.validation.as_deref(), Some("0.1"));
         assert_eq!(
             uncommented.lines().count(),
-            24,
+            25,
             "one line per TrainArgs key"
         );
     }
