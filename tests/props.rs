@@ -20,12 +20,13 @@ use fastnn::data::{pickle, Dataset};
 use fastnn::{checkpoint, tensorfile};
 use proptest::prelude::*;
 
-// ---- the largest single allocation of this thread ---------------------------
+// ---- the largest single allocation of this thread, and the total ------------
 
 struct Tracking;
 
 thread_local! {
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static TOTAL: Cell<usize> = const { Cell::new(0) };
 }
 
 unsafe impl GlobalAlloc for Tracking {
@@ -49,6 +50,7 @@ unsafe impl GlobalAlloc for Tracking {
 fn note(size: usize) {
     // try_with: the thread-local may be gone while a thread shuts down.
     let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    let _ = TOTAL.try_with(|t| t.set(t.get() + size));
 }
 
 #[global_allocator]
@@ -59,6 +61,14 @@ fn largest_allocation(f: impl FnOnce()) -> usize {
     LARGEST.with(|l| l.set(0));
     f();
     LARGEST.with(Cell::get)
+}
+
+/// Runs `f` and returns the bytes it allocated in all (reallocations count
+/// their new size).
+fn total_allocation(f: impl FnOnce()) -> usize {
+    TOTAL.with(|t| t.set(0));
+    f();
+    TOTAL.with(Cell::get)
 }
 
 /// No parser may ask for more than this at once on these small inputs
@@ -416,4 +426,32 @@ fn model_file_claiming_a_huge_network() {
             .map(drop)
             .map_err(|e| e.to_string())
     });
+}
+
+#[test]
+fn a_pickle_reusing_one_large_tuple_allocates_in_proportion_to_its_input() {
+    // A 20,000-item tuple ('u1', 0, 0, …), memoised, then passed 2,000
+    // times to numpy.dtype, whose REDUCE reads only the first item. Copying
+    // the whole tuple at every REDUCE would allocate 2,000 × 20,000 values
+    // (hundreds of MB) for a 50 kB input.
+    let mut p = b"\x80\x02]((U\x02u1".to_vec();
+    for _ in 0..20_000 {
+        p.extend(b"K\x00");
+    }
+    p.extend(b"tq\x01cnumpy\ndtype\nq\x02");
+    for _ in 0..2_000 {
+        p.extend(b"h\x02h\x01R");
+    }
+    p.extend(b"e.");
+    let mut items = None;
+    let allocated = total_allocation(|| {
+        let doc = pickle::parse(&p).expect("a valid pickle");
+        items = doc.items(doc.root).map(<[_]>::len);
+    });
+    assert_eq!(items, Some(2_002));
+    assert!(
+        allocated < 64 * p.len(),
+        "parsing {} bytes allocated {allocated} bytes",
+        p.len()
+    );
 }
