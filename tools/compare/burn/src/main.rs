@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::module::Param;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::Linear;
@@ -21,7 +21,10 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use safetensors::{Dtype, SafeTensors};
+
+#[path = "../../rust_peer.rs"]
+mod rust_peer;
+use rust_peer::{exit_on_error, load, median_after_first, parse_args, Args, Dataset, Rng};
 
 /// Must match Cargo.lock.
 const VERSION: &str = "burn 0.22.1";
@@ -29,174 +32,8 @@ const VERSION: &str = "burn 0.22.1";
 /// BLAS feature) is matrixmultiply's sgemm.
 const BACKEND: &str = "burn-ndarray 0.22.1: ndarray 0.17.2 + matrixmultiply 0.3.11";
 
-struct Args {
-    data: String,
-    hidden: Vec<usize>,
-    batch: usize,
-    threads: usize,
-    epochs: usize,
-    seed: u64,
-    lr: f64,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        data: String::new(),
-        hidden: vec![1024, 512],
-        batch: 128,
-        threads: 2,
-        epochs: 4,
-        seed: 1,
-        lr: 0.01,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        let bad = || format!("{flag}: bad value {value:?}");
-        match flag.as_str() {
-            "--data" => a.data = value.clone(),
-            "--hidden" => {
-                a.hidden = value
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .with_context(bad)?
-            }
-            "--batch" => a.batch = value.parse().with_context(bad)?,
-            "--threads" => a.threads = value.parse().with_context(bad)?,
-            "--epochs" => a.epochs = value.parse().with_context(bad)?,
-            "--seed" => a.seed = value.parse().with_context(bad)?,
-            "--lr" => a.lr = value.parse().with_context(bad)?,
-            _ => bail!("unknown argument {flag}"),
-        }
-    }
-    if a.data.is_empty() {
-        bail!("--data PATH is required");
-    }
-    if a.epochs < 2 {
-        bail!("--epochs must be at least 2 (the first epoch is a warm-up)");
-    }
-    if a.batch == 0 || a.threads == 0 || a.hidden.contains(&0) {
-        bail!("--batch, --threads and the --hidden widths must be positive");
-    }
-    Ok(a)
-}
-
-/// SplitMix64: small and seedable; bitwise equality with fastnn is not a goal.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-
-    fn shuffle<T>(&mut self, xs: &mut [T]) {
-        for i in (1..xs.len()).rev() {
-            xs.swap(i, (self.next_u64() % (i as u64 + 1)) as usize);
-        }
-    }
-}
-
-/// The normalised training images [N, F] and labels [N].
-struct Dataset {
-    x: Vec<f32>,
-    y: Vec<u32>,
-    n: usize,
-    f: usize,
-}
-
-fn load(path: &str) -> Result<Dataset> {
-    let bytes = std::fs::read(path).context("cannot read the file")?;
-    let st = SafeTensors::deserialize(&bytes).context("not a safetensors file")?;
-    let get = |name: &str, dtype: Dtype| -> Result<_> {
-        let t = st.tensor(name).map_err(|_| anyhow!("no tensor {name}"))?;
-        if t.dtype() != dtype {
-            bail!("tensor {name} is {:?}, expected {dtype:?}", t.dtype());
-        }
-        Ok(t)
-    };
-    let images = get("train.images", Dtype::U8)?;
-    let labels = get("train.labels", Dtype::U8)?;
-    let mean = get("stats.feature_mean", Dtype::F32)?;
-    let std = get("stats.feature_std", Dtype::F32)?;
-    let &[n, f] = images.shape() else {
-        bail!(
-            "train.images has shape {:?}, expected [N, F]",
-            images.shape()
-        );
-    };
-    if n == 0 || f == 0 {
-        bail!("train.images is empty");
-    }
-    for (name, t, len) in [
-        ("train.labels", &labels, n),
-        ("stats.feature_mean", &mean, f),
-        ("stats.feature_std", &std, f),
-    ] {
-        if t.shape() != [len] {
-            bail!("{name} has shape {:?}, expected [{len}]", t.shape());
-        }
-    }
-    let floats = |d: &[u8]| -> Vec<f32> {
-        d.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let (mean, std) = (floats(mean.data()), floats(std.data()));
-    // A constant feature (std 0) carries nothing: 0, as fastnn normalises it.
-    let scale: Vec<f32> = std
-        .iter()
-        .map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 })
-        .collect();
-    let x = images
-        .data()
-        .chunks_exact(f)
-        .flat_map(|row| {
-            row.iter()
-                .zip(&mean)
-                .zip(&scale)
-                .map(|((&p, &m), &s)| (p as f32 - m) * s)
-        })
-        .collect();
-    let y: Vec<u32> = labels.data().iter().map(|&l| l as u32).collect();
-    if let Some(l) = y.iter().find(|&&l| l >= 10) {
-        bail!("train.labels holds {l}, expected a class below 10");
-    }
-    Ok(Dataset { x, y, n, f })
-}
-
-/// Median of the epochs after the first, which is a warm-up.
-fn median_after_first(rates: &[f64]) -> f64 {
-    let mut r = rates[1..].to_vec();
-    r.sort_by(f64::total_cmp);
-    let m = r.len() / 2;
-    if r.len() % 2 == 1 {
-        r[m]
-    } else {
-        (r[m - 1] + r[m]) / 2.0
-    }
-}
-
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("compare-burn: {e:#}");
-        std::process::exit(1);
-    }
+    exit_on_error("compare-burn", run);
 }
 
 fn run() -> Result<()> {
