@@ -169,6 +169,44 @@ pub fn median_after_first(rates: &[f64]) -> f64 {
     }
 }
 
+/// The epochs of a run: speed and mean loss, and the one-line JSON report.
+#[derive(Default)]
+pub struct Epochs {
+    rates: Vec<f64>,
+    losses: Vec<f64>,
+}
+
+impl Epochs {
+    /// Records an epoch of `n` samples that took `secs` and summed `total_loss`.
+    pub fn push(&mut self, n: usize, secs: f64, total_loss: f64) {
+        let (rate, loss) = (n as f64 / secs, total_loss / n as f64);
+        eprintln!(
+            "epoch {}: {rate:.0} images/s, loss {loss:.4}",
+            self.rates.len() + 1
+        );
+        self.rates.push(rate);
+        self.losses.push(loss);
+    }
+
+    /// Prints the report on stdout (the same fields as the Python peers).
+    pub fn report(&self, peer: &str, version: &str, backend: &str, args: &Args, n: usize) {
+        let out = serde_json::json!({
+            "peer": peer,
+            "version": version,
+            "backend": backend,
+            "threads": args.threads,
+            "batch": args.batch,
+            "hidden": args.hidden,
+            "samples": n,
+            "epochs_images_per_sec": self.rates,
+            "images_per_sec": median_after_first(&self.rates),
+            "loss_first": self.losses[0],
+            "loss_last": self.losses[self.losses.len() - 1],
+        });
+        println!("{out}");
+    }
+}
+
 /// Runs `run`; on error prints `name: error` on stderr and exits with 1.
 pub fn exit_on_error(name: &str, run: impl FnOnce() -> Result<()>) {
     if let Err(e) = run() {

@@ -24,7 +24,7 @@ use burn::tensor::activation::relu;
 
 #[path = "../../rust_peer.rs"]
 mod rust_peer;
-use rust_peer::{exit_on_error, load, median_after_first, parse_args, Args, Dataset, Rng};
+use rust_peer::{exit_on_error, load, parse_args, Args, Dataset, Epochs, Rng};
 
 /// Must match Cargo.lock.
 const VERSION: &str = "burn 0.22.1";
@@ -118,8 +118,8 @@ fn train(args: &Args, data: Dataset) -> Result<()> {
     let mut optim = SgdConfig::new().with_momentum(Some(momentum)).init();
 
     let mut order: Vec<i64> = (0..n as i64).collect();
-    let (mut rates, mut losses) = (Vec::new(), Vec::new());
-    for epoch in 0..args.epochs {
+    let mut epochs = Epochs::default();
+    for _ in 0..args.epochs {
         let start = Instant::now();
         rng.shuffle(&mut order);
         let mut total = 0.0f64;
@@ -133,30 +133,8 @@ fn train(args: &Args, data: Dataset) -> Result<()> {
             // Read back every step, as the PyTorch peer does with loss.item().
             total += loss.into_scalar::<f32>() as f64 * len as f64;
         }
-        let secs = start.elapsed().as_secs_f64();
-        rates.push(n as f64 / secs);
-        losses.push(total / n as f64);
-        eprintln!(
-            "epoch {}: {:.0} images/s, loss {:.4}",
-            epoch + 1,
-            n as f64 / secs,
-            total / n as f64
-        );
+        epochs.push(n, start.elapsed().as_secs_f64(), total);
     }
-
-    let out = serde_json::json!({
-        "peer": "burn",
-        "version": VERSION,
-        "backend": BACKEND,
-        "threads": args.threads,
-        "batch": args.batch,
-        "hidden": args.hidden,
-        "samples": n,
-        "epochs_images_per_sec": rates,
-        "images_per_sec": median_after_first(&rates),
-        "loss_first": losses[0],
-        "loss_last": losses[losses.len() - 1],
-    });
-    println!("{out}");
+    epochs.report("burn", VERSION, BACKEND, args, n);
     Ok(())
 }

@@ -18,7 +18,7 @@ use candle_nn::{Linear, Module};
 
 #[path = "../../rust_peer.rs"]
 mod rust_peer;
-use rust_peer::{exit_on_error, load, median_after_first, parse_args, Args, Dataset, Rng};
+use rust_peer::{exit_on_error, load, parse_args, Args, Dataset, Epochs, Rng};
 
 /// Must match Cargo.lock.
 const VERSION: &str = "candle-nn 0.11.1";
@@ -103,8 +103,8 @@ fn train(args: &Args, data: Dataset, dev: &Device) -> Result<()> {
         .collect::<candle_core::Result<_>>()?;
 
     let mut order: Vec<u32> = (0..n as u32).collect();
-    let (mut rates, mut losses) = (Vec::new(), Vec::new());
-    for epoch in 0..args.epochs {
+    let mut epochs = Epochs::default();
+    for _ in 0..args.epochs {
         let start = Instant::now();
         rng.shuffle(&mut order);
         let mut total = 0.0f64;
@@ -121,30 +121,8 @@ fn train(args: &Args, data: Dataset, dev: &Device) -> Result<()> {
             // Read back every step, as the PyTorch peer does with loss.item().
             total += loss.to_scalar::<f32>()? as f64 * idx.dim(0)? as f64;
         }
-        let secs = start.elapsed().as_secs_f64();
-        rates.push(n as f64 / secs);
-        losses.push(total / n as f64);
-        eprintln!(
-            "epoch {}: {:.0} images/s, loss {:.4}",
-            epoch + 1,
-            n as f64 / secs,
-            total / n as f64
-        );
+        epochs.push(n, start.elapsed().as_secs_f64(), total);
     }
-
-    let out = serde_json::json!({
-        "peer": "candle",
-        "version": VERSION,
-        "backend": BACKEND,
-        "threads": args.threads,
-        "batch": args.batch,
-        "hidden": args.hidden,
-        "samples": n,
-        "epochs_images_per_sec": rates,
-        "images_per_sec": median_after_first(&rates),
-        "loss_first": losses[0],
-        "loss_last": losses[losses.len() - 1],
-    });
-    println!("{out}");
+    epochs.report("candle", VERSION, BACKEND, args, n);
     Ok(())
 }
