@@ -37,7 +37,6 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let t = measure(args.workload, args.batch, threads, args.epochs)?;
-    let mem = t.memory;
     let gflops = t.median * t.flops_per_sample as f64 / 1e9;
     let peak = measure_peak(cpu::selected(), threads).map(|p| p.gflops);
     let mut out = std::io::stdout().lock();
@@ -57,9 +56,9 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "loss_first": t.loss_first,
             "loss_last": t.loss_last,
             "dataset": t.dataset,
-            "rss_peak_bytes": mem.map(|m| m.peak),
-            "rss_anon_bytes": mem.map(|m| m.anon),
-            "rss_file_bytes": mem.map(|m| m.file),
+            "rss_peak_bytes": t.memory.map(|m| m.peak),
+            "rss_anon_bytes": t.memory.map(|m| m.anon),
+            "rss_file_bytes": t.memory.map(|m| m.file),
         });
         writeln!(out, "{v}")?;
         return Ok(());
@@ -97,7 +96,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         "  train loss {:.4} in the first epoch, {:.4} in the last",
         t.loss_first, t.loss_last
     )?;
-    if let Some(m) = mem {
+    if let Some(m) = t.memory {
         const MB: f64 = 1e6;
         writeln!(
             out,

@@ -708,9 +708,9 @@ impl<'a> Machine<'a> {
             },
             other => return self.err(format!("REDUCE on {other:?}")),
         };
-        // Every allowed callable takes at most three arguments: copy no more
-        // than that (and the count), so that one large memoised tuple passed
-        // to REDUCE again and again costs nothing per call.
+        // Every allowed callable takes at most three arguments: copy only
+        // the head of the tuple and its length, so that one large memoised
+        // tuple passed to REDUCE again and again costs nothing per call.
         let (nargs, args) = match args {
             Value::Obj(id) => match &self.doc.objects[id.0] {
                 Object::Tuple(items) => (items.len(), head(items)),
