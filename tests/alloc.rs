@@ -78,6 +78,13 @@ fn a_training_step_allocates_nothing_after_the_first() {
             .num_threads(threads)
             .build()
             .unwrap();
+        // A worker allocates once when it starts and once more at its first
+        // steal (its deque's epoch handle). On a loaded machine either may
+        // come only during the measured steps, so both happen here first.
+        pool.broadcast(|_| ());
+        if threads == 2 {
+            pool.install(make_both_workers_steal);
+        }
         let mut ws = Workspace::new(&mlp, 128, Parallelism::threads(threads));
         let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
         let mut opt = Optimizer::new(
@@ -118,4 +125,25 @@ fn a_training_step_allocates_nothing_after_the_first() {
             );
         });
     }
+}
+
+/// On a pool of two threads: the calling worker X pushes a job that it then
+/// waits for, so the other worker Y must steal it; that job pushes another
+/// one and waits in turn, so X must steal from Y. Both have stolen once when
+/// this returns.
+fn make_both_workers_steal() {
+    use std::sync::atomic::AtomicBool;
+    let (first, second) = (AtomicBool::new(false), AtomicBool::new(false));
+    let wait = |flag: &AtomicBool| {
+        while !flag.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+    };
+    rayon::join(
+        || wait(&first),
+        || {
+            first.store(true, Ordering::Release);
+            rayon::join(|| wait(&second), || second.store(true, Ordering::Release));
+        },
+    );
 }
