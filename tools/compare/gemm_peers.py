@@ -11,25 +11,12 @@ a warm-up) per shape.
 """
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
+import blas_threads
 
-def _arg(name, default):
-    argv = sys.argv
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return default
-
-
-# The BLAS reads its thread count when it is first loaded.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = _arg("--threads", "1")
+blas_threads.set_from_argv(1)
 
 import numpy as np  # noqa: E402
 

@@ -9,24 +9,11 @@ peer_common.py).
     python3 tools/compare/numpy_train.py --data data/cache/fashion-mnist.safetensors \\
         --hidden 512,256 --batch 128 --threads 2 --epochs 4
 """
-import os
-import sys
 import time
 
+import blas_threads
 
-def _threads_from_argv():
-    argv = sys.argv
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "2"
-
-
-# The BLAS reads its thread count when numpy is first imported.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = _threads_from_argv()
+blas_threads.set_from_argv(2)
 
 import numpy as np  # noqa: E402
 
