@@ -55,9 +55,19 @@ impl Workspace {
     }
 
     /// As [`Workspace::new`] with a given GEMM context (a forced kernel).
-    pub fn with_gemm(mlp: &Mlp, max_batch: usize, gemm: GemmCtx) -> Workspace {
+    /// The context's pack buffers are reserved for every product of a step
+    /// at `max_batch` (so for every smaller batch too).
+    pub fn with_gemm(mlp: &Mlp, max_batch: usize, mut gemm: GemmCtx) -> Workspace {
         let outs = &mlp.cfg.dims[1..];
         let hidden = outs.len() - 1;
+        for (l, io) in mlp.cfg.dims.windows(2).enumerate() {
+            let (fan_in, fan_out) = (io[0], io[1]);
+            gemm.reserve(max_batch, fan_in, fan_out); // forward
+            gemm.reserve(fan_out, max_batch, fan_in); // weight gradient
+            if l > 0 {
+                gemm.reserve(max_batch, fan_out, fan_in); // input gradient
+            }
+        }
         let buf = |n: usize| AlignedBuf::zeroed(max_batch * n);
         Workspace {
             max_batch,

@@ -83,11 +83,11 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     let nr = NV * S::LANES;
     debug_assert!(p.mr == MR && p.nr == nr);
     let Args { m, k, n, .. } = *args;
-    ws.reserve(p, m, k, n);
+    let (mc_step, kc_step, nc_step) = block_steps(p, m, k, n);
+    ws.reserve(mc_step * kc_step, kc_step * nc_step);
     let apack = ws.a.as_mut_ptr();
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
-    let (mc_step, kc_step, nc_step) = block_steps(p, m, k, n);
 
     // LOOP 5 (IC): split M by MC.
     for ic in (0..m).step_by(mc_step) {

@@ -267,8 +267,16 @@ impl GemmCtx {
         self.run(&args)
     }
 
-    /// Pre-sizes the workspace for an m×k×n product, so that the first call
-    /// with that shape does not allocate either.
+    /// Pre-sizes the workspace so that no call with a product of at most
+    /// m×k×n (every dimension at most the given one) allocates: a training
+    /// step reserves its products at the largest batch, and the short last
+    /// batch of an epoch then fits too.
+    ///
+    /// Each of the (at most `threads`) parts gets the largest Ã and B̃ any
+    /// such call can ask for, [`params::block_bound`]: the block steps of a
+    /// smaller product are not always smaller (m = MC + 1 is cut into two
+    /// halves, m = MC is one block), so reserving the exact steps of m×k×n
+    /// would not cover it.
     pub fn reserve(&mut self, m: usize, k: usize, n: usize) {
         if m == 0 || n == 0 || k == 0 || self.isa == Isa::MatrixMultiply {
             return;
@@ -276,14 +284,14 @@ impl GemmCtx {
         if self.strategy == Strategy::Small
             || (self.strategy == Strategy::Auto && Strategy::small_wins(m, k, n))
         {
+            // Every smaller product is small too (`small_wins` is monotone).
             return;
         }
         let p = params_of(self.isa);
-        let split = threads::split(m, n, &p, self.par.count());
-        self.ws.ensure_parts(split.parts());
-        for (t, part) in self.ws.parts.iter_mut().take(split.parts()).enumerate() {
-            let (_, pm, _, pn) = split.part(t);
-            part.reserve(&p, pm, k, pn);
+        let (mc, kc, nc) = params::block_bound(&p, m, k, n);
+        self.ws.ensure_parts(self.par.count());
+        for part in &mut self.ws.parts {
+            part.reserve(mc * kc, kc * nc);
         }
     }
 

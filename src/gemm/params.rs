@@ -42,6 +42,19 @@ pub(crate) fn block_steps(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
     )
 }
 
+/// An upper bound on [`block_steps`] over every product of at most m×k×n:
+/// a step is never more than its dimension rounded up to the unit, nor more
+/// than the table's maximum rounded up to the unit, and both bounds grow
+/// with the dimension.
+pub(crate) fn block_bound(p: &Params, m: usize, k: usize, n: usize) -> (usize, usize, usize) {
+    let bound = |len: usize, max: usize, unit: usize| len.min(max).div_ceil(unit) * unit;
+    (
+        bound(m, p.mc, p.mr),
+        bound(k, p.kc, 1),
+        bound(n, p.nc, p.nr),
+    )
+}
+
 /// AVX-512F: 12×32 tile (24 zmm accumulators).
 ///
 /// Alternatives measured (`fastnn bench gemm --best`, 1 thread, load ≈ 3-4,
@@ -119,3 +132,28 @@ pub(crate) const SMALL_MAX_MKN: usize = 32 * 32 * 32;
 const _: () = {
     assert!(AVX512.nr == AVX512.nv * 16 && AVX2.nr == AVX2.nv * 8 && SCALAR.nr == SCALAR.nv * 8);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `block_bound` covers every smaller product: each step is at most the
+    /// bound of its own dimension, and the bound never shrinks as the
+    /// dimension grows. (The steps themselves do shrink: MC + 1 rows are
+    /// two blocks of about MC/2.)
+    #[test]
+    fn block_bound_covers_every_smaller_product() {
+        for p in [AVX512, AVX2, SCALAR] {
+            let mut last = (0, 0, 0);
+            for len in 1..=3 * p.mc.max(p.nc) + 7 {
+                let steps = block_steps(&p, len, len, len);
+                let bound = block_bound(&p, len, len, len);
+                assert!(steps.0 <= bound.0 && steps.1 <= bound.1 && steps.2 <= bound.2);
+                assert!(bound.0 >= last.0 && bound.1 >= last.1 && bound.2 >= last.2);
+                last = bound;
+            }
+            let shrinks = block_steps(&p, p.mc + 1, 1, 1).0 < block_steps(&p, p.mc, 1, 1).0;
+            assert!(shrinks, "the case the bound exists for");
+        }
+    }
+}

@@ -1,6 +1,5 @@
 //! Pack buffers, kept by the caller between calls.
 
-use super::params::Params;
 use crate::buf::AlignedBuf;
 
 /// Largest microkernel tile, in floats (12×32 = 384).
@@ -30,12 +29,9 @@ impl PartWs {
         }
     }
 
-    /// Grows Ã and B̃ to fit an m×k×n problem with block sizes `p` (no-op
+    /// Grows Ã to at least `a_len` and B̃ to at least `b_len` floats (no-op
     /// once large enough: the hot path does not allocate).
-    pub fn reserve(&mut self, p: &Params, m: usize, k: usize, n: usize) {
-        let (mc, kc, nc) = super::params::block_steps(p, m, k, n);
-        let a_len = mc * kc;
-        let b_len = nc * kc;
+    pub fn reserve(&mut self, a_len: usize, b_len: usize) {
         if self.a.len() < a_len {
             self.a = AlignedBuf::zeroed(a_len);
         }
