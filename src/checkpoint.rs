@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::config::TrainConfig;
 use crate::data::{DataError, Normalizer};
 use crate::model::{Act, Loss, Mlp, MlpConfig};
 use crate::ops::LossOut;
 use crate::optim::Optimizer;
 use crate::tensorfile::{self, Dtype, TensorOut};
-use crate::train::TrainConfig;
 
 /// File name of the model inside an output folder.
 pub const MODEL_FILE: &str = "model.safetensors";

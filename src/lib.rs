@@ -10,7 +10,8 @@
 //!   step (forward, fused loss, backward) on the GEMM engine.
 //! - [`optim`]: SGD and Adam over flat parameter slabs; [`rng`]: the seeded
 //!   generator.
-//! - [`train`]: the epoch loop; [`checkpoint`]: model files and checkpoints;
+//! - [`train`]: the epoch loop, running a [`config::TrainConfig`];
+//!   [`checkpoint`]: model files and checkpoints;
 //!   [`workload`]: the benchmark workloads; [`plot`]: pictures.
 //! - [`data`]: the dataset file (a safetensors file, memory-mapped) and the
 //!   converters that produce it from CIFAR tarballs, IDX files and CSV tables.
@@ -24,6 +25,7 @@ pub mod atomic;
 pub mod autograd;
 pub mod buf;
 pub mod checkpoint;
+pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod gemm;

@@ -127,6 +127,13 @@ pub struct LossOut {
     pub correct: usize,
 }
 
+impl std::ops::AddAssign for LossOut {
+    fn add_assign(&mut self, other: LossOut) {
+        self.loss_sum += other.loss_sum;
+        self.correct += other.correct;
+    }
+}
+
 /// Computes `loss` on `logits` for `labels`, writes `dlogits` (the gradient
 /// of the batch-mean loss), and counts correct predictions.
 // dlogits: (B, C), logits: (B, C), labels: (B)

@@ -2,68 +2,34 @@
 //! mapped dataset file, validation, checkpoints, divergence detection.
 //!
 //! ```text
-//! for each epoch:                      shuffle = Rng(seed, epoch): no state to carry
-//!   for each batch:   gather + normalise → forward → loss → backward → update
-//!   validate; checkpoint (atomically)
-//! test
+//! Trainer::new       check the configuration, build (or resume) the model, allocate every buffer
+//! Trainer::run       for each epoch:
+//!   Trainer::epoch     shuffle = Rng(seed, epoch): no state to carry
+//!     Trainer::step    for each batch: gather + normalise → forward → loss → backward → update
+//!     validate; checkpoint (atomically)
+//! Trainer::test, Trainer::finish
 //! ```
 //!
 //! Every random choice is derived from `(seed, purpose, epoch or step)`, so
 //! a run resumed from an epoch's checkpoint continues bit for bit as the
 //! uninterrupted run would have.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use rayon::ThreadPool;
+use serde::Serialize;
 
+use crate::buf::AlignedBuf;
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::{Augment, Dataset, Geometry, Holdout, Normalize, Normalizer, SplitView};
+pub use crate::config::TrainConfig;
+use crate::data::{Augment, Dataset, Geometry, Normalizer, SplitView};
 use crate::gemm::Parallelism;
-use crate::model::{Act, Loss, Mlp, MlpConfig};
+use crate::model::{Mlp, MlpConfig};
 use crate::net::Workspace;
 use crate::ops::LossOut;
-use crate::optim::{OptimConfig, Optimizer, Schedule};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
-
-/// Everything that defines a training run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Hidden layer sizes (inputs and classes come from the dataset).
-    pub hidden: Vec<usize>,
-    pub act: Act,
-    pub loss: Loss,
-    pub dropout: f32,
-    pub optim: OptimConfig,
-    /// Base learning rate.
-    pub lr: f32,
-    pub schedule: Schedule,
-    /// Steps of linear learning-rate warm-up.
-    pub warmup: usize,
-    pub epochs: usize,
-    pub batch: usize,
-    pub seed: u64,
-    /// Threads for the matrix products (1 = no thread pool at all).
-    pub threads: usize,
-    pub normalize: Normalize,
-    /// Validation samples held out of the end of the training split.
-    pub holdout: Holdout,
-    /// Write a checkpoint every this many epochs (and after the last).
-    pub checkpoint_every: usize,
-    /// Also evaluate the test split after every epoch (for learning curves
-    /// against time; the model is never selected on it).
-    #[serde(default)]
-    pub test_every_epoch: bool,
-    /// Mirror each training image left to right with probability 1/2
-    /// (data augmentation for images whose classes are mirror-symmetric).
-    #[serde(default)]
-    pub flip: bool,
-    /// Translate each training image by a random whole number of pixels in
-    /// −k..=k, independently along each axis, filling with zeros (data
-    /// augmentation; 0 = off).
-    #[serde(default)]
-    pub translate: usize,
-}
 
 /// Purposes of the derived random streams.
 const SHUFFLE: u64 = 1;
@@ -222,9 +188,7 @@ pub fn evaluate(
         indices.clear();
         indices.extend(start..start + n);
         norm.gather(view, indices, &mut ws.x, &mut ws.labels);
-        let out = mlp.evaluate_batch(ws, n);
-        total.loss_sum += out.loss_sum;
-        total.correct += out.correct;
+        total += mlp.evaluate_batch(ws, n);
         for (row, &y) in ws.logits()[..n * classes]
             .chunks_exact(classes)
             .zip(&ws.labels[..n])
@@ -244,6 +208,13 @@ pub fn evaluate(
 
 /// Runs (or, with `resume`, continues) training on `data`, writing model
 /// and checkpoints into `out_dir` when given.
+///
+/// ```text
+/// set-up and resume   Trainer::new     checks, then the model: fresh or from the checkpoint
+/// epochs              Trainer::run     → Trainer::epoch: shuffle, steps, validation, checkpoint
+///   step              Trainer::step    gather (+ augment) → forward → loss → backward → update
+/// summary             Trainer::finish  the test split and the run's figures
+/// ```
 pub fn train(
     data: &Dataset,
     cfg: &TrainConfig,
@@ -251,11 +222,414 @@ pub fn train(
     resume: Option<Checkpoint>,
     observer: &mut (dyn Observer + Send),
 ) -> Result<(Mlp, Summary), TrainError> {
-    if cfg.batch == 0 || cfg.epochs == 0 {
-        return Err(TrainError::Config(
-            "batch and epochs must be at least 1".into(),
-        ));
+    let mut trainer = Trainer::new(data, cfg, out_dir.map(PathBuf::as_path), resume)?;
+    let pool = thread_pool(cfg.threads)?;
+    observer.start(&trainer.info());
+    let interrupted = install(pool.as_ref(), || trainer.run(observer))?;
+    let test = install(pool.as_ref(), || trainer.test());
+    Ok(trainer.finish(interrupted, test))
+}
+
+/// Where a run stands: `steps` steps of epoch `epoch` (0-based) are done,
+/// with these loss and accuracy sums.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    epoch: usize,
+    steps: usize,
+    partial: LossOut,
+}
+
+impl Position {
+    /// The start of epoch `epoch`.
+    fn epoch_start(epoch: usize) -> Position {
+        Position {
+            epoch,
+            ..Position::default()
+        }
     }
+}
+
+/// How an epoch ended.
+enum EpochEnd {
+    /// All its steps ran; go on.
+    Done,
+    /// All its steps ran and the observer asked to stop after it.
+    Stop,
+    /// The observer asked to stop inside it (a checkpoint was written).
+    Interrupted,
+}
+
+/// A training run in progress: the model, its optimiser and every buffer a
+/// step touches, allocated once by [`Trainer::new`], so that
+/// [`Trainer::step`] allocates nothing.
+pub struct Trainer<'d> {
+    cfg: &'d TrainConfig,
+    data: &'d Dataset,
+    out_dir: Option<&'d Path>,
+    train_view: SplitView<'d>,
+    val_view: SplitView<'d>,
+    test_view: Option<SplitView<'d>>,
+    norm: Normalizer,
+    /// The image shape that flips and translations move pixels in (`None`:
+    /// no augmentation).
+    augment: Option<Geometry>,
+    steps_per_epoch: usize,
+    mlp: Mlp,
+    opt: Optimizer,
+    ws: Workspace,
+    grads: AlignedBuf<f32>,
+    /// Where the run (re)starts.
+    start: Position,
+    /// `(1-based epoch, accuracy)` of the best validation so far.
+    best: Option<(usize, f64)>,
+    /// The current epoch's sample order.
+    order: Vec<usize>,
+    /// The current step's augmentations.
+    augments: Vec<Augment>,
+    /// Scratch for evaluation batches.
+    eval_indices: Vec<usize>,
+    epochs_done: usize,
+    clock: Instant,
+    train_seconds: f64,
+    trained_samples: usize,
+}
+
+impl<'d> Trainer<'d> {
+    /// Set-up and resume: checks the configuration against the dataset and
+    /// the available memory, then builds the model and its optimiser (fresh,
+    /// or from `resume`), the workspace and every buffer the steps use.
+    pub fn new(
+        data: &'d Dataset,
+        cfg: &'d TrainConfig,
+        out_dir: Option<&'d Path>,
+        resume: Option<Checkpoint>,
+    ) -> Result<Trainer<'d>, TrainError> {
+        if cfg.batch == 0 || cfg.epochs == 0 {
+            return Err(TrainError::Config(
+                "batch and epochs must be at least 1".into(),
+            ));
+        }
+        let mcfg = network(data, cfg)?;
+        let (train_view, val_view) = data.train_validation(cfg.holdout)?;
+        if train_view.is_empty() {
+            return Err(TrainError::Config("the training split is empty".into()));
+        }
+        let augment = augment_geometry(data, cfg)?;
+        let (mlp, opt, start, best) = match resume {
+            Some(ck) => {
+                if ck.mlp.cfg != mcfg {
+                    return Err(TrainError::Config(format!(
+                        "the checkpoint's network {:?} does not match this dataset and configuration {:?}",
+                        ck.mlp.cfg.dims, mcfg.dims
+                    )));
+                }
+                let start = Position {
+                    epoch: ck.epochs_done,
+                    steps: ck.steps_in_epoch,
+                    partial: ck.partial,
+                };
+                (ck.mlp, ck.optimizer, start, ck.best)
+            }
+            None => {
+                let mlp = Mlp::init(mcfg, cfg.seed);
+                let opt = Optimizer::new(cfg.optim, &mlp.layout);
+                (mlp, opt, Position::default(), None)
+            }
+        };
+        let ws = Workspace::new(&mlp, cfg.batch, Parallelism::threads(cfg.threads));
+        let grads = AlignedBuf::zeroed(mlp.layout.len);
+        Ok(Trainer {
+            cfg,
+            data,
+            out_dir,
+            norm: Normalizer::new(cfg.normalize, &data.stats(), data.dim()),
+            steps_per_epoch: train_view.len().div_ceil(cfg.batch),
+            order: Vec::with_capacity(train_view.len()),
+            train_view,
+            val_view,
+            test_view: data.split("test").ok(),
+            augment,
+            mlp,
+            opt,
+            ws,
+            grads,
+            start,
+            best,
+            augments: Vec::with_capacity(cfg.batch),
+            eval_indices: Vec::with_capacity(cfg.batch),
+            epochs_done: start.epoch,
+            clock: Instant::now(),
+            train_seconds: 0.0,
+            trained_samples: 0,
+        })
+    }
+
+    /// Facts about the run, for [`Observer::start`].
+    pub fn info(&self) -> RunInfo {
+        RunInfo {
+            isa: self.ws.gemm().isa().name(),
+            threads: self.cfg.threads,
+            dims: self.mlp.cfg.dims.clone(),
+            parameters: self.mlp.cfg.parameter_count(),
+            flops_per_step: self.mlp.cfg.train_flops_per_sample() * self.cfg.batch as u64,
+            train_samples: self.train_view.len(),
+            val_samples: self.val_view.len(),
+            test_samples: self.test_view.map_or(0, |v| v.len()),
+            start_epoch: self.start.epoch,
+        }
+    }
+
+    /// The model as it stands.
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    /// Training steps in one epoch (the last one may be short).
+    pub fn steps_per_epoch(&self) -> usize {
+        self.steps_per_epoch
+    }
+
+    /// The epochs from the start position to the last, or until the
+    /// observer asks to stop. True when it stopped inside an epoch.
+    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<bool, TrainError> {
+        for epoch in self.start.epoch..self.cfg.epochs {
+            let from = if epoch == self.start.epoch {
+                self.start
+            } else {
+                Position::epoch_start(epoch)
+            };
+            match self.epoch(from, observer)? {
+                EpochEnd::Done => {}
+                EpochEnd::Stop => break,
+                EpochEnd::Interrupted => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// One epoch from `from` (a resumed run skips the steps already done):
+    /// its steps, then validation, metrics and the checkpoint.
+    fn epoch(
+        &mut self,
+        from: Position,
+        observer: &mut dyn Observer,
+    ) -> Result<EpochEnd, TrainError> {
+        let epoch = from.epoch;
+        let epoch_start = Instant::now();
+        self.shuffle(epoch);
+        let mut sum = from.partial;
+        for s in from.steps..self.steps_per_epoch {
+            sum += self.step(epoch, s)?;
+            let seen = (s * self.cfg.batch + self.batch_len(s)) as f64;
+            observer.step(&StepProgress {
+                epoch: epoch + 1,
+                step_in_epoch: s + 1,
+                steps_per_epoch: self.steps_per_epoch,
+                running_loss: sum.loss_sum / seen,
+            });
+            // A stop asked for inside an epoch (Ctrl-C) ends the run after
+            // this step, with a checkpoint to resume from.
+            if s + 1 < self.steps_per_epoch && observer.stop_requested() {
+                self.checkpoint(
+                    Position {
+                        epoch,
+                        steps: s + 1,
+                        partial: sum,
+                    },
+                    observer,
+                )?;
+                return Ok(EpochEnd::Interrupted);
+            }
+        }
+        let seconds_train = epoch_start.elapsed().as_secs_f64();
+        let elapsed = self.clock.elapsed().as_secs_f64();
+        self.train_seconds += seconds_train;
+        self.trained_samples += self.train_view.len();
+        let val = self.validate(epoch);
+        let test = if self.cfg.test_every_epoch {
+            self.test()
+        } else {
+            None
+        };
+        let samples = self.train_view.len() as f64;
+        observer.epoch(&EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: sum.loss_sum / samples,
+            train_accuracy: sum.correct as f64 / samples,
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_accuracy: val.as_ref().map(|v| v.accuracy),
+            lr: self.lr_at((epoch + 1) * self.steps_per_epoch - 1),
+            images_per_sec: samples / seconds_train,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            elapsed,
+            test_loss: test.as_ref().map(|t| t.loss),
+            test_accuracy: test.as_ref().map(|t| t.accuracy),
+        });
+        self.epochs_done = epoch + 1;
+        let stop = observer.stop_requested();
+        let last = stop || epoch + 1 == self.cfg.epochs;
+        if last || (epoch + 1).is_multiple_of(self.cfg.checkpoint_every.max(1)) {
+            self.checkpoint(Position::epoch_start(epoch + 1), observer)?;
+        }
+        Ok(if stop { EpochEnd::Stop } else { EpochEnd::Done })
+    }
+
+    /// Puts epoch `epoch`'s sample order in place: a shuffle derived from
+    /// the seed and the epoch, so there is no state to carry between epochs.
+    pub fn shuffle(&mut self, epoch: usize) {
+        self.order.clear();
+        self.order.extend(0..self.train_view.len());
+        Rng::derive(self.cfg.seed, &[SHUFFLE, epoch as u64]).shuffle(&mut self.order);
+    }
+
+    /// Samples in step `s` of an epoch (the last step may be short).
+    fn batch_len(&self, s: usize) -> usize {
+        self.cfg
+            .batch
+            .min(self.train_view.len() - s * self.cfg.batch)
+    }
+
+    /// The learning rate of global step `step`.
+    fn lr_at(&self, step: usize) -> f32 {
+        let cfg = self.cfg;
+        let total = self.steps_per_epoch * cfg.epochs;
+        let epoch = step / self.steps_per_epoch;
+        cfg.schedule.lr(cfg.lr, step, total, epoch, cfg.warmup)
+    }
+
+    /// Training step `s` of epoch `epoch`, once [`Trainer::shuffle`] has put
+    /// that epoch's order in place: gather and normalise the batch (with its
+    /// flips and translations), forward, loss, backward, update. Returns the
+    /// batch's loss sum and correct count; stops the run on a non-finite
+    /// loss. Allocates nothing.
+    pub fn step(&mut self, epoch: usize, s: usize) -> Result<LossOut, TrainError> {
+        let cfg = self.cfg;
+        let step = epoch * self.steps_per_epoch + s;
+        let lr = self.lr_at(step);
+        let first = s * cfg.batch;
+        let chunk = &self.order[first..first + self.batch_len(s)];
+        match self.augment {
+            Some(geometry) => {
+                draw_augments(cfg, step, chunk.len(), &mut self.augments);
+                self.norm.gather_augmented(
+                    &self.train_view,
+                    chunk,
+                    &self.augments,
+                    geometry,
+                    &mut self.ws.x,
+                    &mut self.ws.labels,
+                );
+            }
+            None => self
+                .norm
+                .gather(&self.train_view, chunk, &mut self.ws.x, &mut self.ws.labels),
+        }
+        let mut drop_rng = Rng::derive(cfg.seed, &[DROPOUT, step as u64]);
+        let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
+        let out = train_step(
+            &mut self.mlp,
+            &mut self.ws,
+            &mut self.grads,
+            &mut self.opt,
+            chunk.len(),
+            lr,
+            dropout,
+        );
+        if !out.loss_sum.is_finite() {
+            let kept = match self.out_dir {
+                Some(d) if epoch > 0 => format!("; the last good checkpoint is in {}", d.display()),
+                _ => String::new(),
+            };
+            return Err(TrainError::Diverged {
+                epoch: epoch + 1,
+                step: s + 1,
+                value: out.loss_sum,
+                lr,
+                kept,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Loss and accuracy on the held-out validation samples (`None` when
+    /// none are held out); remembers the best epoch.
+    fn validate(&mut self, epoch: usize) -> Option<EvalResult> {
+        if self.val_view.is_empty() {
+            return None;
+        }
+        let v = evaluate(
+            &self.mlp,
+            &mut self.ws,
+            &self.norm,
+            &self.val_view,
+            &mut self.eval_indices,
+        );
+        if self.best.is_none_or(|(_, acc)| v.accuracy > acc) {
+            self.best = Some((epoch + 1, v.accuracy));
+        }
+        Some(v)
+    }
+
+    /// Loss and accuracy on the test split (`None` without one).
+    pub fn test(&mut self) -> Option<EvalResult> {
+        let view = self.test_view?;
+        Some(evaluate(
+            &self.mlp,
+            &mut self.ws,
+            &self.norm,
+            &view,
+            &mut self.eval_indices,
+        ))
+    }
+
+    /// Writes the model and a checkpoint at `at` into the output folder,
+    /// if there is one. `at.steps` > 0 marks a checkpoint taken inside an
+    /// epoch.
+    fn checkpoint(&self, at: Position, observer: &mut dyn Observer) -> Result<(), TrainError> {
+        let Some(dir) = self.out_dir else {
+            return Ok(());
+        };
+        checkpoint::save(
+            dir,
+            &checkpoint::CheckpointRef {
+                mlp: &self.mlp,
+                optimizer: &self.opt,
+                epochs_done: at.epoch,
+                steps_in_epoch: at.steps,
+                partial: at.partial,
+                best: self.best,
+                config: self.cfg,
+                classes: self.data.classes(),
+                normalizer: &self.norm,
+            },
+        )?;
+        observer.checkpoint(dir);
+        Ok(())
+    }
+
+    /// The trained model and the run's summary, given its test result.
+    pub fn finish(self, interrupted: bool, test: Option<EvalResult>) -> (Mlp, Summary) {
+        let summary = Summary {
+            epochs: self.epochs_done,
+            interrupted,
+            best_val_epoch: self.best.map(|b| b.0),
+            best_val_accuracy: self.best.map(|b| b.1),
+            test_loss: test.as_ref().map(|t| t.loss),
+            test_accuracy: test.as_ref().map(|t| t.accuracy),
+            wall_seconds: self.clock.elapsed().as_secs_f64(),
+            images_per_sec: if self.train_seconds > 0.0 {
+                self.trained_samples as f64 / self.train_seconds
+            } else {
+                0.0
+            },
+        };
+        (self.mlp, summary)
+    }
+}
+
+/// The network `cfg` asks for on `data`, refused if it is invalid or cannot
+/// fit in the available memory (checked before allocating any of it).
+fn network(data: &Dataset, cfg: &TrainConfig) -> Result<MlpConfig, TrainError> {
     let mut dims = vec![data.dim()];
     dims.extend(&cfg.hidden);
     dims.push(data.classes().len());
@@ -266,7 +640,6 @@ pub fn train(
         dropout: cfg.dropout,
     };
     mcfg.validate().map_err(TrainError::Config)?;
-    // Refuse a network that cannot fit before allocating any of it.
     let need = mcfg.training_bytes(cfg.batch);
     if let Some(avail) = available_memory() {
         if need > avail as u128 {
@@ -279,257 +652,45 @@ pub fn train(
             )));
         }
     }
-    let (train_view, val_view) = data.train_validation(cfg.holdout)?;
-    let test_view = data.split("test").ok();
-    if train_view.is_empty() {
-        return Err(TrainError::Config("the training split is empty".into()));
+    Ok(mcfg)
+}
+
+/// The image geometry flips and translations need, `None` without them;
+/// refused for samples that are not images or translations that do not fit.
+fn augment_geometry(data: &Dataset, cfg: &TrainConfig) -> Result<Option<Geometry>, TrainError> {
+    if !cfg.flip && cfg.translate == 0 {
+        return Ok(None);
     }
-    let norm = Normalizer::new(cfg.normalize, &data.stats(), data.dim());
-    // Augmentation moves pixels, so it needs samples that are images.
-    let augment_geometry = if cfg.flip || cfg.translate > 0 {
-        let g = Geometry::of_shape(data.sample_shape()).ok_or_else(|| {
-            TrainError::Config(format!(
-                "flips and translations need image samples ([C, H, W] or [H, W]); this dataset's samples are {:?}",
-                data.sample_shape()
-            ))
-        })?;
-        if cfg.translate >= g.height.min(g.width) || cfg.translate > i8::MAX as usize {
-            return Err(TrainError::Config(format!(
-                "a translation of up to {} pixels does not fit {}×{} images",
-                cfg.translate, g.height, g.width
-            )));
-        }
-        Some(g)
-    } else {
-        None
-    };
+    let g = Geometry::of_shape(data.sample_shape()).ok_or_else(|| {
+        TrainError::Config(format!(
+            "flips and translations need image samples ([C, H, W] or [H, W]); this dataset's samples are {:?}",
+            data.sample_shape()
+        ))
+    })?;
+    if cfg.translate >= g.height.min(g.width) || cfg.translate > i8::MAX as usize {
+        return Err(TrainError::Config(format!(
+            "a translation of up to {} pixels does not fit {}×{} images",
+            cfg.translate, g.height, g.width
+        )));
+    }
+    Ok(Some(g))
+}
 
-    let (mut mlp, mut opt, start_epoch, mut best, resume_steps, resume_sum) = match resume {
-        Some(ck) => {
-            if ck.mlp.cfg != mcfg {
-                return Err(TrainError::Config(format!(
-                    "the checkpoint's network {:?} does not match this dataset and configuration {:?}",
-                    ck.mlp.cfg.dims, mcfg.dims
-                )));
-            }
-            let steps = ck.steps_in_epoch;
-            (
-                ck.mlp,
-                ck.optimizer,
-                ck.epochs_done,
-                ck.best,
-                steps,
-                ck.partial,
-            )
-        }
-        None => {
-            let mlp = Mlp::init(mcfg, cfg.seed);
-            let opt = Optimizer::new(cfg.optim, &mlp.layout);
-            (mlp, opt, 0, None, 0, LossOut::default())
-        }
-    };
-
-    let pool = (cfg.threads > 1)
-        .then(|| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(cfg.threads)
-                .build()
-        })
+/// The pool the matrix products split over (`None` for one thread: no pool
+/// at all).
+fn thread_pool(threads: usize) -> Result<Option<ThreadPool>, TrainError> {
+    (threads > 1)
+        .then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build())
         .transpose()
-        .map_err(|e| TrainError::Config(format!("cannot start {} threads: {e}", cfg.threads)))?;
-    let par = Parallelism::threads(cfg.threads);
-    let mut ws = Workspace::new(&mlp, cfg.batch, par);
-    let mut grads = crate::buf::AlignedBuf::<f32>::zeroed(mlp.layout.len);
-    let steps_per_epoch = train_view.len().div_ceil(cfg.batch);
-    let total_steps = steps_per_epoch * cfg.epochs;
+        .map_err(|e| TrainError::Config(format!("cannot start {threads} threads: {e}")))
+}
 
-    observer.start(&RunInfo {
-        isa: ws.gemm().isa().name(),
-        threads: cfg.threads,
-        dims: mlp.cfg.dims.clone(),
-        parameters: mlp.cfg.parameter_count(),
-        flops_per_step: mlp.cfg.train_flops_per_sample() * cfg.batch as u64,
-        train_samples: train_view.len(),
-        val_samples: val_view.len(),
-        test_samples: test_view.map_or(0, |v| v.len()),
-        start_epoch,
-    });
-
-    let run_start = Instant::now();
-    let mut trained_samples = 0usize;
-    let mut train_seconds = 0.0;
-    let mut order: Vec<usize> = Vec::with_capacity(train_view.len());
-    let mut eval_indices: Vec<usize> = Vec::with_capacity(cfg.batch);
-    let mut epochs_run = start_epoch;
-    let mut augments: Vec<Augment> = Vec::with_capacity(cfg.batch);
-    let mut interrupted = false;
-    // Writes both files; `steps` > 0 marks a checkpoint taken inside epoch
-    // `epochs_done + 1` after that many steps, with their partial sums.
-    let save = |dir: &std::path::Path,
-                mlp: &Mlp,
-                opt: &Optimizer,
-                epochs_done: usize,
-                steps: usize,
-                partial: LossOut,
-                best| {
-        let ck = checkpoint::CheckpointRef {
-            mlp,
-            optimizer: opt,
-            epochs_done,
-            steps_in_epoch: steps,
-            partial,
-            best,
-            config: cfg,
-            classes: data.classes(),
-            normalizer: &norm,
-        };
-        checkpoint::save(dir, &ck)
-    };
-    let mut run = || -> Result<(), TrainError> {
-        for epoch in start_epoch..cfg.epochs {
-            let epoch_start = Instant::now();
-            order.clear();
-            order.extend(0..train_view.len());
-            Rng::derive(cfg.seed, &[SHUFFLE, epoch as u64]).shuffle(&mut order);
-            // A run resumed inside an epoch skips the steps already done.
-            let (first_step, mut sum) = if epoch == start_epoch {
-                (resume_steps, resume_sum)
-            } else {
-                (0, LossOut::default())
-            };
-            let mut lr = cfg.lr;
-            for (s, chunk) in order.chunks(cfg.batch).enumerate().skip(first_step) {
-                let step = epoch * steps_per_epoch + s;
-                lr = cfg
-                    .schedule
-                    .lr(cfg.lr, step, total_steps, epoch, cfg.warmup);
-                if let Some(geometry) = augment_geometry {
-                    draw_augments(cfg, step, chunk.len(), &mut augments);
-                    norm.gather_augmented(
-                        &train_view,
-                        chunk,
-                        &augments,
-                        geometry,
-                        &mut ws.x,
-                        &mut ws.labels,
-                    );
-                } else {
-                    norm.gather(&train_view, chunk, &mut ws.x, &mut ws.labels);
-                }
-                let mut drop_rng = Rng::derive(cfg.seed, &[DROPOUT, step as u64]);
-                let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
-                let out = train_step(
-                    &mut mlp,
-                    &mut ws,
-                    &mut grads,
-                    &mut opt,
-                    chunk.len(),
-                    lr,
-                    dropout,
-                );
-                if !out.loss_sum.is_finite() {
-                    let kept = match out_dir {
-                        Some(d) if epoch > 0 => {
-                            format!("; the last good checkpoint is in {}", d.display())
-                        }
-                        _ => String::new(),
-                    };
-                    return Err(TrainError::Diverged {
-                        epoch: epoch + 1,
-                        step: s + 1,
-                        value: out.loss_sum,
-                        lr,
-                        kept,
-                    });
-                }
-                sum.loss_sum += out.loss_sum;
-                sum.correct += out.correct;
-                observer.step(&StepProgress {
-                    epoch: epoch + 1,
-                    step_in_epoch: s + 1,
-                    steps_per_epoch,
-                    running_loss: sum.loss_sum / ((s * cfg.batch + chunk.len()) as f64),
-                });
-                // A stop asked for inside an epoch (Ctrl-C) ends the run after
-                // this step, with a checkpoint to resume from.
-                if s + 1 < steps_per_epoch && observer.stop_requested() {
-                    if let Some(dir) = out_dir {
-                        save(dir, &mlp, &opt, epoch, s + 1, sum, best)?;
-                        observer.checkpoint(dir);
-                    }
-                    interrupted = true;
-                    return Ok(());
-                }
-            }
-            let seconds_train = epoch_start.elapsed().as_secs_f64();
-            let elapsed = run_start.elapsed().as_secs_f64();
-            train_seconds += seconds_train;
-            trained_samples += train_view.len();
-            let val = (!val_view.is_empty())
-                .then(|| evaluate(&mlp, &mut ws, &norm, &val_view, &mut eval_indices));
-            if let Some(v) = &val {
-                if best.is_none_or(|(_, acc)| v.accuracy > acc) {
-                    best = Some((epoch + 1, v.accuracy));
-                }
-            }
-            let test = match test_view {
-                Some(v) if cfg.test_every_epoch => {
-                    Some(evaluate(&mlp, &mut ws, &norm, &v, &mut eval_indices))
-                }
-                _ => None,
-            };
-            let metrics = EpochMetrics {
-                epoch: epoch + 1,
-                train_loss: sum.loss_sum / train_view.len() as f64,
-                train_accuracy: sum.correct as f64 / train_view.len() as f64,
-                val_loss: val.as_ref().map(|v| v.loss),
-                val_accuracy: val.as_ref().map(|v| v.accuracy),
-                lr,
-                images_per_sec: train_view.len() as f64 / seconds_train,
-                seconds: epoch_start.elapsed().as_secs_f64(),
-                elapsed,
-                test_loss: test.as_ref().map(|t| t.loss),
-                test_accuracy: test.as_ref().map(|t| t.accuracy),
-            };
-            observer.epoch(&metrics);
-            epochs_run = epoch + 1;
-            let stop = observer.stop_requested();
-            let last = stop || epoch + 1 == cfg.epochs;
-            if let Some(dir) = out_dir {
-                if last || (epoch + 1) % cfg.checkpoint_every.max(1) == 0 {
-                    save(dir, &mlp, &opt, epoch + 1, 0, LossOut::default(), best)?;
-                    observer.checkpoint(dir);
-                }
-            }
-            if stop {
-                break;
-            }
-        }
-        Ok(())
-    };
-    match &pool {
-        Some(p) => p.install(&mut run)?,
-        None => run()?,
+/// Runs `f` inside `pool`, or on this thread without one.
+fn install<R: Send>(pool: Option<&ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
     }
-    let test = test_view.map(|v| match &pool {
-        Some(p) => p.install(|| evaluate(&mlp, &mut ws, &norm, &v, &mut eval_indices)),
-        None => evaluate(&mlp, &mut ws, &norm, &v, &mut eval_indices),
-    });
-    let summary = Summary {
-        epochs: epochs_run,
-        interrupted,
-        best_val_epoch: best.map(|b| b.0),
-        best_val_accuracy: best.map(|b| b.1),
-        test_loss: test.as_ref().map(|t| t.loss),
-        test_accuracy: test.as_ref().map(|t| t.accuracy),
-        wall_seconds: run_start.elapsed().as_secs_f64(),
-        images_per_sec: if train_seconds > 0.0 {
-            trained_samples as f64 / train_seconds
-        } else {
-            0.0
-        },
-    };
-    Ok((mlp, summary))
 }
 
 /// The augmentation of each sample of training step `step`. Flips and

@@ -1,0 +1,49 @@
+//! What defines a training run: the network, the optimiser, the data
+//! pipeline and the schedule. Shared by the training loop, which runs it,
+//! and checkpoints, which record it so that `--resume` continues the same
+//! run.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Holdout, Normalize};
+use crate::model::{Act, Loss};
+use crate::optim::{OptimConfig, Schedule};
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Hidden layer sizes (inputs and classes come from the dataset).
+    pub hidden: Vec<usize>,
+    pub act: Act,
+    pub loss: Loss,
+    pub dropout: f32,
+    pub optim: OptimConfig,
+    /// Base learning rate.
+    pub lr: f32,
+    pub schedule: Schedule,
+    /// Steps of linear learning-rate warm-up.
+    pub warmup: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    /// Threads for the matrix products (1 = no thread pool at all).
+    pub threads: usize,
+    pub normalize: Normalize,
+    /// Validation samples held out of the end of the training split.
+    pub holdout: Holdout,
+    /// Write a checkpoint every this many epochs (and after the last).
+    pub checkpoint_every: usize,
+    /// Also evaluate the test split after every epoch (for learning curves
+    /// against time; the model is never selected on it).
+    #[serde(default)]
+    pub test_every_epoch: bool,
+    /// Mirror each training image left to right with probability 1/2
+    /// (data augmentation for images whose classes are mirror-symmetric).
+    #[serde(default)]
+    pub flip: bool,
+    /// Translate each training image by a random whole number of pixels in
+    /// −k..=k, independently along each axis, filling with zeros (data
+    /// augmentation; 0 = off).
+    #[serde(default)]
+    pub translate: usize,
+}
