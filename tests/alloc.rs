@@ -1,18 +1,17 @@
-//! After the first step, a training step allocates nothing: counted by a
-//! global allocator that wraps the system one. (Its own test binary, since
-//! the allocator is process-wide.)
+//! A training step allocates nothing, from the first one on: the trainer
+//! allocates every buffer, GEMM pack buffers included, before it. Counted by
+//! a global allocator that wraps the system one, over whole epochs of the
+//! training loop's own step code (`Trainer::step`), for every activation and
+//! loss, with augmented gathers, dropout and the short last batch. (Its own
+//! test binary, since the allocator is process-wide.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fastnn::buf::AlignedBuf;
-use fastnn::data::{Normalize, Normalizer};
-use fastnn::gemm::Parallelism;
-use fastnn::model::{Act, Loss, Mlp, MlpConfig};
-use fastnn::net::Workspace;
-use fastnn::optim::{OptimConfig, OptimKind, Optimizer};
-use fastnn::rng::Rng;
-use fastnn::train::train_step;
+use fastnn::data::{Dataset, Holdout, Normalize};
+use fastnn::model::{Act, Loss};
+use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::train::{TrainConfig, Trainer};
 
 mod common;
 
@@ -38,92 +37,95 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// 3×16×16 images, 300 training samples: at batch 128 an epoch is two
+/// full steps and a short one of 44. The 768-256-128-10 products are large
+/// enough to take the packed path, and the first layer's to split between
+/// two threads.
+const TRAIN: usize = 300;
+const BATCH: usize = 128;
+
+fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
+    let optimizers = [
+        OptimKind::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        OptimKind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        OptimKind::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+        },
+    ];
+    TrainConfig {
+        hidden: vec![256, 128],
+        act,
+        loss,
+        dropout: if variant % 2 == 0 { 0.2 } else { 0.0 },
+        optim: OptimConfig {
+            kind: optimizers[variant % 3],
+            l2: 1e-4,
+            weight_decay: if variant % 3 == 1 { 0.01 } else { 0.0 },
+        },
+        lr: 0.01,
+        schedule: Schedule::Cosine,
+        warmup: 2,
+        epochs: 2,
+        batch: BATCH,
+        seed: variant as u64,
+        threads: 1 + variant % 2,
+        normalize: Normalize::Channel,
+        holdout: Holdout::Count(0),
+        checkpoint_every: 1,
+        test_every_epoch: false,
+        flip: variant % 4 < 2,
+        translate: if variant % 4 == 1 { 0 } else { 2 },
+    }
+}
+
 #[test]
-fn a_training_step_allocates_nothing_after_the_first() {
+fn training_steps_allocate_nothing_from_the_first_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data =
-        fastnn::data::Dataset::open(common::synthetic_dataset(dir.path(), 600, 10, 200, 10, 1))
-            .unwrap();
-    let train = data.split("train").unwrap();
-    let norm = Normalizer::new(Normalize::Feature, &data.stats(), data.dim());
-    for (threads, act, dropout, kind) in [
-        (
-            1,
-            Act::Relu,
-            0.0,
-            OptimKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-        ),
-        (
-            2,
-            Act::Tanh,
-            0.2,
-            OptimKind::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
-        ),
-    ] {
-        let cfg = MlpConfig {
-            dims: vec![200, 256, 128, 10],
-            act,
-            loss: Loss::Xent,
-            dropout,
-        };
-        let mut mlp = Mlp::init(cfg, 3);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        // A worker allocates once when it starts and once more at its first
-        // steal (its deque's epoch handle). On a loaded machine either may
-        // come only during the measured steps, so both happen here first.
-        pool.broadcast(|_| ());
-        if threads == 2 {
-            pool.install(make_both_workers_steal);
-        }
-        let mut ws = Workspace::new(&mlp, 128, Parallelism::threads(threads));
-        let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
-        let mut opt = Optimizer::new(
-            OptimConfig {
-                kind,
-                l2: 1e-4,
-                weight_decay: 0.0,
-            },
-            &mlp.layout,
-        );
-        let indices: Vec<usize> = (0..train.len()).collect();
-        pool.install(|| {
-            let mut step = |s: usize| {
-                let batch = &indices[(s * 128) % 512..(s * 128) % 512 + 128];
-                norm.gather(&train, batch, &mut ws.x, &mut ws.labels);
-                let mut rng = Rng::derive(7, &[s as u64]);
-                train_step(
-                    &mut mlp,
-                    &mut ws,
-                    &mut grads,
-                    &mut opt,
-                    128,
-                    0.01,
-                    (dropout > 0.0).then_some(&mut rng),
-                );
-            };
-            step(0); // the first step may grow the GEMM workspace
-            let before = ALLOCATIONS.load(Ordering::SeqCst);
-            for s in 1..6 {
-                step(s);
-            }
-            let after = ALLOCATIONS.load(Ordering::SeqCst);
-            assert_eq!(
-                after - before,
-                0,
-                "{threads} threads: {} allocations in 5 steps",
-                after - before
+    let path = common::synthetic_with_shape(dir.path(), TRAIN, 50, &[3, 16, 16], 10, 1);
+    let data = Dataset::open(path).unwrap();
+    let mut variant = 0;
+    for act in [Act::Relu, Act::LeakyRelu, Act::Tanh, Act::Sigmoid] {
+        for loss in [Loss::Xent, Loss::Mse, Loss::Hinge] {
+            let cfg = config(act, loss, variant);
+            variant += 1;
+            let what = format!(
+                "{act} {loss}, {} threads, dropout {}, flip {}, translate {}, {:?}",
+                cfg.threads, cfg.dropout, cfg.flip, cfg.translate, cfg.optim.kind
             );
-        });
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(cfg.threads)
+                .build()
+                .unwrap();
+            // A worker allocates once when it starts and once more at its
+            // first steal (its deque's epoch handle): the pool's business,
+            // not a step's, and on a loaded machine either may otherwise
+            // fall inside the counted steps.
+            pool.broadcast(|_| ());
+            if cfg.threads == 2 {
+                pool.install(make_both_workers_steal);
+            }
+            let mut trainer = Trainer::new(&data, &cfg, None, None).unwrap();
+            assert_eq!(trainer.steps_per_epoch(), TRAIN.div_ceil(BATCH));
+            pool.install(|| {
+                for epoch in 0..cfg.epochs {
+                    let before = ALLOCATIONS.load(Ordering::SeqCst);
+                    trainer.shuffle(epoch);
+                    for s in 0..trainer.steps_per_epoch() {
+                        trainer.step(epoch, s).unwrap();
+                    }
+                    let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
+                    assert_eq!(allocated, 0, "{what}: {allocated} allocations in epoch {epoch}");
+                }
+            });
+        }
     }
 }
 
