@@ -281,9 +281,7 @@ impl GemmCtx {
         if m == 0 || n == 0 || k == 0 || self.isa == Isa::MatrixMultiply {
             return;
         }
-        if self.strategy == Strategy::Small
-            || (self.strategy == Strategy::Auto && Strategy::small_wins(m, k, n))
-        {
+        if self.takes_small_path(m, k, n) {
             // Every smaller product is small too (`small_wins` is monotone).
             return;
         }
@@ -293,6 +291,39 @@ impl GemmCtx {
         for part in &mut self.ws.parts {
             part.reserve(mc * kc, kc * nc);
         }
+    }
+
+    /// True when an m×k×n product skips packing (the no-pack path).
+    fn takes_small_path(&self, m: usize, k: usize, n: usize) -> bool {
+        match self.strategy {
+            Strategy::Small => true,
+            Strategy::Packed => false,
+            Strategy::Auto => Strategy::small_wins(m, k, n),
+        }
+    }
+
+    /// How C of an m×k×n packed product is cut between threads: small
+    /// products stay on one thread, whatever the context allows.
+    fn packed_split(&self, m: usize, k: usize, n: usize) -> threads::Split {
+        let threads = if m.saturating_mul(k).saturating_mul(n) < params::THREAD_MIN_MKN {
+            1
+        } else {
+            self.par.count()
+        };
+        threads::split(m, n, &params_of(self.isa), threads)
+    }
+
+    /// How many threads share an m×k×n product on this context: 1 for the
+    /// no-pack path, the `matrixmultiply` fallback and products too small
+    /// to split. (Tests use it to check that a shape really is split.)
+    pub fn threads_for(&self, m: usize, k: usize, n: usize) -> usize {
+        if m == 0 || n == 0 || k == 0 || self.isa == Isa::MatrixMultiply {
+            return 1;
+        }
+        if self.takes_small_path(m, k, n) {
+            return 1;
+        }
+        self.packed_split(m, k, n).parts()
     }
 
     /// # Safety
@@ -315,21 +346,10 @@ impl GemmCtx {
         if self.isa == Isa::MatrixMultiply {
             return fallback(args);
         }
-        let small = match self.strategy {
-            Strategy::Small => true,
-            Strategy::Packed => false,
-            Strategy::Auto => Strategy::small_wins(m, k, n),
-        };
-        if small {
+        if self.takes_small_path(m, k, n) {
             return run_small(self.isa, args);
         }
-        let p = params_of(self.isa);
-        let threads = if m.saturating_mul(k).saturating_mul(n) < params::THREAD_MIN_MKN {
-            1
-        } else {
-            self.par.count()
-        };
-        let split = threads::split(m, n, &p, threads);
+        let split = self.packed_split(m, k, n);
         self.ws.ensure_parts(split.parts());
         let isa = self.isa;
         let parts = &mut self.ws.parts[..split.parts()];

@@ -1,0 +1,143 @@
+//! Training gives bit-identical weights on 1, 2 and 3 threads at the sizes
+//! users train at (W2's 784-512-256-10 and W1's 3072-1024-512-10, batch
+//! 128), for every optimiser. The products split C's rows or columns between
+//! threads, never the summation, so every element is summed in one order.
+//! The test first checks that the hidden layers' products really are split
+//! at these sizes, so that it cannot pass vacuously.
+
+mod common;
+
+use fastnn::data::{Dataset, Holdout, Normalize};
+use fastnn::gemm::{GemmCtx, Parallelism};
+use fastnn::model::{Act, Loss};
+use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::train::{train, Silent, TrainConfig};
+
+const BATCH: usize = 128;
+/// Three full steps and a short one of 40 samples.
+const TRAIN: usize = 3 * BATCH + 40;
+const CLASSES: usize = 10;
+
+fn optimisers() -> [(&'static str, OptimConfig); 5] {
+    let sgd = |momentum, nesterov, l2| OptimConfig {
+        kind: OptimKind::Sgd { momentum, nesterov },
+        l2,
+        weight_decay: 0.0,
+    };
+    let adam = |weight_decay| OptimConfig {
+        kind: OptimKind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        l2: 0.0,
+        weight_decay,
+    };
+    [
+        ("sgd", sgd(0.0, false, 0.0)),
+        ("sgd momentum", sgd(0.9, false, 1e-4)),
+        ("sgd nesterov", sgd(0.9, true, 0.0)),
+        ("adam", adam(0.0)),
+        ("adamw", adam(0.01)),
+    ]
+}
+
+fn config(hidden: &[usize], optim: OptimConfig, threads: usize) -> TrainConfig {
+    TrainConfig {
+        hidden: hidden.to_vec(),
+        act: Act::Relu,
+        loss: Loss::Xent,
+        dropout: 0.1,
+        optim,
+        lr: 0.01,
+        schedule: Schedule::Cosine,
+        warmup: 1,
+        epochs: 1,
+        batch: BATCH,
+        seed: 5,
+        threads,
+        normalize: Normalize::Feature,
+        holdout: Holdout::Count(0),
+        checkpoint_every: 1,
+        test_every_epoch: false,
+        flip: false,
+        translate: 0,
+    }
+}
+
+/// Every product of the hidden layers (forward, weight gradient, input
+/// gradient) is shared by `threads` threads, at a full and at the short
+/// batch; the output layer's 10-wide products are too small to split.
+fn assert_hidden_products_split(dims: &[usize], threads: usize) {
+    let ctx = GemmCtx::new(Parallelism::threads(threads));
+    let hidden_layers = dims.len() - 2;
+    for batch in [BATCH, TRAIN % BATCH] {
+        for l in 0..hidden_layers {
+            let (fan_in, fan_out) = (dims[l], dims[l + 1]);
+            let mut products = vec![
+                ("forward", batch, fan_in, fan_out),
+                ("weight gradient", fan_out, batch, fan_in),
+            ];
+            if l > 0 {
+                products.push(("input gradient", batch, fan_out, fan_in));
+            }
+            for (what, m, k, n) in products {
+                assert_eq!(
+                    ctx.threads_for(m, k, n),
+                    threads,
+                    "{dims:?} layer {l} {what} ({m}×{k}×{n}) at batch {batch} is not split {threads} ways"
+                );
+            }
+        }
+    }
+}
+
+fn check(input: usize, hidden: &[usize], seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::synthetic_dataset(dir.path(), TRAIN, 10, input, CLASSES, seed);
+    let data = Dataset::open(path).unwrap();
+    let mut dims = vec![input];
+    dims.extend(hidden);
+    dims.push(CLASSES);
+    for threads in [2, 3] {
+        assert_hidden_products_split(&dims, threads);
+    }
+    for (name, optim) in optimisers() {
+        let run = |threads| {
+            let (mlp, _) = train(
+                &data,
+                &config(hidden, optim, threads),
+                None,
+                None,
+                &mut Silent,
+            )
+            .unwrap();
+            mlp.params.to_vec()
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let other = run(threads);
+            let differ = one
+                .iter()
+                .zip(&other)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                differ,
+                0,
+                "{dims:?} {name}: {differ} of {} weights differ between 1 and {threads} threads",
+                one.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn w2_sizes_give_the_same_bits_on_one_two_and_three_threads() {
+    check(784, &[512, 256], 1);
+}
+
+#[test]
+fn w1_sizes_give_the_same_bits_on_one_two_and_three_threads() {
+    check(3072, &[1024, 512], 2);
+}
