@@ -122,7 +122,10 @@ fn training_steps_allocate_nothing_from_the_first_one() {
                         trainer.step(epoch, s).unwrap();
                     }
                     let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
-                    assert_eq!(allocated, 0, "{what}: {allocated} allocations in epoch {epoch}");
+                    assert_eq!(
+                        allocated, 0,
+                        "{what}: {allocated} allocations in epoch {epoch}"
+                    );
                 }
             });
         }

@@ -8,7 +8,7 @@
 mod common;
 
 use fastnn::data::{Dataset, Holdout, Normalize};
-use fastnn::gemm::{GemmCtx, Parallelism};
+use fastnn::gemm::{GemmCtx, Parallelism, Plan};
 use fastnn::model::{Act, Loss};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::train::{train, Silent, TrainConfig};
@@ -83,8 +83,8 @@ fn assert_hidden_products_split(dims: &[usize], threads: usize) {
             }
             for (what, m, k, n) in products {
                 assert_eq!(
-                    ctx.threads_for(m, k, n),
-                    threads,
+                    ctx.plan(m, k, n),
+                    Plan::Packed { threads },
                     "{dims:?} layer {l} {what} ({m}×{k}×{n}) at batch {batch} is not split {threads} ways"
                 );
             }

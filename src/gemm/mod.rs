@@ -110,6 +110,19 @@ impl Strategy {
     }
 }
 
+/// How a [`GemmCtx`] computes one product ([`GemmCtx::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// A dimension is 0: at most C is scaled.
+    Empty,
+    /// The `matrixmultiply` crate.
+    Fallback,
+    /// The no-pack single-thread path (small and skinny products).
+    NoPack,
+    /// The packed loop nest, C cut into this many parts, one per thread.
+    Packed { threads: usize },
+}
+
 /// A GEMM context: the kernel family, the threads and the pack buffers.
 /// Keep one per training run; calls on it allocate nothing once the
 /// workspace has grown to the shapes used.
@@ -313,17 +326,20 @@ impl GemmCtx {
         threads::split(m, n, &params_of(self.isa), threads)
     }
 
-    /// How many threads share an m×k×n product on this context: 1 for the
-    /// no-pack path, the `matrixmultiply` fallback and products too small
-    /// to split. (Tests use it to check that a shape really is split.)
-    pub fn threads_for(&self, m: usize, k: usize, n: usize) -> usize {
-        if m == 0 || n == 0 || k == 0 || self.isa == Isa::MatrixMultiply {
-            return 1;
+    /// How this context computes an m×k×n product. (Tests use it to check
+    /// that a shape really takes the path they mean to test.)
+    pub fn plan(&self, m: usize, k: usize, n: usize) -> Plan {
+        if m == 0 || n == 0 || k == 0 {
+            Plan::Empty
+        } else if self.isa == Isa::MatrixMultiply {
+            Plan::Fallback
+        } else if self.takes_small_path(m, k, n) {
+            Plan::NoPack
+        } else {
+            Plan::Packed {
+                threads: self.packed_split(m, k, n).parts(),
+            }
         }
-        if self.takes_small_path(m, k, n) {
-            return 1;
-        }
-        self.packed_split(m, k, n).parts()
     }
 
     /// # Safety
