@@ -184,6 +184,9 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// `FASTNN_ISA` is unknown or names a kernel this CPU lacks.
+    #[error(transparent)]
+    Isa(#[from] crate::cpu::IsaError),
 }
 
 /// One optimisation step on the batch already gathered in `ws`: forward,
@@ -338,7 +341,7 @@ pub fn train(
         .transpose()
         .map_err(|e| TrainError::Config(format!("cannot start {} threads: {e}", cfg.threads)))?;
     let par = Parallelism::threads(cfg.threads);
-    let mut ws = Workspace::new(&mlp, cfg.batch, par);
+    let mut ws = Workspace::try_new(&mlp, cfg.batch, par)?;
     let mut grads = crate::buf::AlignedBuf::<f32>::zeroed(mlp.layout.len);
     let steps_per_epoch = train_view.len().div_ceil(cfg.batch);
     let total_steps = steps_per_epoch * cfg.epochs;
