@@ -5,16 +5,19 @@
 //! (`avx512|avx2|scalar|matrixmultiply`), else the best this CPU supports. The
 //! choice is logged once to stderr, e.g.
 //! `fastnn: gemm kernel avx512 (detected: avx512f avx2 fma)`, and cached in a
-//! [`OnceLock`]. An override naming a kernel the CPU cannot run is refused
-//! with an error, never silently downgraded.
+//! [`OnceLock`]. An override naming an unknown kernel, or one the CPU cannot
+//! run, is refused with an error (`FASTNN_ISA=avx512: gemm kernel avx512 is
+//! not supported by this CPU ...`), never silently downgraded; the `fastnn`
+//! command checks it ([`check_env`]) before running any subcommand.
 //!
 //! Tests and benchmarks that need one specific kernel do not touch the
 //! environment (tests run in parallel threads of one process): they pass an
 //! [`Isa`] per call (see `gemm::GemmCtx::with_isa`), checked with
 //! [`Isa::check`].
 
+use std::env::VarError;
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 
 /// A family of GEMM microkernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -96,6 +99,12 @@ pub enum IsaError {
     Unknown(String),
     /// The CPU lacks the instructions the kernel needs.
     Unsupported { isa: Isa, detected: String },
+    /// The `FASTNN_ISA` environment variable holds `value`, refused for
+    /// `reason`.
+    Env {
+        value: String,
+        reason: Box<IsaError>,
+    },
 }
 
 impl fmt::Display for IsaError {
@@ -110,6 +119,9 @@ impl fmt::Display for IsaError {
                 "gemm kernel {isa} is not supported by this CPU (detected: {detected}); \
                  unset FASTNN_ISA or pick a supported kernel"
             ),
+            IsaError::Env { value, reason } => {
+                write!(f, "FASTNN_ISA={}: {reason}", value.escape_debug())
+            }
         }
     }
 }
@@ -162,26 +174,51 @@ fn detect() -> Features {
     Features::default()
 }
 
-/// The process-wide kernel choice: `FASTNN_ISA` if set, else the best
-/// available. Decided and logged once.
-pub fn try_selected() -> Result<Isa, IsaError> {
-    static SELECTED: OnceLock<Result<Isa, IsaError>> = OnceLock::new();
-    SELECTED
-        .get_or_init(|| {
-            let choice = match std::env::var("FASTNN_ISA") {
-                Ok(v) if !v.trim().is_empty() => Isa::parse(&v).and_then(Isa::check),
-                _ => Ok(Isa::best_available()),
-            };
-            match &choice {
-                Ok(isa) => eprintln!("fastnn: gemm kernel {isa} (detected: {})", features()),
-                Err(e) => eprintln!("fastnn: FASTNN_ISA refused: {e}"),
+/// The `FASTNN_ISA` choice, decided once and not logged.
+fn choice() -> &'static Result<Isa, IsaError> {
+    static CHOICE: OnceLock<Result<Isa, IsaError>> = OnceLock::new();
+    CHOICE.get_or_init(|| {
+        let refused = |value: String, reason: IsaError| IsaError::Env {
+            value,
+            reason: Box::new(reason),
+        };
+        match std::env::var("FASTNN_ISA") {
+            Err(VarError::NotPresent) => Ok(Isa::best_available()),
+            Ok(v) if v.trim().is_empty() => Ok(Isa::best_available()),
+            Ok(v) => Isa::parse(&v)
+                .and_then(Isa::check)
+                .map_err(|e| refused(v, e)),
+            Err(VarError::NotUnicode(raw)) => {
+                let v = raw.to_string_lossy().into_owned();
+                Err(refused(v.clone(), IsaError::Unknown(v)))
             }
-            choice
-        })
-        .clone()
+        }
+    })
 }
 
-/// Like [`try_selected`], but panics with the refusal message.
+/// Checks `FASTNN_ISA` without logging anything: the `fastnn` command calls
+/// it before running any subcommand, so that a bad value is refused the same
+/// way everywhere (one error line, exit 1), whether or not the subcommand
+/// multiplies matrices.
+pub fn check_env() -> Result<Isa, IsaError> {
+    choice().clone()
+}
+
+/// The process-wide kernel choice: `FASTNN_ISA` if set, else the best
+/// available. Decided once; a successful choice is logged to stderr the
+/// first time it is asked for. A refusal is not logged: the caller reports
+/// the error.
+pub fn try_selected() -> Result<Isa, IsaError> {
+    static LOGGED: Once = Once::new();
+    let choice = choice().clone();
+    if let Ok(isa) = &choice {
+        LOGGED.call_once(|| eprintln!("fastnn: gemm kernel {isa} (detected: {})", features()));
+    }
+    choice
+}
+
+/// Like [`try_selected`], but panics with the refusal message. For tests and
+/// examples; code reachable from a command uses [`try_selected`].
 pub fn selected() -> Isa {
     try_selected().unwrap_or_else(|e| panic!("{e}"))
 }

@@ -1,8 +1,8 @@
 //! The `fastnn` command: argument parsing and printing around the library.
 //!
-//! Exit codes: 0 success, 1 runtime error (bad input, failed I/O), 2 usage
-//! error (clap's own). A closed stdout (`fastnn data info f | head`) exits 0
-//! quietly.
+//! Exit codes: 0 success, 1 runtime error (bad input, failed I/O, an unknown
+//! or unsupported `FASTNN_ISA`), 2 usage error (clap's own). A closed stdout
+//! (`fastnn data info f | head`) exits 0 quietly.
 
 mod cli;
 
@@ -25,7 +25,8 @@ use clap_complete::Shell;
   fastnn plot run/metrics.jsonl -o curves.svg
   fastnn <command> --help                        # each command's options and examples
 
-Environment: NO_COLOR turns colour off. Exit codes: 0 success, 1 error, 2 usage error."
+Environment: NO_COLOR turns colour off; FASTNN_ISA=avx512|avx2|scalar|matrixmultiply
+forces a gemm kernel (refused if this CPU lacks it). Exit codes: 0 success, 1 error, 2 usage error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -86,6 +87,12 @@ fn main() -> ExitCode {
         command = command.color(ColorChoice::Never);
     }
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    // A bad FASTNN_ISA is refused before any command runs, the same way for
+    // every command (even those that multiply no matrices).
+    if let Err(err) = fastnn::cpu::check_env() {
+        eprintln!("fastnn: error: {err}");
+        return ExitCode::from(1);
+    }
     let result = match cli.command {
         Command::Data(cmd) => cli::data::run(cmd),
         Command::Train(args) => cli::train::run(*args),

@@ -16,6 +16,7 @@
 //! a step allocates nothing.
 
 use crate::buf::AlignedBuf;
+use crate::cpu::IsaError;
 use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
 use crate::model::{Act, Mlp, LEAKY_SLOPE};
 use crate::ops::{self, LossOut};
@@ -49,7 +50,14 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Buffers for batches of up to `max_batch` samples of `mlp`.
+    /// Buffers for batches of up to `max_batch` samples of `mlp`, with the
+    /// process-wide GEMM kernel; refused on a bad `FASTNN_ISA`.
+    pub fn try_new(mlp: &Mlp, max_batch: usize, par: Parallelism) -> Result<Workspace, IsaError> {
+        Ok(Self::with_gemm(mlp, max_batch, GemmCtx::try_new(par)?))
+    }
+
+    /// As [`Workspace::try_new`], but panics on a bad `FASTNN_ISA` (tests,
+    /// examples and benchmarks).
     pub fn new(mlp: &Mlp, max_batch: usize, par: Parallelism) -> Workspace {
         Self::with_gemm(mlp, max_batch, GemmCtx::new(par))
     }

@@ -150,6 +150,9 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// `FASTNN_ISA` is unknown or names a kernel this CPU lacks.
+    #[error(transparent)]
+    Isa(#[from] crate::cpu::IsaError),
 }
 
 /// One optimisation step on the batch already gathered in `ws`: forward,
@@ -336,7 +339,7 @@ impl<'d> Trainer<'d> {
                 (mlp, opt, Position::default(), None)
             }
         };
-        let ws = Workspace::new(&mlp, cfg.batch, Parallelism::threads(cfg.threads));
+        let ws = Workspace::try_new(&mlp, cfg.batch, Parallelism::threads(cfg.threads))?;
         let grads = AlignedBuf::zeroed(mlp.layout.len);
         Ok(Trainer {
             cfg,

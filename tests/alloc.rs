@@ -64,7 +64,7 @@ fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
         hidden: vec![256, 128],
         act,
         loss,
-        dropout: if variant % 2 == 0 { 0.2 } else { 0.0 },
+        dropout: if variant.is_multiple_of(2) { 0.2 } else { 0.0 },
         optim: OptimConfig {
             kind: optimizers[variant % 3],
             l2: 1e-4,

@@ -3,8 +3,12 @@
 //! manifest, both encodings must give the same dataset, and every kind of
 //! damaged input must give a clear error.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+use common::report;
 
 use fastnn::data::cifar::{self, Cifar100Labels, CifarKind};
 use fastnn::data::pickle::{self, Pickle, Value};
@@ -770,7 +774,9 @@ fn real_archives() {
     let mut seen = 0;
     for kind in CifarKind::ALL {
         let path = dir.join(kind.tarball_name());
+        let what = format!("real CIFAR archive {}", kind.tarball_name());
         if !path.exists() {
+            report::skipped(&what, &format!("not in {}", dir.display()));
             continue;
         }
         seen += 1;
@@ -787,6 +793,7 @@ fn real_archives() {
             }
             assert_eq!(histogram, vec![n / classes; classes], "{}", split.name);
         }
+        report::ran(&what);
     }
     assert!(seen > 0, "no CIFAR tarball in {}", dir.display());
 }

@@ -215,3 +215,127 @@ fn train_plot_and_eval_plot_write_pictures() {
         .collect();
     assert!(names.is_empty(), "{names:?}");
 }
+
+/// A gemm kernel this CPU cannot run, detected here with
+/// `is_x86_feature_detected!` (independently of `fastnn::cpu`); `None` when
+/// it runs every one.
+fn a_kernel_this_cpu_lacks() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return Some("avx2");
+        }
+        if !is_x86_feature_detected!("avx512f") {
+            return Some("avx512");
+        }
+        None
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Some("avx512")
+}
+
+/// An unknown `FASTNN_ISA`, or one naming a kernel this CPU lacks, is
+/// refused by every command the same way: exit 1, one stderr line
+/// `fastnn: error: FASTNN_ISA=<value>: ...`, no panic, nothing on stdout,
+/// nothing written.
+#[test]
+fn a_bad_fastnn_isa_is_one_error_line_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = common::synthetic_dataset(d, 200, 50, 16, 3, 5);
+    let run = d.join("run");
+    let metrics = d.join("metrics.jsonl");
+    let trained = bin()
+        .env_remove("FASTNN_ISA")
+        .args([
+            "train",
+            "--data",
+            s(&data),
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+        ])
+        .args(["--threads", "1", "--validation", "20", "--quiet"])
+        .args(["--out", s(&run), "--metrics", s(&metrics)])
+        .output()
+        .unwrap();
+    stdout_of(&trained);
+    let model = run.join("model.safetensors");
+    let (model, data, metrics) = (s(&model), s(&data), s(&metrics));
+    let fixtures = common::fixtures();
+    let mnist = fixtures.join("mnist-tiny");
+    let written = d.join("written");
+    let out = s(&written);
+    let commands: &[&[&str]] = &[
+        &["data", "info"],
+        &["data", "info", data],
+        &["data", "convert", s(&mnist), "-o", out],
+        &[
+            "data",
+            "fetch",
+            "mnist",
+            "-o",
+            out,
+            "--url",
+            "http://127.0.0.1:9/",
+        ],
+        &["train", "--data", data, "--epochs", "1", "--dry-run"],
+        &[
+            "train", "--data", data, "--hidden", "8", "--epochs", "1", "--out", out,
+        ],
+        &["eval", "--model", model, "--data", data],
+        &[
+            "predict",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--indices",
+            "0,1",
+        ],
+        &["gradcheck", "--hidden", "4"],
+        &[
+            "bench",
+            "gemm",
+            "--m",
+            "8",
+            "--k",
+            "8",
+            "--n",
+            "8",
+            "--samples",
+            "1",
+        ],
+        &["bench", "train", "--epochs", "2", "--threads", "1"],
+        &["plot", metrics, "-o", out],
+        &["completions", "bash"],
+    ];
+    let unsupported = "FASTNN_ISA naming a kernel this CPU lacks";
+    let mut values = vec![("bogus", "unknown gemm kernel \"bogus\"")];
+    match a_kernel_this_cpu_lacks() {
+        Some(isa) => values.push((isa, "is not supported by this CPU")),
+        None => common::report::skipped(unsupported, "this CPU runs every gemm kernel"),
+    }
+    for &(value, problem) in &values {
+        for args in commands {
+            let got = bin().args(*args).env("FASTNN_ISA", value).output().unwrap();
+            let stderr = String::from_utf8_lossy(&got.stderr);
+            let what = format!("FASTNN_ISA={value} fastnn {}", args.join(" "));
+            assert_eq!(got.status.code(), Some(1), "{what}: {stderr}");
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "{what}: {stderr}");
+            let prefix = format!("fastnn: error: FASTNN_ISA={value}: ");
+            assert!(
+                lines[0].starts_with(&prefix) && lines[0].contains(problem),
+                "{what}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+            assert!(got.stdout.is_empty(), "{what}: stdout {:?}", got.stdout);
+            assert!(!written.exists(), "{what}: wrote {}", written.display());
+        }
+    }
+    if values.len() == 2 {
+        common::report::ran(unsupported);
+    }
+}

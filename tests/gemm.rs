@@ -13,6 +13,9 @@
 //! this bound has a factor 2 of slack and nothing more. Activations are
 //! 1-Lipschitz selects and do not add error.
 
+mod common;
+
+use common::report;
 use fastnn::cpu::Isa;
 use fastnn::gemm::{
     reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy,
@@ -59,8 +62,23 @@ fn strides(l: Layout, rows: usize, cols: usize) -> (usize, usize, usize) {
     (rs, cs, len + 5)
 }
 
+/// Reports a kernel family this CPU cannot run as skipped (once per process).
+fn report_missing(isa: Isa) {
+    let reason = if cfg!(target_arch = "x86_64") {
+        format!(
+            "not supported by this CPU (detected: {})",
+            fastnn::cpu::features()
+        )
+    } else {
+        "not an x86-64 CPU".to_string()
+    };
+    report::skipped(&format!("gemm kernel {isa}"), &reason);
+}
+
 /// Contexts for every kernel family this CPU has, × both strategies.
-/// Missing kernels are reported, not silently passed.
+/// Missing kernels are reported, not silently passed; the test
+/// `every_kernel_this_cpu_has_is_exercised` fails if one the CPU has is
+/// missing here.
 fn contexts(par: Parallelism) -> Vec<(String, GemmCtx)> {
     let mut out = Vec::new();
     for isa in Isa::ALL {
@@ -76,10 +94,76 @@ fn contexts(par: Parallelism) -> Vec<(String, GemmCtx)> {
                     out.push((format!("{isa}/{s:?}"), ctx));
                 }
             }
-            Err(e) => println!("SKIPPED gemm kernel {isa}: {e}"),
+            Err(_) => report_missing(isa),
         }
     }
     out
+}
+
+/// The kernel families this CPU can run, detected here with
+/// `is_x86_feature_detected!`, independently of `Isa::is_available` (which
+/// is what `contexts` relies on, and what is under test).
+fn kernels_this_cpu_has() -> Vec<Isa> {
+    let mut has = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if avx2_fma && is_x86_feature_detected!("avx512f") {
+            has.push(Isa::Avx512);
+        }
+        if avx2_fma {
+            has.push(Isa::Avx2);
+        }
+    }
+    has.extend([Isa::Scalar, Isa::MatrixMultiply]);
+    has
+}
+
+/// Every kernel this CPU can run is among the `contexts` the other tests
+/// use, and a product through each (one awkward shape: ragged against every
+/// tile size, transposed B, padded C, bias and ReLU) matches the reference.
+/// A CPU with AVX-512F or AVX2+FMA whose kernel is not exercised fails
+/// here, instead of passing with fewer kernels tested. Each kernel is
+/// reported as ran, or as skipped with the reason.
+#[test]
+fn every_kernel_this_cpu_has_is_exercised() {
+    let has = kernels_this_cpu_has();
+    let mut ctxs = contexts(Parallelism::Single);
+    for isa in Isa::ALL {
+        let mine: Vec<&mut (String, GemmCtx)> = ctxs
+            .iter_mut()
+            .filter(|(_, ctx)| ctx.isa() == isa)
+            .collect();
+        if !has.contains(&isa) {
+            assert!(
+                mine.is_empty(),
+                "gemm kernel {isa}: this CPU cannot run it, yet contexts() yields it"
+            );
+            report_missing(isa);
+            continue;
+        }
+        assert!(
+            !mine.is_empty(),
+            "gemm kernel {isa}: this CPU can run it (detected independently: {has:?}), \
+             but contexts() yields no context for it, so no test exercises it"
+        );
+        let mut rng = Rng(21);
+        for (name, ctx) in mine {
+            check_one(
+                name,
+                ctx,
+                &mut rng,
+                (37, 263, 45),
+                false,
+                true,
+                Layout::RowPadded,
+                1.0,
+                0.5,
+                EpiKind::BiasRelu,
+            );
+        }
+        report::ran(&format!("gemm kernel {isa}"));
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -410,8 +494,8 @@ fn threads_do_not_change_bits() {
         .build()
         .unwrap();
     for isa in Isa::ALL {
-        if let Err(e) = isa.check() {
-            println!("SKIPPED gemm kernel {isa}: {e}");
+        if isa.check().is_err() {
+            report_missing(isa);
             continue;
         }
         // (m, k, n): split along N, along M (n = 8 is one NR panel for every
@@ -668,7 +752,7 @@ fn warm_calls_do_not_allocate() {
     let mut c = vec![0.0; m * n];
     for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
         if isa.check().is_err() {
-            println!("SKIPPED gemm kernel {isa}: not supported here");
+            report_missing(isa);
             continue;
         }
         for s in [Strategy::Auto, Strategy::Packed, Strategy::Small] {

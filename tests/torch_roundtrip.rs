@@ -1,12 +1,16 @@
 //! PyTorch round trip (tools/torch_roundtrip.py): a fastnn model file runs
 //! in PyTorch with the same logits and accuracy, and a PyTorch state dict
-//! saved with fastnn's metadata runs in `fastnn eval`. Skipped when torch
-//! and safetensors are not installed for python3.
+//! saved with fastnn's metadata runs in `fastnn eval`. Skipped, loudly
+//! (`SKIPPED: ...` on stdout), when torch and safetensors are not installed
+//! for python3.
 
 mod common;
 
+use common::report;
 use std::path::Path;
 use std::process::Command;
+
+const WHAT: &str = "PyTorch round trip";
 
 fn torch_available() -> bool {
     Command::new("python3")
@@ -18,7 +22,10 @@ fn torch_available() -> bool {
 #[test]
 fn fastnn_and_pytorch_models_give_the_same_logits_both_ways() {
     if !torch_available() {
-        eprintln!("skipped: torch not installed (python3 -m pip install torch safetensors numpy)");
+        report::skipped(
+            WHAT,
+            "torch not installed: python3 -m pip install torch safetensors numpy",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -74,4 +81,5 @@ fn fastnn_and_pytorch_models_give_the_same_logits_both_ways() {
         assert_eq!(r["same_predictions"], 200, "{way}: {r}");
         assert_eq!(r["torch_accuracy"], r["fastnn_accuracy"], "{way}: {r}");
     }
+    report::ran(WHAT);
 }

@@ -38,7 +38,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let t = measure(args.workload, args.batch, threads, args.epochs)?;
     let gflops = t.median * t.flops_per_sample as f64 / 1e9;
-    let peak = measure_peak(cpu::selected(), threads).map(|p| p.gflops);
+    let peak = measure_peak(cpu::try_selected()?, threads).map(|p| p.gflops);
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({

@@ -85,7 +85,7 @@ fn load(model: &std::path::Path, data: Option<&std::path::Path>) -> Result<(Mode
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let (m, ds) = load(&args.source.model, args.source.data.as_deref())?;
     let view = ds.split(&args.source.split)?;
-    let mut ws = Workspace::new(&m.mlp, 256, Parallelism::Single);
+    let mut ws = Workspace::try_new(&m.mlp, 256, Parallelism::Single)?;
     let r = evaluate(&m.mlp, &mut ws, &m.normalizer, &view, &mut Vec::new());
     let c = m.classes.len();
     let per_class: Vec<f64> = (0..c)
@@ -190,7 +190,7 @@ pub fn run_predict(args: PredictArgs) -> Result<()> {
         );
     }
     let batch = args.indices.len();
-    let mut ws = Workspace::new(&m.mlp, batch, Parallelism::Single);
+    let mut ws = Workspace::try_new(&m.mlp, batch, Parallelism::Single)?;
     m.normalizer
         .gather(&view, &args.indices, &mut ws.x, &mut ws.labels);
     m.mlp.forward(&mut ws, batch, None);

@@ -134,8 +134,15 @@ pub struct GemmCtx {
 }
 
 impl GemmCtx {
-    /// The process-wide kernel ([`cpu::selected`]: best available or
-    /// `FASTNN_ISA`). Panics if `FASTNN_ISA` names a kernel this CPU lacks.
+    /// The process-wide kernel ([`cpu::try_selected`]: best available or
+    /// `FASTNN_ISA`), refused if `FASTNN_ISA` is unknown or names a kernel
+    /// this CPU lacks.
+    pub fn try_new(par: Parallelism) -> Result<Self, IsaError> {
+        Ok(Self::build(cpu::try_selected()?, par))
+    }
+
+    /// As [`GemmCtx::try_new`], but panics on a bad `FASTNN_ISA` (tests,
+    /// examples and benchmarks).
     pub fn new(par: Parallelism) -> Self {
         Self::build(cpu::selected(), par)
     }

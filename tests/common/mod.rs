@@ -1,6 +1,8 @@
 //! Helpers shared by the training tests.
 #![allow(dead_code)]
 
+pub mod report;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
