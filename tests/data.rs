@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use fastnn::data::convert::{convert, convert_idx_bytes, ConvertOptions};
 use fastnn::data::csv::{read_csv, CsvOptions, Header, LabelColumn};
+use fastnn::data::embedded::{self, FILE_NAMES};
 use fastnn::data::file::{write_dataset, TENSOR_ALIGN};
 use fastnn::data::idx::{read_idx_bytes, read_idx_dir, read_maybe_gzip, IdxBytes, FASHION_CLASSES};
 use fastnn::data::{
@@ -14,14 +15,6 @@ use fastnn::data::{
     RawSplit, SourceInfo,
 };
 use md5::{Digest, Md5};
-
-/// The files of `data/fashion-mnist`.
-const FILE_NAMES: [&str; 4] = [
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-];
 
 fn digits() -> Vec<String> {
     (0..10).map(|d| d.to_string()).collect()
@@ -460,7 +453,7 @@ fn idx_folders_with_inconsistent_files_are_refused() {
     );
 }
 
-/// The real Fashion-MNIST shipped in `data/fashion-mnist`.
+/// The real Fashion-MNIST shipped in `data/fashion-mnist` (and embedded in the binary).
 #[test]
 fn embedded_fashion_mnist_converts_with_its_published_content() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
@@ -652,7 +645,7 @@ fn idx_files_in_memory_convert_to_the_same_file_as_their_folder() {
         let from_dir = out.path().join(format!("{case}-dir.safetensors"));
         let from_mem = out.path().join(format!("{case}-mem.safetensors"));
         convert(&dir, &from_dir, &opts).unwrap();
-        let report = convert_idx_bytes("fashion-mnist", &shuffled, &from_mem, &opts).unwrap();
+        let report = convert_idx_bytes(embedded::SOURCE_NAME, &shuffled, &from_mem, &opts).unwrap();
         assert_eq!(
             report.splits,
             vec![("train".to_string(), 60_000), ("test".to_string(), 10_000)]
