@@ -25,7 +25,9 @@ use clap_complete::Shell;
   fastnn plot run/metrics.jsonl -o curves.svg
   fastnn <command> --help                        # each command's options and examples
 
-Environment: NO_COLOR turns colour off. Exit codes: 0 success, 1 error, 2 usage error."
+Environment: NO_COLOR turns colour off. FASTNN_CACHE is the folder the embedded
+Fashion-MNIST is converted into on first use (default: $XDG_CACHE_HOME/fastnn,
+else ~/.cache/fastnn). Exit codes: 0 success, 1 error, 2 usage error."
 )]
 struct Cli {
     #[command(subcommand)]
