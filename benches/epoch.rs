@@ -4,6 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastnn::buf::AlignedBuf;
+use fastnn::data::embedded::FILE_NAMES;
+use fastnn::data::idx::IdxBytes;
 use fastnn::gemm::Parallelism;
 use fastnn::model::{Act, Loss, Mlp, MlpConfig};
 use fastnn::net::Workspace;
@@ -62,8 +64,21 @@ fn step(c: &mut Criterion) {
 fn epoch(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_epoch");
     group.sample_size(10);
+    // W2's Fashion-MNIST, read from the files the binary embeds.
+    let shipped: Vec<Vec<u8>> = FILE_NAMES
+        .iter()
+        .map(|name| {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist");
+            std::fs::read(format!("{dir}/{name}")).expect("shipped Fashion-MNIST file")
+        })
+        .collect();
+    let fashion_mnist: Vec<IdxBytes> = FILE_NAMES
+        .iter()
+        .zip(&shipped)
+        .map(|(name, bytes)| IdxBytes { name, bytes })
+        .collect();
     for workload in [Workload::W2, Workload::W1] {
-        let data = workload.dataset().expect("workload dataset");
+        let data = workload.dataset(&fashion_mnist).expect("workload dataset");
         group.throughput(Throughput::Elements(
             data.split("train").unwrap().len() as u64
         ));

@@ -26,7 +26,9 @@ use clap_complete::Shell;
   fastnn <command> --help                        # each command's options and examples
 
 Environment: NO_COLOR turns colour off; FASTNN_ISA=avx512|avx2|scalar|matrixmultiply
-forces a gemm kernel (refused if this CPU lacks it). Exit codes: 0 success, 1 error, 2 usage error."
+forces a gemm kernel (refused if this CPU lacks it); FASTNN_CACHE is the folder the
+embedded Fashion-MNIST is converted into on first use (default: $XDG_CACHE_HOME/fastnn,
+else ~/.cache/fastnn). Exit codes: 0 success, 1 error, 2 usage error."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -2,8 +2,8 @@
 //!
 //! - **W1**: 50,000 CIFAR-shaped samples (3072 u8 features, random pixels),
 //!   MLP 3072-1024-512-10, SGD with momentum 0.9.
-//! - **W2**: Fashion-MNIST (the embedded copy), MLP 784-512-256-10, same
-//!   optimiser.
+//! - **W2**: Fashion-MNIST (the copy embedded in the `fastnn` binary,
+//!   whose files the caller hands in), MLP 784-512-256-10, same optimiser.
 //!
 //! Throughput is training samples per second over whole epochs (gather,
 //! forward, loss, backward, update), the median over the epochs after a
@@ -11,8 +11,10 @@
 
 use std::path::PathBuf;
 
+use crate::data::idx::IdxBytes;
 use crate::data::{
-    embedded, DataError, Dataset, Features, Holdout, Normalize, RawDataset, RawSplit, SourceInfo,
+    cache, embedded, DataError, Dataset, Features, Holdout, Normalize, RawDataset, RawSplit,
+    SourceInfo,
 };
 use crate::model::{Act, Loss};
 use crate::optim::{OptimConfig, OptimKind, Schedule};
@@ -54,19 +56,16 @@ impl Workload {
         }
     }
 
-    /// The workload's dataset file, generated (W1) or converted (W2) into
-    /// `data/cache` on first use.
-    pub fn dataset(self) -> Result<Dataset, DataError> {
+    /// The workload's dataset file, generated (W1) or converted from
+    /// `fashion_mnist`, the shipped Fashion-MNIST files (W2), into the user's
+    /// cache folder on first use.
+    pub fn dataset(self, fashion_mnist: &[IdxBytes<'_>]) -> Result<Dataset, DataError> {
         match self {
-            Workload::W2 => Ok(embedded::open_default()?.0),
+            Workload::W2 => Ok(embedded::open_default(fashion_mnist)?.0),
             Workload::W1 => {
-                let path = w1_path();
+                let path = cache::file("w1-synthetic.safetensors")?;
                 if let Ok(ds) = Dataset::open(&path) {
                     return Ok(ds);
-                }
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| DataError::io(dir, "cannot create the cache folder", e))?;
                 }
                 crate::data::file::write_dataset(&w1_raw(), &SourceInfo::default(), &path, true)?;
                 Dataset::open(&path)
@@ -105,10 +104,6 @@ impl Workload {
             translate: 0,
         }
     }
-}
-
-fn w1_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/cache/w1-synthetic.safetensors")
 }
 
 /// 50,000 training and 1,000 test samples of random CIFAR-shaped pixels.
@@ -182,14 +177,15 @@ impl Observer for Collect {
 }
 
 /// Trains `workload` for `epochs` epochs (at least 2: one warm-up) and
-/// measures its throughput.
+/// measures its throughput. `fashion_mnist` is as for [`Workload::dataset`].
 pub fn measure(
     workload: Workload,
+    fashion_mnist: &[IdxBytes<'_>],
     batch: usize,
     threads: usize,
     epochs: usize,
 ) -> Result<Throughput, TrainError> {
-    let data = workload.dataset()?;
+    let data = workload.dataset(fashion_mnist)?;
     let cfg = workload.config(batch, threads, epochs.max(2));
     let mut obs = Collect {
         epochs: Vec::new(),

@@ -5,10 +5,11 @@ mod common;
 use common::fixtures;
 use std::path::{Path, PathBuf};
 
-use fastnn::data::convert::{convert, ConvertOptions};
+use fastnn::data::convert::{convert, convert_idx_bytes, ConvertOptions};
 use fastnn::data::csv::{read_csv, CsvOptions, Header, LabelColumn};
+use fastnn::data::embedded::{self, FILE_NAMES};
 use fastnn::data::file::{write_dataset, TENSOR_ALIGN};
-use fastnn::data::idx::{read_idx_dir, read_maybe_gzip};
+use fastnn::data::idx::{read_idx_bytes, read_idx_dir, read_maybe_gzip, IdxBytes, FASHION_CLASSES};
 use fastnn::data::{
     Augment, Dataset, FeatureView, Features, Geometry, Holdout, Normalize, Normalizer, RawDataset,
     RawSplit, SourceInfo,
@@ -452,7 +453,7 @@ fn idx_folders_with_inconsistent_files_are_refused() {
     );
 }
 
-/// The real Fashion-MNIST shipped in `data/fashion-mnist`.
+/// The real Fashion-MNIST shipped in `data/fashion-mnist` (and embedded in the binary).
 #[test]
 fn embedded_fashion_mnist_converts_with_its_published_content() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
@@ -595,4 +596,120 @@ fn translated_gather_moves_pixels_and_fills_with_zeros() {
         flip_right,
         [None, Some(2), Some(1), None, Some(5), Some(4)],
     );
+}
+
+/// The files of `dir` named `names`, read into memory.
+fn read_files(dir: &Path, names: &[&str]) -> Vec<(String, Vec<u8>)> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(dir.join(n)).unwrap()))
+        .collect()
+}
+
+fn as_idx_bytes(files: &[(String, Vec<u8>)]) -> Vec<IdxBytes<'_>> {
+    files
+        .iter()
+        .map(|(name, bytes)| IdxBytes { name, bytes })
+        .collect()
+}
+
+/// Asserts two files hold the same bytes (without printing megabytes).
+fn assert_same_file(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let first_difference = x.iter().zip(&y).position(|(p, q)| p != q);
+    assert!(
+        x == y,
+        "{} ({} bytes) and {} ({} bytes) differ, first at byte {first_difference:?}",
+        a.display(),
+        x.len(),
+        b.display(),
+        y.len()
+    );
+}
+
+/// The shipped Fashion-MNIST converted from memory (as the binary does with
+/// its embedded copy) gives the very file converting the folder gives, with
+/// the class names decided by the name or given, in any order of the files.
+#[test]
+fn idx_files_in_memory_convert_to_the_same_file_as_their_folder() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    let files = read_files(&dir, &FILE_NAMES);
+    let mut shuffled = as_idx_bytes(&files);
+    shuffled.reverse();
+    let out = tempfile::tempdir().unwrap();
+    let fashion = ConvertOptions {
+        classes: Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()),
+        ..ConvertOptions::default()
+    };
+    for (case, opts) in [("named", ConvertOptions::default()), ("given", fashion)] {
+        let from_dir = out.path().join(format!("{case}-dir.safetensors"));
+        let from_mem = out.path().join(format!("{case}-mem.safetensors"));
+        convert(&dir, &from_dir, &opts).unwrap();
+        let report = convert_idx_bytes(embedded::SOURCE_NAME, &shuffled, &from_mem, &opts).unwrap();
+        assert_eq!(
+            report.splits,
+            vec![("train".to_string(), 60_000), ("test".to_string(), 10_000)]
+        );
+        assert_same_file(&from_dir, &from_mem);
+        assert_eq!(
+            Dataset::open(&from_mem).unwrap().classes()[0],
+            "T-shirt/top"
+        );
+    }
+    // Uncompressed files, a training split alone and a name without
+    // "fashion" (digit classes) also give the folder's file.
+    let tiny = fixtures().join("mnist-tiny");
+    let plain: Vec<(String, Vec<u8>)> =
+        ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+            .iter()
+            .map(|n| {
+                let name = n.trim_end_matches(".gz").to_string();
+                (name, read_maybe_gzip(&tiny.join(n)).unwrap())
+            })
+            .collect();
+    let copy = out.path().join("digits");
+    std::fs::create_dir(&copy).unwrap();
+    for (name, bytes) in &plain {
+        std::fs::write(copy.join(name), bytes).unwrap();
+    }
+    let (from_dir, from_mem) = (out.path().join("d.st"), out.path().join("m.st"));
+    let opts = ConvertOptions::default();
+    convert(&copy, &from_dir, &opts).unwrap();
+    convert_idx_bytes("digits", &as_idx_bytes(&plain), &from_mem, &opts).unwrap();
+    assert_same_file(&from_dir, &from_mem);
+    assert_eq!(Dataset::open(&from_mem).unwrap().classes()[0], "0");
+}
+
+/// Files in memory fail as a folder holding them does, named under the
+/// folder they stand for, and an existing output is kept without
+/// `overwrite`.
+#[test]
+fn idx_files_in_memory_name_their_problems() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    let files = read_files(&dir, &FILE_NAMES[1..]);
+    let err = read_idx_bytes(Path::new("fashion-mnist"), &as_idx_bytes(&files), vec![])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "fashion-mnist: missing train-images-idx3-ubyte (or train-images-idx3-ubyte.gz)"
+    );
+    let mut files = read_files(&dir, &FILE_NAMES);
+    let cut = files[2].1.len() - 10;
+    files[2].1.truncate(cut);
+    let err = read_idx_bytes(Path::new("fashion-mnist"), &as_idx_bytes(&files), vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("fashion-mnist/t10k-images-idx3-ubyte.gz: truncated or corrupt gzip data"),
+        "{err}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("kept.safetensors");
+    std::fs::write(&path, b"mine").unwrap();
+    let err = convert_idx_bytes("x", &[], &path, &ConvertOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"mine");
 }

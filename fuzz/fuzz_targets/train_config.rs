@@ -8,11 +8,25 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../src/cli/train.rs"]
 mod train;
 
-/// The binary's `cli::open_data`, which `train.rs` calls as `super::open_data`.
+/// The binary's `cli::open_data`, which `train.rs` calls as `super::open_data`
+/// (the default dataset's files read from the source tree, not embedded).
 fn open_data(path: Option<&std::path::Path>) -> anyhow::Result<fastnn::data::Dataset> {
+    use fastnn::data::{embedded, idx::IdxBytes};
     Ok(match path {
         Some(p) => fastnn::data::Dataset::open(p)?,
-        None => fastnn::data::embedded::open_default()?.0,
+        None => {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/fashion-mnist");
+            let shipped = embedded::FILE_NAMES
+                .iter()
+                .map(|name| std::fs::read(format!("{dir}/{name}")))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let files: Vec<IdxBytes> = embedded::FILE_NAMES
+                .iter()
+                .zip(&shipped)
+                .map(|(name, bytes)| IdxBytes { name, bytes })
+                .collect();
+            embedded::open_default(&files)?.0
+        }
     })
 }
 

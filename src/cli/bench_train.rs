@@ -36,7 +36,13 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let t = measure(args.workload, args.batch, threads, args.epochs)?;
+    let t = measure(
+        args.workload,
+        &super::fashion::FASHION_MNIST,
+        args.batch,
+        threads,
+        args.epochs,
+    )?;
     let gflops = t.median * t.flops_per_sample as f64 / 1e9;
     let peak = measure_peak(cpu::try_selected()?, threads).map(|p| p.gflops);
     let mut out = std::io::stdout().lock();

@@ -24,7 +24,7 @@ pub enum DataCommand {
     /// Show what a dataset file holds (the embedded default when no file is given).
     #[command(after_help = "Examples:
   fastnn data info cifar10.safetensors
-  fastnn data info            # the embedded Fashion-MNIST, converted on first use")]
+  fastnn data info            # the embedded Fashion-MNIST, converted into ~/.cache/fastnn on first use")]
     Info(InfoArgs),
     /// Download an official dataset, verify its checksum and convert it.
     #[command(after_help = "Examples:

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_train;
 pub mod data;
 pub mod eval;
+pub mod fashion;
 pub mod gradcheck;
 pub mod plot;
 pub mod train;
@@ -16,12 +17,12 @@ use anyhow::Result;
 use fastnn::data::{embedded, Dataset};
 
 /// Opens the dataset file `path`, or the embedded Fashion-MNIST (converted
-/// on first use, which is said on stderr).
+/// into the user's cache folder on first use, which is said on stderr).
 pub fn open_data(path: Option<&Path>) -> Result<Dataset> {
     Ok(match path {
         Some(p) => Dataset::open(p)?,
         None => {
-            let (ds, report) = embedded::open_default()?;
+            let (ds, report) = embedded::open_default(&fashion::FASHION_MNIST)?;
             if let Some(r) = report {
                 eprintln!(
                     "fastnn: converted the embedded Fashion-MNIST into {} ({:.2} s)",

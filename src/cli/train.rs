@@ -22,7 +22,8 @@ use serde::Deserialize;
 #[derive(Args, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct TrainArgs {
-    /// Dataset file (default: the embedded Fashion-MNIST, converted on first use).
+    /// Dataset file (default: the embedded Fashion-MNIST, converted on first
+    /// use into $FASTNN_CACHE, $XDG_CACHE_HOME/fastnn or ~/.cache/fastnn).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A TOML file with any of these options as keys.

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::cifar::{self, Cifar100Labels};
 use super::csv::CsvOptions;
 use super::error::{DataError, Result};
-use super::fetch::md5_file;
+use super::fetch::{md5_bytes, md5_file};
 use super::file::{write_dataset, SourceInfo};
 use super::{idx, RawDataset};
 
@@ -98,7 +98,68 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
                 .collect::<Result<Vec<_>>>()
         },
     );
-    let mut raw = raw?;
+    let source = SourceInfo {
+        name: file_name(input),
+        files: md5s?,
+    };
+    finish(raw?, source, input, out, opts, format, start)
+}
+
+/// Converts MNIST-style IDX files held in memory into the dataset file `out`
+/// (written atomically). `name` is the folder they stand for: it is recorded
+/// as the source, names the files in errors and, unless `opts.classes` is
+/// given, decides the class names as a folder's name does. The file written
+/// is byte for byte the one [`convert`] writes from a folder `name` holding
+/// the same files. `opts.format` must be `Auto` or `Idx`; the CSV and CIFAR
+/// options do not apply.
+pub fn convert_idx_bytes(
+    name: &str,
+    files: &[idx::IdxBytes<'_>],
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
+    let start = Instant::now();
+    let dir = Path::new(name);
+    if !matches!(opts.format, SourceFormat::Auto | SourceFormat::Idx) {
+        return Err(DataError::new(
+            dir,
+            format!("in-memory sources are IDX files, not {:?}", opts.format),
+        ));
+    }
+    if !opts.overwrite && out.exists() {
+        return Err(DataError::new(
+            out,
+            "already exists (use --force to overwrite it)",
+        ));
+    }
+    let sources = idx::source_bytes(files);
+    let (raw, md5s) = rayon::join(
+        || idx::read_idx_bytes(dir, files, idx::classes_for_name(name)),
+        || {
+            sources
+                .iter()
+                .map(|f| (f.name.to_string(), md5_bytes(f.bytes)))
+                .collect()
+        },
+    );
+    let source = SourceInfo {
+        name: file_name(dir),
+        files: md5s,
+    };
+    finish(raw?, source, dir, out, opts, SourceFormat::Idx, start)
+}
+
+/// The common end of a conversion: the class names of `opts`, then the
+/// file.
+fn finish(
+    mut raw: RawDataset,
+    source: SourceInfo,
+    input: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+    format: SourceFormat,
+    start: Instant,
+) -> Result<ConvertReport> {
     if let Some(classes) = &opts.classes {
         if classes.len() != raw.classes.len() {
             return Err(DataError::new(
@@ -112,10 +173,6 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         }
         raw.classes = classes.clone();
     }
-    let source = SourceInfo {
-        name: file_name(input),
-        files: md5s?,
-    };
     write_dataset(&raw, &source, out, opts.overwrite)?;
     Ok(ConvertReport {
         format,

@@ -1,37 +1,45 @@
-//! The embedded default dataset: Fashion-MNIST, shipped in the repository.
+//! The default dataset: Fashion-MNIST, shipped inside the `fastnn` binary.
 //!
-//! The IDX files live in `data/fashion-mnist/`; the first use converts them
-//! into `data/cache/fashion-mnist.safetensors`, and later uses map that
-//! cache. A cache that no longer validates (truncated, corrupted, an older
-//! format version) is converted again.
+//! The binary embeds the four gzip'd IDX files of `data/fashion-mnist/` and
+//! hands them to [`open_default`]. The first use converts them into
+//! `fashion-mnist.safetensors` in the user's cache folder (see
+//! [`cache`](super::cache)), and later uses map that file. A cache that no
+//! longer validates (truncated, corrupted, an older format version) is
+//! converted again.
 
 use std::path::PathBuf;
 
-use super::convert::{convert, ConvertOptions, ConvertReport, SourceFormat};
+use super::convert::{convert_idx_bytes, ConvertOptions, ConvertReport, SourceFormat};
 use super::error::Result;
 use super::file::Dataset;
-use super::idx::FASHION_CLASSES;
+use super::idx::{IdxBytes, FASHION_CLASSES};
 
-/// The folder holding the shipped Fashion-MNIST IDX files.
-pub fn embedded_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")
+/// The folder the shipped files come from, recorded as the dataset's source.
+pub const SOURCE_NAME: &str = "fashion-mnist";
+
+/// The names of the shipped files, in `data/fashion-mnist/`.
+pub const FILE_NAMES: [&str; 4] = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+];
+
+/// The name of the converted file in the cache folder.
+pub const CACHE_FILE: &str = "fashion-mnist.safetensors";
+
+/// Where the converted default dataset is cached (its folder created).
+pub fn cache_path() -> Result<PathBuf> {
+    super::cache::file(CACHE_FILE)
 }
 
-/// Where the converted default dataset is cached.
-pub fn cache_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/cache/fashion-mnist.safetensors")
-}
-
-/// Opens the default dataset, converting it first when the cache is missing
-/// or invalid. Returns the conversion report when a conversion ran.
-pub fn open_default() -> Result<(Dataset, Option<ConvertReport>)> {
-    let cache = cache_path();
+/// Opens the default dataset, converting `files` (the shipped IDX files,
+/// named as in [`FILE_NAMES`]) first when the cache is missing or invalid.
+/// Returns the conversion report when a conversion ran.
+pub fn open_default(files: &[IdxBytes<'_>]) -> Result<(Dataset, Option<ConvertReport>)> {
+    let cache = cache_path()?;
     if let Ok(ds) = Dataset::open(&cache) {
         return Ok((ds, None));
-    }
-    if let Some(dir) = cache.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| super::DataError::io(dir, "cannot create the cache folder", e))?;
     }
     let opts = ConvertOptions {
         format: SourceFormat::Idx,
@@ -39,6 +47,6 @@ pub fn open_default() -> Result<(Dataset, Option<ConvertReport>)> {
         overwrite: true,
         ..ConvertOptions::default()
     };
-    let report = convert(&embedded_dir(), &cache, &opts)?;
+    let report = convert_idx_bytes(SOURCE_NAME, files, &cache, &opts)?;
     Ok((Dataset::open(&cache)?, Some(report)))
 }

@@ -118,6 +118,11 @@ pub fn md5_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// md5 of bytes in memory, as lowercase hex.
+pub fn md5_bytes(bytes: &[u8]) -> String {
+    hex(&Md5::digest(bytes))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

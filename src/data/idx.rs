@@ -57,14 +57,46 @@ pub struct IdxArray {
 pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, "cannot read", e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 2);
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::new(path, format!("truncated or corrupt gzip data: {e}")))?;
-        Ok(out)
+        gunzip(path, &raw)
     } else {
         Ok(raw)
     }
+}
+
+/// `bytes` decompressed if they are gzip'd, as they are otherwise. `path`
+/// names them in errors.
+pub fn decompress_maybe_gzip(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        gunzip(path, bytes)
+    } else {
+        Ok(bytes.to_vec())
+    }
+}
+
+fn gunzip(path: &Path, gz: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(gz.len() * 2);
+    flate2::read::MultiGzDecoder::new(gz)
+        .read_to_end(&mut out)
+        .map_err(|e| DataError::new(path, format!("truncated or corrupt gzip data: {e}")))?;
+    Ok(out)
+}
+
+/// An IDX file held in memory: its file name as it would be in a folder
+/// (`train-images-idx3-ubyte.gz`, with or without `.gz`) and its bytes,
+/// gzip'd or not.
+#[derive(Debug, Clone, Copy)]
+pub struct IdxBytes<'a> {
+    pub name: &'a str,
+    pub bytes: &'a [u8],
+}
+
+/// Finds `stem` or `stem.gz` among `files`.
+fn find_bytes<'a, 'b>(files: &'b [IdxBytes<'a>], stem: &str) -> Option<&'b IdxBytes<'a>> {
+    let gz = format!("{stem}.gz");
+    let found = [stem, gz.as_str()]
+        .into_iter()
+        .find_map(|name| files.iter().find(|f| f.name == name));
+    found
 }
 
 /// Parses IDX bytes that must hold u8 values in `ndim` dimensions.
@@ -170,31 +202,76 @@ pub fn source_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The files among `files` that a conversion reads, in the order
+/// [`source_files`] gives for a folder holding them.
+pub fn source_bytes<'a>(files: &[IdxBytes<'a>]) -> Vec<IdxBytes<'a>> {
+    SPLIT_FILES
+        .iter()
+        .flat_map(|(_, images, labels)| [find_bytes(files, images), find_bytes(files, labels)])
+        .flatten()
+        .copied()
+        .collect()
+}
+
 /// Reads an MNIST-style folder. `classes` names the ten classes (digits
 /// `0`–`9` for MNIST, [`FASHION_CLASSES`] for Fashion-MNIST).
 pub fn read_idx_dir(dir: &Path, classes: Vec<String>) -> Result<RawDataset> {
     if !dir.is_dir() {
         return Err(DataError::new(dir, "is not a folder of IDX files"));
     }
+    read_idx(
+        dir,
+        classes,
+        |stem| find(dir, stem).map(|path| (path, ())),
+        |path, ()| read_maybe_gzip(path),
+    )
+}
+
+/// Reads MNIST-style IDX files held in memory, as [`read_idx_dir`] reads a
+/// folder holding them. `dir` stands for that folder in errors, which name
+/// `dir/<file name>`.
+pub fn read_idx_bytes(
+    dir: &Path,
+    files: &[IdxBytes<'_>],
+    classes: Vec<String>,
+) -> Result<RawDataset> {
+    read_idx(
+        dir,
+        classes,
+        |stem| find_bytes(files, stem).map(|f| (dir.join(f.name), f.bytes)),
+        decompress_maybe_gzip,
+    )
+}
+
+/// Reads the splits of an MNIST-style dataset: `find` locates a file by
+/// its stem (its path, for errors, and what `read` needs), `read` gives its
+/// content, decompressed.
+fn read_idx<T>(
+    dir: &Path,
+    classes: Vec<String>,
+    find: impl Fn(&str) -> Option<(PathBuf, T)>,
+    read: impl Fn(&Path, T) -> Result<Vec<u8>>,
+) -> Result<RawDataset> {
     let mut splits = Vec::new();
     for (name, images_stem, labels_stem) in SPLIT_FILES {
-        let (images_path, labels_path) = match (find(dir, images_stem), find(dir, labels_stem)) {
-            (Some(i), Some(l)) => (i, l),
-            (None, None) if name == "test" => continue,
-            (i, _) => {
-                let missing = if i.is_none() {
-                    images_stem
-                } else {
-                    labels_stem
-                };
-                return Err(DataError::new(
-                    dir,
-                    format!("missing {missing} (or {missing}.gz)"),
-                ));
-            }
-        };
-        let images = parse_idx(&images_path, &read_maybe_gzip(&images_path)?, 3)?;
-        let labels = parse_idx(&labels_path, &read_maybe_gzip(&labels_path)?, 1)?;
+        let ((images_path, images), (labels_path, labels)) =
+            match (find(images_stem), find(labels_stem)) {
+                (Some(i), Some(l)) => (i, l),
+                (None, None) if name == "test" => continue,
+                (i, _) => {
+                    let missing = if i.is_none() {
+                        images_stem
+                    } else {
+                        labels_stem
+                    };
+                    return Err(DataError::new(
+                        dir,
+                        format!("missing {missing} (or {missing}.gz)"),
+                    ));
+                }
+            };
+        let images = parse_idx(&images_path, &read(&images_path, images)?, 3)?;
+        let labels = parse_idx(&labels_path, &read(&labels_path, labels)?, 1)?;
         if images.dims[0] != labels.dims[0] {
             return Err(DataError::new(
                 &labels_path,
@@ -254,13 +331,17 @@ pub fn read_idx_dir(dir: &Path, classes: Vec<String>) -> Result<RawDataset> {
 /// Class names for an IDX folder: Fashion-MNIST's when the folder's path
 /// says "fashion", the digits otherwise.
 pub fn default_classes(dir: &Path) -> Vec<String> {
-    let fashion = dir
-        .canonicalize()
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .to_string_lossy()
-        .to_lowercase()
-        .contains("fashion");
-    if fashion {
+    classes_for_name(
+        &dir.canonicalize()
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .to_string_lossy(),
+    )
+}
+
+/// Class names for IDX files that came from a folder called `name`:
+/// Fashion-MNIST's when it says "fashion", the digits otherwise.
+pub fn classes_for_name(name: &str) -> Vec<String> {
+    if name.to_lowercase().contains("fashion") {
         FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
     } else {
         (0..CLASSES).map(|d| d.to_string()).collect()

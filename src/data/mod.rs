@@ -6,6 +6,7 @@
 //! handing out zero-copy views of each split.
 
 pub mod batch;
+pub mod cache;
 pub mod cifar;
 pub mod convert;
 pub mod csv;

@@ -6,7 +6,7 @@ with momentum. float32 throughout; the matrix products go to the BLAS numpy
 was built with. Times every whole epoch and prints one JSON line (see
 peer_common.py).
 
-    python3 tools/compare/numpy_train.py --data data/cache/fashion-mnist.safetensors \\
+    python3 tools/compare/numpy_train.py --data ~/.cache/fastnn/fashion-mnist.safetensors \\
         --hidden 512,256 --batch 128 --threads 2 --epochs 4
 """
 import time

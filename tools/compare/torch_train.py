@@ -6,7 +6,7 @@ fresh permutation each epoch. Times every whole epoch (shuffle, indexing,
 forward, backward, step, and the `loss.item()` read-back) and prints one
 JSON line (see peer_common.py).
 
-    python3 tools/compare/torch_train.py --data data/cache/fashion-mnist.safetensors \\
+    python3 tools/compare/torch_train.py --data ~/.cache/fastnn/fashion-mnist.safetensors \\
         --hidden 512,256 --batch 128 --threads 2 --epochs 4
 """
 import math
