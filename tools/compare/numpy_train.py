@@ -21,11 +21,14 @@ from peer_common import load_train, parse_args, report  # noqa: E402
 
 
 class Linear:
-    def __init__(self, fan_in, fan_out, rng):
+    # The first layer's input is the data: nobody needs its gradient, and
+    # fastnn and PyTorch do not compute it, so neither does this peer.
+    def __init__(self, fan_in, fan_out, rng, input_grad=True):
         self.W = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         self.b = np.zeros(fan_out, dtype=np.float32)
         self.vW = np.zeros_like(self.W)
         self.vb = np.zeros_like(self.b)
+        self.input_grad = input_grad
 
     def forward(self, x):
         self.x = x
@@ -34,7 +37,7 @@ class Linear:
     def backward(self, grad):
         self.dW = self.x.T @ grad
         self.db = grad.sum(axis=0)
-        return grad @ self.W.T
+        return grad @ self.W.T if self.input_grad else None
 
     def step(self, lr, momentum):
         self.vW = momentum * self.vW + self.dW
@@ -88,7 +91,7 @@ def main():
     dims = [x.shape[1]] + args.hidden + [10]
     layers = []
     for i in range(len(dims) - 1):
-        layers.append(Linear(dims[i], dims[i + 1], rng))
+        layers.append(Linear(dims[i], dims[i + 1], rng, input_grad=i > 0))
         if i + 2 < len(dims):
             layers.append(ReLU())
     criterion = SoftmaxCrossEntropy()
