@@ -2,10 +2,12 @@
 //! `tools/torch_golden.py` (float64 PyTorch): logits, loss, every gradient,
 //! and the weights after 3 SGD-momentum, 3 Nesterov + weight-decay and 3
 //! AdamW steps, each within 1e-5 (largest difference over a tensor,
-//! relative to the tensor's largest value).
+//! relative to the tensor's largest value). The small cases run the no-pack
+//! path; the "_packed" cases are large enough that every product takes the
+//! packed kernels and their fused epilogues (checked here).
 
 use fastnn::buf::AlignedBuf;
-use fastnn::gemm::Parallelism;
+use fastnn::gemm::{Parallelism, Plan};
 use fastnn::model::{Act, Loss, Mlp, MlpConfig};
 use fastnn::net::Workspace;
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer};
@@ -92,6 +94,21 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
         }
     }
     let mut ws = Workspace::new(&mlp, batch, Parallelism::Single);
+    let want = if case.ends_with("_packed") {
+        Plan::Packed { threads: 1 }
+    } else {
+        Plan::NoPack
+    };
+    for (l, io) in dims.windows(2).enumerate() {
+        let (fan_in, fan_out) = (io[0], io[1]);
+        let mut products = vec![(batch, fan_in, fan_out), (fan_out, batch, fan_in)];
+        if l > 0 {
+            products.push((batch, fan_out, fan_in));
+        }
+        for (m, k, n) in products {
+            assert_eq!(ws.gemm().plan(m, k, n), want, "{case}: {m}×{k}×{n}");
+        }
+    }
     for (dst, &x) in ws.x.iter_mut().zip(&g.f64s(&format!("{case}.x"))) {
         *dst = x as f32;
     }
@@ -218,7 +235,10 @@ fn optimiser_steps_match_pytorch() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 3, "sgd, sgd_nesterov_wd and adamw runs expected");
+    assert_eq!(
+        checked, 6,
+        "sgd, sgd_nesterov_wd and adamw runs of relu_xent and relu_xent_packed expected"
+    );
     assert!(
         worst <= TOL,
         "worst relative difference {worst:e} > {TOL:e}"

@@ -295,8 +295,9 @@ fn golden_forward_and_backward_match_pytorch() {
     let cases = cases.as_object().unwrap();
     assert_eq!(
         cases.len(),
-        4,
-        "relu_xent, tanh_mse, leaky_relu_hinge_l2, sigmoid_xent_dropout"
+        6,
+        "relu_xent, tanh_mse, leaky_relu_hinge_l2, sigmoid_xent_dropout, relu_xent_packed, \
+         tanh_hinge_l2_dropout_packed"
     );
     let mut worst: f64 = 0.0;
     for (name, case) in cases {

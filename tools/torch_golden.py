@@ -6,23 +6,26 @@ train_gpt2.py debug state, read by test_gpt2.c).
     pip install torch safetensors numpy
     python3 tools/torch_golden.py            # writes tests/golden/mlp_golden.safetensors
 
-Every case is a network of dims [12, 16, 8, 5] (nn.Sequential: Linear, act,
+Every case is a network of three Linear layers (nn.Sequential: Linear, act,
 Linear, act, Linear, so the parameters are 0.weight, 0.bias, 2.weight, 2.bias,
-4.weight, 4.bias) on a batch of 10. Tensors, all float64 except the labels
-(int64), named "<case>.<what>":
+4.weight, 4.bias): the small cases have dims [12, 16, 8, 5] on a batch of 10,
+whose products all take fastnn's no-pack path; the "_packed" cases have dims
+[70, 72, 61, 17] on a batch of 37, whose products all take the packed kernels
+with their fused epilogues. Tensors, all float64 except the labels (int64),
+named "<case>.<what>" (B the batch, D the input size, C the classes):
 
-    <case>.x              (10, 12) inputs
-    <case>.labels         (10)     int64 class indices
-    <case>.mask.<l>       (10, h_l) inverted-dropout mask of hidden layer l
-                                    (values 0 or 1/(1-p)), when the case has one
+    <case>.x              (B, D)   inputs
+    <case>.labels         (B)      int64 class indices
+    <case>.mask.<l>       (B, h_l) inverted-dropout mask of hidden layer l
+                                   (values 0 or 1/(1-p)), when the case has one
     <case>.init.<param>   initial parameters
-    <case>.logits         (10, 5)
+    <case>.logits         (B, C)
     <case>.loss           (1)      loss, including the L2 term
     <case>.grad.<param>   gradient of the loss
 
-and, for the relu_xent case only, per optimiser run <opt> (each one starting
-from <case>.init.*, recomputing forward and backward on the same batch before
-each of 3 steps):
+and, for the relu_xent and relu_xent_packed cases, per optimiser run <opt>
+(each one starting from <case>.init.*, recomputing forward and backward on the
+same batch before each of 3 steps):
 
     <case>.<opt>.losses   (3)      loss before each step
     <case>.<opt>.<param>  parameters after the 3 steps
@@ -42,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-DIMS = [12, 16, 8, 5]
-BATCH = 10
+SMALL = dict(dims=[12, 16, 8, 5], batch=10)
+PACKED = dict(dims=[70, 72, 61, 17], batch=37)
 STEPS = 3
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden", "mlp_golden.safetensors")
 
@@ -59,7 +62,15 @@ CASES = {
     "tanh_mse": dict(seed=2, activation="tanh", loss="mse", l2=0.0, dropout=0.0),
     "leaky_relu_hinge_l2": dict(seed=3, activation="leaky_relu", loss="hinge", l2=0.01, dropout=0.0),
     "sigmoid_xent_dropout": dict(seed=4, activation="sigmoid", loss="xent", l2=0.0, dropout=0.5),
+    "relu_xent_packed": dict(seed=5, activation="relu", loss="xent", l2=0.0, dropout=0.0, **PACKED),
+    "tanh_hinge_l2_dropout_packed": dict(seed=6, activation="tanh", loss="hinge", l2=0.01, dropout=0.25, **PACKED),
 }
+for _case in CASES.values():
+    for _k, _v in SMALL.items():
+        _case.setdefault(_k, _v)
+
+# The cases with optimiser runs.
+OPTIMISED = ("relu_xent", "relu_xent_packed")
 
 # Optimiser runs of the relu_xent case.
 OPTIMS = {
@@ -69,11 +80,11 @@ OPTIMS = {
 }
 
 
-def build(activation):
+def build(activation, dims):
     layers = []
-    for i in range(len(DIMS) - 1):
-        layers.append(torch.nn.Linear(DIMS[i], DIMS[i + 1], dtype=torch.float64))
-        if i + 2 < len(DIMS):
+    for i in range(len(dims) - 1):
+        layers.append(torch.nn.Linear(dims[i], dims[i + 1], dtype=torch.float64))
+        if i + 2 < len(dims):
             layers.append(ACTS[activation]())
     return torch.nn.Sequential(*layers)
 
@@ -94,7 +105,7 @@ def loss_of(model, x, labels, case, masks):
     if case["loss"] == "xent":
         loss = F.cross_entropy(logits, labels)
     elif case["loss"] == "mse":
-        loss = F.mse_loss(logits, F.one_hot(labels, DIMS[-1]).to(torch.float64))
+        loss = F.mse_loss(logits, F.one_hot(labels, case["dims"][-1]).to(torch.float64))
     elif case["loss"] == "hinge":
         loss = F.multi_margin_loss(logits, labels, p=1, margin=1.0)
     else:
@@ -140,13 +151,14 @@ def main():
     tensors, meta = {}, {}
     for name, case in CASES.items():
         torch.manual_seed(case["seed"])
-        model = build(case["activation"])
-        x = torch.randn(BATCH, DIMS[0], dtype=torch.float64)
-        labels = torch.randint(0, DIMS[-1], (BATCH,), dtype=torch.int64)
+        dims, batch = case["dims"], case["batch"]
+        model = build(case["activation"], dims)
+        x = torch.randn(batch, dims[0], dtype=torch.float64)
+        labels = torch.randint(0, dims[-1], (batch,), dtype=torch.int64)
         masks = None
         if case["dropout"]:
             p = case["dropout"]
-            masks = [(torch.rand(BATCH, h, dtype=torch.float64) >= p).to(torch.float64) / (1 - p) for h in DIMS[1:-1]]
+            masks = [(torch.rand(batch, h, dtype=torch.float64) >= p).to(torch.float64) / (1 - p) for h in dims[1:-1]]
         init = {n: p.detach().clone() for n, p in model.named_parameters()}
 
         logits, loss = loss_of(model, x, labels, case, masks)
@@ -164,7 +176,7 @@ def main():
             tensors[f"{name}.grad.{n}"] = p.grad.detach().clone()
 
         optims = {}
-        if name == "relu_xent":
+        if name in OPTIMISED:
             for opt_name, opt in OPTIMS.items():
                 with torch.no_grad():
                     for n, p in model.named_parameters():
@@ -175,8 +187,8 @@ def main():
                     tensors[f"{name}.{opt_name}.{n}"] = p.detach().clone()
                 optims[opt_name] = dict(opt, steps=STEPS)
         meta[name] = dict(
-            dims=DIMS,
-            batch=BATCH,
+            dims=dims,
+            batch=batch,
             activation=case["activation"],
             loss=case["loss"],
             l2=case["l2"],
