@@ -15,6 +15,8 @@
 //! Every buffer a step touches is allocated when the [`Workspace`] is built:
 //! a step allocates nothing.
 
+use std::time::Instant;
+
 use crate::buf::AlignedBuf;
 use crate::cpu::IsaError;
 use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
@@ -28,6 +30,69 @@ fn fused(act: Act) -> Option<Activation> {
         Act::Relu => Some(Activation::Relu),
         Act::LeakyRelu => Some(Activation::LeakyRelu(LEAKY_SLOPE)),
         Act::Tanh | Act::Sigmoid => None,
+    }
+}
+
+/// Where the training steps' time goes, in seconds summed over the steps
+/// since the last reset (the metrics file, `fastnn bench train --phases`).
+/// Each boundary costs one clock read, a few tens of nanoseconds a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Phases {
+    /// Gathering and normalising the batches (with their augmentation).
+    pub gather: f64,
+    /// The forward products with their fused bias and activation, the
+    /// unfused activations and dropout.
+    pub forward: f64,
+    /// The loss and the gradient of the logits.
+    pub loss: f64,
+    /// The input-gradient products with act' fused or applied after.
+    pub backward_data: f64,
+    /// The weight-gradient products and the bias gradients.
+    pub weight_gradient: f64,
+    /// The optimiser's pass over the parameters.
+    pub update: f64,
+    /// Steps timed.
+    pub steps: usize,
+}
+
+impl Phases {
+    /// The time of all phases.
+    pub fn total(&self) -> f64 {
+        self.gather
+            + self.forward
+            + self.loss
+            + self.backward_data
+            + self.weight_gradient
+            + self.update
+    }
+}
+
+impl std::ops::AddAssign for Phases {
+    fn add_assign(&mut self, o: Phases) {
+        self.gather += o.gather;
+        self.forward += o.forward;
+        self.loss += o.loss;
+        self.backward_data += o.backward_data;
+        self.weight_gradient += o.weight_gradient;
+        self.update += o.update;
+        self.steps += o.steps;
+    }
+}
+
+/// A stopwatch over consecutive phases: each [`Lap::lap`] adds the time
+/// since the previous one to a phase.
+pub struct Lap(Instant);
+
+impl Lap {
+    pub fn start() -> Lap {
+        Lap(Instant::now())
+    }
+
+    /// Adds the time since the last lap (or the start) to `phase`.
+    pub fn lap(&mut self, phase: &mut f64) {
+        let now = Instant::now();
+        *phase += (now - self.0).as_secs_f64();
+        self.0 = now;
     }
 }
 
@@ -47,6 +112,8 @@ pub struct Workspace {
     /// Dropout factors of each hidden layer (empty without dropout).
     masks: Vec<AlignedBuf<f32>>,
     gemm: GemmCtx,
+    /// Time of the training steps, by phase.
+    pub phases: Phases,
 }
 
 impl Workspace {
@@ -89,6 +156,7 @@ impl Workspace {
                 Vec::new()
             },
             gemm,
+            phases: Phases::default(),
         }
     }
 
@@ -231,9 +299,11 @@ impl Mlp {
             dz,
             masks,
             gemm,
+            phases,
             ..
         } = ws;
         let masked = !masks.is_empty();
+        let mut clock = Lap::start();
         for (l, slot) in self.layout.layers.iter().enumerate().rev() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
             let (dz_before, dz_rest) = dz.split_at_mut(l);
@@ -250,6 +320,7 @@ impl Mlp {
                 Epilogue::None,
             );
             ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
+            clock.lap(&mut phases.weight_gradient);
             if l == 0 {
                 break; // nobody needs the gradient of the input batch
             }
@@ -274,6 +345,7 @@ impl Mlp {
                 let mask = masks.get(l - 1).map(|m| &m[..batch * fan_in]);
                 ops::act_dropout_backward(dz_prev, prev_out, mask, self.cfg.act, act.is_some());
             }
+            clock.lap(&mut phases.backward_data);
         }
     }
 

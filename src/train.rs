@@ -26,7 +26,7 @@ pub use crate::config::TrainConfig;
 use crate::data::{Augment, Dataset, Geometry, Normalizer, SplitView};
 use crate::gemm::Parallelism;
 use crate::model::{Mlp, MlpConfig};
-use crate::net::Workspace;
+use crate::net::{Lap, Phases, Workspace};
 use crate::ops::LossOut;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -60,6 +60,9 @@ pub struct EpochMetrics {
     pub test_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_accuracy: Option<f64>,
+    /// Where the epoch's training steps spent their time (validation not
+    /// included).
+    pub phases: Phases,
 }
 
 /// Loss, accuracy and confusion matrix on one split.
@@ -156,7 +159,8 @@ pub enum TrainError {
 }
 
 /// One optimisation step on the batch already gathered in `ws`: forward,
-/// loss, backward, update. Returns the batch loss; allocates nothing.
+/// loss, backward, update. Returns the batch loss; allocates nothing. The
+/// time of each phase is added to `ws.phases`.
 pub fn train_step(
     mlp: &mut Mlp,
     ws: &mut Workspace,
@@ -166,10 +170,16 @@ pub fn train_step(
     lr: f32,
     dropout: Option<&mut Rng>,
 ) -> LossOut {
+    let mut clock = Lap::start();
     mlp.forward(ws, batch, dropout);
+    clock.lap(&mut ws.phases.forward);
     let out = mlp.loss_and_dlogits(ws, batch);
+    clock.lap(&mut ws.phases.loss);
     mlp.backward(ws, grads, batch);
+    let mut clock = Lap::start();
     opt.step(&mut mlp.params, grads, &mlp.layout, lr);
+    clock.lap(&mut ws.phases.update);
+    ws.phases.steps += 1;
     out
 }
 
@@ -419,6 +429,7 @@ impl<'d> Trainer<'d> {
     ) -> Result<EpochEnd, TrainError> {
         let epoch = from.epoch;
         let epoch_start = Instant::now();
+        self.ws.phases = Phases::default();
         self.shuffle(epoch);
         let mut sum = from.partial;
         for s in from.steps..self.steps_per_epoch {
@@ -445,6 +456,7 @@ impl<'d> Trainer<'d> {
             }
         }
         let seconds_train = epoch_start.elapsed().as_secs_f64();
+        let phases = self.ws.phases;
         let elapsed = self.clock.elapsed().as_secs_f64();
         self.train_seconds += seconds_train;
         self.trained_samples += self.train_view.len();
@@ -467,6 +479,7 @@ impl<'d> Trainer<'d> {
             elapsed,
             test_loss: test.as_ref().map(|t| t.loss),
             test_accuracy: test.as_ref().map(|t| t.accuracy),
+            phases,
         });
         self.epochs_done = epoch + 1;
         let stop = observer.stop_requested();
@@ -511,6 +524,7 @@ impl<'d> Trainer<'d> {
         let lr = self.lr_at(step);
         let first = s * cfg.batch;
         let chunk = &self.order[first..first + self.batch_len(s)];
+        let mut clock = Lap::start();
         match self.augment {
             Some(geometry) => {
                 draw_augments(cfg, step, chunk.len(), &mut self.augments);
@@ -527,6 +541,7 @@ impl<'d> Trainer<'d> {
                 .norm
                 .gather(&self.train_view, chunk, &mut self.ws.x, &mut self.ws.labels),
         }
+        clock.lap(&mut self.ws.phases.gather);
         let mut drop_rng = Rng::derive(cfg.seed, &[DROPOUT, step as u64]);
         let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
         let out = train_step(

@@ -20,6 +20,7 @@ use crate::model::{Act, Loss};
 use crate::optim::{OptimConfig, OptimKind, Schedule};
 use crate::rng::Rng;
 use crate::rss::ResidentMemory;
+use crate::net::Phases;
 use crate::train::{self, EpochMetrics, Observer, TrainConfig, TrainError};
 
 /// A benchmark workload.
@@ -154,11 +155,21 @@ pub struct Throughput {
     /// Resident memory at the end of the last epoch, while the dataset is
     /// still mapped and the training buffers still live.
     pub memory: Option<ResidentMemory>,
+    /// Where the steps of the epochs after the warm-up spent their time.
+    pub phases: Phases,
+    /// Layer sizes of the network, inputs first.
+    pub dims: Vec<usize>,
+    /// Wall time of those epochs' training steps (the phases' total plus
+    /// the loop's own work: shuffling, progress, scheduling).
+    pub train_seconds: f64,
 }
 
 struct Collect {
     epochs: Vec<f64>,
     losses: Vec<f64>,
+    /// Phases of the epochs after the first.
+    phases: Phases,
+    dims: Vec<usize>,
     memory: Option<ResidentMemory>,
     isa: &'static str,
     flops_per_step: u64,
@@ -168,8 +179,12 @@ impl Observer for Collect {
     fn start(&mut self, info: &train::RunInfo) {
         self.isa = info.isa;
         self.flops_per_step = info.flops_per_step;
+        self.dims = info.dims.clone();
     }
     fn epoch(&mut self, m: &EpochMetrics) {
+        if !self.epochs.is_empty() {
+            self.phases += m.phases;
+        }
         self.epochs.push(m.images_per_sec);
         self.losses.push(m.train_loss);
         self.memory = ResidentMemory::read();
@@ -193,6 +208,8 @@ pub fn measure(
         memory: None,
         isa: "",
         flops_per_step: 0,
+        phases: Phases::default(),
+        dims: Vec::new(),
     };
     train::train(&data, &cfg, None, None, &mut obs)?;
     let mut timed = obs.epochs[1..].to_vec();
@@ -203,13 +220,17 @@ pub fn measure(
     } else {
         0.5 * (timed[n / 2 - 1] + timed[n / 2])
     };
+    let samples = data.split("train").map_or(0, |s| s.len());
     Ok(Throughput {
         median,
+        phases: obs.phases,
+        dims: obs.dims,
+        train_seconds: obs.epochs[1..].iter().map(|ips| samples as f64 / ips).sum(),
         isa: obs.isa,
         flops_per_sample: obs.flops_per_step / batch as u64,
         loss_first: obs.losses[0],
         loss_last: obs.losses[obs.losses.len() - 1],
-        samples: data.split("train").map_or(0, |s| s.len()),
+        samples,
         dataset: data.path().to_path_buf(),
         memory: obs.memory,
         epochs: obs.epochs,

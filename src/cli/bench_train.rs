@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use fastnn::cpu;
 use fastnn::gemm::bench::measure_peak;
-use fastnn::workload::{measure, Workload};
+use fastnn::workload::{measure, Throughput, Workload};
 
 /// Training throughput (images/s, median of the epochs after a warm-up) of
 /// W1 (CIFAR-shaped, 3072-1024-512-10) or W2 (Fashion-MNIST, 784-512-256-10).
@@ -30,6 +30,46 @@ pub struct TrainBenchArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also show where a step's time goes: gather, forward, loss, input
+    /// gradients, weight gradients, update (always in the JSON).
+    #[arg(long)]
+    phases: bool,
+}
+
+/// One phase of a step for the report: its name, its mean time per step
+/// and, for the matrix-product phases, the floating-point operations per
+/// step.
+struct PhaseRow {
+    name: &'static str,
+    seconds_per_step: f64,
+    flops_per_step: Option<f64>,
+}
+
+/// The phases of `t`'s timed steps, with the flops of the product phases:
+/// forward and weight gradients cost 2·B·in·out per layer each, input
+/// gradients the same for every layer but the first.
+fn phase_rows(t: &Throughput, batch: usize) -> Vec<PhaseRow> {
+    let p = &t.phases;
+    let steps = p.steps.max(1) as f64;
+    let products: Vec<f64> = (t.dims.windows(2))
+        .map(|io| 2.0 * batch as f64 * io[0] as f64 * io[1] as f64)
+        .collect();
+    let all: f64 = products.iter().sum();
+    let first = products.first().copied().unwrap_or(0.0);
+    let row = |name, seconds: f64, flops| PhaseRow {
+        name,
+        seconds_per_step: seconds / steps,
+        flops_per_step: flops,
+    };
+    vec![
+        row("gather", p.gather, None),
+        row("forward", p.forward, Some(all)),
+        row("loss", p.loss, None),
+        row("backward data", p.backward_data, Some(all - first)),
+        row("weight gradient", p.weight_gradient, Some(all)),
+        row("update", p.update, None),
+        row("other", (t.train_seconds - p.total()).max(0.0), None),
+    ]
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<()> {
@@ -65,6 +105,11 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "rss_peak_bytes": t.memory.map(|m| m.peak),
             "rss_anon_bytes": t.memory.map(|m| m.anon),
             "rss_file_bytes": t.memory.map(|m| m.file),
+            "phases": phase_rows(&t, args.batch).iter().map(|r| serde_json::json!({
+                "phase": r.name,
+                "ms_per_step": r.seconds_per_step * 1e3,
+                "gflops": r.flops_per_step.map(|f| f / r.seconds_per_step / 1e9),
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
         return Ok(());
@@ -111,6 +156,32 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             m.file as f64 / MB,
             m.peak as f64 / MB
         )?;
+    }
+    if args.phases {
+        let rows = phase_rows(&t, args.batch);
+        let step: f64 = rows.iter().map(|r| r.seconds_per_step).sum();
+        writeln!(
+            out,
+            "  where a step's time goes (mean of {} steps after the warm-up):",
+            t.phases.steps
+        )?;
+        for r in &rows {
+            write!(
+                out,
+                "    {:<16} {:>8.3} ms {:>5.1} %",
+                r.name,
+                r.seconds_per_step * 1e3,
+                100.0 * r.seconds_per_step / step
+            )?;
+            if let Some(f) = r.flops_per_step {
+                let g = f / r.seconds_per_step / 1e9;
+                write!(out, "  {g:>6.1} GFLOP/s")?;
+                if let Some(p) = peak {
+                    write!(out, " = {:.0} % of the peak", 100.0 * g / p)?;
+                }
+            }
+            writeln!(out)?;
+        }
     }
     Ok(())
 }
