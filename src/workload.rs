@@ -17,10 +17,10 @@ use crate::data::{
     SourceInfo,
 };
 use crate::model::{Act, Loss};
+use crate::net::Phases;
 use crate::optim::{OptimConfig, OptimKind, Schedule};
 use crate::rng::Rng;
 use crate::rss::ResidentMemory;
-use crate::net::Phases;
 use crate::train::{self, EpochMetrics, Observer, TrainConfig, TrainError};
 
 /// A benchmark workload.
