@@ -223,6 +223,15 @@ pub fn selected() -> Isa {
     try_selected().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Says on stdout that a check could not run on this CPU. Written to the
+/// stream itself, not with `println!`, which the test harness captures:
+/// `cargo test` shows the line.
+#[cfg(test)]
+pub(crate) fn report_skipped(what: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "SKIPPED: {what}: {why}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

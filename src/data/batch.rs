@@ -338,10 +338,6 @@ mod tests {
             }
             return;
         }
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stdout().lock(),
-            "SKIPPED: AVX2 normalising loop: this CPU has no AVX2"
-        );
+        crate::cpu::report_skipped("AVX2 normalising loop", "this CPU has no AVX2");
     }
 }
