@@ -713,3 +713,48 @@ fn idx_files_in_memory_name_their_problems() {
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"mine");
 }
+
+/// A batch large enough is gathered by every thread of the pool, a run of
+/// rows each: the same bits and labels as on one thread, augmented or not.
+#[test]
+fn gathering_on_several_threads_gives_the_same_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::synthetic_with_shape(dir.path(), 300, 10, &[1, 12, 12], 10, 4);
+    let ds = Dataset::open(&path).unwrap();
+    let norm = Normalizer::new(Normalize::Feature, &ds.stats(), 144);
+    let train = ds.split("train").unwrap();
+    let indices: Vec<usize> = (0..199).map(|i| (i * 37) % 300).collect();
+    let geometry = Geometry::of_shape(&[1, 12, 12]).unwrap();
+    let augments: Vec<Augment> = (0..199)
+        .map(|i| Augment {
+            flip: i % 3 == 0,
+            dx: (i % 5) as i8 - 2,
+            dy: (i % 7) as i8 - 3,
+        })
+        .collect();
+    let gather = |moved: bool| {
+        let (mut out, mut labels) = (vec![f32::NAN; 199 * 144], vec![0u8; 199]);
+        if moved {
+            norm.gather_augmented(&train, &indices, &augments, geometry, &mut out, &mut labels);
+        } else {
+            norm.gather(&train, &indices, &mut out, &mut labels);
+        }
+        (out, labels)
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for moved in [false, true] {
+        let (one, one_labels) = gather(moved);
+        let (three, three_labels) = pool.install(|| gather(moved));
+        assert!(one.iter().all(|v| v.is_finite()), "every value written");
+        assert_eq!(one_labels, three_labels);
+        assert!(
+            one.iter()
+                .zip(&three)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "augmented: {moved}"
+        );
+    }
+}

@@ -81,6 +81,10 @@ impl Geometry {
     }
 }
 
+/// Values in a batch below which gathering stays on one thread: waking a
+/// second one costs about as much as normalising this many bytes.
+const PAR_GATHER_MIN: usize = 1 << 14;
+
 /// Per-feature affine map `x·scale + shift` that normalises one sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Normalizer {
@@ -200,6 +204,41 @@ impl Normalizer {
         );
         assert!(out.len() >= indices.len() * d, "batch buffer too small");
         assert!(labels.len() >= indices.len(), "label buffer too small");
+        // Inside a pool of several threads, a batch large enough is cut into
+        // one run of rows per thread: each row is computed the same way
+        // wherever it runs.
+        let rows = indices.len();
+        let threads = match rayon::current_thread_index() {
+            Some(_) => rayon::current_num_threads(),
+            None => 1,
+        };
+        if threads > 1 && d > 0 && rows * d >= PAR_GATHER_MIN {
+            use rayon::prelude::*;
+            let per = rows.div_ceil(threads);
+            out[..rows * d]
+                .par_chunks_mut(per * d)
+                .zip(labels[..rows].par_chunks_mut(per))
+                .zip(indices.par_chunks(per))
+                .enumerate()
+                .for_each(|(t, ((out, labels), indices))| {
+                    let augments = augments.map(|(a, g)| (&a[t * per..], g));
+                    self.gather_part(split, indices, augments, out, labels)
+                });
+        } else {
+            self.gather_part(split, indices, augments, out, labels);
+        }
+    }
+
+    /// [`Normalizer::gather_rows`] on one run of rows, on this thread.
+    fn gather_part(
+        &self,
+        split: &SplitView<'_>,
+        indices: &[usize],
+        augments: Option<(&[Augment], Geometry)>,
+        out: &mut [f32],
+        labels: &mut [u8],
+    ) {
+        let d = self.dim();
         let all_labels = split.labels();
         for (r, ((row, &i), label)) in out
             .chunks_exact_mut(d.max(1))
