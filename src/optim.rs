@@ -76,41 +76,46 @@ impl Optimizer {
                 } else {
                     (0.0, 0.0)
                 };
+                let rule = match self.cfg.kind {
+                    OptimKind::Sgd { momentum, nesterov } => Rule::Sgd {
+                        lr,
+                        mu: momentum,
+                        nesterov,
+                        l2,
+                        wd,
+                    },
+                    OptimKind::Adam { beta1, beta2, eps } => Rule::Adam {
+                        lr,
+                        b1: beta1,
+                        b2: beta2,
+                        eps,
+                        c1: (1.0 - (beta1 as f64).powi(t)) as f32,
+                        c2: (1.0 - (beta2 as f64).powi(t)) as f32,
+                        l2,
+                        wd,
+                    },
+                };
                 let p = &mut params[range.clone()];
                 let g = &grads[range.clone()];
                 let m = &mut self.m[range.clone()];
-                let split = parallel && p.len() > PAR_CHUNK;
-                match self.cfg.kind {
-                    OptimKind::Sgd { momentum, nesterov } => {
-                        let run = |p: &mut [f32], g: &[f32], m: &mut [f32]| {
-                            sgd(p, g, m, lr, momentum, nesterov, l2, wd)
-                        };
-                        if split {
-                            p.par_chunks_mut(PAR_CHUNK)
-                                .zip(g.par_chunks(PAR_CHUNK))
-                                .zip(m.par_chunks_mut(PAR_CHUNK))
-                                .for_each(|((p, g), m)| run(p, g, m));
-                        } else {
-                            run(p, g, m);
-                        }
-                    }
-                    OptimKind::Adam { beta1, beta2, eps } => {
-                        let v = &mut self.v[range];
-                        let c1 = (1.0 - (beta1 as f64).powi(t)) as f32;
-                        let c2 = (1.0 - (beta2 as f64).powi(t)) as f32;
-                        let run = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
-                            adam(p, g, m, v, lr, beta1, beta2, eps, c1, c2, l2, wd)
-                        };
-                        if split {
-                            p.par_chunks_mut(PAR_CHUNK)
-                                .zip(g.par_chunks(PAR_CHUNK))
-                                .zip(m.par_chunks_mut(PAR_CHUNK))
-                                .zip(v.par_chunks_mut(PAR_CHUNK))
-                                .for_each(|(((p, g), m), v)| run(p, g, m, v));
-                        } else {
-                            run(p, g, m, v);
-                        }
-                    }
+                // SGD keeps no second moment.
+                let v: &mut [f32] = match rule {
+                    Rule::Sgd { .. } => &mut [],
+                    Rule::Adam { .. } => &mut self.v[range],
+                };
+                if !(parallel && p.len() > PAR_CHUNK) {
+                    update(rule, p, g, m, v);
+                } else if v.is_empty() {
+                    p.par_chunks_mut(PAR_CHUNK)
+                        .zip(g.par_chunks(PAR_CHUNK))
+                        .zip(m.par_chunks_mut(PAR_CHUNK))
+                        .for_each(|((p, g), m)| update(rule, p, g, m, &mut []));
+                } else {
+                    p.par_chunks_mut(PAR_CHUNK)
+                        .zip(g.par_chunks(PAR_CHUNK))
+                        .zip(m.par_chunks_mut(PAR_CHUNK))
+                        .zip(v.par_chunks_mut(PAR_CHUNK))
+                        .for_each(|(((p, g), m), v)| update(rule, p, g, m, v));
                 }
             }
         }
@@ -120,139 +125,92 @@ impl Optimizer {
 /// Elements per parallel piece of the update (64 KiB of parameters).
 const PAR_CHUNK: usize = 1 << 14;
 
-/// [`sgd_loop`], built for AVX2 where the CPU has it: the default x86-64
+/// One tensor's update rule with its scalars for this step (L2 and weight
+/// decay are 0 for biases).
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    /// SGD with momentum `mu` (0: none).
+    Sgd {
+        lr: f32,
+        mu: f32,
+        nesterov: bool,
+        l2: f32,
+        wd: f32,
+    },
+    /// Adam; `c1`, `c2` are the bias corrections `1 − β^t`.
+    Adam {
+        lr: f32,
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        c1: f32,
+        c2: f32,
+        l2: f32,
+        wd: f32,
+    },
+}
+
+/// [`update_loop`], built for AVX2 where the CPU has it: the default x86-64
 /// target has only SSE2. The same operations in the same order (Rust never
 /// fuses a multiply and an add by itself), so the same bits.
-#[allow(clippy::too_many_arguments)]
-fn sgd(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    lr: f32,
-    mu: f32,
-    nesterov: bool,
-    l2: f32,
-    wd: f32,
-) {
+fn update(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::features().avx2 {
         // SAFETY: the CPU has AVX2 (checked at run time).
-        return unsafe { sgd_avx2(p, g, m, lr, mu, nesterov, l2, wd) };
+        return unsafe { update_avx2(rule, p, g, m, v) };
     }
-    sgd_loop(p, g, m, lr, mu, nesterov, l2, wd)
+    update_loop(rule, p, g, m, v)
 }
 
 /// # Safety
 /// The CPU supports AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgd_avx2(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    lr: f32,
-    mu: f32,
-    nesterov: bool,
-    l2: f32,
-    wd: f32,
-) {
-    sgd_loop(p, g, m, lr, mu, nesterov, l2, wd)
+unsafe fn update_avx2(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    update_loop(rule, p, g, m, v)
 }
 
-/// SGD with momentum over one tensor.
-#[allow(clippy::too_many_arguments)]
+/// One tensor's update: `p` the parameters, `g` their gradients, `m` the
+/// momentum (SGD) or first moment (Adam), `v` Adam's second moment (empty
+/// for SGD).
 #[inline(always)]
-fn sgd_loop(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    lr: f32,
-    mu: f32,
-    nesterov: bool,
-    l2: f32,
-    wd: f32,
-) {
-    for ((w, &g), v) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-        let g = g + 2.0 * l2 * *w;
-        *w -= lr * wd * *w;
-        *v = mu * *v + g;
-        let d = if nesterov { g + mu * *v } else { *v };
-        *w -= lr * d;
-    }
-}
-
-/// [`adam_loop`], built for AVX2 where the CPU has it (as [`sgd`]).
-#[allow(clippy::too_many_arguments)]
-fn adam(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    lr: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    c1: f32,
-    c2: f32,
-    l2: f32,
-    wd: f32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::features().avx2 {
-        // SAFETY: the CPU has AVX2 (checked at run time).
-        return unsafe { adam_avx2(p, g, m, v, lr, b1, b2, eps, c1, c2, l2, wd) };
-    }
-    adam_loop(p, g, m, v, lr, b1, b2, eps, c1, c2, l2, wd)
-}
-
-/// # Safety
-/// The CPU supports AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn adam_avx2(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    lr: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    c1: f32,
-    c2: f32,
-    l2: f32,
-    wd: f32,
-) {
-    adam_loop(p, g, m, v, lr, b1, b2, eps, c1, c2, l2, wd)
-}
-
-/// Adam over one tensor; `c1`, `c2` are the bias corrections `1 − β^t`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn adam_loop(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    lr: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    c1: f32,
-    c2: f32,
-    l2: f32,
-    wd: f32,
-) {
-    let step = lr / c1;
-    let inv_sqrt_c2 = 1.0 / c2.sqrt();
-    for (((w, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g + 2.0 * l2 * *w;
-        *w -= lr * wd * *w;
-        *m = b1 * *m + (1.0 - b1) * g;
-        *v = b2 * *v + (1.0 - b2) * g * g;
-        *w -= step * *m / (v.sqrt() * inv_sqrt_c2 + eps);
+fn update_loop(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    match rule {
+        Rule::Sgd {
+            lr,
+            mu,
+            nesterov,
+            l2,
+            wd,
+        } => {
+            for ((w, &g), v) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                let g = g + 2.0 * l2 * *w;
+                *w -= lr * wd * *w;
+                *v = mu * *v + g;
+                let d = if nesterov { g + mu * *v } else { *v };
+                *w -= lr * d;
+            }
+        }
+        Rule::Adam {
+            lr,
+            b1,
+            b2,
+            eps,
+            c1,
+            c2,
+            l2,
+            wd,
+        } => {
+            let step = lr / c1;
+            let inv_sqrt_c2 = 1.0 / c2.sqrt();
+            for (((w, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = g + 2.0 * l2 * *w;
+                *w -= lr * wd * *w;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *w -= step * *m / (v.sqrt() * inv_sqrt_c2 + eps);
+            }
+        }
     }
 }
 
@@ -317,8 +275,8 @@ impl std::str::FromStr for Schedule {
 mod tests {
     use super::*;
 
-    /// The AVX2 builds of the update loops give the same bits as the
-    /// portable ones, on awkward lengths and every option.
+    /// The AVX2 build of the update loops gives the same bits as the
+    /// portable one, on awkward lengths and every option.
     #[test]
     fn avx2_updates_match_the_portable_loops_bit_for_bit() {
         #[cfg(target_arch = "x86_64")]
@@ -331,32 +289,37 @@ mod tests {
                 let (w, g, m0) = (vec(n), vec(n), vec(n));
                 let v0: Vec<f32> = vec(n).iter().map(|x| x * x).collect();
                 for (nesterov, l2, wd) in [(false, 0.0, 0.0), (true, 0.01, 0.1)] {
-                    let (mut w1, mut m1) = (w.clone(), m0.clone());
-                    let (mut w2, mut m2) = (w.clone(), m0.clone());
-                    sgd_loop(&mut w1, &g, &mut m1, 0.1, 0.9, nesterov, l2, wd);
-                    // SAFETY: the CPU has AVX2 (checked above).
-                    unsafe { sgd_avx2(&mut w2, &g, &mut m2, 0.1, 0.9, nesterov, l2, wd) };
-                    assert!(same(&w1, &w2) && same(&m1, &m2), "sgd n = {n}");
-                    assert!(!same(&w1, &w), "sgd n = {n}: the loop ran");
-
-                    let (mut w1, mut m1, mut v1) = (w.clone(), m0.clone(), v0.clone());
-                    let (mut w2, mut m2, mut v2) = (w.clone(), m0.clone(), v0.clone());
-                    let args = (0.01, 0.9, 0.999, 1e-8, 0.19, 0.002, l2, wd);
-                    let (lr, b1, b2, eps, c1, c2, l2, wd) = args;
-                    adam_loop(
-                        &mut w1, &g, &mut m1, &mut v1, lr, b1, b2, eps, c1, c2, l2, wd,
-                    );
-                    // SAFETY: as above.
-                    unsafe {
-                        adam_avx2(
-                            &mut w2, &g, &mut m2, &mut v2, lr, b1, b2, eps, c1, c2, l2, wd,
-                        )
+                    let sgd = Rule::Sgd {
+                        lr: 0.1,
+                        mu: 0.9,
+                        nesterov,
+                        l2,
+                        wd,
                     };
-                    assert!(
-                        same(&w1, &w2) && same(&m1, &m2) && same(&v1, &v2),
-                        "adam n = {n}"
-                    );
-                    assert!(!same(&w1, &w), "adam n = {n}: the loop ran");
+                    let adam = Rule::Adam {
+                        lr: 0.01,
+                        b1: 0.9,
+                        b2: 0.999,
+                        eps: 1e-8,
+                        c1: 0.19,
+                        c2: 0.002,
+                        l2,
+                        wd,
+                    };
+                    for (rule, v_len) in [(sgd, 0), (adam, n)] {
+                        let (mut w1, mut m1, mut v1) =
+                            (w.clone(), m0.clone(), v0[..v_len].to_vec());
+                        let (mut w2, mut m2, mut v2) =
+                            (w.clone(), m0.clone(), v0[..v_len].to_vec());
+                        update_loop(rule, &mut w1, &g, &mut m1, &mut v1);
+                        // SAFETY: the CPU has AVX2 (checked above).
+                        unsafe { update_avx2(rule, &mut w2, &g, &mut m2, &mut v2) };
+                        assert!(
+                            same(&w1, &w2) && same(&m1, &m2) && same(&v1, &v2),
+                            "{rule:?} n = {n}"
+                        );
+                        assert!(!same(&w1, &w), "{rule:?} n = {n}: the loop ran");
+                    }
                 }
             }
             return;
