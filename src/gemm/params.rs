@@ -6,7 +6,11 @@
 //! micro-panels of B̃ from L2; the KC×NC block B̃ lives in L2, the MC×KC
 //! block Ã in L2/L3.
 //!
-//! This machine (measured with `lscpu`): L1d 48 KiB, L2 2 MiB per core.
+//! The tables were tuned on an Intel Xeon with L1d 48 KiB and L2 2 MiB per
+//! core. The AMD Zen 4 machines this also runs on have L1d 32 KiB and L2
+//! 1 MiB: the AVX-512 B̃ block (1.5 MiB) then overflows L2, yet NC = 384
+//! measured no faster there in the training step (`fastnn bench train
+//! --phases`, W1, 2 threads, three runs each: within the machine's noise).
 
 /// Block sizes of one kernel family. MC is a multiple of MR, NC of NR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
