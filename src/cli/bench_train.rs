@@ -45,6 +45,13 @@ struct PhaseRow {
     flops_per_step: Option<f64>,
 }
 
+impl PhaseRow {
+    /// GFLOP/s of a product phase.
+    fn gflops(&self) -> Option<f64> {
+        self.flops_per_step.map(|f| f / self.seconds_per_step / 1e9)
+    }
+}
+
 /// The phases of `t`'s timed steps, with the flops of the product phases:
 /// forward and weight gradients cost 2·B·in·out per layer each, input
 /// gradients the same for every layer but the first.
@@ -108,7 +115,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "phases": phase_rows(&t, args.batch).iter().map(|r| serde_json::json!({
                 "phase": r.name,
                 "ms_per_step": r.seconds_per_step * 1e3,
-                "gflops": r.flops_per_step.map(|f| f / r.seconds_per_step / 1e9),
+                "gflops": r.gflops(),
             })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
@@ -173,8 +180,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
                 r.seconds_per_step * 1e3,
                 100.0 * r.seconds_per_step / step
             )?;
-            if let Some(f) = r.flops_per_step {
-                let g = f / r.seconds_per_step / 1e9;
+            if let Some(g) = r.gflops() {
                 write!(out, "  {g:>6.1} GFLOP/s")?;
                 if let Some(p) = peak {
                     write!(out, " = {:.0} % of the peak", 100.0 * g / p)?;

@@ -352,27 +352,17 @@ mod tests {
                 let floats: Vec<f32> = (0..n).map(|_| rng.normal() as f32 * 40.0).collect();
                 let scale: Vec<f32> = (0..n).map(|_| 0.5 + rng.next_f64() as f32).collect();
                 let shift: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
                 let (mut plain, mut wide) = (vec![0f32; n], vec![0f32; n]);
                 affine(&mut plain, &bytes, &scale, &shift);
                 // SAFETY: the CPU has AVX2 (checked above).
                 unsafe { affine_avx2(&mut wide, &bytes, &scale, &shift) };
-                assert!(
-                    plain
-                        .iter()
-                        .zip(&wide)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "u8, n = {n}"
-                );
+                assert!(same(&plain, &wide), "u8, n = {n}");
                 affine(&mut plain, &floats, &scale, &shift);
                 // SAFETY: as above.
                 unsafe { affine_avx2(&mut wide, &floats, &scale, &shift) };
-                assert!(
-                    plain
-                        .iter()
-                        .zip(&wide)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "f32, n = {n}"
-                );
+                assert!(same(&plain, &wide), "f32, n = {n}");
                 assert!(plain.iter().any(|&v| v != 0.0), "the loops ran");
             }
             return;

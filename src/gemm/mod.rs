@@ -298,11 +298,10 @@ impl GemmCtx {
     /// halves, m = MC is one block), so reserving the exact steps of m×k×n
     /// would not cover it.
     pub fn reserve(&mut self, m: usize, k: usize, n: usize) {
-        if m == 0 || n == 0 || k == 0 || self.isa == Isa::MatrixMultiply {
-            return;
-        }
-        if self.takes_small_path(m, k, n) {
-            // Every smaller product is small too (`small_wins` is monotone).
+        // Only the packed loop nest uses the workspace; every smaller
+        // product of a no-pack shape is no-pack too (`small_wins` is
+        // monotone).
+        if !matches!(self.plan(m, k, n), Plan::Packed { .. }) {
             return;
         }
         let p = params_of(self.isa);
