@@ -7,7 +7,7 @@ use super::cifar::{self, Cifar100Labels};
 use super::csv::CsvOptions;
 use super::error::{DataError, Result};
 use super::fetch::{md5_bytes, md5_file};
-use super::file::{write_dataset, SourceInfo};
+use super::file::{refuse_existing, write_dataset, SourceInfo};
 use super::{idx, RawDataset};
 
 /// Source formats `convert` reads.
@@ -72,12 +72,7 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     if !input.exists() {
         return Err(DataError::new(input, "no such file or folder"));
     }
-    if !opts.overwrite && out.exists() {
-        return Err(DataError::new(
-            out,
-            "already exists (use --force to overwrite it)",
-        ));
-    }
+    refuse_existing(out, opts.overwrite)?;
     let format = match opts.format {
         SourceFormat::Auto => detect(input)?,
         f => f,
@@ -126,12 +121,7 @@ pub fn convert_idx_bytes(
             format!("in-memory sources are IDX files, not {:?}", opts.format),
         ));
     }
-    if !opts.overwrite && out.exists() {
-        return Err(DataError::new(
-            out,
-            "already exists (use --force to overwrite it)",
-        ));
-    }
+    refuse_existing(out, opts.overwrite)?;
     let sources = idx::source_bytes(files);
     let (raw, md5s) = rayon::join(
         || idx::read_idx_bytes(dir, files, idx::classes_for_name(name)),

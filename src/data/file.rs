@@ -129,6 +129,18 @@ fn channel_count(shape: &[usize]) -> usize {
     }
 }
 
+/// Refuses to replace an existing `out` unless `overwrite` is set: checked
+/// before any work, so a conversion that would be refused reads nothing.
+pub(crate) fn refuse_existing(out: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && out.exists() {
+        return Err(DataError::new(
+            out,
+            "already exists (use --force to overwrite it)",
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `raw` as a dataset file at `out`, atomically: the bytes go to a
 /// temporary file beside `out`, which is renamed only once complete, so an
 /// interrupted or failed conversion leaves nothing behind. An existing `out`
@@ -139,12 +151,7 @@ pub fn write_dataset(
     out: &Path,
     overwrite: bool,
 ) -> Result<()> {
-    if !overwrite && out.exists() {
-        return Err(DataError::new(
-            out,
-            "already exists (use --force to overwrite it)",
-        ));
-    }
+    refuse_existing(out, overwrite)?;
     let d = raw.features_per_sample();
     let train = raw
         .splits
