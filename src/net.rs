@@ -6,8 +6,10 @@
 //!           ─ logits = H_{L−2}·W_{L−1}ᵀ + b_{L−1}
 //!           ─ loss, dlogits                                one pass over the logits
 //! backward, l = L−1 … 0:
-//!   dW_l = dZ_lᵀ·H_{l−1}      db_l = column sums of dZ_l
 //!   dZ_{l−1} = (dZ_l·W_l) ⊙ act'(Z_{l−1})                   one GEMM, act' in the store (ReLU family)
+//!   dW_l = dZ_lᵀ·H_{l−1}      db_l = column sums of dZ_l
+//!   W_l, b_l updated by the optimiser                       dW_l's tiles feed W_l's update in the
+//!                                                           store: dW_l never reaches memory
 //! ```
 //!
 //! Weights are kept as PyTorch stores them, `W [out, in]` row-major; the
@@ -22,6 +24,7 @@ use crate::cpu::IsaError;
 use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
 use crate::model::{Act, Mlp, LEAKY_SLOPE};
 use crate::ops::{self, LossOut};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
 
 /// The GEMM epilogue form of an activation, for those the store can fuse.
@@ -47,9 +50,12 @@ pub struct Phases {
     pub loss: f64,
     /// The input-gradient products with act' fused or applied after.
     pub backward_data: f64,
-    /// The weight-gradient products and the bias gradients.
+    /// The weight-gradient products and the bias gradients, with the
+    /// optimiser's update of the weights fused into the products that allow
+    /// it ([`Mlp::backward_update`]).
     pub weight_gradient: f64,
-    /// The optimiser's pass over the parameters.
+    /// The optimiser's passes that are not fused: the biases, and the
+    /// weights of a product that does not carry the update.
     pub update: f64,
     /// Steps timed.
     pub steps: usize,
@@ -293,59 +299,119 @@ impl Mlp {
     /// accumulated). Needs the forward pass (with the same dropout masks)
     /// and [`Mlp::loss_and_dlogits`] first.
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], batch: usize) {
-        let Workspace {
-            x,
-            h,
-            dz,
-            masks,
-            gemm,
-            phases,
-            ..
-        } = ws;
-        let masked = !masks.is_empty();
         let mut clock = Lap::start();
         for (l, slot) in self.layout.layers.iter().enumerate().rev() {
-            let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
-            let (dz_before, dz_rest) = dz.split_at_mut(l);
-            let dz_l = &dz_rest[0][..batch * fan_out];
-            let input = &layer_input(x, h, l)[..batch * fan_in];
-
+            self.input_gradient(ws, l, batch);
+            clock.lap(&mut ws.phases.backward_data);
+            let Workspace { x, h, dz, gemm, .. } = ws;
+            let dz_l = &dz[l][..batch * slot.fan_out];
+            let input = &layer_input(x, h, l)[..batch * slot.fan_in];
             // dW = dZᵀ·X: dZ [B, out] read as [out, B], X [B, in].
             gemm.gemm(
                 1.0,
-                MatRef::row_major(dz_l, batch, fan_out).t(),
-                MatRef::row_major(input, batch, fan_in),
+                MatRef::row_major(dz_l, batch, slot.fan_out).t(),
+                MatRef::row_major(input, batch, slot.fan_in),
                 0.0,
-                MatMut::row_major(&mut grads[slot.w.clone()], fan_out, fan_in),
+                MatMut::row_major(&mut grads[slot.w.clone()], slot.fan_out, slot.fan_in),
                 Epilogue::None,
             );
+            ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, slot.fan_out);
+            clock.lap(&mut ws.phases.weight_gradient);
+        }
+    }
+
+    /// Backward pass and optimiser step in one: as [`Mlp::backward`]
+    /// followed by [`Optimizer::step`] at learning rate `lr`, with the same
+    /// bits, but each weight matrix is updated inside its weight-gradient
+    /// product ([`GemmCtx::gemm_update`]) wherever that product sums the
+    /// whole batch in one pass, so its gradient is never written to memory
+    /// and read back. `grads` holds the gradients that are not fused (the
+    /// biases, and the weights of a product that is not).
+    ///
+    /// Per layer, the input gradient comes first: it reads the weights the
+    /// update then overwrites.
+    pub fn backward_update(
+        &mut self,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        opt: &mut Optimizer,
+        lr: f32,
+        batch: usize,
+    ) {
+        let rules = opt.begin_step(lr);
+        let mut clock = Lap::start();
+        for l in (0..self.layout.layers.len()).rev() {
+            self.input_gradient(ws, l, batch);
+            clock.lap(&mut ws.phases.backward_data);
+            let slot = &self.layout.layers[l];
+            let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
+            let Workspace {
+                x,
+                h,
+                dz,
+                gemm,
+                phases,
+                ..
+            } = ws;
+            let dz_l = &dz[l][..batch * fan_out];
+            let input = &layer_input(x, h, l)[..batch * fan_in];
+            // dW = dZᵀ·X as above, consumed by the update as it is made.
+            let (dzt, xb) = (
+                MatRef::row_major(dz_l, batch, fan_out).t(),
+                MatRef::row_major(input, batch, fan_in),
+            );
+            let fused = gemm.fuses_update(fan_out, batch, fan_in);
+            if fused {
+                let (m, v) = opt.moments_mut(slot.w.clone());
+                let w = &mut self.params[slot.w.clone()];
+                gemm.gemm_update(1.0, dzt, xb, w, m, v, rules.weights);
+            } else {
+                let dw = MatMut::row_major(&mut grads[slot.w.clone()], fan_out, fan_in);
+                gemm.gemm(1.0, dzt, xb, 0.0, dw, Epilogue::None);
+            }
             ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
             clock.lap(&mut phases.weight_gradient);
-            if l == 0 {
-                break; // nobody needs the gradient of the input batch
+            if !fused {
+                opt.update(rules.weights, slot.w.clone(), &mut self.params, grads);
             }
+            opt.update(rules.biases, slot.b.clone(), &mut self.params, grads);
+            clock.lap(&mut phases.update);
+        }
+    }
 
-            // dZ_{l−1} = (dZ·W) ⊙ act'(Z_{l−1}): W [out, in] as it is.
-            let prev_out = &h[l - 1][..batch * fan_in];
-            let act = fused(self.cfg.act);
-            let epilogue = match act {
-                Some(a) => Epilogue::ActGrad(MatRef::row_major(prev_out, batch, fan_in), a),
-                None => Epilogue::None,
-            };
-            let dz_prev = &mut dz_before[l - 1][..batch * fan_in];
-            gemm.gemm(
-                1.0,
-                MatRef::row_major(dz_l, batch, fan_out),
-                MatRef::row_major(&self.params[slot.w.clone()], fan_out, fan_in),
-                0.0,
-                MatMut::row_major(dz_prev, batch, fan_in),
-                epilogue,
-            );
-            if masked || act.is_none() {
-                let mask = masks.get(l - 1).map(|m| &m[..batch * fan_in]);
-                ops::act_dropout_backward(dz_prev, prev_out, mask, self.cfg.act, act.is_some());
-            }
-            clock.lap(&mut phases.backward_data);
+    /// The input gradient of layer `l > 0`, `dZ_{l−1} = (dZ_l·W_l) ⊙
+    /// act'(Z_{l−1})` (with dropout's mask); nothing for the first layer,
+    /// whose input is the batch.
+    fn input_gradient(&self, ws: &mut Workspace, l: usize, batch: usize) {
+        if l == 0 {
+            return;
+        }
+        let slot = &self.layout.layers[l];
+        let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
+        let Workspace {
+            h, dz, masks, gemm, ..
+        } = ws;
+        let (dz_before, dz_rest) = dz.split_at_mut(l);
+        let dz_l = &dz_rest[0][..batch * fan_out];
+        let prev_out = &h[l - 1][..batch * fan_in];
+        let act = fused(self.cfg.act);
+        let epilogue = match act {
+            Some(a) => Epilogue::ActGrad(MatRef::row_major(prev_out, batch, fan_in), a),
+            None => Epilogue::None,
+        };
+        let dz_prev = &mut dz_before[l - 1][..batch * fan_in];
+        // W [out, in] as it is.
+        gemm.gemm(
+            1.0,
+            MatRef::row_major(dz_l, batch, fan_out),
+            MatRef::row_major(&self.params[slot.w.clone()], fan_out, fan_in),
+            0.0,
+            MatMut::row_major(dz_prev, batch, fan_in),
+            epilogue,
+        );
+        if !masks.is_empty() || act.is_none() {
+            let mask = masks.get(l - 1).map(|m| &m[..batch * fan_in]);
+            ops::act_dropout_backward(dz_prev, prev_out, mask, self.cfg.act, act.is_some());
         }
     }
 

@@ -10,6 +10,8 @@
 //!
 //! Both apply to weights only, never to biases.
 
+use std::ops::{Add, Div, Mul, Range, Sub};
+
 use rayon::prelude::*;
 
 use crate::buf::AlignedBuf;
@@ -64,62 +66,92 @@ impl Optimizer {
 
     /// One update of `params` with `grads` at learning rate `lr`.
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], layout: &Layout, lr: f32) {
-        self.t += 1;
-        let t = self.t as i32;
-        // The update is elementwise, so it splits across the threads of the
-        // pool it runs in (if any) without changing a single bit.
-        let parallel = rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1;
+        let rules = self.begin_step(lr);
         for slot in &layout.layers {
-            for (range, is_weight) in [(slot.w.clone(), true), (slot.b.clone(), false)] {
-                let (l2, wd) = if is_weight {
-                    (self.cfg.l2, self.cfg.weight_decay)
-                } else {
-                    (0.0, 0.0)
-                };
-                let rule = match self.cfg.kind {
-                    OptimKind::Sgd { momentum, nesterov } => Rule::Sgd {
-                        lr,
-                        mu: momentum,
-                        nesterov,
-                        l2,
-                        wd,
-                    },
-                    OptimKind::Adam { beta1, beta2, eps } => Rule::Adam {
-                        lr,
-                        b1: beta1,
-                        b2: beta2,
-                        eps,
-                        c1: (1.0 - (beta1 as f64).powi(t)) as f32,
-                        c2: (1.0 - (beta2 as f64).powi(t)) as f32,
-                        l2,
-                        wd,
-                    },
-                };
-                let p = &mut params[range.clone()];
-                let g = &grads[range.clone()];
-                let m = &mut self.m[range.clone()];
-                // SGD keeps no second moment.
-                let v: &mut [f32] = match rule {
-                    Rule::Sgd { .. } => &mut [],
-                    Rule::Adam { .. } => &mut self.v[range],
-                };
-                if !(parallel && p.len() > PAR_CHUNK) {
-                    update(rule, p, g, m, v);
-                } else if v.is_empty() {
-                    p.par_chunks_mut(PAR_CHUNK)
-                        .zip(g.par_chunks(PAR_CHUNK))
-                        .zip(m.par_chunks_mut(PAR_CHUNK))
-                        .for_each(|((p, g), m)| update(rule, p, g, m, &mut []));
-                } else {
-                    p.par_chunks_mut(PAR_CHUNK)
-                        .zip(g.par_chunks(PAR_CHUNK))
-                        .zip(m.par_chunks_mut(PAR_CHUNK))
-                        .zip(v.par_chunks_mut(PAR_CHUNK))
-                        .for_each(|(((p, g), m), v)| update(rule, p, g, m, v));
-                }
-            }
+            self.update(rules.weights, slot.w.clone(), params, grads);
+            self.update(rules.biases, slot.b.clone(), params, grads);
         }
     }
+
+    /// Starts the next step (the step count goes up by one): the rules
+    /// for weights and for biases at learning rate `lr`. Each tensor is then
+    /// updated once, by [`Optimizer::update`] or in a fused weight-gradient
+    /// product ([`crate::gemm::GemmCtx::gemm_update`]).
+    pub fn begin_step(&mut self, lr: f32) -> StepRules {
+        self.t += 1;
+        let t = self.t as i32;
+        let rule = |l2: f32, wd: f32| match self.cfg.kind {
+            OptimKind::Sgd { momentum, nesterov } => Rule::Sgd {
+                lr,
+                mu: momentum,
+                nesterov,
+                l2,
+                wd,
+            },
+            OptimKind::Adam { beta1, beta2, eps } => {
+                let c1 = (1.0 - (beta1 as f64).powi(t)) as f32;
+                let c2 = (1.0 - (beta2 as f64).powi(t)) as f32;
+                Rule::Adam {
+                    lr,
+                    b1: beta1,
+                    b2: beta2,
+                    eps,
+                    step: lr / c1,
+                    inv_sqrt_c2: 1.0 / c2.sqrt(),
+                    l2,
+                    wd,
+                }
+            }
+        };
+        StepRules {
+            weights: rule(self.cfg.l2, self.cfg.weight_decay),
+            biases: rule(0.0, 0.0),
+        }
+    }
+
+    /// The moments of the parameters in `range`: `(m, v)`, `v` empty for
+    /// SGD.
+    pub fn moments_mut(&mut self, range: Range<usize>) -> (&mut [f32], &mut [f32]) {
+        let v: &mut [f32] = if self.v.is_empty() {
+            &mut []
+        } else {
+            &mut self.v[range.clone()]
+        };
+        (&mut self.m[range], v)
+    }
+
+    /// Applies `rule` to the parameters in `range` with their gradients.
+    /// The update is elementwise, so it splits across the threads of the
+    /// pool it runs in (if any) without changing a single bit.
+    pub fn update(&mut self, rule: Rule, range: Range<usize>, params: &mut [f32], grads: &[f32]) {
+        let parallel = rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1;
+        let p = &mut params[range.clone()];
+        let g = &grads[range.clone()];
+        let (m, v) = self.moments_mut(range);
+        if !(parallel && p.len() > PAR_CHUNK) {
+            update(rule, p, g, m, v);
+        } else if v.is_empty() {
+            p.par_chunks_mut(PAR_CHUNK)
+                .zip(g.par_chunks(PAR_CHUNK))
+                .zip(m.par_chunks_mut(PAR_CHUNK))
+                .for_each(|((p, g), m)| update(rule, p, g, m, &mut []));
+        } else {
+            p.par_chunks_mut(PAR_CHUNK)
+                .zip(g.par_chunks(PAR_CHUNK))
+                .zip(m.par_chunks_mut(PAR_CHUNK))
+                .zip(v.par_chunks_mut(PAR_CHUNK))
+                .for_each(|(((p, g), m), v)| update(rule, p, g, m, v));
+        }
+    }
+}
+
+/// The update rules of one step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepRules {
+    /// For weight matrices (with L2 and weight decay).
+    pub weights: Rule,
+    /// For biases (never regularised).
+    pub biases: Rule,
 }
 
 /// Elements per parallel piece of the update (64 KiB of parameters).
@@ -127,8 +159,8 @@ const PAR_CHUNK: usize = 1 << 14;
 
 /// One tensor's update rule with its scalars for this step (L2 and weight
 /// decay are 0 for biases).
-#[derive(Clone, Copy, Debug)]
-enum Rule {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
     /// SGD with momentum `mu` (0: none).
     Sgd {
         lr: f32,
@@ -137,22 +169,93 @@ enum Rule {
         l2: f32,
         wd: f32,
     },
-    /// Adam; `c1`, `c2` are the bias corrections `1 − β^t`.
+    /// Adam: `step` is `lr / (1 − β₁ᵗ)`, `inv_sqrt_c2` is
+    /// `1 / √(1 − β₂ᵗ)` (the bias corrections).
     Adam {
         lr: f32,
         b1: f32,
         b2: f32,
         eps: f32,
-        c1: f32,
-        c2: f32,
+        step: f32,
+        inv_sqrt_c2: f32,
         l2: f32,
         wd: f32,
     },
 }
 
+/// The arithmetic an update rule needs, on one `f32` or on a SIMD vector of
+/// them (the GEMM's fused weight-gradient store). IEEE-754 rounds `+ − × ÷`
+/// and `√` exactly, and Rust never fuses a multiply and an add by itself, so
+/// the same operations in the same order give the same bits on either.
+pub trait Lanes:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
+{
+    fn splat(x: f32) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl Lanes for f32 {
+    #[inline(always)]
+    fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn sqrt(self) -> f32 {
+        f32::sqrt(self)
+    }
+}
+
+impl Rule {
+    /// The update of one parameter (or one vector of them): weight `w`
+    /// with gradient `g`, momentum or first moment `m`, Adam's second
+    /// moment `v` (ignored by SGD) → the new `(w, m, v)`. PyTorch's
+    /// formulas, with the L2 gradient `2λw` added to `g` and the decoupled
+    /// decay `w −= lr·wd·w` applied first.
+    #[inline(always)]
+    pub fn apply<L: Lanes>(self, w: L, g: L, m: L, v: L) -> (L, L, L) {
+        match self {
+            Rule::Sgd {
+                lr,
+                mu,
+                nesterov,
+                l2,
+                wd,
+            } => {
+                let g = g + L::splat(2.0 * l2) * w;
+                let w = w - L::splat(lr * wd) * w;
+                let m = L::splat(mu) * m + g;
+                let d = if nesterov { g + L::splat(mu) * m } else { m };
+                (w - L::splat(lr) * d, m, v)
+            }
+            Rule::Adam {
+                lr,
+                b1,
+                b2,
+                eps,
+                step,
+                inv_sqrt_c2,
+                l2,
+                wd,
+            } => {
+                let g = g + L::splat(2.0 * l2) * w;
+                let w = w - L::splat(lr * wd) * w;
+                let m = L::splat(b1) * m + L::splat(1.0 - b1) * g;
+                let v = L::splat(b2) * v + L::splat(1.0 - b2) * g * g;
+                let w = w - L::splat(step) * m / (v.sqrt() * L::splat(inv_sqrt_c2) + L::splat(eps));
+                (w, m, v)
+            }
+        }
+    }
+
+    /// True when the rule keeps a second moment (Adam).
+    pub fn has_second_moment(&self) -> bool {
+        matches!(self, Rule::Adam { .. })
+    }
+}
+
 /// [`update_loop`], built for AVX2 where the CPU has it: the default x86-64
-/// target has only SSE2. The same operations in the same order (Rust never
-/// fuses a multiply and an add by itself), so the same bits.
+/// target has only SSE2. The same operations in the same order, so the same
+/// bits.
 fn update(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::features().avx2 {
@@ -175,41 +278,13 @@ unsafe fn update_avx2(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &m
 /// for SGD).
 #[inline(always)]
 fn update_loop(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    match rule {
-        Rule::Sgd {
-            lr,
-            mu,
-            nesterov,
-            l2,
-            wd,
-        } => {
-            for ((w, &g), v) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-                let g = g + 2.0 * l2 * *w;
-                *w -= lr * wd * *w;
-                *v = mu * *v + g;
-                let d = if nesterov { g + mu * *v } else { *v };
-                *w -= lr * d;
-            }
+    if rule.has_second_moment() {
+        for (((w, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            (*w, *m, *v) = rule.apply(*w, g, *m, *v);
         }
-        Rule::Adam {
-            lr,
-            b1,
-            b2,
-            eps,
-            c1,
-            c2,
-            l2,
-            wd,
-        } => {
-            let step = lr / c1;
-            let inv_sqrt_c2 = 1.0 / c2.sqrt();
-            for (((w, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let g = g + 2.0 * l2 * *w;
-                *w -= lr * wd * *w;
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                *w -= step * *m / (v.sqrt() * inv_sqrt_c2 + eps);
-            }
+    } else {
+        for ((w, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+            (*w, *m, _) = rule.apply(*w, g, *m, 0.0);
         }
     }
 }
@@ -301,8 +376,8 @@ mod tests {
                         b1: 0.9,
                         b2: 0.999,
                         eps: 1e-8,
-                        c1: 0.19,
-                        c2: 0.002,
+                        step: 0.01 / 0.19,
+                        inv_sqrt_c2: 1.0 / 0.002f32.sqrt(),
                         l2,
                         wd,
                     };

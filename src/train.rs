@@ -159,8 +159,9 @@ pub enum TrainError {
 }
 
 /// One optimisation step on the batch already gathered in `ws`: forward,
-/// loss, backward, update. Returns the batch loss; allocates nothing. The
-/// time of each phase is added to `ws.phases`.
+/// loss, backward with the update ([`Mlp::backward_update`]; `grads` holds
+/// the gradients it does not fuse). Returns the batch loss; allocates
+/// nothing. The time of each phase is added to `ws.phases`.
 pub fn train_step(
     mlp: &mut Mlp,
     ws: &mut Workspace,
@@ -175,10 +176,7 @@ pub fn train_step(
     clock.lap(&mut ws.phases.forward);
     let out = mlp.loss_and_dlogits(ws, batch);
     clock.lap(&mut ws.phases.loss);
-    mlp.backward(ws, grads, batch);
-    let mut clock = Lap::start();
-    opt.step(&mut mlp.params, grads, &mlp.layout, lr);
-    clock.lap(&mut ws.phases.update);
+    mlp.backward_update(ws, grads, opt, lr, batch);
     ws.phases.steps += 1;
     out
 }

@@ -16,10 +16,12 @@
 mod common;
 
 use common::report;
+use fastnn::buf::AlignedBuf;
 use fastnn::cpu::Isa;
 use fastnn::gemm::{
     reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy,
 };
+use fastnn::optim::{OptimConfig, OptimKind, Optimizer, Rule};
 
 /// Deterministic pseudo-random floats in [-1, 1).
 struct Rng(u64);
@@ -474,6 +476,116 @@ fn fused_epilogue_equals_unfused_bitwise() {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The optimiser rules the fused update is tested with: plain SGD,
+/// Nesterov momentum with L2 and weight decay, Adam with both.
+fn rules() -> [Rule; 3] {
+    [
+        Rule::Sgd {
+            lr: 0.05,
+            mu: 0.0,
+            nesterov: false,
+            l2: 0.0,
+            wd: 0.0,
+        },
+        Rule::Sgd {
+            lr: 0.1,
+            mu: 0.9,
+            nesterov: true,
+            l2: 0.01,
+            wd: 0.1,
+        },
+        Rule::Adam {
+            lr: 0.01,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            step: 0.01 / 0.19,
+            inv_sqrt_c2: 1.0 / 0.002f32.sqrt(),
+            l2: 0.01,
+            wd: 0.1,
+        },
+    ]
+}
+
+/// `gemm_update` (the weight-gradient product with the optimiser's step in
+/// its store) gives the bits of the product into a gradient buffer followed
+/// by `Optimizer::update`, for every kernel and strategy, on 1 and 2
+/// threads, on the training layout `dW = dZᵀ·X` and awkward shapes (edge
+/// tiles, K = 1, products split across threads). Shapes whose kernel cannot
+/// fuse (K over one block, matrixmultiply) must say so.
+#[test]
+fn fused_update_equals_product_then_update_bitwise() {
+    let mut rng = Rng(17);
+    for par in [Parallelism::Single, Parallelism::Rayon(2)] {
+        for (name, mut ctx) in contexts(par) {
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (7, 1, 33),
+                (13, 33, 7),
+                (33, 7, 70),
+                (64, 128, 256),
+                (70, 37, 257),
+                (45, 600, 61),
+            ] {
+                // dW [m, n] = dZᵀ·X with dZ [k, m] and X [k, n] row-major.
+                let dz = rng.vec(k * m);
+                let x = rng.vec(k * n);
+                let (a, b) = (
+                    MatRef::row_major(&dz, k, m).t(),
+                    MatRef::row_major(&x, k, n),
+                );
+                if !ctx.fuses_update(m, k, n) {
+                    let one_pass = ctx.isa() != Isa::MatrixMultiply && k <= 512;
+                    assert!(!one_pass, "{name} {m}×{k}×{n} should fuse");
+                    continue;
+                }
+                let w0 = rng.vec(m * n);
+                let m0 = rng.vec(m * n);
+                let v0: Vec<f32> = rng.vec(m * n).iter().map(|x| x * x).collect();
+                for rule in rules() {
+                    let mut grads = vec![f32::NAN; m * n];
+                    ctx.gemm(
+                        0.25,
+                        a,
+                        b,
+                        0.0,
+                        MatMut::row_major(&mut grads, m, n),
+                        Epilogue::None,
+                    );
+                    let mut opt = Optimizer {
+                        cfg: OptimConfig {
+                            kind: OptimKind::Sgd {
+                                momentum: 0.0,
+                                nesterov: false,
+                            },
+                            l2: 0.0,
+                            weight_decay: 0.0,
+                        },
+                        m: AlignedBuf::from_slice(&m0),
+                        v: AlignedBuf::from_slice(&v0),
+                        t: 0,
+                    };
+                    let mut want = w0.clone();
+                    opt.update(rule, 0..m * n, &mut want, &grads);
+
+                    let (mut w, mut mm, mut vv) = (w0.clone(), m0.clone(), v0.clone());
+                    ctx.gemm_update(0.25, a, b, &mut w, &mut mm, &mut vv, rule);
+                    let same = |x: &[f32], y: &[f32]| {
+                        x.iter()
+                            .zip(y)
+                            .position(|(p, q)| p.to_bits() != q.to_bits())
+                    };
+                    let what = format!("{name} {par:?} {m}×{k}×{n} {rule:?}");
+                    assert_eq!(same(&w, &want), None, "{what}: weights");
+                    assert_eq!(same(&mm, &opt.m), None, "{what}: first moment");
+                    assert_eq!(same(&vv, &opt.v), None, "{what}: second moment");
+                    assert!(same(&w, &w0).is_some(), "{what}: the weights moved");
                 }
             }
         }

@@ -283,10 +283,12 @@ fn every_optimiser() -> Vec<(OptimConfig, RefOptim, f64, f64)> {
 #[test]
 fn packed_training_steps_match_the_reference_for_every_activation_loss_and_optimiser() {
     let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
-    // The test means the packed path: check that it is the one taken.
+    // The test means the packed path, with the update fused into every
+    // weight-gradient product: check that it is the one taken.
     let ctx = GemmCtx::new(Parallelism::Single);
     for l in 0..dims.len() - 1 {
         let (fan_in, fan_out) = (dims[l], dims[l + 1]);
+        assert!(ctx.fuses_update(fan_out, batch, fan_in), "layer {l}");
         for (m, k, n) in [
             (batch, fan_in, fan_out),
             (fan_out, batch, fan_in),
@@ -338,16 +340,23 @@ fn packed_case(
     let mut opt = Optimizer::new(optim, &mlp.layout);
     let mut ref_opt = RefOptimizer::new(ref_kind, &r);
     let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+    let mut unfused = AlignedBuf::<f32>::zeroed(mlp.layout.len);
     for step in 0..3 {
-        let mut drop_rng = Rng::new(100 + step);
+        // The training step updates the weights inside their gradient
+        // products, so it never writes those gradients: they are computed
+        // first by the plain backward pass, on the same dropout masks.
+        let dropout_rng = || (dropout > 0.0).then(|| Rng::new(100 + step));
+        mlp.forward(&mut ws, batch, dropout_rng().as_mut());
+        mlp.loss_and_dlogits(&mut ws, batch);
+        mlp.backward(&mut ws, &mut grads, batch);
         let out = fastnn::train::train_step(
             &mut mlp,
             &mut ws,
-            &mut grads,
+            &mut unfused,
             &mut opt,
             batch,
             lr as f32,
-            (dropout > 0.0).then_some(&mut drop_rng),
+            dropout_rng().as_mut(),
         );
         // The reference replays the step with the same masks. The step's
         // loss and gradients are the data term's; the optimiser adds the L2
@@ -407,4 +416,65 @@ fn packed_case(
         }
     }
     true
+}
+
+/// The training step updates each weight matrix inside its gradient
+/// product; that gives the bits of the plain backward pass followed by
+/// `Optimizer::step`, for every optimiser, at the packed test size and at
+/// W2's sizes (784-512-256-10, batch 128: the products split across two
+/// threads), with dropout and without.
+#[test]
+fn fused_step_equals_backward_then_optimiser_bitwise() {
+    for (dims, batch, threads) in [
+        (&PACKED_DIMS[..], PACKED_BATCH, 1),
+        (&[784, 512, 256, 10][..], 128, 2),
+    ] {
+        for (case, (optim, _, lr, _)) in every_optimiser().into_iter().enumerate() {
+            let dropout = if case % 2 == 0 { 0.25 } else { 0.0 };
+            let (mut fused, ws, _, _) = problem((dims, batch), Act::Relu, Loss::Xent, dropout, 7);
+            let mut plain = fused.clone();
+            let workspace = || {
+                let mut w = Workspace::new(&fused, batch, Parallelism::threads(threads));
+                w.x.copy_from_slice(&ws.x);
+                w.labels.copy_from_slice(&ws.labels);
+                w
+            };
+            let (mut ws_fused, mut ws_plain) = (workspace(), workspace());
+            for l in 0..dims.len() - 1 {
+                let (fan_in, fan_out) = (dims[l], dims[l + 1]);
+                assert!(ws_fused.gemm().fuses_update(fan_out, batch, fan_in));
+            }
+            let (mut opt_fused, mut opt_plain) = (
+                Optimizer::new(optim, &fused.layout),
+                Optimizer::new(optim, &fused.layout),
+            );
+            let mut grads = AlignedBuf::<f32>::zeroed(fused.layout.len);
+            for step in 0..3 {
+                let dropout_rng = || (dropout > 0.0).then(|| Rng::new(7 + step));
+                fastnn::train::train_step(
+                    &mut fused,
+                    &mut ws_fused,
+                    &mut grads,
+                    &mut opt_fused,
+                    batch,
+                    lr as f32,
+                    dropout_rng().as_mut(),
+                );
+                plain.forward(&mut ws_plain, batch, dropout_rng().as_mut());
+                plain.loss_and_dlogits(&mut ws_plain, batch);
+                plain.backward(&mut ws_plain, &mut grads, batch);
+                opt_plain.step(&mut plain.params, &grads, &plain.layout, lr as f32);
+                let differ = |a: &[f32], b: &[f32]| {
+                    a.iter()
+                        .zip(b)
+                        .filter(|(x, y)| x.to_bits() != y.to_bits())
+                        .count()
+                };
+                let what = format!("{dims:?} batch {batch} {optim:?} step {step}");
+                assert_eq!(differ(&fused.params, &plain.params), 0, "{what}: weights");
+                assert_eq!(differ(&opt_fused.m, &opt_plain.m), 0, "{what}: moments");
+                assert_eq!(differ(&opt_fused.v, &opt_plain.v), 0, "{what}: moments");
+            }
+        }
+    }
 }

@@ -10,8 +10,14 @@
 //! v = act(v)          (Act, BiasAct)        relu: v > 0 ? v : 0, leaky: v > 0 ? v : v·slope
 //! v = v ⊙ act'(z)     (ActGrad)             relu: z > 0 ? v : 0, leaky: z > 0 ? v : v·slope
 //! ```
+//!
+//! A fused weight-gradient product ([`super::GemmCtx::gemm_update`]) has no
+//! other epilogue and β = 0: `v = α·ab` is the gradient of the weight held
+//! in C, and the store applies the optimiser's rule ([`Rule::apply`]) to
+//! that weight and its moments instead of writing `v`.
 
 use super::MatRef;
+use crate::optim::Rule;
 
 /// An elementwise activation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,10 +130,35 @@ pub(crate) struct Epi {
     pub rsz: isize,
     pub csz: isize,
     pub zact: Activation,
+    /// The fused optimiser step, if any.
+    pub step: Option<StepEpi>,
 }
 
-// SAFETY: Epi only carries read-only pointers into data the caller keeps
-// alive and unmodified for the whole GEMM call (borrowed slices).
+/// The optimiser step of a fused weight-gradient product: C holds the
+/// weights, and their moments lie at C's offsets in slabs of their own.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepEpi {
+    pub rule: Rule,
+    /// Momentum (SGD) or first moment (Adam) at the tile's (0, 0).
+    pub m: *mut f32,
+    /// Adam's second moment at the tile's (0, 0); null for SGD.
+    pub v: *mut f32,
+    /// Row stride of both moments (their column stride is 1, as C's).
+    pub rs: isize,
+}
+
+impl StepEpi {
+    /// Offset of element (i, j) from the tile's (0, 0).
+    #[inline(always)]
+    pub fn offset(&self, i: usize, j: usize) -> isize {
+        i as isize * self.rs + j as isize
+    }
+}
+
+// SAFETY: Epi carries read-only pointers into data the caller keeps alive
+// and unmodified for the whole GEMM call (borrowed slices), and the moment
+// pointers of a fused step, which alias nothing else and are written only
+// at the offsets of C elements, each owned by exactly one thread.
 unsafe impl Send for Epi {}
 unsafe impl Sync for Epi {}
 
@@ -139,6 +170,7 @@ impl Epi {
         rsz: 0,
         csz: 0,
         zact: Activation::Identity,
+        step: None,
     };
 
     /// The epilogue seen from element (i, j).
@@ -154,6 +186,13 @@ impl Epi {
         if !e.z.is_null() {
             e.z = e.z.offset(i as isize * e.rsz + j as isize * e.csz);
         }
+        if let Some(s) = &mut e.step {
+            let at = s.offset(i, j);
+            s.m = s.m.offset(at);
+            if !s.v.is_null() {
+                s.v = s.v.offset(at);
+            }
+        }
         e
     }
 
@@ -165,13 +204,17 @@ impl Epi {
 
     /// True when the epilogue does nothing.
     pub fn is_none(&self) -> bool {
-        self.bias.is_null() && self.z.is_null() && self.act == Activation::Identity
+        self.bias.is_null()
+            && self.z.is_null()
+            && self.act == Activation::Identity
+            && self.step.is_none()
     }
 
     /// Finishes one element: see the module docs for the order.
     ///
     /// # Safety
-    /// `c` valid for reads if β ≠ 0; bias/Z valid at (i, j).
+    /// `c` valid for reads if β ≠ 0 or for a fused step; bias/Z (and the
+    /// moments) valid at (i, j).
     #[inline(always)]
     pub unsafe fn finish1(
         &self,
@@ -183,6 +226,19 @@ impl Epi {
         j: usize,
     ) -> f32 {
         let mut v = if alpha == 1.0 { ab } else { alpha * ab };
+        if let Some(s) = &self.step {
+            let at = s.offset(i, j);
+            let m = s.m.offset(at);
+            if s.v.is_null() {
+                let (w, m_new, _) = s.rule.apply(*c, v, *m, 0.0);
+                *m = m_new;
+                return w;
+            }
+            let sv = s.v.offset(at);
+            let (w, m_new, v_new) = s.rule.apply(*c, v, *m, *sv);
+            (*m, *sv) = (m_new, v_new);
+            return w;
+        }
         if beta != 0.0 {
             v += beta * *c;
         }

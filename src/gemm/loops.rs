@@ -69,6 +69,13 @@ impl Args {
     }
 }
 
+/// Hints the first and last cache line of `len` floats at `row`.
+#[inline(always)]
+fn prefetch_row(row: *const f32, len: usize) {
+    prefetch(row);
+    prefetch(row.wrapping_add(len - 1));
+}
+
 /// Runs the whole nest for `args` with kernel `S`, MR×(NV·LANES).
 ///
 /// # Safety
@@ -130,17 +137,25 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                         let nrv = nr.min(nc - jr);
                         let j = jc + jr;
                         let cij = args.c.offset(i as isize * args.rsc + j as isize * args.csc);
+                        let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
                         if args.csc == 1 {
-                            // The C tile is read (β ≠ 0 or a later KC block)
-                            // and written after the k loop: start fetching it now.
+                            // The C tile is read (β ≠ 0, a later KC block or
+                            // a fused update) and written after the k loop,
+                            // as are a fused update's moments: start
+                            // fetching them now.
                             for r in 0..mr {
-                                let row = cij.offset(r as isize * args.rsc);
-                                prefetch(row);
-                                prefetch(row.add(nrv - 1));
+                                prefetch_row(cij.offset(r as isize * args.rsc), nrv);
+                            }
+                            if let Some(s) = &epi.step {
+                                for r in 0..mr {
+                                    prefetch_row(s.m.offset(s.offset(r, 0)), nrv);
+                                    if !s.v.is_null() {
+                                        prefetch_row(s.v.offset(s.offset(r, 0)), nrv);
+                                    }
+                                }
                             }
                         }
                         let acc = microkernel::<S, MR, NV>(kc, ap, bpack.add(jr * kc));
-                        let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
                         store_tile::<S, MR, NV>(
                             &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
                         );

@@ -53,6 +53,8 @@ pub(crate) use loops::Args;
 pub(crate) use workspace::PartWs;
 
 use crate::cpu::{self, Isa, IsaError};
+use crate::optim::Rule;
+use epilogue::{Epi, StepEpi};
 use params::Params;
 
 /// How many threads one GEMM call may use.
@@ -285,6 +287,99 @@ impl GemmCtx {
             epi: epi.raw(),
         };
         self.run(&args)
+    }
+
+    /// `W = rule(W, α·A·B)`: the product is the gradient of the weights
+    /// `W` (row-major m×n) and is never stored. Each tile goes from the
+    /// registers straight into the optimiser's update of its weights and
+    /// their moments `m` and `v` (same layout as `W`; `v` is ignored, and
+    /// may be empty, for a rule without a second moment): the
+    /// weight-gradient pass and the update in one pass over `W`. The result
+    /// is bit for bit that of the product into a gradient buffer followed by
+    /// [`crate::optim::Optimizer::update`] with the same rule.
+    ///
+    /// Panics unless [`GemmCtx::fuses_update`] holds for the shape, or if
+    /// the lengths disagree with it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_update(
+        &mut self,
+        alpha: f32,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        w: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        rule: Rule,
+    ) {
+        let (rows, k, cols) = (a.rows(), a.cols(), b.cols());
+        assert!(
+            b.rows() == k,
+            "gemm_update: A is {rows}×{k} but B is {}×{cols} (inner dimensions differ)",
+            b.rows()
+        );
+        let len = rows * cols;
+        assert!(
+            w.len() == len && m.len() == len,
+            "gemm_update: A·B is {rows}×{cols} but W has {} and m {} elements",
+            w.len(),
+            m.len()
+        );
+        let second = rule.has_second_moment();
+        assert!(
+            !second || v.len() == len,
+            "gemm_update: v has {} elements, W {len}",
+            v.len()
+        );
+        assert!(
+            self.fuses_update(rows, k, cols),
+            "gemm_update: a {rows}×{k}×{cols} product is not computed in one pass over K"
+        );
+        let mut epi = Epi::NONE;
+        epi.step = Some(StepEpi {
+            rule,
+            m: m.as_mut_ptr(),
+            v: if second {
+                v.as_mut_ptr()
+            } else {
+                std::ptr::null_mut()
+            },
+            rs: cols as isize,
+        });
+        let args = Args {
+            m: rows,
+            k,
+            n: cols,
+            alpha,
+            a: a.as_ptr(),
+            rsa: a.rs() as isize,
+            csa: a.cs() as isize,
+            b: b.as_ptr(),
+            rsb: b.rs() as isize,
+            csb: b.cs() as isize,
+            beta: 0.0,
+            c: w.as_mut_ptr(),
+            rsc: cols as isize,
+            csc: 1,
+            epi,
+        };
+        // SAFETY: A and B are bounds-checked views; W, m and v are unique
+        // borrows of rows×cols elements each (checked above), addressed
+        // row-major like C, so they alias neither A, B nor each other; the
+        // shape is computed in one pass over K (checked), so every element
+        // of W is read once, as the old weight, before its one write.
+        unsafe { self.run(&args) }
+    }
+
+    /// True when an m×k×n product can carry a fused optimiser step
+    /// ([`GemmCtx::gemm_update`]): its kernel sums the whole of K before it
+    /// stores a tile (the no-pack path, or a packed product of one K block).
+    /// Not with `matrixmultiply`, which stores C before the epilogue runs.
+    pub fn fuses_update(&self, m: usize, k: usize, n: usize) -> bool {
+        match self.plan(m, k, n) {
+            Plan::Empty | Plan::NoPack => true,
+            Plan::Fallback => false,
+            Plan::Packed { .. } => params::block_steps(&params_of(self.isa), m, k, n).1 >= k,
+        }
     }
 
     /// Pre-sizes the workspace so that no call with a product of at most

@@ -42,6 +42,18 @@ impl Simd for Avx2 {
         _mm256_mul_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        _mm256_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m256, b: __m256) -> __m256 {
+        _mm256_div_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sqrt(a: __m256) -> __m256 {
+        _mm256_sqrt_ps(a)
+    }
+    #[inline(always)]
     unsafe fn select_pos(x: __m256, t: __m256, f: __m256) -> __m256 {
         let m = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_setzero_ps());
         _mm256_blendv_ps(f, t, m)

@@ -42,6 +42,18 @@ impl Simd for Avx512 {
         _mm512_mul_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        _mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m512, b: __m512) -> __m512 {
+        _mm512_div_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sqrt(a: __m512) -> __m512 {
+        _mm512_sqrt_ps(a)
+    }
+    #[inline(always)]
     unsafe fn select_pos(x: __m512, t: __m512, f: __m512) -> __m512 {
         let m = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_setzero_ps());
         _mm512_mask_blend_ps(m, f, t)

@@ -20,6 +20,7 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 
 use super::epilogue::Epi;
+use crate::optim::Lanes;
 
 /// The SIMD vocabulary a microkernel needs.
 ///
@@ -39,6 +40,10 @@ pub(crate) trait Simd: Copy {
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise square root, correctly rounded (IEEE-754).
+    unsafe fn sqrt(a: Self::V) -> Self::V;
     /// Lane-wise `if x > 0 { t } else { f }` (false for NaN).
     unsafe fn select_pos(x: Self::V, t: Self::V, f: Self::V) -> Self::V;
 
@@ -176,6 +181,34 @@ pub(crate) unsafe fn finish_vec<S: Simd>(
     } else {
         S::mul(S::splat(alpha), ab)
     };
+    if let Some(s) = &epi.step {
+        // C holds the weights, v is their gradient: the optimiser's rule,
+        // on the same operations as its scalar form.
+        let at = s.offset(i, j);
+        let m = s.m.offset(at);
+        let (w, m_new, v_new) = if s.v.is_null() {
+            s.rule.apply(
+                Lane::<S>(S::load(c)),
+                Lane(v),
+                Lane(S::load(m)),
+                Lane(S::zero()),
+            )
+        } else {
+            let sv = s.v.offset(at);
+            s.rule.apply(
+                Lane::<S>(S::load(c)),
+                Lane(v),
+                Lane(S::load(m)),
+                Lane(S::load(sv)),
+            )
+        };
+        S::store(c, w.0);
+        S::store(m, m_new.0);
+        if !s.v.is_null() {
+            S::store(s.v.offset(at), v_new.0);
+        }
+        return;
+    }
     if beta != 0.0 {
         v = S::add(v, S::mul(S::splat(beta), S::load(c)));
     }
@@ -188,6 +221,44 @@ pub(crate) unsafe fn finish_vec<S: Simd>(
         v = act_vec::<S>(epi.zact, z, v);
     }
     S::store(c, v);
+}
+
+/// A vector of `S` as the optimiser's [`Lanes`], for the fused update rule.
+///
+/// Its operators are safe functions calling `S`'s unsafe ones: sound because
+/// a `Lane<S>` is only ever made inside [`finish_vec`], from vectors of a
+/// kernel that runs only once the CPU is known to support `S`.
+#[derive(Clone, Copy)]
+struct Lane<S: Simd>(S::V);
+
+macro_rules! lane_op {
+    ($trait:ident, $method:ident) => {
+        impl<S: Simd> std::ops::$trait for Lane<S> {
+            type Output = Self;
+            #[inline(always)]
+            fn $method(self, o: Self) -> Self {
+                // SAFETY: see `Lane`: the CPU supports S.
+                Lane(unsafe { S::$method(self.0, o.0) })
+            }
+        }
+    };
+}
+lane_op!(Add, add);
+lane_op!(Sub, sub);
+lane_op!(Mul, mul);
+lane_op!(Div, div);
+
+impl<S: Simd> Lanes for Lane<S> {
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        // SAFETY: see `Lane`.
+        Lane(unsafe { S::splat(x) })
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        // SAFETY: see `Lane`.
+        Lane(unsafe { S::sqrt(self.0) })
+    }
 }
 
 /// `x > 0 ? v : (v·slope or 0)`: with x = v this is the activation, with

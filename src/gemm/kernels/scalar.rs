@@ -44,6 +44,18 @@ impl Simd for Portable {
         std::array::from_fn(|l| a[l] * b[l])
     }
     #[inline(always)]
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l] - b[l])
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l] / b[l])
+    }
+    #[inline(always)]
+    unsafe fn sqrt(a: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l].sqrt())
+    }
+    #[inline(always)]
     unsafe fn select_pos(x: Self::V, t: Self::V, f: Self::V) -> Self::V {
         std::array::from_fn(|l| if x[l] > 0.0 { t[l] } else { f[l] })
     }
