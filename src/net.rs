@@ -363,7 +363,7 @@ impl Mlp {
             let fused = gemm.fuses_update(fan_out, batch, fan_in);
             if fused {
                 let (m, v) = opt.moments_mut(slot.w.clone());
-                let w = &mut self.params[slot.w.clone()];
+                let w = MatMut::row_major(&mut self.params[slot.w.clone()], fan_out, fan_in);
                 gemm.gemm_update(1.0, dzt, xb, w, m, v, rules.weights);
             } else {
                 let dw = MatMut::row_major(&mut grads[slot.w.clone()], fan_out, fan_in);

@@ -19,7 +19,7 @@ use common::report;
 use fastnn::buf::AlignedBuf;
 use fastnn::cpu::Isa;
 use fastnn::gemm::{
-    reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy,
+    panel_len, reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy,
 };
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer, Rule};
 
@@ -482,6 +482,132 @@ fn fused_epilogue_equals_unfused_bitwise() {
     }
 }
 
+/// Which operand of a product is panelled: the three products of a layer
+/// whose weights are kept in column panels (`Wᵀ [in, out]`).
+#[derive(Clone, Copy, Debug)]
+enum PanelCase {
+    /// `H = X·Wᵀ`: B in column panels, read in place.
+    ForwardB,
+    /// `dX = dZ·W`: B in row panels (the transpose), packed.
+    InputGradB,
+    /// `dWᵀ = Xᵀ·dZ`: C in column panels.
+    WeightGradC,
+}
+
+/// C as an m×n view, panelled or row-major.
+fn view(panelled: bool, c: &[f32], m: usize, n: usize) -> MatRef<'_> {
+    if panelled {
+        MatRef::panels(c, m, n)
+    } else {
+        MatRef::row_major(c, m, n)
+    }
+}
+
+/// One product with a panelled operand against the f64 reference, within
+/// the module's bound; with C panelled, its padding must stay untouched.
+fn check_panelled(
+    name: &str,
+    ctx: &mut GemmCtx,
+    rng: &mut Rng,
+    shape: (usize, usize, usize),
+    case: PanelCase,
+    beta: f32,
+) {
+    let (m, k, n) = shape;
+    let (abuf, bbuf) = (
+        rng.vec(m * k),
+        rng.vec(panel_len(k, n).max(panel_len(n, k))),
+    );
+    let bias = rng.vec(n);
+    let zbuf = rng.vec(m * n);
+    let z = MatRef::row_major(&zbuf, m, n);
+    let a = match case {
+        PanelCase::WeightGradC => MatRef::row_major(&abuf, k, m).t(),
+        _ => MatRef::row_major(&abuf, m, k),
+    };
+    let b = match case {
+        PanelCase::ForwardB => MatRef::panels(&bbuf, k, n),
+        PanelCase::InputGradB => MatRef::panels(&bbuf, n, k).t(),
+        PanelCase::WeightGradC => MatRef::row_major(&bbuf, k, n),
+    };
+    let epi = match case {
+        PanelCase::ForwardB => Epilogue::BiasAct(&bias, Activation::Relu),
+        PanelCase::InputGradB => Epilogue::ActGrad(z, Activation::LeakyRelu(0.1)),
+        PanelCase::WeightGradC => Epilogue::None,
+    };
+    let panelled_c = matches!(case, PanelCase::WeightGradC);
+    let len = if panelled_c { panel_len(m, n) } else { m * n };
+    let mut cbuf = if beta == 0.0 {
+        vec![f32::NAN; len]
+    } else {
+        rng.vec(len)
+    };
+    let c_old = cbuf.clone();
+    let c = if panelled_c {
+        MatMut::panels(&mut cbuf, m, n)
+    } else {
+        MatMut::row_major(&mut cbuf, m, n)
+    };
+    ctx.gemm(0.75, a, b, beta, c, epi);
+    let (want, scale) = reference::gemm(0.75, a, b, beta, view(panelled_c, &c_old, m, n), epi);
+    let got = view(panelled_c, &cbuf, m, n);
+    let eps = f32::EPSILON as f64;
+    for i in 0..m {
+        for j in 0..n {
+            let bound = (k as f64 + 3.0) * eps * scale[i * n + j];
+            let err = (got.at(i, j) as f64 - want[i * n + j]).abs();
+            assert!(
+                err <= bound,
+                "{name}: {m}×{k}×{n} {case:?} β={beta}: C[{i},{j}] = {}, reference {}, |err| {err:e} > bound {bound:e}",
+                got.at(i, j),
+                want[i * n + j]
+            );
+        }
+    }
+    let written = (0..m).flat_map(|i| (0..n).map(move |j| (i, j))).count();
+    let changed = cbuf
+        .iter()
+        .zip(&c_old)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert!(
+        changed <= written,
+        "{name}: {m}×{k}×{n} {case:?}: wrote outside C"
+    );
+}
+
+/// Products with the weights in panels, for every kernel, on 1 and 2
+/// threads: awkward shapes (1, 7, 33, edge tiles in every direction, K
+/// across two KC blocks whose boundary is not a panel boundary, N across
+/// several panels so that two threads split it).
+#[test]
+fn every_kernel_panelled_operands_match_reference() {
+    let mut rng = Rng(23);
+    for par in [Parallelism::Single, Parallelism::Rayon(2)] {
+        for (name, mut ctx) in contexts(par) {
+            for &shape in &[
+                (1, 1, 1),
+                (7, 33, 1),
+                (13, 7, 33),
+                (37, 70, 45),
+                (12, 64, 96),
+                (5, 600, 70),
+                (128, 300, 100),
+            ] {
+                for case in [
+                    PanelCase::ForwardB,
+                    PanelCase::InputGradB,
+                    PanelCase::WeightGradC,
+                ] {
+                    for beta in [0.0, 0.5] {
+                        check_panelled(&name, &mut ctx, &mut rng, shape, case, beta);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The optimiser rules the fused update is tested with: plain SGD,
 /// Nesterov momentum with L2 and weight decay, Adam with both.
 fn rules() -> [Rule; 3] {
@@ -575,7 +701,15 @@ fn fused_update_equals_product_then_update_bitwise() {
                     opt.update(rule, 0..m * n, &mut want, &grads);
 
                     let (mut w, mut mm, mut vv) = (w0.clone(), m0.clone(), v0.clone());
-                    ctx.gemm_update(0.25, a, b, &mut w, &mut mm, &mut vv, rule);
+                    ctx.gemm_update(
+                        0.25,
+                        a,
+                        b,
+                        MatMut::row_major(&mut w, m, n),
+                        &mut mm,
+                        &mut vv,
+                        rule,
+                    );
                     let same = |x: &[f32], y: &[f32]| {
                         x.iter()
                             .zip(y)

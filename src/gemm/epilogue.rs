@@ -16,6 +16,7 @@
 //! in C, and the store applies the optimiser's rule ([`Rule::apply`]) to
 //! that weight and its moments instead of writing `v`.
 
+use super::mat::Panels;
 use super::MatRef;
 use crate::optim::Rule;
 
@@ -145,13 +146,17 @@ pub(crate) struct StepEpi {
     pub v: *mut f32,
     /// Row stride of both moments (their column stride is 1, as C's).
     pub rs: isize,
+    /// Their panels, as C's.
+    pub panels: Panels,
 }
 
 impl StepEpi {
-    /// Offset of element (i, j) from the tile's (0, 0).
+    /// Offset of element (i, j) from the tile's (0, 0). (A tile never
+    /// straddles two panels, and every origin the nest moves to is a panel
+    /// boundary or lies inside the tile's panel.)
     #[inline(always)]
     pub fn offset(&self, i: usize, j: usize) -> isize {
-        i as isize * self.rs + j as isize
+        self.panels.offset(i, j, self.rs, 1)
     }
 }
 

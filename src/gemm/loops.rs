@@ -20,7 +20,8 @@
 
 use super::epilogue::Epi;
 use super::kernels::{microkernel, prefetch, store_tile, Simd};
-use super::pack::{pack_a, pack_b};
+use super::mat::{Panels, PANEL};
+use super::pack::{pack_a, pack_b, pack_b_row_panels};
 use super::params::{block_steps, Params};
 use super::workspace::PartWs;
 
@@ -41,6 +42,11 @@ pub(crate) struct Args {
     pub c: *mut f32,
     pub rsc: isize,
     pub csc: isize,
+    /// Panels of B: column panels are read in place (no B̃ is packed), row
+    /// panels are packed a panel of depth at a time.
+    pub bp: Panels,
+    /// Panels of C (column panels: each tile lies in one).
+    pub cp: Panels,
     pub epi: Epi,
 }
 
@@ -51,18 +57,43 @@ unsafe impl Send for Args {}
 unsafe impl Sync for Args {}
 
 impl Args {
+    /// Element (p, j) of op(B).
+    ///
+    /// # Safety
+    /// (p, j) lies inside B (or its panel padding).
+    #[inline(always)]
+    pub unsafe fn b_at(&self, p: usize, j: usize) -> *const f32 {
+        self.b.offset(self.bp.offset(p, j, self.rsb, self.csb))
+    }
+
+    /// Element (i, j) of C.
+    ///
+    /// # Safety
+    /// (i, j) lies inside C.
+    #[inline(always)]
+    pub unsafe fn c_at(&self, i: usize, j: usize) -> *mut f32 {
+        self.c.offset(self.cp.offset(i, j, self.rsc, self.csc))
+    }
+
+    /// True when B or C has column panels: a split of N must then fall on
+    /// panel boundaries.
+    pub fn column_panels(&self) -> bool {
+        matches!(self.bp, Panels::Cols(_)) || matches!(self.cp, Panels::Cols(_))
+    }
+
     /// The sub-problem C[i0..i0+m, j0..j0+n] (all of K).
     ///
     /// # Safety
-    /// The sub-block lies inside this problem.
+    /// The sub-block lies inside this problem; `j0` is a multiple of PANEL
+    /// if B or C has column panels.
     pub unsafe fn part(&self, i0: usize, m: usize, j0: usize, n: usize) -> Args {
-        let (i, j) = (i0 as isize, j0 as isize);
+        debug_assert!(!self.column_panels() || j0 % PANEL == 0);
         Args {
             m,
             n,
-            a: self.a.offset(i * self.rsa),
-            b: self.b.offset(j * self.csb),
-            c: self.c.offset(i * self.rsc + j * self.csc),
+            a: self.a.offset(i0 as isize * self.rsa),
+            b: self.b_at(0, j0),
+            c: self.c_at(i0, j0),
             epi: self.epi.at(i0, j0),
             ..*self
         }
@@ -114,19 +145,27 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                 args.csa,
                 apack,
             );
-            // LOOP 3 (JC): split N by NC; pack B̃ (kc×nc).
+            // LOOP 3 (JC): split N by NC; pack B̃ (kc×nc), unless B is
+            // in column panels: those are B̃ already, read in place.
             for jc in (0..n).step_by(nc_step) {
                 let nc = nc_step.min(n - jc);
-                pack_b::<S>(
-                    nr,
-                    kc,
-                    nc,
-                    args.b
-                        .offset(pc as isize * args.rsb + jc as isize * args.csb),
-                    args.rsb,
-                    args.csb,
-                    bpack,
-                );
+                match args.bp {
+                    Panels::None => {
+                        pack_b::<S>(nr, kc, nc, args.b_at(pc, jc), args.rsb, args.csb, bpack)
+                    }
+                    Panels::Rows(_) => pack_b_row_panels::<S>(nr, pc, kc, jc, nc, args, bpack),
+                    Panels::Cols(_) => {}
+                }
+                // Micro-panel jr of B̃ and the distance between its rows.
+                let (in_place, ldb) = (matches!(args.bp, Panels::Cols(_)), args.rsb as usize);
+                let b_panel = |jr: usize| {
+                    if in_place {
+                        args.b_at(pc, jc + jr)
+                    } else {
+                        bpack.add(jr * kc) as *const f32
+                    }
+                };
+                let ldb = if in_place { ldb } else { nr };
                 // LOOP 2 (IR): MR-row micro-panels of Ã.
                 for ir in (0..mc).step_by(MR) {
                     let mr = MR.min(mc - ir);
@@ -136,7 +175,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                     for jr in (0..nc).step_by(nr) {
                         let nrv = nr.min(nc - jr);
                         let j = jc + jr;
-                        let cij = args.c.offset(i as isize * args.rsc + j as isize * args.csc);
+                        let cij = args.c_at(i, j);
                         let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
                         if args.csc == 1 {
                             // The C tile is read (β ≠ 0, a later KC block or
@@ -155,7 +194,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                                 }
                             }
                         }
-                        let acc = microkernel::<S, MR, NV>(kc, ap, bpack.add(jr * kc));
+                        let acc = microkernel::<S, MR, NV>(kc, ap, b_panel(jr), ldb);
                         store_tile::<S, MR, NV>(
                             &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
                         );

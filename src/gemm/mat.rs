@@ -1,6 +1,69 @@
-//! Strided matrix views for the safe API.
+//! Matrix views for the safe API: strided, or in column panels.
+//!
+//! A **panelled** k×n matrix ([`MatRef::panels`]) is stored as ⌈n/PANEL⌉
+//! column panels, one after the other; panel `q` holds columns
+//! `q·PANEL .. q·PANEL + PANEL` of every row, row-major and PANEL floats
+//! wide (columns past n are padding):
+//!
+//! ```text
+//! element (r, j) at (j / PANEL)·k·PANEL + r·PANEL + j % PANEL
+//! ```
+//!
+//! That is the packed B̃ layout of the loop nest, so a product reads a
+//! panelled B in place, without packing it. The network keeps each weight
+//! matrix this way, as `Wᵀ [in, out]`: the forward product `X·Wᵀ` reads it as
+//! B, the weight-gradient product writes `dWᵀ = Xᵀ·dZ` into it as C, and its
+//! transpose (row panels) is the B of the input gradient `dZ·W`.
 
-/// A read-only m×n view: element (i, j) is `data[i·rs + j·cs]`.
+/// Width of the panels of a panelled matrix: the widest microkernel tile
+/// (AVX-512's NR = 32); every kernel's NR divides it.
+pub const PANEL: usize = 32;
+
+/// Floats a panelled rows×cols matrix occupies (its columns padded to
+/// whole panels).
+pub fn panel_len(rows: usize, cols: usize) -> usize {
+    cols.div_ceil(PANEL) * PANEL * rows
+}
+
+/// Where an element lies beyond the two strides of a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Panels {
+    /// (i, j) at `i·rs + j·cs`.
+    None,
+    /// Column panels `stride` apart: (i, j) at
+    /// `(j / PANEL)·stride + i·rs + (j % PANEL)·cs`.
+    Cols(usize),
+    /// Row panels, the transpose of column panels: (i, j) at
+    /// `(i / PANEL)·stride + (i % PANEL)·rs + j·cs`.
+    Rows(usize),
+}
+
+impl Panels {
+    /// The offset of element (i, j).
+    #[inline(always)]
+    pub(crate) fn offset(self, i: usize, j: usize, rs: isize, cs: isize) -> isize {
+        match self {
+            Panels::None => i as isize * rs + j as isize * cs,
+            Panels::Cols(s) => {
+                ((j / PANEL) * s) as isize + i as isize * rs + (j % PANEL) as isize * cs
+            }
+            Panels::Rows(s) => {
+                ((i / PANEL) * s) as isize + (i % PANEL) as isize * rs + j as isize * cs
+            }
+        }
+    }
+
+    fn t(self) -> Panels {
+        match self {
+            Panels::None => Panels::None,
+            Panels::Cols(s) => Panels::Rows(s),
+            Panels::Rows(s) => Panels::Cols(s),
+        }
+    }
+}
+
+/// A read-only m×n view: element (i, j) is `data[i·rs + j·cs]`, or in
+/// panels (see the module documentation).
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
     data: &'a [f32],
@@ -8,10 +71,11 @@ pub struct MatRef<'a> {
     cols: usize,
     rs: usize,
     cs: usize,
+    panels: Panels,
 }
 
-/// A mutable m×n view: element (i, j) is `data[i·rs + j·cs]`; distinct
-/// elements never share memory.
+/// A mutable m×n view: element (i, j) is `data[i·rs + j·cs]`, or in
+/// panels; distinct elements never share memory.
 #[derive(Debug)]
 pub struct MatMut<'a> {
     data: &'a mut [f32],
@@ -19,6 +83,16 @@ pub struct MatMut<'a> {
     cols: usize,
     rs: usize,
     cs: usize,
+    panels: Panels,
+}
+
+/// Panics unless a panelled rows×cols matrix fits in `len` floats.
+fn check_panels(what: &str, len: usize, rows: usize, cols: usize) {
+    let need = panel_len(rows, cols);
+    assert!(
+        len >= need,
+        "{what}: a panelled {rows}×{cols} matrix needs {need} elements, {len} given"
+    );
 }
 
 /// Panics unless every element offset lies inside `len`.
@@ -57,6 +131,21 @@ impl<'a> MatRef<'a> {
             cols,
             rs,
             cs,
+            panels: Panels::None,
+        }
+    }
+
+    /// A panelled rows×cols view of `data[..panel_len(rows, cols)]` (see
+    /// the module documentation).
+    pub fn panels(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        check_panels("MatRef", data.len(), rows, cols);
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: PANEL,
+            cs: 1,
+            panels: Panels::Cols(rows * PANEL),
         }
     }
 
@@ -70,13 +159,15 @@ impl<'a> MatRef<'a> {
         Self::new(data, rows, cols, 1, rows)
     }
 
-    /// The transpose, without copying (strides swapped).
+    /// The transpose, without copying (strides swapped; column panels
+    /// become row panels).
     pub fn t(self) -> Self {
         MatRef {
             rows: self.cols,
             cols: self.rows,
             rs: self.cs,
             cs: self.rs,
+            panels: self.panels.t(),
             ..self
         }
     }
@@ -96,11 +187,15 @@ impl<'a> MatRef<'a> {
     pub fn as_ptr(&self) -> *const f32 {
         self.data.as_ptr()
     }
+    pub(crate) fn layout(&self) -> Panels {
+        self.panels
+    }
 
     /// Element (i, j).
     pub fn at(&self, i: usize, j: usize) -> f32 {
         assert!(i < self.rows && j < self.cols, "MatRef::at out of range");
-        self.data[i * self.rs + j * self.cs]
+        let at = self.panels.offset(i, j, self.rs as isize, self.cs as isize);
+        self.data[at as usize]
     }
 }
 
@@ -119,6 +214,20 @@ impl<'a> MatMut<'a> {
             cols,
             rs,
             cs,
+            panels: Panels::None,
+        }
+    }
+
+    /// A panelled rows×cols view of `data[..panel_len(rows, cols)]`.
+    pub fn panels(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        check_panels("MatMut", data.len(), rows, cols);
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs: PANEL,
+            cs: 1,
+            panels: Panels::Cols(rows * PANEL),
         }
     }
 
@@ -139,6 +248,7 @@ impl<'a> MatMut<'a> {
             cols: self.rows,
             rs: self.cs,
             cs: self.rs,
+            panels: self.panels.t(),
             data: self.data,
         }
     }
@@ -158,6 +268,13 @@ impl<'a> MatMut<'a> {
     pub fn as_mut_ptr(&mut self) -> *mut f32 {
         self.data.as_mut_ptr()
     }
+    pub(crate) fn layout(&self) -> Panels {
+        self.panels
+    }
+    /// Length of the underlying slice.
+    pub(crate) fn len(&self) -> usize {
+        self.data.len()
+    }
 
     /// A read-only view of the same elements.
     pub fn as_ref(&self) -> MatRef<'_> {
@@ -167,6 +284,7 @@ impl<'a> MatMut<'a> {
             cols: self.cols,
             rs: self.rs,
             cs: self.cs,
+            panels: self.panels,
         }
     }
 }
@@ -187,6 +305,25 @@ mod tests {
     fn overlapping_output_panics() {
         let mut d = [0f32; 16];
         MatMut::new(&mut d, 3, 3, 1, 1);
+    }
+
+    #[test]
+    fn panels_place_elements_and_transpose() {
+        // A 3×40 panelled matrix: two panels of 3×32, the second holding
+        // columns 32..40 and padding.
+        let d: Vec<f32> = (0..panel_len(3, 40)).map(|x| x as f32).collect();
+        let p = MatRef::panels(&d, 3, 40);
+        assert_eq!(p.at(1, 5), (32 + 5) as f32);
+        assert_eq!(p.at(2, 33), (3 * 32 + 2 * 32 + 1) as f32);
+        assert_eq!(p.t().at(33, 2), p.at(2, 33));
+        assert_eq!(panel_len(3, 40), 3 * 64);
+    }
+
+    #[test]
+    #[should_panic(expected = "panelled")]
+    fn short_panels_panic() {
+        let d = [0f32; 95];
+        MatRef::panels(&d, 3, 40);
     }
 
     #[test]

@@ -46,7 +46,9 @@ mod threads;
 mod workspace;
 
 pub use epilogue::{Activation, Epilogue};
-pub use mat::{MatMut, MatRef};
+pub use mat::{panel_len, MatMut, MatRef, PANEL};
+
+use mat::Panels;
 pub use workspace::GemmWorkspace;
 
 pub(crate) use loops::Args;
@@ -210,28 +212,36 @@ impl GemmCtx {
             c.rows(),
             c.cols()
         );
-        // SAFETY: the views were bounds-checked at construction; C is a
-        // unique borrow whose elements do not overlap (MatMut::new), so it
-        // cannot alias A, B or the epilogue's operands (shared borrows).
-        unsafe {
-            self.gemm_raw(
-                m,
-                k,
-                n,
-                alpha,
-                a.as_ptr(),
-                a.rs() as isize,
-                a.cs() as isize,
-                b.as_ptr(),
-                b.rs() as isize,
-                b.cs() as isize,
-                beta,
-                c.as_mut_ptr(),
-                c.rs() as isize,
-                c.cs() as isize,
-                epi,
-            )
-        }
+        assert!(
+            a.layout() == Panels::None,
+            "gemm: A cannot be panelled (only B and C)"
+        );
+        epi.check(m, n);
+        let args = Args {
+            m,
+            k,
+            n,
+            alpha,
+            a: a.as_ptr(),
+            rsa: a.rs() as isize,
+            csa: a.cs() as isize,
+            b: b.as_ptr(),
+            rsb: b.rs() as isize,
+            csb: b.cs() as isize,
+            beta,
+            c: c.as_mut_ptr(),
+            rsc: c.rs() as isize,
+            csc: c.cs() as isize,
+            bp: b.layout(),
+            cp: c.layout(),
+            epi: epi.raw(),
+        };
+        // SAFETY: the views were bounds-checked at construction (panelled
+        // ones including their padding, which in-place reads may touch); C
+        // is a unique borrow whose elements do not overlap (MatMut::new,
+        // MatMut::panels), so it cannot alias A, B or the epilogue's
+        // operands (shared borrows).
+        unsafe { self.run(&args) }
     }
 
     /// `C = epilogue(α·op(A)·op(B) + β·C)` on raw pointers with
@@ -284,50 +294,55 @@ impl GemmCtx {
             c,
             rsc,
             csc,
+            bp: Panels::None,
+            cp: Panels::None,
             epi: epi.raw(),
         };
         self.run(&args)
     }
 
     /// `W = rule(W, α·A·B)`: the product is the gradient of the weights
-    /// `W` (row-major m×n) and is never stored. Each tile goes from the
-    /// registers straight into the optimiser's update of its weights and
-    /// their moments `m` and `v` (same layout as `W`; `v` is ignored, and
-    /// may be empty, for a rule without a second moment): the
-    /// weight-gradient pass and the update in one pass over `W`. The result
-    /// is bit for bit that of the product into a gradient buffer followed by
+    /// `W` (an m×n view, row-major or panelled, its columns contiguous) and
+    /// is never stored. Each tile goes from the registers straight into the
+    /// optimiser's update of its weights and their moments `m` and `v`,
+    /// slices laid out exactly as `W`'s (`v` is ignored, and may be empty,
+    /// for a rule without a second moment): the weight-gradient pass and the
+    /// update in one pass over `W`. The result is bit for bit that of the
+    /// product into a gradient buffer followed by
     /// [`crate::optim::Optimizer::update`] with the same rule.
     ///
     /// Panics unless [`GemmCtx::fuses_update`] holds for the shape, or if
-    /// the lengths disagree with it.
+    /// the shapes or lengths disagree.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_update(
         &mut self,
         alpha: f32,
         a: MatRef<'_>,
         b: MatRef<'_>,
-        w: &mut [f32],
+        mut w: MatMut<'_>,
         m: &mut [f32],
         v: &mut [f32],
         rule: Rule,
     ) {
         let (rows, k, cols) = (a.rows(), a.cols(), b.cols());
         assert!(
-            b.rows() == k,
-            "gemm_update: A is {rows}×{k} but B is {}×{cols} (inner dimensions differ)",
-            b.rows()
+            b.rows() == k && w.rows() == rows && w.cols() == cols && w.cs() == 1,
+            "gemm_update: A is {rows}×{k}, B {}×{cols}, W {}×{} with column stride {}",
+            b.rows(),
+            w.rows(),
+            w.cols(),
+            w.cs()
         );
-        let len = rows * cols;
         assert!(
-            w.len() == len && m.len() == len,
-            "gemm_update: A·B is {rows}×{cols} but W has {} and m {} elements",
-            w.len(),
-            m.len()
+            a.layout() == Panels::None,
+            "gemm_update: A cannot be panelled"
         );
+        let len = w.len();
         let second = rule.has_second_moment();
         assert!(
-            !second || v.len() == len,
-            "gemm_update: v has {} elements, W {len}",
+            m.len() == len && (!second || v.len() == len),
+            "gemm_update: W spans {len} elements, m {} and v {}",
+            m.len(),
             v.len()
         );
         assert!(
@@ -343,7 +358,8 @@ impl GemmCtx {
             } else {
                 std::ptr::null_mut()
             },
-            rs: cols as isize,
+            rs: w.rs() as isize,
+            panels: w.layout(),
         });
         let args = Args {
             m: rows,
@@ -358,13 +374,15 @@ impl GemmCtx {
             csb: b.cs() as isize,
             beta: 0.0,
             c: w.as_mut_ptr(),
-            rsc: cols as isize,
+            rsc: w.rs() as isize,
             csc: 1,
+            bp: b.layout(),
+            cp: w.layout(),
             epi,
         };
-        // SAFETY: A and B are bounds-checked views; W, m and v are unique
-        // borrows of rows×cols elements each (checked above), addressed
-        // row-major like C, so they alias neither A, B nor each other; the
+        // SAFETY: A and B are bounds-checked views; W is a unique,
+        // non-overlapping view, and m and v unique borrows of W's length,
+        // addressed at W's offsets, so none aliases A, B or another; the
         // shape is computed in one pass over K (checked), so every element
         // of W is read once, as the old weight, before its one write.
         unsafe { self.run(&args) }
@@ -376,9 +394,13 @@ impl GemmCtx {
     /// Not with `matrixmultiply`, which stores C before the epilogue runs.
     pub fn fuses_update(&self, m: usize, k: usize, n: usize) -> bool {
         match self.plan(m, k, n) {
-            Plan::Empty | Plan::NoPack => true,
+            Plan::Empty => true,
             Plan::Fallback => false,
-            Plan::Packed { .. } => params::block_steps(&params_of(self.isa), m, k, n).1 >= k,
+            // The no-pack path sums all of K at once; the packed nest in
+            // KC blocks (a product with a panelled W always takes it).
+            Plan::NoPack | Plan::Packed { .. } => {
+                params::block_steps(&params_of(self.isa), m, k, n).1 >= k
+            }
         }
     }
 
@@ -393,10 +415,9 @@ impl GemmCtx {
     /// halves, m = MC is one block), so reserving the exact steps of m×k×n
     /// would not cover it.
     pub fn reserve(&mut self, m: usize, k: usize, n: usize) {
-        // Only the packed loop nest uses the workspace; every smaller
-        // product of a no-pack shape is no-pack too (`small_wins` is
-        // monotone).
-        if !matches!(self.plan(m, k, n), Plan::Packed { .. }) {
+        // Only the packed loop nest uses the workspace, and a product with
+        // panelled operands takes it whatever its shape.
+        if !matches!(self.plan_panelled(m, k, n, false), Plan::Packed { .. }) {
             return;
         }
         let p = params_of(self.isa);
@@ -417,14 +438,17 @@ impl GemmCtx {
     }
 
     /// How C of an m×k×n packed product is cut between threads: small
-    /// products stay on one thread, whatever the context allows.
-    fn packed_split(&self, m: usize, k: usize, n: usize) -> threads::Split {
+    /// products stay on one thread, whatever the context allows; with
+    /// column panels in B or C, N is cut on panel boundaries.
+    fn packed_split(&self, m: usize, k: usize, n: usize, column_panels: bool) -> threads::Split {
         let threads = if m.saturating_mul(k).saturating_mul(n) < params::THREAD_MIN_MKN {
             1
         } else {
             self.par.count()
         };
-        threads::split(m, n, &params_of(self.isa), threads)
+        let p = params_of(self.isa);
+        let n_unit = if column_panels { PANEL } else { p.nr };
+        threads::split(m, n, &p, threads, n_unit)
     }
 
     /// How this context computes an m×k×n product. (Tests use it to check
@@ -438,7 +462,25 @@ impl GemmCtx {
             Plan::NoPack
         } else {
             Plan::Packed {
-                threads: self.packed_split(m, k, n).parts(),
+                threads: self.packed_split(m, k, n, false).parts(),
+            }
+        }
+    }
+
+    /// How this context computes an m×k×n product whose B or C is
+    /// panelled: in column panels (`column_panels`: the forward product's
+    /// B, the weight gradient's C) or B in row panels (the input
+    /// gradient's). Such products always take the packed nest, whatever
+    /// their shape: B in column panels needs no packing, and the other
+    /// operands only the nest can address.
+    pub fn plan_panelled(&self, m: usize, k: usize, n: usize, column_panels: bool) -> Plan {
+        if m == 0 || n == 0 || k == 0 {
+            Plan::Empty
+        } else if self.isa == Isa::MatrixMultiply {
+            Plan::Fallback
+        } else {
+            Plan::Packed {
+                threads: self.packed_split(m, k, n, column_panels).parts(),
             }
         }
     }
@@ -454,7 +496,7 @@ impl GemmCtx {
             // C = epilogue(β·C): no product to compute.
             for i in 0..m {
                 for j in 0..n {
-                    let cij = args.c.offset(i as isize * args.rsc + j as isize * args.csc);
+                    let cij = args.c_at(i, j);
                     *cij = args.epi.finish1(0.0, 1.0, args.beta, cij, i, j);
                 }
             }
@@ -463,10 +505,11 @@ impl GemmCtx {
         if self.isa == Isa::MatrixMultiply {
             return fallback(args);
         }
-        if self.takes_small_path(m, k, n) {
+        let panelled = args.bp != Panels::None || args.cp != Panels::None;
+        if !panelled && self.takes_small_path(m, k, n) {
             return run_small(self.isa, args);
         }
-        let split = self.packed_split(m, k, n);
+        let split = self.packed_split(m, k, n, args.column_panels());
         self.ws.ensure_parts(split.parts());
         let isa = self.isa;
         let parts = &mut self.ws.parts[..split.parts()];
@@ -519,17 +562,43 @@ unsafe fn run_small(isa: Isa, args: &Args) {
 
 /// `matrixmultiply::sgemm` (single-threaded; it allocates its own pack
 /// buffers on every call), then the epilogue in a second pass over C.
+/// matrixmultiply knows two strides per operand, so a panelled operand goes
+/// a panel at a time: column panels of B or C cut N, row panels of B cut K
+/// (summed into C in order, β applied by the first).
 ///
 /// # Safety
 /// As [`run_packed`].
 unsafe fn fallback(g: &Args) {
-    matrixmultiply::sgemm(
-        g.m, g.k, g.n, g.alpha, g.a, g.rsa, g.csa, g.b, g.rsb, g.csb, g.beta, g.c, g.rsc, g.csc,
-    );
+    let n_step = if g.column_panels() { PANEL } else { g.n };
+    let k_step = if matches!(g.bp, Panels::Rows(_)) {
+        PANEL
+    } else {
+        g.k
+    };
+    for j0 in (0..g.n).step_by(n_step) {
+        for p0 in (0..g.k).step_by(k_step) {
+            matrixmultiply::sgemm(
+                g.m,
+                k_step.min(g.k - p0),
+                n_step.min(g.n - j0),
+                g.alpha,
+                g.a.offset(p0 as isize * g.csa),
+                g.rsa,
+                g.csa,
+                g.b_at(p0, j0),
+                g.rsb,
+                g.csb,
+                if p0 == 0 { g.beta } else { 1.0 },
+                g.c_at(0, j0),
+                g.rsc,
+                g.csc,
+            );
+        }
+    }
     if !g.epi.is_none() {
         for i in 0..g.m {
             for j in 0..g.n {
-                let cij = g.c.offset(i as isize * g.rsc + j as isize * g.csc);
+                let cij = g.c_at(i, j);
                 *cij = g.epi.finish1(*cij, 1.0, 0.0, cij, i, j);
             }
         }

@@ -11,12 +11,17 @@
 //! MR (or NR) index, with stride `rs`, and the depth index p has stride `ps`.
 
 use super::kernels::Simd;
+use super::loops::Args;
+use super::mat::PANEL;
 
-/// Packs `len` (≤ w·⌈len/w⌉) indices × `depth` into panels of width `w`.
+/// Packs `len` (≤ w·⌈len/w⌉) indices × `depth` into panels of width `w`,
+/// `dst_stride` floats apart (w·depth for a whole block; more when `depth`
+/// is one slice of a deeper block).
 ///
 /// # Safety
 /// `src` valid at every `i·rs + p·ps` for i < len, p < depth; `dst` valid
-/// for ⌈len/w⌉·w·depth writes.
+/// for w·depth writes at each of the ⌈len/w⌉ panel starts.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn pack_panels<S: Simd>(
     w: usize,
@@ -26,6 +31,7 @@ unsafe fn pack_panels<S: Simd>(
     rs: isize,
     ps: isize,
     dst: *mut f32,
+    dst_stride: usize,
 ) {
     let mut dst = dst;
     let mut i0 = 0;
@@ -108,7 +114,7 @@ unsafe fn pack_panels<S: Simd>(
                 }
             }
         }
-        dst = dst.add(w * depth);
+        dst = dst.add(dst_stride);
         i0 += w;
     }
 }
@@ -127,7 +133,7 @@ pub(crate) unsafe fn pack_a<S: Simd>(
     csa: isize,
     dst: *mut f32,
 ) {
-    pack_panels::<S>(mr, mc, kc, a, rsa, csa, dst)
+    pack_panels::<S>(mr, mc, kc, a, rsa, csa, dst, mr * kc)
 }
 
 /// Packs op(B)[0..kc, 0..nc] (at `b`, strides rsb, csb) into NR-column panels.
@@ -144,7 +150,43 @@ pub(crate) unsafe fn pack_b<S: Simd>(
     csb: isize,
     dst: *mut f32,
 ) {
-    pack_panels::<S>(nr, nc, kc, b, csb, rsb, dst)
+    pack_panels::<S>(nr, nc, kc, b, csb, rsb, dst, nr * kc)
+}
+
+/// Packs op(B)[pc..pc+kc, jc..jc+nc] of a B in row panels (the transpose
+/// of a panelled matrix, e.g. the weights read as `W` by `dZ·W`) into
+/// NR-column panels: one slice of depth per row panel it crosses, each a
+/// plain strided block.
+///
+/// # Safety
+/// `args.bp` is `Panels::Rows`; the block lies inside op(B); `dst` valid
+/// for ⌈nc/NR⌉·NR·kc writes.
+#[inline(always)]
+pub(crate) unsafe fn pack_b_row_panels<S: Simd>(
+    nr: usize,
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    args: &Args,
+    dst: *mut f32,
+) {
+    let mut p0 = pc;
+    while p0 < pc + kc {
+        let p1 = (p0 / PANEL + 1) * PANEL;
+        let depth = p1.min(pc + kc) - p0;
+        pack_panels::<S>(
+            nr,
+            nc,
+            depth,
+            args.b_at(p0, jc),
+            args.csb,
+            args.rsb,
+            dst.add((p0 - pc) * nr),
+            nr * kc,
+        );
+        p0 += depth;
+    }
 }
 
 #[cfg(test)]
@@ -188,7 +230,18 @@ mod tests {
             let mut dst = vec![f32::NAN; panels * w * depth];
             // SAFETY: src covers every (i, p) offset; dst holds all panels;
             // Avx2 is only used after the CPU check above.
-            unsafe { pack_panels::<S>(w, len, depth, src.as_ptr(), rs, ps, dst.as_mut_ptr()) };
+            unsafe {
+                pack_panels::<S>(
+                    w,
+                    len,
+                    depth,
+                    src.as_ptr(),
+                    rs,
+                    ps,
+                    dst.as_mut_ptr(),
+                    w * depth,
+                )
+            };
             for panel in 0..panels {
                 for p in 0..depth {
                     for i in 0..w {

@@ -43,8 +43,9 @@ impl Split {
     }
 }
 
-/// Cuts an m×n C into at most `threads` parts.
-pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize) -> Split {
+/// Cuts an m×n C into at most `threads` parts, along N in multiples of
+/// `n_unit` (NR, or the panel width when B or C is panelled).
+pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize, n_unit: usize) -> Split {
     let whole = Split {
         m,
         n,
@@ -54,12 +55,12 @@ pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize) -> Split {
     if threads <= 1 {
         return whole;
     }
-    let (tiles_m, tiles_n) = (m.div_ceil(p.mr), n.div_ceil(p.nr));
+    let (tiles_m, tiles_n) = (m.div_ceil(p.mr), n.div_ceil(n_unit));
     if tiles_n >= tiles_m.min(threads) || tiles_n >= 2 * threads {
         // Along N: each thread packs its own columns of B̃, all of Ã.
         let per = tiles_n.div_ceil(threads.min(tiles_n));
         Split {
-            step_n: per * p.nr,
+            step_n: per * n_unit,
             ..whole
         }
     } else {
@@ -141,7 +142,7 @@ mod tests {
             (13, 7, 4),
             (1, 1, 2),
         ] {
-            let s = split(m, n, &params::AVX512, t);
+            let s = split(m, n, &params::AVX512, t, params::AVX512.nr);
             assert!(s.parts() <= t.max(1));
             let mut seen = vec![0u8; m * n];
             for p in 0..s.parts() {
@@ -160,9 +161,9 @@ mod tests {
     #[test]
     fn direction_of_split() {
         for p in [params::AVX512, params::AVX2, params::SCALAR] {
-            let tall = split(4000, 8, &p, 2);
+            let tall = split(4000, 8, &p, 2, p.nr);
             assert_eq!((tall.parts(), tall.part(1).0 > 0), (2, true), "M split");
-            let wide = split(128, 1024, &p, 2);
+            let wide = split(128, 1024, &p, 2, p.nr);
             assert_eq!((wide.parts(), wide.part(1).2 > 0), (2, true), "N split");
         }
     }

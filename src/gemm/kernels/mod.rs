@@ -120,18 +120,19 @@ pub(crate) fn prefetch(p: *const f32) {
 }
 
 /// `acc = Ã·B̃` over `k` steps: Ã an MR-row micro-panel, B̃ an NR = NV·LANES
-/// column micro-panel.
+/// column micro-panel whose rows are `ldb` floats apart (NR when packed,
+/// PANEL when read in place from a panelled B).
 ///
 /// # Safety
-/// `a` is valid for `k·MR` reads and `b` for `k·NV·LANES` reads; the CPU
-/// supports `S`.
+/// `a` is valid for `k·MR` reads and `b` for NV·LANES reads at each of the
+/// `k` rows; the CPU supports `S`.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     k: usize,
     a: *const f32,
     b: *const f32,
+    ldb: usize,
 ) -> [[S::V; NV]; MR] {
-    let nr = NV * S::LANES;
     let mut acc = [[S::zero(); NV]; MR];
     let mut a = a;
     let mut b = b;
@@ -141,7 +142,7 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
         // `wrapping_add`: near the end of the panel the address lies past
         // it, which a prefetch may name but `add` may not compute.
         for v in 0..NV {
-            prefetch(b.wrapping_add(PREFETCH_STEPS * nr + v * S::LANES));
+            prefetch(b.wrapping_add(PREFETCH_STEPS * ldb + v * S::LANES));
         }
         let mut bv = [S::zero(); NV];
         for (v, bvv) in bv.iter_mut().enumerate() {
@@ -154,7 +155,9 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
             }
         }
         a = a.add(MR);
-        b = b.add(nr);
+        // Wrapping: after the last row of an in-place panel with NR < PANEL
+        // this lies past the matrix; it is never read.
+        b = b.wrapping_add(ldb);
     }
     acc
 }
