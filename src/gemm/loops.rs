@@ -87,7 +87,7 @@ impl Args {
     /// The sub-block lies inside this problem; `j0` is a multiple of PANEL
     /// if B or C has column panels.
     pub unsafe fn part(&self, i0: usize, m: usize, j0: usize, n: usize) -> Args {
-        debug_assert!(!self.column_panels() || j0 % PANEL == 0);
+        debug_assert!(!self.column_panels() || j0.is_multiple_of(PANEL));
         Args {
             m,
             n,
