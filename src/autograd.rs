@@ -498,7 +498,7 @@ impl<'g> Mlp<'g> {
     pub fn from_fast(graph: &'g Graph, m: &model::Mlp) -> Mlp<'g> {
         let widen = |s: &[f32]| s.iter().map(|&v| v as f64).collect::<Vec<f64>>();
         let n = m.cfg.layers();
-        let weights: Vec<Vec<f64>> = (0..n).map(|l| widen(m.weight(l))).collect();
+        let weights: Vec<Vec<f64>> = (0..n).map(|l| widen(&m.weight(l))).collect();
         let biases: Vec<Vec<f64>> = (0..n).map(|l| widen(m.bias(l))).collect();
         Mlp::new(graph, &m.cfg.dims, m.cfg.act, &weights, &biases)
     }
@@ -550,16 +550,12 @@ impl<'g> Mlp<'g> {
         };
         let mut m = model::Mlp::zeros(cfg);
         let (weights, biases) = self.tensors(Value::data);
-        for (slot, (w, b)) in m
-            .layout
-            .layers
-            .clone()
-            .iter()
+        for (l, (slot, (w, b))) in (m.layout.layers.clone().iter())
             .zip(weights.iter().zip(&biases))
+            .enumerate()
         {
-            for (dst, &src) in m.params[slot.w.clone()].iter_mut().zip(w) {
-                *dst = src as f32;
-            }
+            let rows: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+            m.set_weight(l, &rows);
             for (dst, &src) in m.params[slot.b.clone()].iter_mut().zip(b) {
                 *dst = src as f32;
             }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::TrainConfig;
 use crate::data::{DataError, Normalizer};
-use crate::model::{Act, Loss, Mlp, MlpConfig};
+use crate::model::{Act, Layout, Loss, Mlp, MlpConfig};
 use crate::ops::LossOut;
 use crate::optim::Optimizer;
 use crate::tensorfile::{self, Dtype, TensorOut};
@@ -95,12 +95,18 @@ pub fn save(dir: &Path, ck: &CheckpointRef<'_>) -> Result<(), DataError> {
     meta.insert("optimizer_steps".into(), ck.optimizer.t.to_string());
     meta.insert("best".into(), json(&ck.best));
     meta.insert("config".into(), json(ck.config));
-    let len = ck.mlp.layout.len;
-    let tensors = vec![
-        TensorOut::f32("params", vec![len], &ck.mlp.params),
-        TensorOut::f32("optimizer.m", vec![ck.optimizer.m.len()], &ck.optimizer.m),
-        TensorOut::f32("optimizer.v", vec![ck.optimizer.v.len()], &ck.optimizer.v),
+    // The slabs in the file layout: weights row-major [out, in].
+    let layout = &ck.mlp.layout;
+    let slabs = [
+        layout.to_row_major(&ck.mlp.params),
+        layout.to_row_major(&ck.optimizer.m),
+        layout.to_row_major(&ck.optimizer.v),
     ];
+    let tensors = ["params", "optimizer.m", "optimizer.v"]
+        .into_iter()
+        .zip(&slabs)
+        .map(|(name, slab)| TensorOut::f32(name, vec![slab.len()], slab))
+        .collect();
     write_with_crc(
         &dir.join(CHECKPOINT_FILE),
         tensorfile::with_padding(tensors),
@@ -123,13 +129,14 @@ pub fn save_model(
         "input_units".into(),
         "the dataset file's stored values (bytes 0-255 for images); input = x * input_scale + input_shift".into(),
     );
+    let weights: Vec<Vec<f32>> = (0..mlp.cfg.layers()).map(|l| mlp.weight(l)).collect();
     let mut tensors = Vec::new();
     for (l, slot) in mlp.layout.layers.iter().enumerate() {
         let idx = mlp.sequential_index(l);
         tensors.push(TensorOut::f32(
             format!("{idx}.weight"),
             vec![slot.fan_out, slot.fan_in],
-            mlp.weight(l),
+            &weights[l],
         ));
         tensors.push(TensorOut::f32(
             format!("{idx}.bias"),
@@ -292,11 +299,13 @@ fn model_from(f: Loaded) -> Result<ModelFile, DataError> {
     for l in 0..mlp.cfg.layers() {
         let idx = mlp.sequential_index(l);
         let slot = mlp.layout.layers[l].clone();
+        let mut rows = vec![0.0; slot.fan_out * slot.fan_in];
         f.f32_into(
             &format!("{idx}.weight"),
-            &mut mlp.params[slot.w],
+            &mut rows,
             Some(&[slot.fan_out, slot.fan_in]),
         )?;
+        mlp.set_weight(l, &rows);
         f.f32_into(
             &format!("{idx}.bias"),
             &mut mlp.params[slot.b],
@@ -333,10 +342,21 @@ pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Result<Checkpoint, DataError> 
 fn checkpoint_from(f: Loaded) -> Result<Checkpoint, DataError> {
     let config: TrainConfig = f.parse_meta("config")?;
     let mut mlp = Mlp::zeros(f.config()?);
-    f.f32_into("params", &mut mlp.params, None)?;
     let mut optimizer = Optimizer::new(config.optim, &mlp.layout);
-    f.f32_into("optimizer.m", &mut optimizer.m, None)?;
-    f.f32_into("optimizer.v", &mut optimizer.v, None)?;
+    // The file holds the slabs in the row-major file layout.
+    let file_len = Layout::row_major(&mlp.cfg.dims).len;
+    for (name, slab) in [
+        ("params", &mut mlp.params[..]),
+        ("optimizer.m", &mut optimizer.m[..]),
+        ("optimizer.v", &mut optimizer.v[..]),
+    ] {
+        let mut file = vec![0.0; if slab.is_empty() { 0 } else { file_len }];
+        f.f32_into(name, &mut file, None)?;
+        if !slab.is_empty() {
+            let converted = mlp.layout.from_row_major(&file, slab);
+            converted.expect("a slab of the file layout's length converts");
+        }
+    }
     optimizer.t = f.parse_meta("optimizer_steps")?;
     Ok(Checkpoint {
         mlp,

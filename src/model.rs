@@ -89,6 +89,7 @@ impl std::fmt::Display for Loss {
 use std::ops::Range;
 
 use crate::buf::AlignedBuf;
+use crate::gemm::{panel_len, PANEL};
 use crate::rng::Rng;
 
 /// The shape and choices of an MLP.
@@ -174,7 +175,10 @@ impl MlpConfig {
 pub struct LayerSlots {
     pub fan_in: usize,
     pub fan_out: usize,
-    /// `W` as `[fan_out, fan_in]`, row-major (PyTorch's `nn.Linear` layout).
+    /// `W` (`[fan_out, fan_in]`, PyTorch's `nn.Linear` shape), stored as
+    /// `Wᵀ [fan_in, fan_out]` in column panels ([`crate::gemm::MatRef::panels`]):
+    /// the layout the products read and write in place. Row-major in the
+    /// [`Layout::row_major`] layout of files.
     pub w: Range<usize>,
     /// `b` as `[fan_out]`.
     pub b: Range<usize>,
@@ -182,18 +186,36 @@ pub struct LayerSlots {
 
 /// The offsets of every tensor in a parameter slab. Gradients and optimiser
 /// state use the same layout, so each is one flat, aligned buffer (llm.c).
+///
+/// In memory ([`Layout::new`]) each weight matrix is kept in the panels the
+/// GEMM reads, so no training step packs the weights; files (models and
+/// checkpoints) hold PyTorch's row-major `[out, in]` ([`Layout::row_major`]),
+/// converted by [`Layout::to_row_major`] and [`Layout::from_row_major`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub layers: Vec<LayerSlots>,
-    /// Length of the slab in floats (with alignment padding).
+    /// Length of the slab in floats (with alignment and panel padding).
     pub len: usize,
+    /// Weights in panels (else row-major).
+    panelled: bool,
 }
 
 /// Floats per 64-byte line: every tensor of a slab starts on a line.
 const LINE: usize = 16;
 
 impl Layout {
+    /// The in-memory layout: weights in panels.
     pub fn new(dims: &[usize]) -> Layout {
+        Self::build(dims, true)
+    }
+
+    /// The file layout: weights row-major `[out, in]`, as PyTorch stores
+    /// them.
+    pub fn row_major(dims: &[usize]) -> Layout {
+        Self::build(dims, false)
+    }
+
+    fn build(dims: &[usize], panelled: bool) -> Layout {
         let mut at = 0;
         let mut take = |n: usize| {
             let r = at..at + n;
@@ -205,11 +227,86 @@ impl Layout {
             .map(|d| LayerSlots {
                 fan_in: d[0],
                 fan_out: d[1],
-                w: take(d[0] * d[1]),
+                w: take(if panelled {
+                    panel_len(d[0], d[1])
+                } else {
+                    d[0] * d[1]
+                }),
                 b: take(d[1]),
             })
             .collect();
-        Layout { layers, len: at }
+        Layout {
+            layers,
+            len: at,
+            panelled,
+        }
+    }
+
+    /// Index in the slab of `W[o, i]` of layer `l`.
+    pub fn weight_index(&self, l: usize, o: usize, i: usize) -> usize {
+        let s = &self.layers[l];
+        let within = if self.panelled {
+            (o / PANEL) * s.fan_in * PANEL + i * PANEL + o % PANEL
+        } else {
+            o * s.fan_in + i
+        };
+        s.w.start + within
+    }
+
+    /// `W` of layer `l` in `slab` (parameters, gradients or a moment), as
+    /// row-major `[out, in]`.
+    pub fn weight_rows(&self, slab: &[f32], l: usize) -> Vec<f32> {
+        let s = &self.layers[l];
+        (0..s.fan_out)
+            .flat_map(|o| (0..s.fan_in).map(move |i| (o, i)))
+            .map(|(o, i)| slab[self.weight_index(l, o, i)])
+            .collect()
+    }
+
+    /// Sets `W` of layer `l` in `slab` from row-major `[out, in]` values.
+    pub fn set_weight_rows(&self, slab: &mut [f32], l: usize, rows: &[f32]) {
+        let s = &self.layers[l];
+        assert_eq!(rows.len(), s.fan_out * s.fan_in, "weights of layer {l}");
+        for o in 0..s.fan_out {
+            for i in 0..s.fan_in {
+                slab[self.weight_index(l, o, i)] = rows[o * s.fan_in + i];
+            }
+        }
+    }
+
+    /// A slab of this layout in the file layout ([`Layout::row_major`]):
+    /// the same values, weights row-major (an empty slab stays empty).
+    pub fn to_row_major(&self, slab: &[f32]) -> Vec<f32> {
+        let dims = self.dims();
+        let file = Layout::row_major(&dims);
+        let mut out = vec![0.0; if slab.is_empty() { 0 } else { file.len }];
+        if !slab.is_empty() {
+            for (l, (mine, theirs)) in self.layers.iter().zip(&file.layers).enumerate() {
+                out[theirs.w.clone()].copy_from_slice(&self.weight_rows(slab, l));
+                out[theirs.b.clone()].copy_from_slice(&slab[mine.b.clone()]);
+            }
+        }
+        out
+    }
+
+    /// Fills `slab` (this layout) from a slab in the file layout; `None`
+    /// when `file` has not the file layout's length.
+    pub fn from_row_major(&self, file: &[f32], slab: &mut [f32]) -> Option<()> {
+        let rows = Layout::row_major(&self.dims());
+        if file.len() != rows.len || slab.len() != self.len {
+            return None;
+        }
+        for (l, (mine, theirs)) in self.layers.iter().zip(&rows.layers).enumerate() {
+            self.set_weight_rows(slab, l, &file[theirs.w.clone()]);
+            slab[mine.b.clone()].copy_from_slice(&file[theirs.b.clone()]);
+        }
+        Some(())
+    }
+
+    fn dims(&self) -> Vec<usize> {
+        let mut d: Vec<usize> = self.layers.iter().map(|s| s.fan_in).collect();
+        d.extend(self.layers.last().map(|s| s.fan_out));
+        d
     }
 }
 
@@ -240,23 +337,31 @@ impl Mlp {
     pub fn init(cfg: MlpConfig, seed: u64) -> Mlp {
         let mut mlp = Mlp::zeros(cfg);
         let mut rng = Rng::derive(seed, &[0x1417]);
-        for slot in &mlp.layout.layers {
+        for (l, slot) in mlp.layout.layers.clone().iter().enumerate() {
             let (fi, fo) = (slot.fan_in as f64, slot.fan_out as f64);
             let std = match mlp.cfg.act {
                 Act::Relu => (2.0 / fi).sqrt(),
                 Act::LeakyRelu => (2.0 / (1.0 + (LEAKY_SLOPE as f64).powi(2)) / fi).sqrt(),
                 Act::Tanh | Act::Sigmoid => (2.0 / (fi + fo)).sqrt(),
             };
-            for w in &mut mlp.params[slot.w.clone()] {
-                *w = (rng.normal() * std) as f32;
-            }
+            let rows: Vec<f32> = (0..slot.fan_out * slot.fan_in)
+                .map(|_| (rng.normal() * std) as f32)
+                .collect();
+            mlp.layout.set_weight_rows(&mut mlp.params, l, &rows);
         }
         mlp
     }
 
-    /// Weights of layer `l`, `[fan_out, fan_in]`.
-    pub fn weight(&self, l: usize) -> &[f32] {
-        &self.params[self.layout.layers[l].w.clone()]
+    /// Weights of layer `l`, `[fan_out, fan_in]` row-major (a copy: they
+    /// are kept in panels).
+    pub fn weight(&self, l: usize) -> Vec<f32> {
+        self.layout.weight_rows(&self.params, l)
+    }
+
+    /// Sets the weights of layer `l` from `[fan_out, fan_in]` row-major
+    /// values.
+    pub fn set_weight(&mut self, l: usize, rows: &[f32]) {
+        self.layout.set_weight_rows(&mut self.params, l, rows)
     }
 
     /// Bias of layer `l`, `[fan_out]`.

@@ -7,13 +7,16 @@
 //!           ─ loss, dlogits                                one pass over the logits
 //! backward, l = L−1 … 0:
 //!   dZ_{l−1} = (dZ_l·W_l) ⊙ act'(Z_{l−1})                   one GEMM, act' in the store (ReLU family)
-//!   dW_l = dZ_lᵀ·H_{l−1}      db_l = column sums of dZ_l
+//!   dW_lᵀ = H_{l−1}ᵀ·dZ_l     db_l = column sums of dZ_l
 //!   W_l, b_l updated by the optimiser                       dW_l's tiles feed W_l's update in the
 //!                                                           store: dW_l never reaches memory
 //! ```
 //!
-//! Weights are kept as PyTorch stores them, `W [out, in]` row-major; the
-//! products read `Wᵀ` and `dZᵀ` through strides, never through a copy.
+//! Weights are kept as `Wᵀ [in, out]` in the GEMM's column panels
+//! ([`crate::model::Layout`]): the forward product reads them in place as
+//! its packed B̃, the weight-gradient product `dWᵀ = Xᵀ·dZ` writes (or
+//! updates) them in place, and no step packs them; `X` and `dZ` are read
+//! transposed through strides, never through a copy.
 //! Every buffer a step touches is allocated when the [`Workspace`] is built:
 //! a step allocates nothing.
 
@@ -144,7 +147,7 @@ impl Workspace {
         for (l, io) in mlp.cfg.dims.windows(2).enumerate() {
             let (fan_in, fan_out) = (io[0], io[1]);
             gemm.reserve(max_batch, fan_in, fan_out); // forward
-            gemm.reserve(fan_out, max_batch, fan_in); // weight gradient
+            gemm.reserve(fan_in, max_batch, fan_out); // weight gradient
             if l > 0 {
                 gemm.reserve(max_batch, fan_out, fan_in); // input gradient
             }
@@ -253,11 +256,12 @@ impl Mlp {
                 Some(a) if !last => Epilogue::BiasAct(bias, a),
                 _ => Epilogue::Bias(bias),
             };
-            // H = act(X·Wᵀ + b): X [B, in], W [out, in] read as Wᵀ [in, out].
+            // H = act(X·Wᵀ + b): X [B, in], Wᵀ [in, out] in panels, read in
+            // place.
             gemm.gemm(
                 1.0,
                 MatRef::row_major(&input[..batch * fan_in], batch, fan_in),
-                MatRef::row_major(&self.params[slot.w.clone()], fan_out, fan_in).t(),
+                MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out),
                 0.0,
                 MatMut::row_major(out, batch, fan_out),
                 epilogue,
@@ -306,13 +310,14 @@ impl Mlp {
             let Workspace { x, h, dz, gemm, .. } = ws;
             let dz_l = &dz[l][..batch * slot.fan_out];
             let input = &layer_input(x, h, l)[..batch * slot.fan_in];
-            // dW = dZᵀ·X: dZ [B, out] read as [out, B], X [B, in].
+            // dWᵀ = Xᵀ·dZ: X [B, in] read as [in, B], dZ [B, out], into
+            // the weights' panels.
             gemm.gemm(
                 1.0,
-                MatRef::row_major(dz_l, batch, slot.fan_out).t(),
-                MatRef::row_major(input, batch, slot.fan_in),
+                MatRef::row_major(input, batch, slot.fan_in).t(),
+                MatRef::row_major(dz_l, batch, slot.fan_out),
                 0.0,
-                MatMut::row_major(&mut grads[slot.w.clone()], slot.fan_out, slot.fan_in),
+                MatMut::panels(&mut grads[slot.w.clone()], slot.fan_in, slot.fan_out),
                 Epilogue::None,
             );
             ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, slot.fan_out);
@@ -355,19 +360,19 @@ impl Mlp {
             } = ws;
             let dz_l = &dz[l][..batch * fan_out];
             let input = &layer_input(x, h, l)[..batch * fan_in];
-            // dW = dZᵀ·X as above, consumed by the update as it is made.
-            let (dzt, xb) = (
-                MatRef::row_major(dz_l, batch, fan_out).t(),
-                MatRef::row_major(input, batch, fan_in),
+            // dWᵀ = Xᵀ·dZ as above, consumed by the update as it is made.
+            let (xt, dzb) = (
+                MatRef::row_major(input, batch, fan_in).t(),
+                MatRef::row_major(dz_l, batch, fan_out),
             );
-            let fused = gemm.fuses_update(fan_out, batch, fan_in);
+            let fused = gemm.fuses_update(fan_in, batch, fan_out);
             if fused {
                 let (m, v) = opt.moments_mut(slot.w.clone());
-                let w = MatMut::row_major(&mut self.params[slot.w.clone()], fan_out, fan_in);
-                gemm.gemm_update(1.0, dzt, xb, w, m, v, rules.weights);
+                let w = MatMut::panels(&mut self.params[slot.w.clone()], fan_in, fan_out);
+                gemm.gemm_update(1.0, xt, dzb, w, m, v, rules.weights);
             } else {
-                let dw = MatMut::row_major(&mut grads[slot.w.clone()], fan_out, fan_in);
-                gemm.gemm(1.0, dzt, xb, 0.0, dw, Epilogue::None);
+                let dw = MatMut::panels(&mut grads[slot.w.clone()], fan_in, fan_out);
+                gemm.gemm(1.0, xt, dzb, 0.0, dw, Epilogue::None);
             }
             ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
             clock.lap(&mut phases.weight_gradient);
@@ -400,11 +405,11 @@ impl Mlp {
             None => Epilogue::None,
         };
         let dz_prev = &mut dz_before[l - 1][..batch * fan_in];
-        // W [out, in] as it is.
+        // W [out, in]: the transpose of the panels, packed by the product.
         gemm.gemm(
             1.0,
             MatRef::row_major(dz_l, batch, fan_out),
-            MatRef::row_major(&self.params[slot.w.clone()], fan_out, fan_in),
+            MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out).t(),
             0.0,
             MatMut::row_major(dz_prev, batch, fan_in),
             epilogue,

@@ -72,9 +72,8 @@ fn gradients_match_the_reference_and_the_fused_engine() {
                         // The fused engine leaves the L2 term's 2λW to the
                         // optimiser; add it here.
                         let w = fast.weight(l);
-                        let dw: Vec<f64> = fg[slot.w.clone()]
-                            .iter()
-                            .zip(w)
+                        let dw: Vec<f64> = (fast.layout.weight_rows(&fg, l).iter())
+                            .zip(&w)
                             .map(|(&g, &w)| g as f64 + 2.0 * l2 * w as f64)
                             .collect();
                         let db: Vec<f64> = fg[slot.b.clone()].iter().map(|&g| g as f64).collect();

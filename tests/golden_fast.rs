@@ -85,13 +85,12 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
     let mut mlp = Mlp::zeros(cfg);
     for l in 0..mlp.cfg.layers() {
         let slot = mlp.layout.layers[l].clone();
-        for (range, kind) in [(slot.w, "weight"), (slot.b, "bias")] {
+        let f32s = |kind: &str| -> Vec<f32> {
             let v = g.f64s(&format!("{case}.init.{}.{kind}", 2 * l));
-            mlp.params[range]
-                .iter_mut()
-                .zip(&v)
-                .for_each(|(p, &x)| *p = x as f32);
-        }
+            v.iter().map(|&x| x as f32).collect()
+        };
+        mlp.set_weight(l, &f32s("weight"));
+        mlp.params[slot.b].copy_from_slice(&f32s("bias"));
     }
     let mut ws = Workspace::new(&mlp, batch, Parallelism::Single);
     let want = if case.ends_with("_packed") {
@@ -161,16 +160,14 @@ fn forward_and_backward_match_pytorch() {
             &g.f64s(&format!("{case}.loss")),
         ));
         for (l, slot) in mlp.layout.layers.iter().enumerate() {
-            for (range, kind) in [(slot.w.clone(), "weight"), (slot.b.clone(), "bias")] {
+            // The coupled L2 gradient 2λW, applied by the optimiser.
+            let mut dw = mlp.layout.weight_rows(&grads, l);
+            dw.iter_mut()
+                .zip(&mlp.weight(l))
+                .for_each(|(g, &w)| *g += 2.0 * l2 as f32 * w);
+            for (fast, kind) in [(&dw[..], "weight"), (&grads[slot.b.clone()], "bias")] {
                 let name = format!("{case}.grad.{}.{kind}", 2 * l);
-                let mut fast: Vec<f32> = grads[range.clone()].to_vec();
-                if kind == "weight" {
-                    // The coupled L2 gradient 2λW, applied by the optimiser.
-                    fast.iter_mut()
-                        .zip(&mlp.params[range])
-                        .for_each(|(g, &w)| *g += 2.0 * l2 as f32 * w);
-                }
-                worst = worst.max(check(&name, &fast, &g.f64s(&name)));
+                worst = worst.max(check(&name, fast, &g.f64s(&name)));
             }
         }
     }
@@ -223,13 +220,14 @@ fn optimiser_steps_match_pytorch() {
                     &[loss as f32],
                     &[golden_loss],
                 ));
-                mlp.backward(&mut ws, &mut grads, batch);
-                opt.step(&mut mlp.params, &grads, &mlp.layout, f("lr"));
+                // The training step's own path: each weight updated inside
+                // its gradient product.
+                mlp.backward_update(&mut ws, &mut grads, &mut opt, f("lr"), batch);
             }
-            for (l, slot) in mlp.layout.layers.iter().enumerate() {
-                for (range, kind) in [(slot.w.clone(), "weight"), (slot.b.clone(), "bias")] {
+            for l in 0..mlp.cfg.layers() {
+                for (fast, kind) in [(mlp.weight(l), "weight"), (mlp.bias(l).to_vec(), "bias")] {
                     let tensor = format!("{case}.{name}.{}.{kind}", 2 * l);
-                    worst = worst.max(check(&tensor, &mlp.params[range], &g.f64s(&tensor)));
+                    worst = worst.max(check(&tensor, &fast, &g.f64s(&tensor)));
                 }
             }
             checked += 1;

@@ -116,7 +116,7 @@ fn gradients_match_the_reference_for_every_activation_and_loss() {
                     "{what}: logits"
                 );
                 for (l, slot) in mlp.layout.layers.iter().enumerate() {
-                    let ew = rel_err(&grads[slot.w.clone()], &ref_grads.weights[l]);
+                    let ew = rel_err(&mlp.layout.weight_rows(&grads, l), &ref_grads.weights[l]);
                     let eb = rel_err(&grads[slot.b.clone()], &ref_grads.biases[l]);
                     assert!(
                         ew < 1e-4 && eb < 1e-4,
@@ -213,7 +213,7 @@ fn optimiser_steps_match_the_reference() {
             let (_, _, g) = r.loss_and_grads(&x, &labels, Loss::Xent, l2 as f64, None);
             ref_opt.step(&mut r, &g);
             for (l, slot) in mlp.layout.layers.iter().enumerate() {
-                let ew = rel_err(&mlp.params[slot.w.clone()], &r.weights[l]);
+                let ew = rel_err(&mlp.weight(l), &r.weights[l]);
                 let eb = rel_err(&mlp.params[slot.b.clone()], &r.biases[l]);
                 assert!(ew < 1e-5 && eb < 1e-5, "{kind:?} l2 {l2} wd {wd} step {step}: layer {l} W error {ew:e}, b error {eb:e}");
             }
@@ -377,7 +377,7 @@ fn packed_case(
         let errors: Vec<(f64, f64)> = (mlp.layout.layers.iter().enumerate())
             .map(|(l, slot)| {
                 (
-                    rel_err(&grads[slot.w.clone()], &g.weights[l]),
+                    rel_err(&mlp.layout.weight_rows(&grads, l), &g.weights[l]),
                     rel_err(&grads[slot.b.clone()], &g.biases[l]),
                 )
             })
@@ -392,9 +392,10 @@ fn packed_case(
         // ~1e-9, moves the first update by up to lr·1e-9/ε. The gradients
         // were checked above; this checks the update rule on top of them.
         let fed = RefGrads {
-            weights: (mlp.layout.layers.iter().zip(&r.weights))
-                .map(|(slot, w)| {
-                    let gw = &grads[slot.w.clone()];
+            weights: (0..mlp.cfg.layers())
+                .zip(&r.weights)
+                .map(|(l, w)| {
+                    let gw = mlp.layout.weight_rows(&grads, l);
                     gw.iter()
                         .zip(w)
                         .map(|(&g, &w)| g as f64 + 2.0 * l2 * w)
@@ -407,7 +408,7 @@ fn packed_case(
         };
         ref_opt.step(&mut r, &fed);
         for (l, slot) in mlp.layout.layers.iter().enumerate() {
-            let ew = rel_err(&mlp.params[slot.w.clone()], &r.weights[l]);
+            let ew = rel_err(&mlp.weight(l), &r.weights[l]);
             let eb = rel_err(&mlp.params[slot.b.clone()], &r.biases[l]);
             assert!(
                 ew < 1e-5 && eb < 1e-5,
