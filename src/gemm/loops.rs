@@ -19,7 +19,7 @@
 //! owns: the result does not depend on the thread count.
 
 use super::epilogue::Epi;
-use super::kernels::{microkernel, prefetch, store_tile, Simd};
+use super::kernels::{microkernel, prefetch_l2, store_tile, Simd};
 use super::mat::{Panels, PANEL};
 use super::pack::{pack_a, pack_b, pack_b_row_panels};
 use super::params::{block_steps, Params};
@@ -100,11 +100,36 @@ impl Args {
     }
 }
 
+/// Hints the rows of the mr×nrv C tile at (i, j), and on the last KC
+/// block those of a fused update's moments.
+///
+/// # Safety
+/// (i, j) lies inside C.
+#[inline(always)]
+unsafe fn prefetch_tile(args: &Args, last: bool, i: usize, j: usize, mr: usize, nrv: usize) {
+    if args.csc != 1 {
+        return;
+    }
+    let c = args.c_at(i, j);
+    for r in 0..mr {
+        prefetch_row(c.offset(r as isize * args.rsc), nrv);
+    }
+    if let (true, Some(s)) = (last, &args.epi.step) {
+        let at = s.offset(i, j);
+        for r in 0..mr {
+            prefetch_row(s.m.offset(at + s.offset(r, 0)), nrv);
+            if !s.v.is_null() {
+                prefetch_row(s.v.offset(at + s.offset(r, 0)), nrv);
+            }
+        }
+    }
+}
+
 /// Hints the first and last cache line of `len` floats at `row`.
 #[inline(always)]
 fn prefetch_row(row: *const f32, len: usize) {
-    prefetch(row);
-    prefetch(row.wrapping_add(len - 1));
+    prefetch_l2(row);
+    prefetch_l2(row.wrapping_add(len - 1));
 }
 
 /// Runs the whole nest for `args` with kernel `S`, MR×(NV·LANES).
@@ -177,22 +202,17 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                         let j = jc + jr;
                         let cij = args.c_at(i, j);
                         let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
-                        if args.csc == 1 {
-                            // The C tile is read (β ≠ 0, a later KC block or
-                            // a fused update) and written after the k loop,
-                            // as are a fused update's moments: start
-                            // fetching them now.
-                            for r in 0..mr {
-                                prefetch_row(cij.offset(r as isize * args.rsc), nrv);
-                            }
-                            if let Some(s) = &epi.step {
-                                for r in 0..mr {
-                                    prefetch_row(s.m.offset(s.offset(r, 0)), nrv);
-                                    if !s.v.is_null() {
-                                        prefetch_row(s.v.offset(s.offset(r, 0)), nrv);
-                                    }
-                                }
-                            }
+                        // The C tile is read (β ≠ 0, a later KC block or a
+                        // fused update) and written after the k loop, as are
+                        // a fused update's moments: fetch the next tile's
+                        // while this one computes (and this one's, if first).
+                        if ir == 0 && jr == 0 {
+                            prefetch_tile(args, last, i, j, mr, nrv);
+                        }
+                        if jr + nr < nc {
+                            prefetch_tile(args, last, i, j + nr, mr, nr.min(nc - jr - nr));
+                        } else if ir + MR < mc {
+                            prefetch_tile(args, last, i + MR, jc, MR.min(mc - ir - MR), nr.min(nc));
                         }
                         let acc = microkernel::<S, MR, NV>(kc, ap, b_panel(jr), ldb);
                         store_tile::<S, MR, NV>(

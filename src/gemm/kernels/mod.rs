@@ -119,6 +119,20 @@ pub(crate) fn prefetch(p: *const f32) {
     let _ = p;
 }
 
+/// Hints the cache line holding `p` into L2 (no-op off x86-64): for data
+/// needed a whole tile later, without taking L1's few miss buffers from
+/// the operand the microkernel streams.
+#[inline(always)]
+pub(crate) fn prefetch_l2(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as `prefetch`.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// `acc = Ã·B̃` over `k` steps: Ã an MR-row micro-panel, B̃ an NR = NV·LANES
 /// column micro-panel whose rows are `ldb` floats apart (NR when packed,
 /// PANEL when read in place from a panelled B).
