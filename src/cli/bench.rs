@@ -35,6 +35,9 @@ pub struct GemmArgs {
     /// Transposes: NN, NT (B transposed: X·Wᵀ), TN (A transposed: dZᵀ·X), TT.
     #[arg(long, default_value = "NN")]
     trans: String,
+    /// The weights in fastnn's panels, as the training step keeps them: B = Wᵀ read in place (NT), B = W (NN) or C = dWᵀ (TN).
+    #[arg(long)]
+    panels: bool,
     /// Threads for fastnn (and for the split matrixmultiply baseline).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -66,7 +69,17 @@ fn gemm(args: GemmArgs) -> anyhow::Result<()> {
     let trans = Trans::parse(&args.trans)
         .with_context(|| format!("--trans {:?}: expected NN, NT, TN or TT", args.trans))?;
     let shapes = match (args.m, args.k, args.n) {
-        (Some(m), Some(k), Some(n)) => vec![Shape::new(m, k, n, trans)],
+        (Some(m), Some(k), Some(n)) => {
+            let shape = Shape::new(m, k, n, trans);
+            if args.panels && trans == Trans::TT {
+                anyhow::bail!("--panels: the step's products are NT, NN and TN, not TT");
+            }
+            vec![if args.panels {
+                shape.in_panels()
+            } else {
+                shape
+            }]
+        }
         (None, None, None) => BenchConfig::default_shapes(),
         _ => bail!("give all of --m, --k and --n, or none of them"),
     };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy};
+use super::{panel_len, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy};
 use crate::buf::AlignedBuf;
 use crate::cpu::{self, Isa, IsaError};
 
@@ -38,18 +38,39 @@ impl Trans {
     }
 }
 
-/// An m×k×n product (A m×k, B k×n), all operands stored densely.
+/// An m×k×n product (A m×k, B k×n), all operands stored densely, or with
+/// the weights in fastnn's panels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Shape {
     pub m: usize,
     pub k: usize,
     pub n: usize,
     pub trans: Trans,
+    /// The product as the training step runs it, the weights kept in
+    /// column panels ([`super::MatRef::panels`]): B = Wᵀ read in place (NT,
+    /// the forward product), B = W their transpose (NN, the input
+    /// gradient), C = dWᵀ (TN, the weight gradient). Other peers compute the
+    /// same product on dense operands.
+    pub panels: bool,
 }
 
 impl Shape {
     pub const fn new(m: usize, k: usize, n: usize, trans: Trans) -> Self {
-        Shape { m, k, n, trans }
+        Shape {
+            m,
+            k,
+            n,
+            trans,
+            panels: false,
+        }
+    }
+
+    /// The same product with the weights in panels (see [`Shape::panels`]).
+    pub const fn in_panels(self) -> Self {
+        Shape {
+            panels: true,
+            ..self
+        }
     }
     pub fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.k as f64 * self.n as f64
@@ -58,18 +79,26 @@ impl Shape {
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}×{}×{} {:?}", self.m, self.k, self.n, self.trans)
+        write!(f, "{}×{}×{} {:?}", self.m, self.k, self.n, self.trans)?;
+        if self.panels {
+            write!(f, " W in panels")?;
+        }
+        Ok(())
     }
 }
 
-/// The products of one training step of the DESIGN.md workloads
-/// (batch 128), then squares.
-pub const TRAINING_SHAPES: [Shape; 5] = [
-    Shape::new(128, 3072, 1024, Trans::NT),
-    Shape::new(128, 1024, 3072, Trans::NN),
-    Shape::new(1024, 128, 3072, Trans::TN),
-    Shape::new(128, 784, 512, Trans::NT),
-    Shape::new(128, 512, 256, Trans::NT),
+/// The largest products of one training step of the DESIGN.md workloads
+/// (batch 128), as the step runs them: W1's first-layer forward and weight
+/// gradient and second-layer input gradient, W2's first two forward
+/// products, first-layer weight gradient and second-layer input gradient.
+pub const TRAINING_SHAPES: [Shape; 7] = [
+    Shape::new(128, 3072, 1024, Trans::NT).in_panels(),
+    Shape::new(3072, 128, 1024, Trans::TN).in_panels(),
+    Shape::new(128, 512, 1024, Trans::NN).in_panels(),
+    Shape::new(128, 784, 512, Trans::NT).in_panels(),
+    Shape::new(128, 512, 256, Trans::NT).in_panels(),
+    Shape::new(784, 128, 512, Trans::TN).in_panels(),
+    Shape::new(128, 256, 512, Trans::NN).in_panels(),
 ];
 
 /// Square products.
@@ -98,11 +127,18 @@ impl Operands {
             }
             v
         };
+        // Panels pad the weights' out dimension to whole panels.
+        let (b_len, c_len) = match (shape.panels, shape.trans) {
+            (true, Trans::NT) => (panel_len(k, n), m * n),
+            (true, Trans::NN) => (panel_len(n, k), m * n),
+            (true, _) => (k * n, panel_len(m, n)),
+            (false, _) => (k * n, m * n),
+        };
         Operands {
             shape,
             a: fill(m * k, 1),
-            b: fill(k * n, 2),
-            c: AlignedBuf::zeroed(m * n),
+            b: fill(b_len, 2),
+            c: AlignedBuf::zeroed(c_len),
         }
     }
 
@@ -115,8 +151,14 @@ impl Operands {
         }
     }
 
-    fn b(&self) -> MatRef<'_> {
+    /// B as fastnn's product reads it (`dense`: as a dense peer does).
+    fn b(&self, dense: bool) -> MatRef<'_> {
         let Shape { k, n, trans, .. } = self.shape;
+        match (self.shape.panels && !dense, trans) {
+            (true, Trans::NT) => return MatRef::panels(&self.b, k, n),
+            (true, Trans::NN) => return MatRef::panels(&self.b, n, k).t(),
+            _ => {}
+        }
         if trans.tb() {
             MatRef::row_major(&self.b, n, k).t()
         } else {
@@ -128,14 +170,13 @@ impl Operands {
     pub fn run_fastnn(&mut self, ctx: &mut GemmCtx) {
         let Shape { m, n, .. } = self.shape;
         let mut c = std::mem::replace(&mut self.c, AlignedBuf::zeroed(0));
-        ctx.gemm(
-            1.0,
-            self.a(),
-            self.b(),
-            0.0,
-            MatMut::row_major(&mut c, m, n),
-            Epilogue::None,
-        );
+        let panelled_c = self.shape.panels && self.shape.trans == Trans::TN;
+        let cv = if panelled_c {
+            MatMut::panels(&mut c, m, n)
+        } else {
+            MatMut::row_major(&mut c, m, n)
+        };
+        ctx.gemm(1.0, self.a(), self.b(false), 0.0, cv, Epilogue::None);
         self.c = c;
     }
 
@@ -144,7 +185,7 @@ impl Operands {
     pub fn run_matrixmultiply(&mut self, pool: Option<&rayon::ThreadPool>) {
         use rayon::prelude::*;
         let Shape { m, k, n, .. } = self.shape;
-        let (a, b) = (self.a(), self.b());
+        let (a, b) = (self.a(), self.b(true));
         let (ap, rsa, csa) = (SendPtr(a.as_ptr()), a.rs() as isize, a.cs() as isize);
         let (bp, rsb, csb) = (SendPtr(b.as_ptr()), b.rs() as isize, b.cs() as isize);
         let rows = |i0: usize, c: &mut [f32]| {
@@ -473,13 +514,13 @@ impl std::fmt::Display for BenchReport {
         writeln!(f, "GFLOP/s of the {} sample, after warm-up", self.statistic)?;
         writeln!(
             f,
-            "{:<22} {:>13} {:>7} {:>15} {:>7} {:>7}",
+            "{:<34} {:>13} {:>7} {:>15} {:>7} {:>7}",
             "shape (m×k×n)", "fastnn GF/s", "%peak", "matmul GF/s", "%peak", "ratio"
         )?;
         for r in &self.results {
             writeln!(
                 f,
-                "{:<22} {:>13.1} {:>6.1}% {:>15.1} {:>6.1}% {:>6.2}x",
+                "{:<34} {:>13.1} {:>6.1}% {:>15.1} {:>6.1}% {:>6.2}x",
                 r.shape.to_string(),
                 r.fastnn_gflops,
                 r.fastnn_pct_peak,

@@ -274,7 +274,8 @@ def markdown(results):
             s = r["shape"]
             cells = [f"{rows[p]['results'][i]['gflops']:.1f}" for p in others]
             pct = 100 * r["fastnn_gflops"] / peak
-            lines.append(f"| {s['m']}×{s['k']}×{s['n']} {s['trans']} | {r['fastnn_gflops']:.1f} | {pct:.0f} % | {r['matrixmultiply_gflops']:.1f} | " + " | ".join(cells) + " |")
+            panels = " (fastnn: W in panels, as the step keeps it)" if s.get("panels") else ""
+            lines.append(f"| {s['m']}×{s['k']}×{s['n']} {s['trans']}{panels} | {r['fastnn_gflops']:.1f} | {pct:.0f} % | {r['matrixmultiply_gflops']:.1f} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
