@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use crate::buf::AlignedBuf;
 use crate::cpu::IsaError;
-use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism};
+use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan};
 use crate::model::{Act, Mlp, LEAKY_SLOPE};
 use crate::ops::{self, LossOut};
 use crate::optim::Optimizer;
@@ -105,6 +105,59 @@ impl Lap {
     }
 }
 
+/// The three kinds of product of a training step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Product {
+    /// `X·Wᵀ`: B = Wᵀ in column panels, read in place.
+    Forward,
+    /// `dWᵀ = Xᵀ·dZ`: C = the weights' panels (updated in place in a
+    /// training step).
+    WeightGradient,
+    /// `dZ·W`: B = W, the panels' transpose (row panels); not for the first
+    /// layer.
+    InputGradient,
+}
+
+/// One product of a training step, and how a GEMM context computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepProduct {
+    pub layer: usize,
+    pub product: Product,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub plan: Plan,
+}
+
+/// Every product of a training step of the network `dims` at `batch`, as
+/// `ctx` computes it (the workspace reserves for these; tests check which
+/// path a size takes).
+pub fn step_products(ctx: &GemmCtx, dims: &[usize], batch: usize) -> Vec<StepProduct> {
+    let mut out = Vec::new();
+    for (layer, io) in dims.windows(2).enumerate() {
+        let (fan_in, fan_out) = (io[0], io[1]);
+        let mut products = vec![
+            (Product::Forward, batch, fan_in, fan_out),
+            (Product::WeightGradient, fan_in, batch, fan_out),
+        ];
+        if layer > 0 {
+            products.push((Product::InputGradient, batch, fan_out, fan_in));
+        }
+        for (product, m, k, n) in products {
+            let column_panels = product != Product::InputGradient;
+            out.push(StepProduct {
+                layer,
+                product,
+                m,
+                k,
+                n,
+                plan: ctx.plan_panelled(m, k, n, column_panels),
+            });
+        }
+    }
+    out
+}
+
 /// Everything a step needs besides the parameters: the input batch, every
 /// layer's outputs and gradients, dropout masks, the GEMM context.
 pub struct Workspace {
@@ -144,13 +197,8 @@ impl Workspace {
     pub fn with_gemm(mlp: &Mlp, max_batch: usize, mut gemm: GemmCtx) -> Workspace {
         let outs = &mlp.cfg.dims[1..];
         let hidden = outs.len() - 1;
-        for (l, io) in mlp.cfg.dims.windows(2).enumerate() {
-            let (fan_in, fan_out) = (io[0], io[1]);
-            gemm.reserve(max_batch, fan_in, fan_out); // forward
-            gemm.reserve(fan_in, max_batch, fan_out); // weight gradient
-            if l > 0 {
-                gemm.reserve(max_batch, fan_out, fan_in); // input gradient
-            }
+        for p in step_products(&gemm, &mlp.cfg.dims, max_batch) {
+            gemm.reserve(p.m, p.k, p.n);
         }
         let buf = |n: usize| AlignedBuf::zeroed(max_batch * n);
         Workspace {

@@ -10,6 +10,7 @@ mod common;
 use fastnn::data::{Dataset, Holdout, Normalize};
 use fastnn::gemm::{GemmCtx, Parallelism, Plan};
 use fastnn::model::{Act, Loss};
+use fastnn::net::step_products;
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::train::{train, Silent, TrainConfig};
 
@@ -72,20 +73,12 @@ fn assert_hidden_products_split(dims: &[usize], threads: usize) {
     let ctx = GemmCtx::new(Parallelism::threads(threads));
     let hidden_layers = dims.len() - 2;
     for batch in [BATCH, TRAIN % BATCH] {
-        for l in 0..hidden_layers {
-            let (fan_in, fan_out) = (dims[l], dims[l + 1]);
-            let mut products = vec![
-                ("forward", batch, fan_in, fan_out),
-                ("weight gradient", fan_out, batch, fan_in),
-            ];
-            if l > 0 {
-                products.push(("input gradient", batch, fan_out, fan_in));
-            }
-            for (what, m, k, n) in products {
+        for p in step_products(&ctx, dims, batch) {
+            if p.layer < hidden_layers {
                 assert_eq!(
-                    ctx.plan(m, k, n),
+                    p.plan,
                     Plan::Packed { threads },
-                    "{dims:?} layer {l} {what} ({m}×{k}×{n}) at batch {batch} is not split {threads} ways"
+                    "{dims:?} at batch {batch}: {p:?} is not split {threads} ways"
                 );
             }
         }

@@ -1,11 +1,11 @@
 //! The fast f32 training path against the f64 `reference`: gradients and
-//! optimiser steps, on a tiny network (the no-pack path) and on one above
-//! the no-pack threshold (the packed kernels and their fused epilogues).
+//! optimiser steps, on a tiny network (every tile an edge tile) and on one
+//! with full tiles (the vector stores and their fused epilogues).
 
 use fastnn::buf::AlignedBuf;
 use fastnn::gemm::{GemmCtx, Parallelism, Plan};
 use fastnn::model::{Act, Loss, Mlp, MlpConfig};
-use fastnn::net::Workspace;
+use fastnn::net::{step_products, Product, Workspace};
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer};
 use fastnn::reference::{RefGrads, RefMlp, RefOptim, RefOptimizer};
 use fastnn::rng::Rng;
@@ -221,10 +221,10 @@ fn optimiser_steps_match_the_reference() {
     }
 }
 
-/// Above the no-pack threshold: every product of a 70-72-61-17 network at
-/// batch 37 takes the packed kernels (odd sizes, so every tile has an edge),
-/// with bias + activation fused into the forward stores and act' into the
-/// backward ones.
+/// Full tiles and edges: every product of a 70-72-61-17 network at batch 37
+/// runs several tiles of the packed kernels (odd sizes, so there are edge
+/// tiles too), with bias + activation fused into the forward stores, act'
+/// into the backward ones and the optimiser into the weight gradient's.
 const PACKED_DIMS: [usize; 4] = [70, 72, 61, 17];
 const PACKED_BATCH: usize = 37;
 
@@ -286,19 +286,10 @@ fn packed_training_steps_match_the_reference_for_every_activation_loss_and_optim
     // The test means the packed path, with the update fused into every
     // weight-gradient product: check that it is the one taken.
     let ctx = GemmCtx::new(Parallelism::Single);
-    for l in 0..dims.len() - 1 {
-        let (fan_in, fan_out) = (dims[l], dims[l + 1]);
-        assert!(ctx.fuses_update(fan_out, batch, fan_in), "layer {l}");
-        for (m, k, n) in [
-            (batch, fan_in, fan_out),
-            (fan_out, batch, fan_in),
-            (batch, fan_out, fan_in),
-        ] {
-            assert_eq!(
-                ctx.plan(m, k, n),
-                Plan::Packed { threads: 1 },
-                "{m}×{k}×{n}"
-            );
+    for p in step_products(&ctx, dims, batch) {
+        assert_eq!(p.plan, Plan::Packed { threads: 1 }, "{p:?}");
+        if p.product == Product::WeightGradient {
+            assert!(ctx.fuses_update(p.m, p.k, p.n), "{p:?}");
         }
     }
     let mut case = 0;
@@ -441,9 +432,10 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
                 w
             };
             let (mut ws_fused, mut ws_plain) = (workspace(), workspace());
-            for l in 0..dims.len() - 1 {
-                let (fan_in, fan_out) = (dims[l], dims[l + 1]);
-                assert!(ws_fused.gemm().fuses_update(fan_out, batch, fan_in));
+            for p in step_products(ws_fused.gemm(), dims, batch) {
+                if p.product == Product::WeightGradient {
+                    assert!(ws_fused.gemm().fuses_update(p.m, p.k, p.n), "{p:?}");
+                }
             }
             let (mut opt_fused, mut opt_plain) = (
                 Optimizer::new(optim, &fused.layout),
