@@ -1,12 +1,13 @@
 //! One training step of an MLP on a batch: forward, fused loss, backward.
 //!
 //! ```text
-//! X [B, in] ─ layer l: H_l = act(H_{l−1}·W_lᵀ + b_l)     one GEMM, bias + ReLU in the store
+//! X [B, in] ─ layer l: H_l = act(H_{l−1}·W_lᵀ + b_l)     one GEMM, bias + activation in the store
 //!             (dropout: H_l ⊙= mask_l)
 //!           ─ logits = H_{L−2}·W_{L−1}ᵀ + b_{L−1}
 //!           ─ loss, dlogits                                one pass over the logits
 //! backward, l = L−1 … 0:
-//!   dZ_{l−1} = (dZ_l·W_l) ⊙ act'(Z_{l−1})                   one GEMM, act' in the store (ReLU family)
+//!   dZ_{l−1} = (dZ_l·W_l) ⊙ act'(Z_{l−1})                   one GEMM, act' in the store (from H_{l−1};
+//!                                                           tanh/sigmoid with dropout: a pass after)
 //!   dW_lᵀ = H_{l−1}ᵀ·dZ_l     db_l = column sums of dZ_l
 //!   W_l, b_l updated by the optimiser                       dW_l's tiles feed W_l's update in the
 //!                                                           store: dW_l never reaches memory
@@ -30,12 +31,25 @@ use crate::ops::{self, LossOut};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
 
-/// The GEMM epilogue form of an activation, for those the store can fuse.
-fn fused(act: Act) -> Option<Activation> {
+/// The GEMM epilogue form of an activation: every one is applied in the
+/// forward product's store.
+fn fused(act: Act) -> Activation {
     match act {
-        Act::Relu => Some(Activation::Relu),
-        Act::LeakyRelu => Some(Activation::LeakyRelu(LEAKY_SLOPE)),
-        Act::Tanh | Act::Sigmoid => None,
+        Act::Relu => Activation::Relu,
+        Act::LeakyRelu => Activation::LeakyRelu(LEAKY_SLOPE),
+        Act::Tanh => Activation::Tanh,
+        Act::Sigmoid => Activation::Sigmoid,
+    }
+}
+
+/// The activation whose derivative the input-gradient store applies, from
+/// the stored outputs: always for the ReLU family (only their sign
+/// matters), for tanh and sigmoid only without dropout (with it the stored
+/// output is `act(z)·m`, and the pass after the product divides `m` out).
+fn fused_grad(act: Act, dropout: bool) -> Option<Activation> {
+    match act {
+        Act::Tanh | Act::Sigmoid if dropout => None,
+        _ => Some(fused(act)),
     }
 }
 
@@ -46,8 +60,8 @@ fn fused(act: Act) -> Option<Activation> {
 pub struct Phases {
     /// Gathering and normalising the batches (with their augmentation).
     pub gather: f64,
-    /// The forward products with their fused bias and activation, the
-    /// unfused activations and dropout.
+    /// The forward products with their fused bias and activation, and
+    /// dropout.
     pub forward: f64,
     /// The loss and the gradient of the logits.
     pub loss: f64,
@@ -300,9 +314,10 @@ impl Mlp {
             let out = &mut rest[0][..batch * fan_out];
             let last = l + 1 == layers;
             let bias = &self.params[slot.b.clone()];
-            let epilogue = match fused(self.cfg.act) {
-                Some(a) if !last => Epilogue::BiasAct(bias, a),
-                _ => Epilogue::Bias(bias),
+            let epilogue = if last {
+                Epilogue::Bias(bias)
+            } else {
+                Epilogue::BiasAct(bias, fused(self.cfg.act))
             };
             // H = act(X·Wᵀ + b): X [B, in], Wᵀ [in, out] in panels, read in
             // place.
@@ -316,9 +331,6 @@ impl Mlp {
             );
             if last {
                 break;
-            }
-            if fused(self.cfg.act).is_none() {
-                ops::activate_in_place(out, self.cfg.act);
             }
             if let Some(mask) = masks.get_mut(l) {
                 let mask = &mut mask[..batch * fan_out];
@@ -447,7 +459,7 @@ impl Mlp {
         let (dz_before, dz_rest) = dz.split_at_mut(l);
         let dz_l = &dz_rest[0][..batch * fan_out];
         let prev_out = &h[l - 1][..batch * fan_in];
-        let act = fused(self.cfg.act);
+        let act = fused_grad(self.cfg.act, !masks.is_empty());
         let epilogue = match act {
             Some(a) => Epilogue::ActGrad(MatRef::row_major(prev_out, batch, fan_in), a),
             None => Epilogue::None,

@@ -55,12 +55,6 @@ pub fn derivative_from_output(act: Act, h: f32) -> f32 {
     }
 }
 
-/// `h = act(h)` in place, for the activations the GEMM store does not fuse.
-// h: (B·O)
-pub fn activate_in_place(h: &mut [f32], act: Act) {
-    h.iter_mut().for_each(|x| *x = activate(act, *x));
-}
-
 /// Inverted dropout: each unit is kept with probability `1 − p` and scaled
 /// by `1/(1 − p)`, so the expected output is unchanged and inference needs
 /// no rescaling. `mask` receives the factor applied to each unit.
@@ -76,7 +70,8 @@ pub fn dropout_forward(h: &mut [f32], mask: &mut [f32], p: f32, rng: &mut Rng) {
 /// The backward pass through activation and dropout, in place:
 /// `dz = dh ⊙ mask ⊙ act'(z)`, where `h_out` is the layer's stored output
 /// (after dropout). With `grad_applied`, the GEMM epilogue has already
-/// multiplied by `act'(z)` (ReLU family), and only the mask remains.
+/// multiplied by `act'(z)` (from the stored output), and only the mask
+/// remains.
 // dh: (B·O), h_out: (B·O), mask: (B·O)
 pub fn act_dropout_backward(
     dh: &mut [f32],

@@ -440,7 +440,12 @@ fn fused_epilogue_equals_unfused_bitwise() {
             let a = MatRef::row_major(&a, m, k);
             let b = MatRef::row_major(&w, n, k).t();
             let zv = MatRef::row_major(&z, m, n);
-            let cases: [(Epilogue, &Unfused); 4] = [
+            // Z as a tanh or sigmoid output: in (−1, 1) and (0, 1).
+            let h: Vec<f32> = z.iter().map(|x| x.tanh()).collect();
+            let hv = MatRef::row_major(&h, m, n);
+            let s: Vec<f32> = z.iter().map(|x| 0.5 + 0.5 * x.tanh()).collect();
+            let sv = MatRef::row_major(&s, m, n);
+            let cases: [(Epilogue, &Unfused); 8] = [
                 (Epilogue::Bias(&bias), &|_, j, v| v + bias[j]),
                 (Epilogue::BiasAct(&bias, Activation::Relu), &|_, j, v| {
                     Activation::Relu.apply(v + bias[j])
@@ -452,6 +457,21 @@ fn fused_epilogue_equals_unfused_bitwise() {
                     Epilogue::ActGrad(zv, Activation::LeakyRelu(0.3)),
                     &|i, j, v| Activation::LeakyRelu(0.3).scale_by_grad(z[i * n + j], v),
                 ),
+                // tanh and sigmoid written out, not through Activation.
+                (Epilogue::BiasAct(&bias, Activation::Tanh), &|_, j, v| {
+                    (v + bias[j]).tanh()
+                }),
+                (Epilogue::BiasAct(&bias, Activation::Sigmoid), &|_, j, v| {
+                    1.0 / (1.0 + (-(v + bias[j])).exp())
+                }),
+                (Epilogue::ActGrad(hv, Activation::Tanh), &|i, j, v| {
+                    let h = h[i * n + j];
+                    v * (1.0 - h * h)
+                }),
+                (Epilogue::ActGrad(sv, Activation::Sigmoid), &|i, j, v| {
+                    let s = s[i * n + j];
+                    v * (s * (1.0 - s))
+                }),
             ];
             for (epi, unfused) in cases {
                 for beta in [0.0, 0.5] {

@@ -7,8 +7,10 @@
 //! v = α·ab            (skipped when α = 1)
 //! v = v + β·c_old     (only when β ≠ 0: β = 0 never reads C)
 //! v = v + bias[j]     (Bias, BiasAct)
-//! v = act(v)          (Act, BiasAct)        relu: v > 0 ? v : 0, leaky: v > 0 ? v : v·slope
-//! v = v ⊙ act'(z)     (ActGrad)             relu: z > 0 ? v : 0, leaky: z > 0 ? v : v·slope
+//! v = act(v)          (Act, BiasAct)        relu: v > 0 ? v : 0, leaky: v > 0 ? v : v·slope,
+//!                                           tanh, sigmoid: 1 / (1 + e^(−v))
+//! v = v ⊙ act'(z)     (ActGrad)             relu: z > 0 ? v : 0, leaky: z > 0 ? v : v·slope,
+//!                                           tanh: v·(1 − z²), sigmoid: v·(z·(1 − z)), z the output
 //! ```
 //!
 //! A fused weight-gradient product ([`super::GemmCtx::gemm_update`]) has no
@@ -29,16 +31,29 @@ pub enum Activation {
     Relu,
     /// `x > 0 ? x : slope·x`.
     LeakyRelu(f32),
+    /// `tanh(x)` (the platform's `f32::tanh`, one lane at a time in the
+    /// vector store); its derivative from the output `h` is `1 − h²`.
+    Tanh,
+    /// `1 / (1 + e^(−x))`; its derivative from the output `h` is `h·(1 − h)`.
+    Sigmoid,
 }
 
 impl Activation {
     /// `act(x)`.
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
-        self.scale_by_grad(x, x)
+        match self {
+            Activation::Identity => x,
+            Activation::Relu | Activation::LeakyRelu(_) => self.scale_by_grad(x, x),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
     }
 
-    /// `v · act'(z)`, written as a select: `z > 0 ? v : (0 or v·slope)`.
+    /// `v · act'`, from `z` as [`Epilogue::ActGrad`] holds it: the ReLU
+    /// family needs only its sign, so `z` may be the pre-activation or the
+    /// output (`z > 0 ? v : 0` or `v·slope`); tanh and sigmoid take the
+    /// output `h`: `v·(1 − h²)`, `v·(h·(1 − h))`.
     #[inline(always)]
     pub fn scale_by_grad(self, z: f32, v: f32) -> f32 {
         match self {
@@ -57,6 +72,8 @@ impl Activation {
                     v * slope
                 }
             }
+            Activation::Tanh => v * (1.0 - z * z),
+            Activation::Sigmoid => v * (z * (1.0 - z)),
         }
     }
 }
@@ -74,8 +91,9 @@ pub enum Epilogue<'a> {
     Act(Activation),
     /// Add the bias, then apply the activation: `act(XWᵀ + b)` in one pass.
     BiasAct(&'a [f32], Activation),
-    /// Multiply elementwise by `act'(Z)`, Z an m×n matrix with its own
-    /// strides: the backward pass `dX = (dZ·W) ⊙ act'(Z_prev)`.
+    /// Multiply elementwise by `act'`, from Z (an m×n matrix with its own
+    /// strides; the activation's output, see [`Activation::scale_by_grad`]):
+    /// the backward pass `dX = (dZ·W) ⊙ act'(Z_prev)`.
     ActGrad(MatRef<'a>, Activation),
 }
 

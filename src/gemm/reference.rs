@@ -42,13 +42,13 @@ pub fn gemm(
                     v += bias[j] as f64;
                     s += (bias[j] as f64).abs();
                 }
-                Epilogue::Act(act) => v = act_f64(act, v, v),
+                Epilogue::Act(act) => v = apply_f64(act, v),
                 Epilogue::BiasAct(bias, act) => {
                     v += bias[j] as f64;
                     s += (bias[j] as f64).abs();
-                    v = act_f64(act, v, v);
+                    v = apply_f64(act, v);
                 }
-                Epilogue::ActGrad(z, act) => v = act_f64(act, z.at(i, j) as f64, v),
+                Epilogue::ActGrad(z, act) => v = grad_f64(act, z.at(i, j) as f64, v),
             }
             value[i * n + j] = v;
             scale[i * n + j] = s;
@@ -57,23 +57,34 @@ pub fn gemm(
     (value, scale)
 }
 
-/// `x > 0 ? v : (0 or slope·v)`.
-fn act_f64(act: Activation, x: f64, v: f64) -> f64 {
+/// `act(x)` in f64.
+fn apply_f64(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        _ => grad_f64(act, x, x),
+    }
+}
+
+/// `v · act'` from `z` ([`Activation::scale_by_grad`]) in f64.
+fn grad_f64(act: Activation, z: f64, v: f64) -> f64 {
     match act {
         Activation::Identity => v,
         Activation::Relu => {
-            if x > 0.0 {
+            if z > 0.0 {
                 v
             } else {
                 0.0
             }
         }
         Activation::LeakyRelu(slope) => {
-            if x > 0.0 {
+            if z > 0.0 {
                 v
             } else {
                 slope as f64 * v
             }
         }
+        Activation::Tanh => v * (1.0 - z * z),
+        Activation::Sigmoid => v * (z * (1.0 - z)),
     }
 }

@@ -232,10 +232,10 @@ pub(crate) unsafe fn finish_vec<S: Simd>(
     if !epi.bias.is_null() {
         v = S::add(v, S::load(epi.bias.add(j)));
     }
-    v = act_vec::<S>(epi.act, v, v);
+    v = act_vec::<S>(epi.act, v);
     if !epi.z.is_null() {
         let z = S::load(epi.z.offset(i as isize * epi.rsz + j as isize));
-        v = act_vec::<S>(epi.zact, z, v);
+        v = grad_vec::<S>(epi.zact, z, v);
     }
     S::store(c, v);
 }
@@ -278,15 +278,40 @@ impl<S: Simd> Lanes for Lane<S> {
     }
 }
 
-/// `x > 0 ? v : (v·slope or 0)`: with x = v this is the activation, with
-/// x = z it multiplies v by act'(z).
+/// `act(v)`, the same operations as [`super::Activation::apply`]: the
+/// ReLU family as selects; tanh and sigmoid one lane at a time through the
+/// scalar function (the same bits, without a pass of their own over C).
 #[inline(always)]
-unsafe fn act_vec<S: Simd>(act: super::Activation, x: S::V, v: S::V) -> S::V {
+unsafe fn act_vec<S: Simd>(act: super::Activation, v: S::V) -> S::V {
     use super::Activation;
     match act {
         Activation::Identity => v,
-        Activation::Relu => S::select_pos(x, v, S::zero()),
-        Activation::LeakyRelu(slope) => S::select_pos(x, v, S::mul(v, S::splat(slope))),
+        Activation::Relu => S::select_pos(v, v, S::zero()),
+        Activation::LeakyRelu(slope) => S::select_pos(v, v, S::mul(v, S::splat(slope))),
+        Activation::Tanh | Activation::Sigmoid => {
+            let mut lanes = [0f32; 16];
+            assert!(S::LANES <= lanes.len());
+            S::store(lanes.as_mut_ptr(), v);
+            for x in &mut lanes[..S::LANES] {
+                *x = act.apply(*x);
+            }
+            S::load(lanes.as_ptr())
+        }
+    }
+}
+
+/// `v · act'` from `z`, the same operations as
+/// [`super::Activation::scale_by_grad`].
+#[inline(always)]
+unsafe fn grad_vec<S: Simd>(act: super::Activation, z: S::V, v: S::V) -> S::V {
+    use super::Activation;
+    let one = || S::splat(1.0);
+    match act {
+        Activation::Identity => v,
+        Activation::Relu => S::select_pos(z, v, S::zero()),
+        Activation::LeakyRelu(slope) => S::select_pos(z, v, S::mul(v, S::splat(slope))),
+        Activation::Tanh => S::mul(v, S::sub(one(), S::mul(z, z))),
+        Activation::Sigmoid => S::mul(v, S::mul(z, S::sub(one(), z))),
     }
 }
 
