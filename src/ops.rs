@@ -1,35 +1,12 @@
-//! Layer math that is not a matrix product: activations the GEMM epilogue
-//! does not fuse (tanh, sigmoid), dropout, bias gradients and the fused
-//! losses.
+//! Layer math that is not a matrix product: the activation derivatives
+//! the GEMM epilogue cannot fuse (tanh and sigmoid under dropout), dropout,
+//! bias gradients and the fused losses.
 //!
 //! Kernels follow llm.c's conventions: outputs first, then inputs, then
 //! dimensions; a shape comment on each. They never allocate.
 
 use crate::model::{Act, Loss, LEAKY_SLOPE};
 use crate::rng::Rng;
-
-/// `act(z)` for one value.
-#[inline]
-pub fn activate(act: Act, z: f32) -> f32 {
-    match act {
-        Act::Relu => {
-            if z > 0.0 {
-                z
-            } else {
-                0.0
-            }
-        }
-        Act::LeakyRelu => {
-            if z > 0.0 {
-                z
-            } else {
-                LEAKY_SLOPE * z
-            }
-        }
-        Act::Tanh => z.tanh(),
-        Act::Sigmoid => 1.0 / (1.0 + (-z).exp()),
-    }
-}
 
 /// `act'(z)` written in terms of the output `h = act(z)`: every activation
 /// here allows it, so the backward pass needs only the stored outputs.
