@@ -24,6 +24,7 @@ use super::mat::{Panels, PANEL};
 use super::pack::{pack_a, pack_b, pack_b_row_panels};
 use super::params::{block_steps, Params};
 use super::workspace::PartWs;
+use super::{MatMut, MatRef};
 
 /// One GEMM problem (or one thread's part of it), raw.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +58,37 @@ unsafe impl Send for Args {}
 unsafe impl Sync for Args {}
 
 impl Args {
+    /// The problem `C = epi(α·A·B + β·C)` on views (shapes already
+    /// checked by the caller).
+    pub fn of_views(
+        alpha: f32,
+        a: &MatRef<'_>,
+        b: &MatRef<'_>,
+        beta: f32,
+        c: &mut MatMut<'_>,
+        epi: Epi,
+    ) -> Args {
+        Args {
+            m: a.rows(),
+            k: a.cols(),
+            n: b.cols(),
+            alpha,
+            a: a.as_ptr(),
+            rsa: a.rs() as isize,
+            csa: a.cs() as isize,
+            b: b.as_ptr(),
+            rsb: b.rs() as isize,
+            csb: b.cs() as isize,
+            beta,
+            c: c.as_mut_ptr(),
+            rsc: c.rs() as isize,
+            csc: c.cs() as isize,
+            bp: b.layout(),
+            cp: c.layout(),
+            epi,
+        }
+    }
+
     /// Element (p, j) of op(B).
     ///
     /// # Safety

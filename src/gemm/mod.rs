@@ -217,25 +217,7 @@ impl GemmCtx {
             "gemm: A cannot be panelled (only B and C)"
         );
         epi.check(m, n);
-        let args = Args {
-            m,
-            k,
-            n,
-            alpha,
-            a: a.as_ptr(),
-            rsa: a.rs() as isize,
-            csa: a.cs() as isize,
-            b: b.as_ptr(),
-            rsb: b.rs() as isize,
-            csb: b.cs() as isize,
-            beta,
-            c: c.as_mut_ptr(),
-            rsc: c.rs() as isize,
-            csc: c.cs() as isize,
-            bp: b.layout(),
-            cp: c.layout(),
-            epi: epi.raw(),
-        };
+        let args = Args::of_views(alpha, &a, &b, beta, &mut c, epi.raw());
         // SAFETY: the views were bounds-checked at construction (panelled
         // ones including their padding, which in-place reads may touch); C
         // is a unique borrow whose elements do not overlap (MatMut::new,
@@ -361,25 +343,7 @@ impl GemmCtx {
             rs: w.rs() as isize,
             panels: w.layout(),
         });
-        let args = Args {
-            m: rows,
-            k,
-            n: cols,
-            alpha,
-            a: a.as_ptr(),
-            rsa: a.rs() as isize,
-            csa: a.cs() as isize,
-            b: b.as_ptr(),
-            rsb: b.rs() as isize,
-            csb: b.cs() as isize,
-            beta: 0.0,
-            c: w.as_mut_ptr(),
-            rsc: w.rs() as isize,
-            csc: 1,
-            bp: b.layout(),
-            cp: w.layout(),
-            epi,
-        };
+        let args = Args::of_views(alpha, &a, &b, 0.0, &mut w, epi);
         // SAFETY: A and B are bounds-checked views; W is a unique,
         // non-overlapping view, and m and v unique borrows of W's length,
         // addressed at W's offsets, so none aliases A, B or another; the
