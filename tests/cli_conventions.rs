@@ -120,6 +120,18 @@ fn exit_codes_are_0_1_and_2() {
     assert!(err.starts_with("fastnn: error: "), "{err}");
     let out = fastnn(&["plot", "/nonexistent/metrics.jsonl"]);
     assert_eq!(out.status.code(), Some(1));
+    // A benchmark shape the training step never runs with the weights in
+    // panels.
+    let out = fastnn(&[
+        "bench", "gemm", "--m", "4", "--k", "4", "--n", "4", "--trans", "TT", "--panels",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("fastnn: error: --panels") && last.contains("TT"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1053,3 +1053,42 @@ fn warm_calls_do_not_allocate() {
         }
     }
 }
+
+/// The fused update needs the whole of K in one pass: a product whose K
+/// spans several KC blocks is refused, not computed wrong.
+#[test]
+#[should_panic(expected = "not computed in one pass over K")]
+fn fused_update_refuses_a_product_over_several_k_blocks() {
+    let (m, k, n) = (4, 600, 4);
+    let (x, dz) = (vec![0f32; k * m], vec![0f32; k * n]);
+    let (mut w, mut mm) = (vec![0f32; m * n], vec![0f32; m * n]);
+    let mut ctx = GemmCtx::with_isa(Isa::Scalar, Parallelism::Single).unwrap();
+    assert!(!ctx.fuses_update(m, k, n));
+    ctx.gemm_update(
+        1.0,
+        MatRef::row_major(&x, k, m).t(),
+        MatRef::row_major(&dz, k, n),
+        MatMut::row_major(&mut w, m, n),
+        &mut mm,
+        &mut [],
+        rules()[0],
+    );
+}
+
+/// Moments of another length than the weights are refused.
+#[test]
+#[should_panic(expected = "W spans 16 elements, m 15")]
+fn fused_update_refuses_moments_of_another_length() {
+    let (x, dz) = (vec![0f32; 16], vec![0f32; 16]);
+    let (mut w, mut mm) = (vec![0f32; 16], vec![0f32; 15]);
+    let mut ctx = GemmCtx::with_isa(Isa::Scalar, Parallelism::Single).unwrap();
+    ctx.gemm_update(
+        1.0,
+        MatRef::row_major(&x, 4, 4).t(),
+        MatRef::row_major(&dz, 4, 4),
+        MatMut::row_major(&mut w, 4, 4),
+        &mut mm,
+        &mut [],
+        rules()[0],
+    );
+}
