@@ -9,7 +9,10 @@
 //! (`kernels/`), chosen once at run time ([`crate::cpu`]); small and skinny
 //! products skip packing (`small.rs`); `matrixmultiply` is the fallback and
 //! the f64 path. Every operand has its own row and column strides, so `X·Wᵀ`,
-//! `dZ·W` and `dZᵀ·X` are computed without materialising a transpose.
+//! `dZ·W` and `dZᵀ·X` are computed without materialising a transpose; B and
+//! C may also be panelled (`mat.rs`: the packed B̃ layout, which the network
+//! keeps its weights in), and a weight-gradient product may carry the
+//! optimiser's step in its store ([`GemmCtx::gemm_update`]).
 //!
 //! Threads split M and N only, never K: every element of C is summed in one
 //! fixed order, so **C is bitwise identical for any thread count**.
@@ -353,15 +356,16 @@ impl GemmCtx {
     }
 
     /// True when an m×k×n product can carry a fused optimiser step
-    /// ([`GemmCtx::gemm_update`]): its kernel sums the whole of K before it
-    /// stores a tile (the no-pack path, or a packed product of one K block).
-    /// Not with `matrixmultiply`, which stores C before the epilogue runs.
+    /// ([`GemmCtx::gemm_update`]): its kernel must sum the whole of K before
+    /// it stores a tile, which the packed nest does when K fits one KC
+    /// block. The answer does not depend on W's layout: a panelled W takes
+    /// the packed nest whatever the shape, so a shape the no-pack path would
+    /// take counts as packed too. Never with `matrixmultiply`, which stores
+    /// C before the epilogue runs.
     pub fn fuses_update(&self, m: usize, k: usize, n: usize) -> bool {
         match self.plan(m, k, n) {
             Plan::Empty => true,
             Plan::Fallback => false,
-            // The no-pack path sums all of K at once; the packed nest in
-            // KC blocks (a product with a panelled W always takes it).
             Plan::NoPack | Plan::Packed { .. } => {
                 params::block_steps(&params_of(self.isa), m, k, n).1 >= k
             }
