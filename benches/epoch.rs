@@ -31,10 +31,6 @@ fn step(c: &mut Criterion) {
                 dropout: 0.0,
             };
             let mut mlp = Mlp::init(cfg, 1);
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut ws = Workspace::new(&mlp, BATCH, Parallelism::threads(threads));
             let mut rng = Rng::new(2);
             ws.x.iter_mut().for_each(|x| *x = rng.normal() as f32);
@@ -50,11 +46,7 @@ fn step(c: &mut Criterion) {
             };
             let mut opt = Optimizer::new(optim, &mlp.layout);
             group.bench_function(format!("{name}/{threads}t"), |b| {
-                pool.install(|| {
-                    b.iter(|| {
-                        train_step(&mut mlp, &mut ws, &mut grads, &mut opt, BATCH, 1e-4, None)
-                    })
-                })
+                b.iter(|| train_step(&mut mlp, &mut ws, &mut grads, &mut opt, BATCH, 1e-4, None))
             });
         }
     }

@@ -21,7 +21,7 @@ fn gemm(c: &mut Criterion) {
         .copied()
         .chain([Shape::new(1024, 1024, 1024, Trans::NN)]);
     let mut one = GemmCtx::new(Parallelism::Single);
-    let mut two = GemmCtx::new(Parallelism::Rayon(2));
+    let mut two = GemmCtx::new(Parallelism::Threads(2));
     for shape in shapes {
         let id = shape.to_string();
         let mut ops = Operands::new(shape);

@@ -37,6 +37,7 @@ pub mod plot;
 pub mod reference;
 pub mod rng;
 pub mod rss;
+pub mod team;
 pub mod tensorfile;
 pub mod train;
 pub mod workload;

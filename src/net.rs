@@ -30,6 +30,7 @@ use crate::model::{Act, Mlp, LEAKY_SLOPE};
 use crate::ops::{self, LossOut};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
+use crate::team::Team;
 
 /// The GEMM epilogue form of an activation: every one is applied in the
 /// forward product's store.
@@ -229,6 +230,12 @@ impl Workspace {
             gemm,
             phases: Phases::default(),
         }
+    }
+
+    /// The input batch and its labels, to be filled, and the threads to
+    /// fill them on (`None` for one thread).
+    pub fn batch_mut(&mut self) -> (&mut [f32], &mut [u8], Option<&mut Team>) {
+        (&mut self.x, &mut self.labels, self.gemm.team())
     }
 
     /// Largest batch the buffers hold.
@@ -437,9 +444,10 @@ impl Mlp {
             ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
             clock.lap(&mut phases.weight_gradient);
             if !fused {
-                opt.update(rules.weights, slot.w.clone(), &mut self.params, grads);
+                let team = ws.gemm.team();
+                opt.update(rules.weights, slot.w.clone(), &mut self.params, grads, team);
             }
-            opt.update(rules.biases, slot.b.clone(), &mut self.params, grads);
+            opt.update(rules.biases, slot.b.clone(), &mut self.params, grads, None);
             clock.lap(&mut phases.update);
         }
     }

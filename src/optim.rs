@@ -12,10 +12,9 @@
 
 use std::ops::{Add, Div, Mul, Range, Sub};
 
-use rayon::prelude::*;
-
 use crate::buf::AlignedBuf;
 use crate::model::Layout;
+use crate::team::{SharedMut, Team};
 
 /// The update rule.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -68,8 +67,8 @@ impl Optimizer {
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], layout: &Layout, lr: f32) {
         let rules = self.begin_step(lr);
         for slot in &layout.layers {
-            self.update(rules.weights, slot.w.clone(), params, grads);
-            self.update(rules.biases, slot.b.clone(), params, grads);
+            self.update(rules.weights, slot.w.clone(), params, grads, None);
+            self.update(rules.biases, slot.b.clone(), params, grads, None);
         }
     }
 
@@ -121,27 +120,40 @@ impl Optimizer {
     }
 
     /// Applies `rule` to the parameters in `range` with their gradients.
-    /// The update is elementwise, so it splits across the threads of the
-    /// pool it runs in (if any) without changing a single bit.
-    pub fn update(&mut self, rule: Rule, range: Range<usize>, params: &mut [f32], grads: &[f32]) {
-        let parallel = rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1;
+    /// The update is elementwise, so with a team it splits across its
+    /// threads (in runs of whole PAR_CHUNKs) without changing a single bit.
+    pub fn update(
+        &mut self,
+        rule: Rule,
+        range: Range<usize>,
+        params: &mut [f32],
+        grads: &[f32],
+        team: Option<&mut Team>,
+    ) {
         let p = &mut params[range.clone()];
         let g = &grads[range.clone()];
         let (m, v) = self.moments_mut(range);
-        if !(parallel && p.len() > PAR_CHUNK) {
-            update(rule, p, g, m, v);
-        } else if v.is_empty() {
-            p.par_chunks_mut(PAR_CHUNK)
-                .zip(g.par_chunks(PAR_CHUNK))
-                .zip(m.par_chunks_mut(PAR_CHUNK))
-                .for_each(|((p, g), m)| update(rule, p, g, m, &mut []));
-        } else {
-            p.par_chunks_mut(PAR_CHUNK)
-                .zip(g.par_chunks(PAR_CHUNK))
-                .zip(m.par_chunks_mut(PAR_CHUNK))
-                .zip(v.par_chunks_mut(PAR_CHUNK))
-                .for_each(|(((p, g), m), v)| update(rule, p, g, m, v));
-        }
+        let len = p.len();
+        let team = team.filter(|t| t.threads() > 1 && len > PAR_CHUNK);
+        let Some(team) = team else {
+            return update(rule, p, g, m, v);
+        };
+        let per = len.div_ceil(PAR_CHUNK).div_ceil(team.threads()) * PAR_CHUNK;
+        let second = !v.is_empty();
+        let (p, m, v) = (SharedMut::new(p), SharedMut::new(m), SharedMut::new(v));
+        team.run(len.div_ceil(per), &|t| {
+            let r = t * per..len.min((t + 1) * per);
+            // SAFETY: the parts' ranges are disjoint.
+            let (p, m, v) = unsafe {
+                let v = if second {
+                    v.piece(r.clone())
+                } else {
+                    v.piece(0..0)
+                };
+                (p.piece(r.clone()), m.piece(r.clone()), v)
+            };
+            update(rule, p, &g[r], m, v)
+        });
     }
 }
 

@@ -17,7 +17,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rayon::ThreadPool;
 use serde::Serialize;
 
 use crate::buf::AlignedBuf;
@@ -198,7 +197,8 @@ pub fn evaluate(
         let n = b.min(view.len() - start);
         indices.clear();
         indices.extend(start..start + n);
-        norm.gather(view, indices, &mut ws.x, &mut ws.labels);
+        let (x, labels, team) = ws.batch_mut();
+        norm.gather(view, indices, x, labels, team);
         total += mlp.evaluate_batch(ws, n);
         for (row, &y) in ws.logits()[..n * classes]
             .chunks_exact(classes)
@@ -234,10 +234,9 @@ pub fn train(
     observer: &mut (dyn Observer + Send),
 ) -> Result<(Mlp, Summary), TrainError> {
     let mut trainer = Trainer::new(data, cfg, out_dir.map(PathBuf::as_path), resume)?;
-    let pool = thread_pool(cfg.threads)?;
     observer.start(&trainer.info());
-    let interrupted = install(pool.as_ref(), || trainer.run(observer))?;
-    let test = install(pool.as_ref(), || trainer.test());
+    let interrupted = trainer.run(observer)?;
+    let test = trainer.test();
     Ok(trainer.finish(interrupted, test))
 }
 
@@ -523,21 +522,16 @@ impl<'d> Trainer<'d> {
         let first = s * cfg.batch;
         let chunk = &self.order[first..first + self.batch_len(s)];
         let mut clock = Lap::start();
+        let (x, labels, team) = self.ws.batch_mut();
         match self.augment {
             Some(geometry) => {
                 draw_augments(cfg, step, chunk.len(), &mut self.augments);
-                self.norm.gather_augmented(
-                    &self.train_view,
-                    chunk,
-                    &self.augments,
-                    geometry,
-                    &mut self.ws.x,
-                    &mut self.ws.labels,
-                );
+                let augments = &self.augments;
+                let view = &self.train_view;
+                self.norm
+                    .gather_augmented(view, chunk, augments, geometry, x, labels, team);
             }
-            None => self
-                .norm
-                .gather(&self.train_view, chunk, &mut self.ws.x, &mut self.ws.labels),
+            None => self.norm.gather(&self.train_view, chunk, x, labels, team),
         }
         clock.lap(&mut self.ws.phases.gather);
         let mut drop_rng = Rng::derive(cfg.seed, &[DROPOUT, step as u64]);
@@ -690,23 +684,6 @@ fn augment_geometry(data: &Dataset, cfg: &TrainConfig) -> Result<Option<Geometry
         )));
     }
     Ok(Some(g))
-}
-
-/// The pool the matrix products split over (`None` for one thread: no pool
-/// at all).
-fn thread_pool(threads: usize) -> Result<Option<ThreadPool>, TrainError> {
-    (threads > 1)
-        .then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build())
-        .transpose()
-        .map_err(|e| TrainError::Config(format!("cannot start {threads} threads: {e}")))
-}
-
-/// Runs `f` inside `pool`, or on this thread without one.
-fn install<R: Send>(pool: Option<&ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
-    match pool {
-        Some(p) => p.install(f),
-        None => f(),
-    }
 }
 
 /// The augmentation of each sample of training step `step`. Flips and

@@ -100,55 +100,20 @@ fn training_steps_allocate_nothing_from_the_first_one() {
                 "{act} {loss}, {} threads, dropout {}, flip {}, translate {}, {:?}",
                 cfg.threads, cfg.dropout, cfg.flip, cfg.translate, cfg.optim.kind
             );
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(cfg.threads)
-                .build()
-                .unwrap();
-            // A worker allocates once when it starts and once more at its
-            // first steal (its deque's epoch handle): the pool's business,
-            // not a step's, and on a loaded machine either may otherwise
-            // fall inside the counted steps.
-            pool.broadcast(|_| ());
-            if cfg.threads == 2 {
-                pool.install(make_both_workers_steal);
-            }
             let mut trainer = Trainer::new(&data, &cfg, None, None).unwrap();
             assert_eq!(trainer.steps_per_epoch(), TRAIN.div_ceil(BATCH));
-            pool.install(|| {
-                for epoch in 0..cfg.epochs {
-                    let before = ALLOCATIONS.load(Ordering::SeqCst);
-                    trainer.shuffle(epoch);
-                    for s in 0..trainer.steps_per_epoch() {
-                        trainer.step(epoch, s).unwrap();
-                    }
-                    let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
-                    assert_eq!(
-                        allocated, 0,
-                        "{what}: {allocated} allocations in epoch {epoch}"
-                    );
+            for epoch in 0..cfg.epochs {
+                let before = ALLOCATIONS.load(Ordering::SeqCst);
+                trainer.shuffle(epoch);
+                for s in 0..trainer.steps_per_epoch() {
+                    trainer.step(epoch, s).unwrap();
                 }
-            });
+                let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
+                assert_eq!(
+                    allocated, 0,
+                    "{what}: {allocated} allocations in epoch {epoch}"
+                );
+            }
         }
     }
-}
-
-/// On a pool of two threads: the calling worker X pushes a job that it then
-/// waits for, so the other worker Y must steal it; that job pushes another
-/// one and waits in turn, so X must steal from Y. Both have stolen once when
-/// this returns.
-fn make_both_workers_steal() {
-    use std::sync::atomic::AtomicBool;
-    let (first, second) = (AtomicBool::new(false), AtomicBool::new(false));
-    let wait = |flag: &AtomicBool| {
-        while !flag.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-    };
-    rayon::join(
-        || wait(&first),
-        || {
-            first.store(true, Ordering::Release);
-            rayon::join(|| wait(&second), || second.store(true, Ordering::Release));
-        },
-    );
 }

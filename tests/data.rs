@@ -14,6 +14,7 @@ use fastnn::data::{
     Augment, Dataset, FeatureView, Features, Geometry, Holdout, Normalize, Normalizer, RawDataset,
     RawSplit, SourceInfo,
 };
+use fastnn::team::Team;
 use md5::{Digest, Md5};
 
 fn digits() -> Vec<String> {
@@ -154,7 +155,7 @@ fn gather_normalises_the_requested_rows() {
     let mut out = vec![f32::NAN; 3 * 6];
     let mut labels = vec![99u8; 3];
     for mode in [Normalize::Feature, Normalize::Channel, Normalize::None] {
-        Normalizer::new(mode, &stats, 6).gather(&test, &indices, &mut out, &mut labels);
+        Normalizer::new(mode, &stats, 6).gather(&test, &indices, &mut out, &mut labels, None);
         assert_eq!(labels, vec![0, 2, 0]);
         for (r, &i) in indices.iter().enumerate() {
             for f in 0..6 {
@@ -524,7 +525,7 @@ fn check_augmented(geometry: Geometry, augment: Augment, source: [Option<usize>;
     let indices = [1usize, 4];
     let (mut plain, mut moved) = (vec![0f32; 12], vec![0f32; 12]);
     let mut labels = vec![0u8; 2];
-    norm.gather(&train, &indices, &mut plain, &mut labels);
+    norm.gather(&train, &indices, &mut plain, &mut labels, None);
     let augments = [Augment::default(), augment];
     norm.gather_augmented(
         &train,
@@ -533,6 +534,7 @@ fn check_augmented(geometry: Geometry, augment: Augment, source: [Option<usize>;
         geometry,
         &mut moved,
         &mut labels,
+        None,
     );
     assert_eq!(labels, vec![1, 1]);
     assert_eq!(&moved[..6], &plain[..6], "sample 0 is not moved");
@@ -714,7 +716,7 @@ fn idx_files_in_memory_name_their_problems() {
     assert_eq!(std::fs::read(&path).unwrap(), b"mine");
 }
 
-/// A batch large enough is gathered by every thread of the pool, a run of
+/// A batch large enough is gathered by every thread of a team, a run of
 /// rows each: the same bits and labels as on one thread, augmented or not.
 #[test]
 fn gathering_on_several_threads_gives_the_same_batch() {
@@ -732,23 +734,29 @@ fn gathering_on_several_threads_gives_the_same_batch() {
             dy: (i % 7) as i8 - 3,
         })
         .collect();
-    let gather = |moved: bool| {
+    let gather = |moved: bool, team: Option<&mut Team>| {
         let (mut out, mut labels) = (vec![f32::NAN; 199 * 144], vec![0u8; 199]);
         if moved {
-            norm.gather_augmented(&train, &indices, &augments, geometry, &mut out, &mut labels);
+            norm.gather_augmented(
+                &train,
+                &indices,
+                &augments,
+                geometry,
+                &mut out,
+                &mut labels,
+                team,
+            );
         } else {
-            norm.gather(&train, &indices, &mut out, &mut labels);
+            norm.gather(&train, &indices, &mut out, &mut labels, team);
         }
         (out, labels)
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
+    let mut team = Team::new(3);
     for moved in [false, true] {
-        let (one, one_labels) = gather(moved);
-        let (three, three_labels) = pool.install(|| gather(moved));
+        let (one, one_labels) = gather(moved, None);
+        let (three, three_labels) = gather(moved, Some(&mut team));
         assert!(one.iter().all(|v| v.is_finite()), "every value written");
+        assert!(three.iter().all(|v| v.is_finite()), "every value written");
         assert_eq!(one_labels, three_labels);
         assert!(
             one.iter()

@@ -165,7 +165,7 @@ fn write_logits(
         indices.clear();
         indices.extend(start..start + n);
         m.normalizer
-            .gather(view, &indices, &mut ws.x, &mut ws.labels);
+            .gather(view, &indices, &mut ws.x, &mut ws.labels, None);
         m.mlp.forward(ws, n, None);
         logits.extend_from_slice(&ws.logits()[..n * c]);
         labels.extend_from_slice(&ws.labels[..n]);
@@ -192,7 +192,7 @@ pub fn run_predict(args: PredictArgs) -> Result<()> {
     let batch = args.indices.len();
     let mut ws = Workspace::try_new(&m.mlp, batch, Parallelism::Single)?;
     m.normalizer
-        .gather(&view, &args.indices, &mut ws.x, &mut ws.labels);
+        .gather(&view, &args.indices, &mut ws.x, &mut ws.labels, None);
     m.mlp.forward(&mut ws, batch, None);
     let c = m.classes.len();
     let mut out = std::io::stdout().lock();

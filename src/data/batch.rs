@@ -7,6 +7,7 @@
 //! that the compiler vectorises. No full-dataset f32 copy is ever made.
 
 use super::file::{FeatureView, SplitView, Stats};
+use crate::team::{SharedMut, Team};
 
 /// How input features are normalised before they enter the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -81,8 +82,8 @@ impl Geometry {
     }
 }
 
-/// Values in a batch below which gathering stays on one thread: waking a
-/// second one costs about as much as normalising this many bytes.
+/// Values in a batch below which gathering stays on one thread: handing
+/// rows to a second one costs about as much as normalising this many.
 const PAR_GATHER_MIN: usize = 1 << 14;
 
 /// Per-feature affine map `x·scale + shift` that normalises one sample.
@@ -147,7 +148,8 @@ impl Normalizer {
 
     /// Writes the normalised features of the samples `indices` of `split` as
     /// rows of `out` (row `r` at `out[r·dim ..]`), and their labels into
-    /// `labels`.
+    /// `labels`. With a team, a large batch is cut between its threads (the
+    /// same bits as on one).
     ///
     /// Panics if an index is out of range, or `out`/`labels` are too short.
     pub fn gather(
@@ -156,8 +158,9 @@ impl Normalizer {
         indices: &[usize],
         out: &mut [f32],
         labels: &mut [u8],
+        team: Option<&mut Team>,
     ) {
-        self.gather_rows(split, indices, None, out, labels);
+        self.gather_rows(split, indices, None, out, labels, team);
     }
 
     /// As [`Normalizer::gather`], with each sample moved as its
@@ -168,6 +171,7 @@ impl Normalizer {
     ///
     /// Panics as `gather` does, if the geometry does not match the features,
     /// or if there are fewer augments than indices.
+    #[allow(clippy::too_many_arguments)]
     pub fn gather_augmented(
         &self,
         split: &SplitView<'_>,
@@ -176,6 +180,7 @@ impl Normalizer {
         geometry: Geometry,
         out: &mut [f32],
         labels: &mut [u8],
+        team: Option<&mut Team>,
     ) {
         assert_eq!(
             geometry.channels * geometry.height * geometry.width,
@@ -184,7 +189,14 @@ impl Normalizer {
             self.dim()
         );
         assert!(augments.len() >= indices.len(), "one augment per sample");
-        self.gather_rows(split, indices, Some((augments, geometry)), out, labels);
+        self.gather_rows(
+            split,
+            indices,
+            Some((augments, geometry)),
+            out,
+            labels,
+            team,
+        );
     }
 
     /// Each sample is read once: straight, or moved when it has an augment.
@@ -195,6 +207,7 @@ impl Normalizer {
         augments: Option<(&[Augment], Geometry)>,
         out: &mut [f32],
         labels: &mut [u8],
+        team: Option<&mut Team>,
     ) {
         let d = self.dim();
         assert_eq!(
@@ -204,28 +217,24 @@ impl Normalizer {
         );
         assert!(out.len() >= indices.len() * d, "batch buffer too small");
         assert!(labels.len() >= indices.len(), "label buffer too small");
-        // Inside a pool of several threads, a batch large enough is cut into
-        // one run of rows per thread: each row is computed the same way
-        // wherever it runs.
+        // With a team, a batch large enough is cut into one run of rows per
+        // thread: each row is computed the same way wherever it runs.
         let rows = indices.len();
-        let threads = match rayon::current_thread_index() {
-            Some(_) => rayon::current_num_threads(),
-            None => 1,
-        };
-        if threads > 1 && d > 0 && rows * d >= PAR_GATHER_MIN {
-            use rayon::prelude::*;
-            let per = rows.div_ceil(threads);
-            out[..rows * d]
-                .par_chunks_mut(per * d)
-                .zip(labels[..rows].par_chunks_mut(per))
-                .zip(indices.par_chunks(per))
-                .enumerate()
-                .for_each(|(t, ((out, labels), indices))| {
-                    let augments = augments.map(|(a, g)| (&a[t * per..], g));
-                    self.gather_part(split, indices, augments, out, labels)
+        match team {
+            Some(team) if d > 0 && rows * d >= PAR_GATHER_MIN => {
+                let per = rows.div_ceil(team.threads());
+                let parts = rows.div_ceil(per);
+                let (out, labels) = (SharedMut::new(&mut out[..rows * d]), SharedMut::new(labels));
+                team.run(parts, &|t| {
+                    let r = t * per..rows.min((t + 1) * per);
+                    let augments = augments.map(|(a, g)| (&a[r.clone()], g));
+                    // SAFETY: the parts' row ranges are disjoint.
+                    let (out, labels) =
+                        unsafe { (out.piece(r.start * d..r.end * d), labels.piece(r.clone())) };
+                    self.gather_part(split, &indices[r], augments, out, labels)
                 });
-        } else {
-            self.gather_part(split, indices, augments, out, labels);
+            }
+            _ => self.gather_part(split, indices, augments, out, labels),
         }
     }
 

@@ -441,10 +441,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, IsaError> {
             .build()
             .expect("cannot start the benchmark thread pool")
     });
-    // Both libraries are called from a thread of the pool, as training
-    // calls them (it runs its whole loop inside its pool): a call then hands
-    // work to the other threads without first waking a pool thread for
-    // itself and putting the caller to sleep.
+    // fastnn splits a product over its context's own team of threads, as
+    // in training; matrixmultiply is called from a thread of the pool, so
+    // that a call hands work to the other threads without first waking a
+    // pool thread for itself and putting the caller to sleep.
     let in_pool = |f: &mut (dyn FnMut() -> f64 + Send)| match &pool {
         Some(pool) => pool.install(f),
         None => f(),
@@ -452,14 +452,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, IsaError> {
     let mut results = Vec::new();
     for &shape in &cfg.shapes {
         let mut ops = Operands::new(shape);
-        let t_fast = in_pool(&mut || {
-            time_per_call(
-                || ops.run_fastnn(&mut ctx),
-                cfg.samples,
-                cfg.min_sample,
-                cfg.best,
-            )
-        });
+        let t_fast = time_per_call(
+            || ops.run_fastnn(&mut ctx),
+            cfg.samples,
+            cfg.min_sample,
+            cfg.best,
+        );
         let t_mm = in_pool(&mut || {
             time_per_call(
                 || ops.run_matrixmultiply(pool.as_ref()),

@@ -59,6 +59,7 @@ pub(crate) use workspace::PartWs;
 
 use crate::cpu::{self, Isa, IsaError};
 use crate::optim::Rule;
+use crate::team::{SharedMut, Team};
 use epilogue::{Epi, StepEpi};
 use params::Params;
 
@@ -67,10 +68,9 @@ use params::Params;
 pub enum Parallelism {
     /// The calling thread only.
     Single,
-    /// Up to `n` rayon threads: the current rayon pool when called from
-    /// inside one (`pool.install(..)`), else a pool of `n` threads built
-    /// once per process and cached.
-    Rayon(usize),
+    /// Up to `n` threads: the caller and `n − 1` threads of the context's
+    /// own persistent [`Team`], started with the context.
+    Threads(usize),
 }
 
 impl Parallelism {
@@ -79,14 +79,14 @@ impl Parallelism {
         if n <= 1 {
             Parallelism::Single
         } else {
-            Parallelism::Rayon(n)
+            Parallelism::Threads(n)
         }
     }
 
     fn count(self) -> usize {
         match self {
             Parallelism::Single => 1,
-            Parallelism::Rayon(n) => n.max(1),
+            Parallelism::Threads(n) => n.max(1),
         }
     }
 }
@@ -138,6 +138,11 @@ pub struct GemmCtx {
     par: Parallelism,
     strategy: Strategy,
     ws: GemmWorkspace,
+    /// The threads of a split product (`None` for one thread).
+    team: Option<Team>,
+    /// Time the caller spent waiting for the team's other threads to
+    /// finish their parts, summed over calls ([`GemmCtx::team_wait`]).
+    team_wait: std::time::Duration,
 }
 
 impl GemmCtx {
@@ -165,6 +170,8 @@ impl GemmCtx {
             par,
             strategy: Strategy::Auto,
             ws: GemmWorkspace::new(),
+            team: (par.count() > 1).then(|| Team::new(par.count())),
+            team_wait: std::time::Duration::ZERO,
         }
     }
 
@@ -184,6 +191,26 @@ impl GemmCtx {
 
     pub fn set_parallelism(&mut self, par: Parallelism) {
         self.par = par;
+        if self
+            .team
+            .as_ref()
+            .is_some_and(|t| t.threads() != par.count())
+        {
+            self.team = None;
+        }
+    }
+
+    /// The context's threads, to run a step's other parallel work on
+    /// (`None` for one thread).
+    pub fn team(&mut self) -> Option<&mut Team> {
+        self.team.as_mut()
+    }
+
+    /// Seconds the calling thread has spent, over all split products so
+    /// far, waiting for the other threads to finish their parts after it
+    /// finished its own: load imbalance plus the hand-off.
+    pub fn team_wait(&self) -> f64 {
+        self.team_wait.as_secs_f64()
     }
 
     /// The workspace (e.g. to report its size).
@@ -484,11 +511,21 @@ impl GemmCtx {
         if parts.len() == 1 {
             return run_packed(isa, args, &mut parts[0]);
         }
-        threads::for_each_part(self.par, parts, |t, ws| {
+        let count = parts.len();
+        let parts = SharedMut::new(parts);
+        let team = self.team.get_or_insert_with(|| Team::new(self.par.count()));
+        self.team_wait += team.run(count, &|t| {
             let (i0, pm, j0, pn) = split.part(t);
-            // SAFETY: parts tile C without overlap (threads::split), so each
-            // thread writes only its own sub-block.
-            unsafe { run_packed(isa, &args.part(i0, pm, j0, pn), ws) }
+            // SAFETY: the team calls each t < count once, so each thread has
+            // its own PartWs; parts tile C without overlap
+            // (threads::split), so each writes only its own sub-block.
+            unsafe {
+                run_packed(
+                    isa,
+                    &args.part(i0, pm, j0, pn),
+                    &mut parts.piece(t..t + 1)[0],
+                )
+            }
         });
     }
 }

@@ -1,17 +1,11 @@
-//! Splitting C between threads, and the cached rayon pools.
+//! Splitting C between the threads of a team (`team.rs`).
 //!
 //! C is cut into at most `threads` rectangles along N (or along M when C is
 //! taller than wide), on NR (MR) boundaries. Each thread runs the whole loop
 //! nest on its rectangle with its own pack buffers: no barrier, no shared
 //! packed panel, and every element is computed exactly as on one thread.
 
-use std::sync::{Arc, Mutex};
-
-use rayon::ThreadPool;
-
 use super::params::Params;
-use super::workspace::PartWs;
-use super::Parallelism;
 
 /// How C is cut.
 #[derive(Clone, Copy, Debug)]
@@ -68,62 +62,6 @@ pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize, n_unit: usiz
         Split {
             step_m: per * p.mr,
             ..whole
-        }
-    }
-}
-
-/// The cached pool of `n` threads (built on first use).
-fn pool(n: usize) -> Arc<ThreadPool> {
-    static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
-    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = pools.iter().find(|(k, _)| *k == n) {
-        return p.clone();
-    }
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("fastnn-gemm-{i}"))
-            .build()
-            .expect("cannot start the gemm thread pool"),
-    );
-    pools.push((n, p.clone()));
-    p
-}
-
-/// Runs `f(t, ws_t)` for every part, in parallel, by recursive
-/// `rayon::join` in the caller's rayon pool (when called from inside one,
-/// e.g. under `pool.install`) or in the cached pool of `par` threads.
-/// `join` keeps its jobs on the stack: a call allocates nothing (a scope's
-/// `spawn` would box every job).
-pub(crate) fn for_each_part<F>(par: Parallelism, parts: &mut [PartWs], f: F)
-where
-    F: Fn(usize, &mut PartWs) + Sync + Send,
-{
-    if rayon::current_thread_index().is_some() {
-        join_parts(parts, 0, &f)
-    } else {
-        let n = match par {
-            Parallelism::Single => 1,
-            Parallelism::Rayon(n) => n,
-        };
-        pool(n).install(|| join_parts(parts, 0, &f))
-    }
-}
-
-/// Halves the parts until one is left, joining the halves.
-fn join_parts<F>(parts: &mut [PartWs], first: usize, f: &F)
-where
-    F: Fn(usize, &mut PartWs) + Sync + Send,
-{
-    match parts.len() {
-        0 => {}
-        1 => f(first, &mut parts[0]),
-        len => {
-            let (l, r) = parts.split_at_mut(len / 2);
-            rayon::join(
-                || join_parts(l, first, f),
-                || join_parts(r, first + len / 2, f),
-            );
         }
     }
 }
