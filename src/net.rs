@@ -75,6 +75,10 @@ pub struct Phases {
     /// The optimiser's passes that are not fused: the biases, and the
     /// weights of a product that does not carry the update.
     pub update: f64,
+    /// Of the phases above, the time the calling thread waited for the
+    /// team's other threads to finish their parts (load imbalance and the
+    /// hand-off); not part of [`Phases::total`].
+    pub wait: f64,
     /// Steps timed.
     pub steps: usize,
 }
@@ -99,6 +103,7 @@ impl std::ops::AddAssign for Phases {
         self.backward_data += o.backward_data;
         self.weight_gradient += o.weight_gradient;
         self.update += o.update;
+        self.wait += o.wait;
         self.steps += o.steps;
     }
 }

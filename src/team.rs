@@ -75,6 +75,8 @@ unsafe impl Sync for Shared {}
 pub struct Team {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// Time the caller has waited for the workers, over all runs.
+    waited: Duration,
 }
 
 impl Team {
@@ -98,7 +100,11 @@ impl Team {
                     .expect("cannot start a thread")
             })
             .collect();
-        let mut team = Team { shared, workers };
+        let mut team = Team {
+            shared,
+            workers,
+            waited: Duration::ZERO,
+        };
         // A thread allocates as it starts (std copies its name): wait until
         // every worker has, so that it never happens inside a later run.
         team.run(team.threads(), &|_| {});
@@ -110,11 +116,17 @@ impl Team {
         self.workers.len() + 1
     }
 
+    /// Time the calling thread has spent, over every run so far, waiting
+    /// for the other threads to finish after its own part: load imbalance
+    /// plus the hand-off.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
     /// Runs `f(t)` for every `t < parts` at once, `f(0)` on the calling
-    /// thread, and returns when all have returned, with the time the caller
-    /// waited for the others after its own part. A panic in any part is
+    /// thread, and returns when all have returned. A panic in any part is
     /// raised here, after every part has finished.
-    pub fn run(&mut self, parts: usize, f: &(dyn Fn(usize) + Sync)) -> Duration {
+    pub fn run(&mut self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         assert!(
             parts <= self.threads(),
             "{parts} parts for a team of {} threads",
@@ -122,7 +134,7 @@ impl Team {
         );
         if parts <= 1 || self.workers.is_empty() {
             (0..parts).for_each(f);
-            return Duration::ZERO;
+            return;
         }
         let s = &*self.shared;
         // SAFETY: the lifetime is erased only for the duration of this call:
@@ -138,7 +150,7 @@ impl Team {
         let mine = panic::catch_unwind(AssertUnwindSafe(|| f(0)));
         let waiting = Instant::now();
         self.wait();
-        let waited = waiting.elapsed();
+        self.waited += waiting.elapsed();
         // SAFETY: every worker is done with the job.
         unsafe { *s.job.get() = (None, 0) };
         if let Err(payload) = mine {
@@ -148,7 +160,6 @@ impl Team {
         if let Some(payload) = theirs {
             panic::resume_unwind(payload);
         }
-        waited
     }
 
     /// Publishes a new epoch and wakes the parked workers.

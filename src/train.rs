@@ -522,6 +522,7 @@ impl<'d> Trainer<'d> {
         let first = s * cfg.batch;
         let chunk = &self.order[first..first + self.batch_len(s)];
         let mut clock = Lap::start();
+        let waited = self.ws.gemm().team_wait();
         let (x, labels, team) = self.ws.batch_mut();
         match self.augment {
             Some(geometry) => {
@@ -545,6 +546,7 @@ impl<'d> Trainer<'d> {
             lr,
             dropout,
         );
+        self.ws.phases.wait += self.ws.gemm().team_wait() - waited;
         if !out.loss_sum.is_finite() {
             let kept = match self.out_dir {
                 Some(d) if epoch > 0 => format!("; the last good checkpoint is in {}", d.display()),

@@ -31,7 +31,8 @@ pub struct TrainBenchArgs {
     #[arg(long)]
     json: bool,
     /// Also show where a step's time goes: gather, forward, loss, input
-    /// gradients, weight gradients, update (always in the JSON).
+    /// gradients, weight gradients, update, and the time the first thread
+    /// waited for the others (always in the JSON).
     #[arg(long)]
     phases: bool,
 }
@@ -117,6 +118,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
                 "ms_per_step": r.seconds_per_step * 1e3,
                 "gflops": r.gflops(),
             })).collect::<Vec<_>>(),
+            "team_wait_ms_per_step": t.phases.wait / t.phases.steps.max(1) as f64 * 1e3,
         });
         writeln!(out, "{v}")?;
         return Ok(());
@@ -188,6 +190,13 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             }
             writeln!(out)?;
         }
+        let wait = t.phases.wait / t.phases.steps.max(1) as f64;
+        writeln!(
+            out,
+            "    of which the first thread waited for the others {:.3} ms ({:.1} %): load imbalance and hand-off",
+            wait * 1e3,
+            100.0 * wait / step
+        )?;
     }
     Ok(())
 }

@@ -140,9 +140,6 @@ pub struct GemmCtx {
     ws: GemmWorkspace,
     /// The threads of a split product (`None` for one thread).
     team: Option<Team>,
-    /// Time the caller spent waiting for the team's other threads to
-    /// finish their parts, summed over calls ([`GemmCtx::team_wait`]).
-    team_wait: std::time::Duration,
 }
 
 impl GemmCtx {
@@ -171,7 +168,6 @@ impl GemmCtx {
             strategy: Strategy::Auto,
             ws: GemmWorkspace::new(),
             team: (par.count() > 1).then(|| Team::new(par.count())),
-            team_wait: std::time::Duration::ZERO,
         }
     }
 
@@ -206,11 +202,10 @@ impl GemmCtx {
         self.team.as_mut()
     }
 
-    /// Seconds the calling thread has spent, over all split products so
-    /// far, waiting for the other threads to finish their parts after it
-    /// finished its own: load imbalance plus the hand-off.
+    /// Seconds the calling thread has waited for the team's other threads
+    /// so far ([`Team::waited`]), in products and in other work run on it.
     pub fn team_wait(&self) -> f64 {
-        self.team_wait.as_secs_f64()
+        self.team.as_ref().map_or(0.0, |t| t.waited().as_secs_f64())
     }
 
     /// The workspace (e.g. to report its size).
@@ -514,7 +509,7 @@ impl GemmCtx {
         let count = parts.len();
         let parts = SharedMut::new(parts);
         let team = self.team.get_or_insert_with(|| Team::new(self.par.count()));
-        self.team_wait += team.run(count, &|t| {
+        team.run(count, &|t| {
             let (i0, pm, j0, pn) = split.part(t);
             // SAFETY: the team calls each t < count once, so each thread has
             // its own PartWs; parts tile C without overlap
