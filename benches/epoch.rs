@@ -84,5 +84,10 @@ fn epoch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, step, epoch);
+// No plots: they need a system font, which a bare machine may lack.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = step, epoch
+}
 criterion_main!(benches);

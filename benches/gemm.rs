@@ -40,5 +40,10 @@ fn gemm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm);
+// No plots: they need a system font, which a bare machine may lack.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = gemm
+}
 criterion_main!(benches);
