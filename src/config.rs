@@ -26,7 +26,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch: usize,
     pub seed: u64,
-    /// Threads for the matrix products (1 = no thread pool at all).
+    /// Threads of the training step (1 = no other thread at all).
     pub threads: usize,
     pub normalize: Normalize,
     /// Validation samples held out of the end of the training split.

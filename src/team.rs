@@ -3,12 +3,12 @@
 //! A training step runs a dozen products a few hundred microseconds apart.
 //! Handing each one to a general thread pool costs a wake-up every time:
 //! between two products the pool's idle thread has gone to sleep, and
-//! `rayon::join` then measured 15–55 µs per product on a 2-core VM (against
-//! 2–8 µs for this team), a tenth of a W2 step. The team's threads are
-//! started once per [`super::GemmCtx`] and, when idle, spin for a while,
-//! then yield, and only then park. The step's other parallel work (the
-//! batch's gather) runs on the same threads, so a step never has more busy
-//! threads than cores:
+//! `rayon::join` then costs 29–34 µs per hand-off on a 2-core VM, against
+//! 1–3 µs for this team (`cargo bench --bench team`, BENCHMARKS.md). The
+//! team's threads are started once per [`crate::gemm::GemmCtx`] and, when
+//! idle, spin for a while, then yield, and only then park. The step's other
+//! parallel work (the batch's gather, the unfused updates) runs on the same
+//! threads, so a step never has more busy threads than cores:
 //!
 //! ```text
 //! caller                               worker t (1 ≤ t < threads)

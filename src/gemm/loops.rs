@@ -51,7 +51,7 @@ pub(crate) struct Args {
     pub epi: Epi,
 }
 
-// SAFETY: Args is sent to pool threads only inside one GEMM call, whose
+// SAFETY: Args is sent to team threads only inside one GEMM call, whose
 // caller guarantees the pointed-to data outlives the call; threads write
 // disjoint parts of C (see `Args::part`).
 unsafe impl Send for Args {}
