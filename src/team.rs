@@ -199,6 +199,47 @@ impl Drop for Team {
     }
 }
 
+/// A barrier for the parts of one [`Team::run`], which all run at once on
+/// distinct threads: each `wait` returns when all `parties` have called it.
+/// Reusable (each round has its own generation); waiters spin, then yield.
+/// A part that panics before a barrier leaves the others waiting: only
+/// code that cannot panic between barriers may use one.
+pub struct Barrier {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl Barrier {
+    pub fn new(parties: usize) -> Barrier {
+        Barrier {
+            parties,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits for every party. Whatever a party wrote before its `wait` is
+    /// visible to every party after theirs.
+    pub fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        // AcqRel: the last to arrive acquires every earlier arrival's
+        // writes (the RMWs on `arrived` form one release sequence), then
+        // publishes them all with the generation's Release.
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            // Nobody can arrive for the next round before the generation
+            // moves, so this reset cannot lose an arrival.
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+        } else {
+            let mut idle = Idle::new();
+            while self.generation.load(Ordering::Acquire) == generation {
+                idle.pause(false);
+            }
+        }
+    }
+}
+
 /// A mutable slice that the parts of one [`Team::run`] write in disjoint
 /// pieces (each part borrows only its own range).
 pub struct SharedMut<'a, T> {
@@ -400,6 +441,32 @@ mod tests {
             ran.fetch_add(1, Ordering::SeqCst);
         });
         assert_eq!(ran.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_barrier_separates_rounds() {
+        // Round r: every part writes its slot, waits, then reads every
+        // other part's slot of round r; a barrier that let a part through
+        // early would show a stale value.
+        for threads in 2..=4 {
+            let mut team = Team::new(threads);
+            let barrier = Barrier::new(threads);
+            let slots: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
+            let stale = AtomicUsize::new(0);
+            team.run(threads, &|t| {
+                for round in 1..=200 {
+                    slots[t].store(round, Ordering::Relaxed);
+                    barrier.wait();
+                    for s in &slots {
+                        if s.load(Ordering::Relaxed) != round {
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    barrier.wait();
+                }
+            });
+            assert_eq!(stale.load(Ordering::Relaxed), 0, "{threads} threads");
+        }
     }
 
     #[test]

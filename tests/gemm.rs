@@ -757,12 +757,17 @@ fn threads_do_not_change_bits() {
             continue;
         }
         // (m, k, n): split along N, along M (n = 8 is one NR panel for every
-        // kernel), ragged both ways, multi-KC; all above the threading threshold.
+        // kernel), ragged both ways, multi-KC; all above the threading
+        // threshold. Cut along N the parts pack Ã together: several MC and
+        // KC blocks (both shared buffers, each reused), and fewer Ã
+        // micro-panels (m = 7) than parts.
         for &(m, k, n, tb) in &[
             (128, 300, 1024, true),
             (4000, 200, 8, false),
             (130, 700, 77, true),
             (1024, 128, 96, false),
+            (1600, 1100, 512, false),
+            (7, 700, 1024, true),
         ] {
             let a = rng.vec(m * k);
             let bv = rng.vec(k * n);

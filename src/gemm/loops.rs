@@ -25,6 +25,7 @@ use super::pack::{pack_a, pack_b, pack_b_row_panels};
 use super::params::{block_steps, Params};
 use super::workspace::PartWs;
 use super::{MatMut, MatRef};
+use crate::team::Barrier;
 
 /// One GEMM problem (or one thread's part of it), raw.
 #[derive(Clone, Copy, Debug)]
@@ -132,6 +133,59 @@ impl Args {
     }
 }
 
+/// Ã packed once for all the parts of a product split along N: the parts
+/// share M and K, so they walk the same (IC, PC) blocks and need the same
+/// Ã. For each block, part t packs its share of the MR-row micro-panels
+/// into one of two buffers, all meet at the barrier, then all compute from
+/// the whole Ã. Consecutive blocks alternate buffers, so one barrier per
+/// block is enough: a part packing block i + 2 into block i's buffer has
+/// passed block i + 1's barrier, which every part reached after finishing
+/// block i.
+pub(crate) struct SharedA<'a> {
+    /// The two Ã buffers, each at least MC×KC of this product's blocks.
+    pub bufs: [*mut f32; 2],
+    pub barrier: &'a Barrier,
+    /// This part, of `parts`.
+    pub part: usize,
+    pub parts: usize,
+}
+
+/// Packs this part's share of block (ic, pc) of Ã into the block's shared
+/// buffer, waits for the other parts, and returns the buffer.
+///
+/// # Safety
+/// As `pack_a` for the block; the buffer protocol of [`SharedA`].
+#[inline(always)]
+unsafe fn pack_a_shared<S: Simd, const MR: usize>(
+    args: &Args,
+    shared: &SharedA<'_>,
+    block: usize,
+    (ic, mc): (usize, usize),
+    (pc, kc): (usize, usize),
+) -> *mut f32 {
+    let buf = shared.bufs[block % 2];
+    let panels = mc.div_ceil(MR);
+    let per = panels.div_ceil(shared.parts);
+    let first = (shared.part * per).min(panels) * MR;
+    let last = ((shared.part + 1) * per * MR).min(mc);
+    if first < last {
+        let a = args
+            .a
+            .offset((ic + first) as isize * args.rsa + pc as isize * args.csa);
+        pack_a::<S>(
+            MR,
+            last - first,
+            kc,
+            a,
+            args.rsa,
+            args.csa,
+            buf.add(first * kc),
+        );
+    }
+    shared.barrier.wait();
+    buf
+}
+
 /// Hints the rows of the mr×nrv C tile at (i, j), and on the last KC
 /// block those of a fused update's moments.
 ///
@@ -164,25 +218,33 @@ fn prefetch_row(row: *const f32, len: usize) {
     prefetch_l2(row.wrapping_add(len - 1));
 }
 
-/// Runs the whole nest for `args` with kernel `S`, MR×(NV·LANES).
+/// Runs the whole nest for `args` with kernel `S`, MR×(NV·LANES); with
+/// `shared`, Ã is packed together with the product's other parts.
 ///
 /// # Safety
-/// `args` satisfies `sgemm_raw`'s contract, m, n, k > 0; `ws` belongs to
-/// this thread; the CPU supports `S`.
+/// `args` satisfies `gemm_raw`'s contract, m, n, k > 0; `ws` belongs to
+/// this thread; the CPU supports `S`; with `shared`, every other part of
+/// the product runs this nest at the same time on the same M and K.
 #[inline(always)]
 pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     args: &Args,
     p: &Params,
     ws: &mut PartWs,
+    shared: Option<&SharedA<'_>>,
 ) {
     let nr = NV * S::LANES;
     debug_assert!(p.mr == MR && p.nr == nr);
     let Args { m, k, n, .. } = *args;
     let (mc_step, kc_step, nc_step) = block_steps(p, m, k, n);
-    ws.reserve(mc_step * kc_step, kc_step * nc_step);
-    let apack = ws.a.as_mut_ptr();
+    let own_a = if shared.is_some() {
+        0
+    } else {
+        mc_step * kc_step
+    };
+    ws.reserve(own_a, kc_step * nc_step);
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
+    let mut block = 0;
 
     // LOOP 5 (IC): split M by MC.
     for ic in (0..m).step_by(mc_step) {
@@ -192,16 +254,17 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
             let kc = kc_step.min(k - pc);
             let beta = if pc == 0 { args.beta } else { 1.0 };
             let last = pc + kc == k;
-            pack_a::<S>(
-                MR,
-                mc,
-                kc,
-                args.a
-                    .offset(ic as isize * args.rsa + pc as isize * args.csa),
-                args.rsa,
-                args.csa,
-                apack,
-            );
+            let apack = match shared {
+                Some(s) => pack_a_shared::<S, MR>(args, s, block, (ic, mc), (pc, kc)),
+                None => {
+                    let a = args
+                        .a
+                        .offset(ic as isize * args.rsa + pc as isize * args.csa);
+                    pack_a::<S>(MR, mc, kc, a, args.rsa, args.csa, ws.a.as_mut_ptr());
+                    ws.a.as_mut_ptr()
+                }
+            };
+            block += 1;
             // LOOP 3 (JC): split N by NC; pack B̃ (kc×nc), unless B is
             // in column panels: those are B̃ already, read in place.
             for jc in (0..n).step_by(nc_step) {

@@ -55,11 +55,12 @@ use mat::Panels;
 pub use workspace::GemmWorkspace;
 
 pub(crate) use loops::Args;
+use loops::SharedA;
 pub(crate) use workspace::PartWs;
 
 use crate::cpu::{self, Isa, IsaError};
 use crate::optim::Rule;
-use crate::team::{SharedMut, Team};
+use crate::team::{Barrier, SharedMut, Team};
 use epilogue::{Epi, StepEpi};
 use params::Params;
 
@@ -400,7 +401,8 @@ impl GemmCtx {
     /// batch of an epoch then fits too.
     ///
     /// Each of the (at most `threads`) parts gets the largest Ã and B̃ any
-    /// such call can ask for, [`params::block_bound`]: the block steps of a
+    /// such call can ask for (and so do the two Ã buffers that parts cut
+    /// along N share), [`params::block_bound`]: the block steps of a
     /// smaller product are not always smaller (m = MC + 1 is cut into two
     /// halves, m = MC is one block), so reserving the exact steps of m×k×n
     /// would not cover it.
@@ -415,6 +417,9 @@ impl GemmCtx {
         self.ws.ensure_parts(self.par.count());
         for part in &mut self.ws.parts {
             part.reserve(mc * kc, kc * nc);
+        }
+        if self.par.count() > 1 {
+            self.ws.reserve_shared_a(mc * kc);
         }
     }
 
@@ -502,26 +507,58 @@ impl GemmCtx {
         let split = self.packed_split(m, k, n, args.column_panels());
         self.ws.ensure_parts(split.parts());
         let isa = self.isa;
-        let parts = &mut self.ws.parts[..split.parts()];
-        if parts.len() == 1 {
-            return run_packed(isa, args, &mut parts[0]);
+        let count = split.parts();
+        if count == 1 {
+            return run_packed(isa, args, &mut self.ws.parts[0], None);
         }
-        let count = parts.len();
-        let parts = SharedMut::new(parts);
+        // Cut along N, the parts pack their common Ã together.
+        let share_a = split.along_n();
+        if share_a {
+            let (mc, kc, _) = params::block_bound(&params_of(isa), m, k, n);
+            self.ws.reserve_shared_a(mc * kc);
+        }
+        let [a0, a1] = &mut self.ws.shared_a;
+        let bufs = SharedBufs([a0.as_mut_ptr(), a1.as_mut_ptr()]);
+        let parts = SharedMut::new(&mut self.ws.parts[..count]);
+        let barrier = Barrier::new(count);
         let team = self.team.get_or_insert_with(|| Team::new(self.par.count()));
         team.run(count, &|t| {
             let (i0, pm, j0, pn) = split.part(t);
-            // SAFETY: the team calls each t < count once, so each thread has
-            // its own PartWs; parts tile C without overlap
-            // (threads::split), so each writes only its own sub-block.
+            let shared = share_a.then(|| SharedA {
+                bufs: bufs.get(),
+                barrier: &barrier,
+                part: t,
+                parts: count,
+            });
+            // SAFETY: the team calls each t < count once, all at the same
+            // time, so each thread has its own PartWs, and with a shared Ã
+            // every part runs the nest on the same M and K (cut along N);
+            // parts tile C without overlap (threads::split), so each
+            // writes only its own sub-block.
             unsafe {
                 run_packed(
                     isa,
                     &args.part(i0, pm, j0, pn),
                     &mut parts.piece(t..t + 1)[0],
+                    shared.as_ref(),
                 )
             }
         });
+    }
+}
+
+/// The shared Ã buffers, handed to the team.
+#[derive(Clone, Copy)]
+struct SharedBufs([*mut f32; 2]);
+
+// SAFETY: the parts write and read the buffers only as `loops::SharedA`
+// orders it (disjoint shares, then reads after a barrier).
+unsafe impl Send for SharedBufs {}
+unsafe impl Sync for SharedBufs {}
+
+impl SharedBufs {
+    fn get(&self) -> [*mut f32; 2] {
+        self.0
     }
 }
 
@@ -535,14 +572,15 @@ fn params_of(isa: Isa) -> Params {
 }
 
 /// # Safety
-/// `isa` is available; `args` satisfies the raw contract; m, n, k > 0.
-unsafe fn run_packed(isa: Isa, args: &Args, ws: &mut PartWs) {
+/// `isa` is available; `args` satisfies the raw contract; m, n, k > 0; with
+/// `shared`, as `loops::nest`.
+unsafe fn run_packed(isa: Isa, args: &Args, ws: &mut PartWs, shared: Option<&SharedA<'_>>) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => kernels::avx512::packed(args, ws),
+        Isa::Avx512 => kernels::avx512::packed(args, ws, shared),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => kernels::avx2::packed(args, ws),
-        Isa::Scalar => kernels::scalar::packed(args, ws),
+        Isa::Avx2 => kernels::avx2::packed(args, ws, shared),
+        Isa::Scalar => kernels::scalar::packed(args, ws, shared),
         _ => unreachable!("gemm kernel {isa} is not available on this target"),
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! C is cut into at most `threads` rectangles along N (or along M when C is
 //! taller than wide), on NR (MR) boundaries. Each thread runs the whole loop
-//! nest on its rectangle with its own pack buffers: no barrier, no shared
-//! packed panel, and every element is computed exactly as on one thread.
+//! nest on its rectangle with its own B̃; cut along N, the threads pack
+//! their common Ã together, a share each, behind a barrier
+//! (`loops::SharedA`). Every element is computed exactly as on one thread.
 
 use super::params::Params;
 
@@ -21,6 +22,12 @@ pub(crate) struct Split {
 impl Split {
     pub fn parts(&self) -> usize {
         self.m.div_ceil(self.step_m) * self.n.div_ceil(self.step_n)
+    }
+
+    /// True when C is cut along N only: every part has all of M (and K),
+    /// so all need the same Ã.
+    pub fn along_n(&self) -> bool {
+        self.step_m == self.m
     }
 
     /// Part `t` as (i0, rows, j0, cols).

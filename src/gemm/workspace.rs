@@ -49,6 +49,9 @@ impl PartWs {
 /// call allocates nothing.
 pub struct GemmWorkspace {
     pub(crate) parts: Vec<PartWs>,
+    /// The two Ã buffers the parts of a product split along N pack
+    /// together (`loops::SharedA`).
+    pub(crate) shared_a: [AlignedBuf<f32>; 2],
 }
 
 impl Default for GemmWorkspace {
@@ -60,7 +63,20 @@ impl Default for GemmWorkspace {
 impl GemmWorkspace {
     /// An empty workspace (grows on first use).
     pub fn new() -> Self {
-        GemmWorkspace { parts: Vec::new() }
+        GemmWorkspace {
+            parts: Vec::new(),
+            shared_a: [AlignedBuf::zeroed(0), AlignedBuf::zeroed(0)],
+        }
+    }
+
+    /// Grows each shared Ã buffer to at least `len` floats (no-op once
+    /// large enough).
+    pub(crate) fn reserve_shared_a(&mut self, len: usize) {
+        for buf in &mut self.shared_a {
+            if buf.len() < len {
+                *buf = AlignedBuf::zeroed(len);
+            }
+        }
     }
 
     /// Makes room for `threads` parts.
@@ -72,9 +88,12 @@ impl GemmWorkspace {
 
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
-        self.parts
+        let parts: usize = self
+            .parts
             .iter()
-            .map(|p| (p.a.len() + p.b.len() + p.tile.len()) * 4)
-            .sum()
+            .map(|p| p.a.len() + p.b.len() + p.tile.len())
+            .sum();
+        let shared: usize = self.shared_a.iter().map(|b| b.len()).sum();
+        (parts + shared) * 4
     }
 }

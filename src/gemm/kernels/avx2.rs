@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::Simd;
+use crate::gemm::loops::SharedA;
 use crate::gemm::{loops, params, small, Args, PartWs};
 
 /// Token type for AVX2+FMA; only used after `Isa::Avx2.check()` succeeded.
@@ -69,8 +70,8 @@ impl Simd for Avx2 {
 /// # Safety
 /// The CPU supports AVX2 and FMA; `args` satisfies `gemm::sgemm_raw`'s contract.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs) {
-    loops::nest::<Avx2, { params::AVX2.mr }, { params::AVX2.nv }>(args, &params::AVX2, ws)
+pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs, shared: Option<&SharedA<'_>>) {
+    loops::nest::<Avx2, { params::AVX2.mr }, { params::AVX2.nv }>(args, &params::AVX2, ws, shared)
 }
 
 /// The no-pack path.

@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::Simd;
+use crate::gemm::loops::SharedA;
 use crate::gemm::{loops, params, small, Args, PartWs};
 
 /// Token type for AVX-512F; only used after `Isa::Avx512.check()` succeeded.
@@ -69,8 +70,13 @@ impl Simd for Avx512 {
 /// # Safety
 /// The CPU supports AVX-512F; `args` satisfies `gemm::sgemm_raw`'s contract.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs) {
-    loops::nest::<Avx512, { params::AVX512.mr }, { params::AVX512.nv }>(args, &params::AVX512, ws)
+pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs, shared: Option<&SharedA<'_>>) {
+    loops::nest::<Avx512, { params::AVX512.mr }, { params::AVX512.nv }>(
+        args,
+        &params::AVX512,
+        ws,
+        shared,
+    )
 }
 
 /// The no-pack path.

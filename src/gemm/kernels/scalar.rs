@@ -3,6 +3,7 @@
 //! `fma` is a multiply then an add (no fused instruction is assumed).
 
 use super::Simd;
+use crate::gemm::loops::SharedA;
 use crate::gemm::{loops, params, small, Args, PartWs};
 
 #[derive(Clone, Copy)]
@@ -65,8 +66,13 @@ impl Simd for Portable {
 ///
 /// # Safety
 /// `args` satisfies the contract of `gemm::sgemm_raw`.
-pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs) {
-    loops::nest::<Portable, { params::SCALAR.mr }, { params::SCALAR.nv }>(args, &params::SCALAR, ws)
+pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs, shared: Option<&SharedA<'_>>) {
+    loops::nest::<Portable, { params::SCALAR.mr }, { params::SCALAR.nv }>(
+        args,
+        &params::SCALAR,
+        ws,
+        shared,
+    )
 }
 
 /// The no-pack path.
