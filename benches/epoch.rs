@@ -29,6 +29,7 @@ fn step(c: &mut Criterion) {
                 act: Act::Relu,
                 loss: Loss::Xent,
                 dropout: 0.0,
+                label_smoothing: 0.0,
             };
             let mut mlp = Mlp::init(cfg, 1);
             let mut ws = Workspace::new(&mlp, BATCH, Parallelism::threads(threads));

@@ -59,6 +59,7 @@ fn main() {
         act: Act::Relu,
         loss: Loss::Hinge,
         dropout: 0.0,
+        label_smoothing: 0.0,
     };
     let mut fast = Mlp::init(cfg.clone(), 42);
     let graph = Graph::new();

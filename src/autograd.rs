@@ -547,6 +547,7 @@ impl<'g> Mlp<'g> {
             act: self.act(),
             loss,
             dropout: 0.0,
+            label_smoothing: 0.0,
         };
         let mut m = model::Mlp::zeros(cfg);
         let (weights, biases) = self.tensors(Value::data);

@@ -77,6 +77,10 @@ fn network_metadata(mlp: &Mlp, kind: &str) -> BTreeMap<String, String> {
     m.insert("activation".into(), mlp.cfg.act.to_string());
     m.insert("loss".into(), mlp.cfg.loss.to_string());
     m.insert("dropout".into(), mlp.cfg.dropout.to_string());
+    m.insert(
+        "label_smoothing".into(),
+        mlp.cfg.label_smoothing.to_string(),
+    );
     m
 }
 
@@ -203,11 +207,13 @@ impl Loaded {
     }
 
     fn meta(&self, key: &str) -> Result<&str, DataError> {
-        self.header
-            .metadata
-            .get(key)
-            .map(String::as_str)
+        self.header_meta(key)
             .ok_or_else(|| self.err(format!("metadata has no {key}")))
+    }
+
+    /// A metadata entry that older files may lack.
+    fn header_meta(&self, key: &str) -> Option<&str> {
+        self.header.metadata.get(key).map(String::as_str)
     }
 
     fn parse_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T, DataError> {
@@ -230,6 +236,13 @@ impl Loaded {
                 .meta("dropout")?
                 .parse()
                 .map_err(|_| self.err("metadata dropout is not a number"))?,
+            // Files written before label smoothing existed have none.
+            label_smoothing: match self.header_meta("label_smoothing") {
+                None => 0.0,
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| self.err("metadata label_smoothing is not a number"))?,
+            },
         };
         cfg.validate().map_err(|e| self.err(e))?;
         // The file must hold the parameters its sizes describe: checked

@@ -17,6 +17,9 @@ pub struct TrainConfig {
     pub act: Act,
     pub loss: Loss,
     pub dropout: f32,
+    /// Label smoothing ε of the cross-entropy (0 = off).
+    #[serde(default)]
+    pub label_smoothing: f32,
     pub optim: OptimConfig,
     /// Base learning rate.
     pub lr: f32,

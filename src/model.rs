@@ -101,6 +101,9 @@ pub struct MlpConfig {
     pub loss: Loss,
     /// Probability of dropping a hidden unit during training (0 = off).
     pub dropout: f32,
+    /// Label smoothing ε of the training loss (cross-entropy only; 0 =
+    /// off). Evaluation reports the plain loss.
+    pub label_smoothing: f32,
 }
 
 impl MlpConfig {
@@ -165,6 +168,18 @@ impl MlpConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!(
+                "label smoothing {} is not in [0, 1)",
+                self.label_smoothing
+            ));
+        }
+        if self.label_smoothing > 0.0 && self.loss != Loss::Xent {
+            return Err(format!(
+                "label smoothing applies to the xent loss only, not {}",
+                self.loss
+            ));
         }
         Ok(())
     }

@@ -355,7 +355,8 @@ impl Mlp {
         }
     }
 
-    /// The loss of the last forward pass and, in `ws`, its gradient with
+    /// The training loss of the last forward pass (with the label
+    /// smoothing of the configuration) and, in `ws`, its gradient with
     /// respect to the logits.
     pub fn loss_and_dlogits(&self, ws: &mut Workspace, batch: usize) -> LossOut {
         let classes = self.cfg.classes();
@@ -367,6 +368,7 @@ impl Mlp {
             batch,
             classes,
             self.cfg.loss,
+            self.cfg.label_smoothing,
         )
     }
 

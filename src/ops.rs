@@ -107,7 +107,9 @@ impl std::ops::AddAssign for LossOut {
 }
 
 /// Computes `loss` on `logits` for `labels`, writes `dlogits` (the gradient
-/// of the batch-mean loss), and counts correct predictions.
+/// of the batch-mean loss), and counts correct predictions. `smoothing` is
+/// the cross-entropy's label smoothing ε (PyTorch's: the target is
+/// `(1 − ε)·onehot(y) + ε/C`); 0 for the other losses.
 // dlogits: (B, C), logits: (B, C), labels: (B)
 pub fn loss_forward_backward(
     dlogits: &mut [f32],
@@ -116,6 +118,7 @@ pub fn loss_forward_backward(
     batch: usize,
     classes: usize,
     loss: Loss,
+    smoothing: f32,
 ) -> LossOut {
     let mut out = LossOut::default();
     let inv_b = 1.0 / batch as f32;
@@ -126,7 +129,7 @@ pub fn loss_forward_backward(
         let (best, max) = argmax(z);
         out.correct += usize::from(best == y);
         out.loss_sum += match loss {
-            Loss::Xent => xent_row(dz, z, y, max, inv_b),
+            Loss::Xent => xent_row(dz, z, y, max, inv_b, smoothing),
             Loss::Mse => mse_row(dz, z, y, inv_b / classes as f32),
             Loss::Hinge => hinge_row(dz, z, y, inv_b / classes as f32),
         };
@@ -187,10 +190,13 @@ pub fn argmax(z: &[f32]) -> (usize, f32) {
     best
 }
 
-/// Softmax cross-entropy of one row, numerically stable for any finite
-/// logits: `loss = log Σ e^(z_j − max) − (z_y − max)`,
-/// `dz = (softmax(z) − onehot(y)) · scale`.
-fn xent_row(dz: &mut [f32], z: &[f32], y: usize, max: f32, scale: f32) -> f64 {
+/// Softmax cross-entropy of one row against the smoothed target
+/// `q = (1 − ε)·onehot(y) + ε/C`, numerically stable for any finite logits:
+/// with `lse = log Σ e^(z_j − max)` (the max subtracted from every z),
+/// `loss = (1 − ε)·(lse − z_y) + ε·(lse − mean(z))`,
+/// `dz = (softmax(z) − q) · scale`. With ε = 0 the target is exactly
+/// `onehot(y)`, computed as before smoothing existed.
+fn xent_row(dz: &mut [f32], z: &[f32], y: usize, max: f32, scale: f32, eps: f32) -> f64 {
     let mut sum = 0.0f32;
     for (d, &v) in dz.iter_mut().zip(z) {
         let e = (v - max).exp();
@@ -201,8 +207,20 @@ fn xent_row(dz: &mut [f32], z: &[f32], y: usize, max: f32, scale: f32) -> f64 {
     for d in dz.iter_mut() {
         *d *= inv * scale;
     }
-    dz[y] -= scale;
-    (sum as f64).ln() + (max - z[y]) as f64
+    let lse = (sum as f64).ln();
+    let target = lse + (max - z[y]) as f64;
+    if eps == 0.0 {
+        dz[y] -= scale;
+        return target;
+    }
+    let classes = z.len();
+    let spread = eps / classes as f32 * scale;
+    for d in dz.iter_mut() {
+        *d -= spread;
+    }
+    dz[y] -= (1.0 - eps) * scale;
+    let mean = z.iter().map(|&v| (v - max) as f64).sum::<f64>() / classes as f64;
+    (1.0 - eps as f64) * target + eps as f64 * (lse - mean)
 }
 
 /// Squared error against the one-hot target, scaled by `scale = 1/(B·C)`:
@@ -246,13 +264,123 @@ mod tests {
     fn xent_is_stable_for_huge_logits() {
         let z = [1e30f32, -1e30, 0.0];
         let mut dz = [0f32; 3];
-        let out = loss_forward_backward(&mut dz, &z, &[0], 1, 3, Loss::Xent);
+        let out = loss_forward_backward(&mut dz, &z, &[0], 1, 3, Loss::Xent, 0.0);
         assert_eq!(out.loss_sum, 0.0);
         assert_eq!(out.correct, 1);
         assert_eq!(dz, [0.0, 0.0, 0.0]);
-        let out = loss_forward_backward(&mut dz, &z, &[1], 1, 3, Loss::Xent);
+        let out = loss_forward_backward(&mut dz, &z, &[1], 1, 3, Loss::Xent, 0.0);
         assert_eq!(out.loss_sum, 2e30f32 as f64);
         assert_eq!(dz, [1.0, -1.0, 0.0]);
+    }
+
+    /// PyTorch 2.15, float64: `F.cross_entropy(z, y, label_smoothing=ε)`
+    /// (mean over the batch) and its gradient with respect to `z`, for the
+    /// batch below; the f32 pass must agree to f32 rounding.
+    #[test]
+    fn label_smoothing_matches_pytorch() {
+        let z = [0.5f32, -1.0, 2.0, 0.0, 0.25, 0.25];
+        let labels = [2u8, 0];
+        let cases: [(f32, f64, [f64; 6]); 2] = [
+            (
+                0.1,
+                0.8233320458145212,
+                [
+                    0.07097852940335168,
+                    0.0028896199686770582,
+                    -0.07386814937202874,
+                    -0.32653413398999936,
+                    0.16326706699499963,
+                    0.16326706699499963,
+                ],
+            ),
+            (
+                0.3,
+                0.9566653791478543,
+                [
+                    0.037645196070018344,
+                    -0.030443713364656275,
+                    -0.007201482705362071,
+                    -0.25986746732333266,
+                    0.12993373366166627,
+                    0.12993373366166627,
+                ],
+            ),
+        ];
+        for (eps, loss, grad) in cases {
+            let mut dz = [0f32; 6];
+            let out = loss_forward_backward(&mut dz, &z, &labels, 2, 3, Loss::Xent, eps);
+            assert!(
+                (out.loss_sum / 2.0 - loss).abs() < 1e-6,
+                "ε {eps}: loss {}",
+                out.loss_sum / 2.0
+            );
+            for (got, want) in dz.iter().zip(grad) {
+                assert!((*got as f64 - want).abs() < 1e-7, "ε {eps}: dz {dz:?}");
+            }
+        }
+    }
+
+    /// The smoothed cross-entropy and its gradient against the f64
+    /// reference on random logits, and ε = 0 bit for bit the unsmoothed
+    /// pass.
+    #[test]
+    fn label_smoothing_matches_the_reference() {
+        use crate::reference::{loss_backward, loss_forward, Criterion};
+        let (b, c) = (5, 7);
+        let mut rng = crate::rng::Rng::new(3);
+        let z: Vec<f32> = (0..b * c).map(|_| 3.0 * rng.normal() as f32).collect();
+        let labels: Vec<u8> = (0..b).map(|i| (i * 3 % c) as u8).collect();
+        let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+        let y64: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
+        for eps in [0.0f32, 0.05, 0.2, 0.9] {
+            let mut dz = vec![0f32; b * c];
+            let out = loss_forward_backward(&mut dz, &z, &labels, b, c, Loss::Xent, eps);
+            let criterion = Criterion {
+                loss: Loss::Xent,
+                smoothing: eps as f64,
+            };
+            let want = loss_forward(&z64, &y64, criterion, b, c);
+            let mut want_dz = vec![0f64; b * c];
+            loss_backward(&mut want_dz, &z64, &y64, criterion, b, c);
+            let got = out.loss_sum / b as f64;
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs(),
+                "ε {eps}: {got} vs {want}"
+            );
+            for (g, w) in dz.iter().zip(&want_dz) {
+                assert!((*g as f64 - w).abs() < 1e-7, "ε {eps}: {g} vs {w}");
+            }
+        }
+        let (mut plain, mut zero) = (vec![0f32; b * c], vec![0f32; b * c]);
+        let a = loss_forward_backward(&mut plain, &z, &labels, b, c, Loss::Xent, 0.0);
+        let reference = xent_unsmoothed(&mut zero, &z, &labels, b, c);
+        assert_eq!(a.loss_sum.to_bits(), reference.to_bits());
+        assert!(plain
+            .iter()
+            .zip(&zero)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    /// The cross-entropy pass as it was written before label smoothing.
+    fn xent_unsmoothed(dz: &mut [f32], z: &[f32], labels: &[u8], b: usize, c: usize) -> f64 {
+        let scale = 1.0 / b as f32;
+        let mut total = 0.0;
+        for ((dz, z), &y) in dz.chunks_exact_mut(c).zip(z.chunks_exact(c)).zip(labels) {
+            let (y, max) = (y as usize, argmax(z).1);
+            let mut sum = 0.0f32;
+            for (d, &v) in dz.iter_mut().zip(z) {
+                let e = (v - max).exp();
+                *d = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            for d in dz.iter_mut() {
+                *d *= inv * scale;
+            }
+            dz[y] -= scale;
+            total += (sum as f64).ln() + (max - z[y]) as f64;
+        }
+        total
     }
 
     #[test]
@@ -261,7 +389,7 @@ mod tests {
         let labels = [2u8, 0];
         for loss in [Loss::Xent, Loss::Mse, Loss::Hinge] {
             let mut dz = [0f32; 6];
-            let with_grad = loss_forward_backward(&mut dz, &z, &labels, 2, 3, loss);
+            let with_grad = loss_forward_backward(&mut dz, &z, &labels, 2, 3, loss, 0.0);
             let plain = loss_only(&z, &labels, 2, 3, loss);
             assert!((with_grad.loss_sum - plain.loss_sum).abs() < 1e-6, "{loss}");
             assert_eq!(with_grad.correct, 1, "{loss}: row 0 right, row 1 wrong");

@@ -164,20 +164,50 @@ pub fn act_backward(dz: &mut [f64], dh: &[f64], z: &[f64], mask: Option<&[f64]>,
     }
 }
 
+/// A loss with its label smoothing: cross-entropy against the target
+/// `q = (1 − ε)·onehot(y) + ε/C` (PyTorch's `CrossEntropyLoss(
+/// label_smoothing=ε)`); ε is 0 for the other losses. A bare [`Loss`]
+/// converts to one without smoothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Criterion {
+    pub loss: Loss,
+    pub smoothing: f64,
+}
+
+impl From<Loss> for Criterion {
+    fn from(loss: Loss) -> Criterion {
+        Criterion {
+            loss,
+            smoothing: 0.0,
+        }
+    }
+}
+
 /// The loss of the logits against integer labels, averaged over the batch
-/// (see [`Loss`] for the three formulas).
+/// (see [`Loss`] for the three formulas, [`Criterion`] for the smoothing).
 // logits: (B, C), labels: (B)
-pub fn loss_forward(logits: &[f64], labels: &[usize], loss: Loss, bsz: usize, c: usize) -> f64 {
+pub fn loss_forward(
+    logits: &[f64],
+    labels: &[usize],
+    criterion: impl Into<Criterion>,
+    bsz: usize,
+    c: usize,
+) -> f64 {
+    let Criterion { loss, smoothing } = criterion.into();
     let mut total = 0.0;
     for n in 0..bsz {
         let z = &logits[n * c..(n + 1) * c];
         let y = labels[n];
         total += match loss {
-            // logsumexp(z) − z[y], with the row max subtracted for stability.
+            // −Σ_j q_j·log softmax(z)_j = Σ_j q_j·(logsumexp(z) − z_j)
+            // = (1 − ε)·(lse − z_y) + ε·(lse − mean(z)), the row max
+            // subtracted for stability.
             Loss::Xent => {
                 let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = z.iter().map(|&v| (v - max).exp()).sum();
-                max + sum.ln() - z[y]
+                let lse = max + sum.ln();
+                let mean = z.iter().sum::<f64>() / c as f64;
+                (1.0 - smoothing) * (lse - z[y]) + smoothing * (lse - mean)
             }
             // Σ_c (z_c − onehot_c)² / C
             Loss::Mse => {
@@ -210,24 +240,26 @@ pub fn loss_backward(
     dlogits: &mut [f64],
     logits: &[f64],
     labels: &[usize],
-    loss: Loss,
+    criterion: impl Into<Criterion>,
     bsz: usize,
     c: usize,
 ) {
+    let Criterion { loss, smoothing } = criterion.into();
     let inv_b = 1.0 / bsz as f64;
     for n in 0..bsz {
         let z = &logits[n * c..(n + 1) * c];
         let dz = &mut dlogits[n * c..(n + 1) * c];
         let y = labels[n];
         match loss {
-            // (softmax(z) − onehot) / B
+            // (softmax(z) − q) / B
             Loss::Xent => {
                 let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = z.iter().map(|&v| (v - max).exp()).sum();
                 for j in 0..c {
                     let p = (z[j] - max).exp() / sum;
-                    let t = if j == y { 1.0 } else { 0.0 };
-                    dz[j] = (p - t) * inv_b;
+                    let onehot = if j == y { 1.0 } else { 0.0 };
+                    let q = (1.0 - smoothing) * onehot + smoothing / c as f64;
+                    dz[j] = (p - q) * inv_b;
                 }
             }
             // 2(z − onehot) / (B·C)
@@ -434,13 +466,13 @@ impl RefMlp {
         &self,
         x: &[f64],
         labels: &[usize],
-        loss: Loss,
+        criterion: impl Into<Criterion>,
         l2: f64,
         masks: Option<&[Vec<f64>]>,
     ) -> f64 {
         let batch = labels.len();
         let logits = self.forward(x, batch, masks);
-        loss_forward(&logits, labels, loss, batch, self.classes()) + self.l2_penalty(l2)
+        loss_forward(&logits, labels, criterion, batch, self.classes()) + self.l2_penalty(l2)
     }
 
     /// The loss, the logits and the gradient of the loss with respect to
@@ -450,20 +482,21 @@ impl RefMlp {
         &self,
         x: &[f64],
         labels: &[usize],
-        loss: Loss,
+        criterion: impl Into<Criterion>,
         l2: f64,
         masks: Option<&[Vec<f64>]>,
     ) -> (f64, Vec<f64>, RefGrads) {
+        let criterion = criterion.into();
         let batch = labels.len();
         let c = self.classes();
         let trace = self.forward_trace(x, batch, masks);
         let logits = &trace.hs[self.layers()];
-        let value = loss_forward(logits, labels, loss, batch, c) + self.l2_penalty(l2);
+        let value = loss_forward(logits, labels, criterion, batch, c) + self.l2_penalty(l2);
 
         let mut grads = RefGrads::zeros(&self.dims);
         // dz: gradient with respect to the current layer's pre-activation.
         let mut dz = vec![0.0; batch * c];
-        loss_backward(&mut dz, logits, labels, loss, batch, c);
+        loss_backward(&mut dz, logits, labels, criterion, batch, c);
         for l in (0..self.layers()).rev() {
             let (i, o) = (self.dims[l], self.dims[l + 1]);
             let mut dh_prev = vec![0.0; batch * i];
@@ -692,7 +725,7 @@ pub struct GradcheckInput<'a> {
     // x: (B, D), labels: (B), masks[l]: (B, dims[l+1])
     pub x: &'a [f64],
     pub labels: &'a [usize],
-    pub loss: Loss,
+    pub loss: Criterion,
     pub l2: f64,
     pub masks: Option<&'a [Vec<f64>]>,
     /// Finite-difference step ([`GRADCHECK_EPS`]).

@@ -650,6 +650,7 @@ fn network(data: &Dataset, cfg: &TrainConfig) -> Result<MlpConfig, TrainError> {
         act: cfg.act,
         loss: cfg.loss,
         dropout: cfg.dropout,
+        label_smoothing: cfg.label_smoothing,
     };
     mcfg.validate().map_err(TrainError::Config)?;
     let need = mcfg.training_bytes(cfg.batch);

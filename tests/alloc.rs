@@ -65,6 +65,11 @@ fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
         act,
         loss,
         dropout: if variant.is_multiple_of(2) { 0.2 } else { 0.0 },
+        label_smoothing: if loss == Loss::Xent && variant % 4 < 2 {
+            0.1
+        } else {
+            0.0
+        },
         optim: OptimConfig {
             kind: optimizers[variant % 3],
             l2: 1e-4,

@@ -370,3 +370,68 @@ fn dry_run_prints_the_plan_and_print_config_a_template_that_parses() {
     ]));
     assert!(plan.contains("hidden = [512, 256]"), "{plan}");
 }
+
+/// `--label-smoothing`: a run with it learns, records it in the model file
+/// and in the resolved configuration; it is refused out of [0, 1) and for a
+/// loss other than the cross-entropy.
+#[test]
+fn label_smoothing_trains_is_recorded_and_refused_where_it_does_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 900, 200, 48, 3, 5);
+    let out = dir.path().join("run");
+    let base = [
+        "train",
+        "--data",
+        s(&data),
+        "--hidden",
+        "32",
+        "--threads",
+        "1",
+    ];
+    let run = |extra: &[&str]| {
+        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+        fastnn(&all)
+    };
+    let json = ok(&run(&[
+        "--label-smoothing",
+        "0.1",
+        "--epochs",
+        "3",
+        "--validation",
+        "100",
+        "--out",
+        s(&out),
+        "--json",
+        "--quiet",
+    ]));
+    let summary: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let accuracy = summary["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.8, "{summary}");
+
+    let file = std::fs::read(out.join("model.safetensors")).unwrap();
+    let len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + len]).unwrap();
+    assert_eq!(header["__metadata__"]["label_smoothing"], "0.1", "{header}");
+    let model = out.join("model.safetensors");
+    let eval = ok(&fastnn(&["eval", "--model", s(&model), "--data", s(&data)]));
+    assert!(eval.contains("on test (200 samples)"), "{eval}");
+
+    let plan = ok(&run(&["--label-smoothing", "0.25", "--dry-run"]));
+    assert!(plan.contains("label_smoothing = 0.25"), "{plan}");
+
+    for (extra, message) in [
+        (&["--label-smoothing", "1"][..], "must be in [0, 1)"),
+        (&["--label-smoothing=-0.1"][..], "must be in [0, 1)"),
+        (
+            &["--label-smoothing", "0.1", "--loss", "mse"][..],
+            "applies to the xent loss only",
+        ),
+    ] {
+        let o = run(extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(message),
+            "{extra:?}: {err}"
+        );
+    }
+}

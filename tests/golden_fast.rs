@@ -81,6 +81,7 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
         act: spec["activation"].as_str().unwrap().parse::<Act>().unwrap(),
         loss: spec["loss"].as_str().unwrap().parse::<Loss>().unwrap(),
         dropout: spec["dropout"].as_f64().unwrap() as f32,
+        label_smoothing: 0.0,
     };
     let batch = spec["batch"].as_u64().unwrap() as usize;
     let mut mlp = Mlp::zeros(cfg);

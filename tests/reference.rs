@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use fastnn::model::{Act, Loss};
 use fastnn::reference::{
-    compare_with_finite_differences, gradcheck, param_names, random_problem, GradcheckInput,
-    Problem, RefMlp, RefOptim, RefOptimizer, GRADCHECK_EPS, GRADCHECK_FLOOR, GRADCHECK_TOL,
-    KINK_MARGIN,
+    compare_with_finite_differences, gradcheck, param_names, random_problem, Criterion,
+    GradcheckInput, Problem, RefMlp, RefOptim, RefOptimizer, GRADCHECK_EPS, GRADCHECK_FLOOR,
+    GRADCHECK_TOL, KINK_MARGIN,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -34,7 +34,7 @@ fn input<'a>(p: &'a Problem, loss: Loss, l2: f64) -> GradcheckInput<'a> {
     GradcheckInput {
         x: &p.x,
         labels: &p.labels,
-        loss,
+        loss: loss.into(),
         l2,
         masks: p.masks.as_deref(),
         eps: EPS,
@@ -68,6 +68,36 @@ fn gradients_match_finite_differences_for_every_activation_and_loss() {
         }
     }
     println!("finite differences: max relative error {worst:e} over {seed} configurations");
+}
+
+/// The label-smoothed cross-entropy's gradients against finite
+/// differences, for every activation, and the smoothing really changes them.
+#[test]
+fn label_smoothed_gradients_match_finite_differences() {
+    let mut seed = 100;
+    for act in ACTS {
+        for smoothing in [0.1, 0.45] {
+            seed += 1;
+            let p = problem(act, Loss::Xent, 0.0, seed);
+            let mut inp = input(&p, Loss::Xent, 0.01);
+            inp.loss = Criterion {
+                loss: Loss::Xent,
+                smoothing,
+            };
+            for (name, err) in gradcheck(&p.mlp, &inp) {
+                assert!(
+                    err < TOL,
+                    "{act} ε={smoothing}: {name} relative error {err:e}"
+                );
+            }
+            let (smoothed, _, g) = p.mlp.loss_and_grads(&p.x, &p.labels, inp.loss, 0.0, None);
+            let (plain, _, g0) = p.mlp.loss_and_grads(&p.x, &p.labels, Loss::Xent, 0.0, None);
+            assert!(
+                smoothed != plain && g.weights[0] != g0.weights[0],
+                "{act} ε={smoothing}"
+            );
+        }
+    }
 }
 
 #[test]

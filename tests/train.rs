@@ -57,6 +57,7 @@ fn problem(
         act,
         loss,
         dropout,
+        label_smoothing: 0.0,
     };
     let mut mlp = Mlp::init(cfg, seed);
     let mut rng = Rng::new(seed ^ 0xABCD);

@@ -19,6 +19,7 @@ fn config(threads: usize) -> TrainConfig {
         act: Act::Relu,
         loss: Loss::Xent,
         dropout: 0.1,
+        label_smoothing: 0.0,
         optim: OptimConfig {
             kind: OptimKind::Sgd {
                 momentum: 0.9,

@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use fastnn::model::{Act, Loss};
 use fastnn::reference::{
-    gradcheck, random_problem, GradcheckInput, GRADCHECK_EPS, GRADCHECK_FLOOR, GRADCHECK_TOL,
-    KINK_MARGIN,
+    gradcheck, random_problem, Criterion, GradcheckInput, GRADCHECK_EPS, GRADCHECK_FLOOR,
+    GRADCHECK_TOL, KINK_MARGIN,
 };
 
 /// Check the reference (f64) gradients against central finite differences.
@@ -47,6 +47,9 @@ pub struct GradcheckArgs {
     /// Dropout probability of the hidden layers (a fixed random mask).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
+    /// Label smoothing ε of the cross-entropy (xent only).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
     /// Seed of the random network, batch and masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -76,6 +79,7 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     if args.eps.is_nan() || args.eps <= 0.0 {
         bail!("--eps must be positive");
     }
+    super::check_label_smoothing(args.label_smoothing, args.loss)?;
     let mut dims = vec![args.inputs];
     dims.extend(&args.hidden);
     dims.push(args.classes);
@@ -97,7 +101,10 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     let input = GradcheckInput {
         x: &p.x,
         labels: &p.labels,
-        loss: args.loss,
+        loss: Criterion {
+            loss: args.loss,
+            smoothing: args.label_smoothing,
+        },
         l2: args.l2,
         masks: p.masks.as_deref(),
         eps: args.eps,
@@ -108,10 +115,11 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "gradcheck: dims {}, {} + {}, batch {}, l2 {}, dropout {}, seed {}, eps {:e}",
+        "gradcheck: dims {}, {} + {}, label smoothing {}, batch {}, l2 {}, dropout {}, seed {}, eps {:e}",
         dims_str.join("-"),
         args.activation,
         args.loss,
+        args.label_smoothing,
         args.batch,
         args.l2,
         args.dropout,

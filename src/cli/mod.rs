@@ -13,8 +13,9 @@ mod train_props;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use fastnn::data::{embedded, Dataset};
+use fastnn::model::Loss;
 
 /// Opens the dataset file `path`, or the embedded Fashion-MNIST (converted
 /// into the user's cache folder on first use, which is said on stderr).
@@ -33,4 +34,15 @@ pub fn open_data(path: Option<&Path>) -> Result<Dataset> {
             ds
         }
     })
+}
+
+/// Label smoothing applies to the cross-entropy only, with ε in [0, 1).
+pub fn check_label_smoothing(eps: f64, loss: Loss) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&eps) {
+        bail!("--label-smoothing must be in [0, 1), got {eps}");
+    }
+    if eps > 0.0 && loss != Loss::Xent {
+        bail!("--label-smoothing applies to the xent loss only, not {loss}");
+    }
+    Ok(())
 }

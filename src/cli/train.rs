@@ -42,6 +42,9 @@ pub struct TrainArgs {
     /// Dropout probability of hidden units [default: 0].
     #[arg(long)]
     pub dropout: Option<f32>,
+    /// Label smoothing ε of the cross-entropy: the target is (1 − ε)·onehot + ε/classes, as PyTorch's CrossEntropyLoss(label_smoothing=ε) [default: 0].
+    #[arg(long, value_name = "EPS")]
+    pub label_smoothing: Option<f32>,
     /// sgd, adam or adamw [default: sgd].
     #[arg(long, value_parser = ["sgd", "adam", "adamw"])]
     pub optimizer: Option<String>,
@@ -136,6 +139,7 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
         activation,
         loss,
         dropout,
+        label_smoothing,
         optimizer,
         momentum,
         nesterov,
@@ -203,6 +207,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         act: args.activation.unwrap_or_default(),
         loss: args.loss.unwrap_or_default(),
         dropout: args.dropout.unwrap_or(0.0),
+        label_smoothing: args.label_smoothing.unwrap_or(0.0),
         optim: OptimConfig {
             kind,
             l2: args.l2.unwrap_or(0.0),
@@ -232,6 +237,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     if !(0.0..1.0).contains(&cfg.dropout) {
         bail!("--dropout must be in [0, 1)");
     }
+    super::check_label_smoothing(cfg.label_smoothing as f64, cfg.loss)?;
     if cfg.threads == 0 || cfg.batch == 0 || cfg.epochs == 0 {
         bail!("--threads, --batch and --epochs must be at least 1");
     }
@@ -512,6 +518,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is 
 # activation = "relu"            # relu, leaky_relu, tanh or sigmoid
 # loss = "xent"                  # xent, mse or hinge
 # dropout = 0.0                  # probability of dropping a hidden unit
+# label_smoothing = 0.0          # ε of the cross-entropy's smoothed target
 # optimizer = "sgd"              # sgd, adam or adamw
 # momentum = 0.9                 # SGD momentum
 # nesterov = false               # Nesterov momentum (SGD)
@@ -544,6 +551,7 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
         act: cfg.act,
         loss: cfg.loss,
         dropout: cfg.dropout,
+        label_smoothing: cfg.label_smoothing,
     };
     mcfg.validate().map_err(anyhow::Error::msg)?;
     let mut out = std::io::stdout().lock();
@@ -608,9 +616,10 @@ mod template_tests {
         assert_eq!(args.flip, Some(false));
         assert_eq!(args.translate, Some(0));
         assert_eq!(args.validation.as_deref(), Some("0.1"));
+        assert_eq!(args.label_smoothing, Some(0.0));
         assert_eq!(
             uncommented.lines().count(),
-            25,
+            26,
             "one line per TrainArgs key"
         );
     }
