@@ -47,7 +47,11 @@ fn step(c: &mut Criterion) {
             };
             let mut opt = Optimizer::new(optim, &mlp.layout);
             group.bench_function(format!("{name}/{threads}t"), |b| {
-                b.iter(|| train_step(&mut mlp, &mut ws, &mut grads, &mut opt, BATCH, 1e-4, None))
+                b.iter(|| {
+                    train_step(
+                        &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, 1e-4, None, None,
+                    )
+                })
             });
         }
     }

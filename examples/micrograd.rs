@@ -110,7 +110,9 @@ fn main() {
         // the data term; the L2 term is added here, before the update).
         let penalty = L2 as f64 * fast.weight_norm_sq();
         let t = Instant::now();
-        let out = train_step(&mut fast, &mut ws, &mut grads, &mut opt, SAMPLES, LR, None);
+        let out = train_step(
+            &mut fast, &mut ws, &mut grads, &mut opt, SAMPLES, LR, None, None,
+        );
         t_fast += t.elapsed();
         let fused = out.loss_sum / SAMPLES as f64 + penalty;
         correct = out.correct;

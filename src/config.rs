@@ -21,6 +21,10 @@ pub struct TrainConfig {
     #[serde(default)]
     pub label_smoothing: f32,
     pub optim: OptimConfig,
+    /// Scale each step's gradient down to this global L2 norm when it is
+    /// longer (`None`: never).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f32>,
     /// Base learning rate.
     pub lr: f32,
     pub schedule: Schedule,

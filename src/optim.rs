@@ -157,6 +157,25 @@ impl Optimizer {
     }
 }
 
+/// Scales `grads` so that their global L2 norm is at most `max_norm`, as
+/// PyTorch's `clip_grad_norm_`: with `total = ‖grads‖₂` (summed in f64),
+/// every gradient is multiplied by `max_norm / (total + 1e-6)` when that is
+/// below 1, and left untouched otherwise. Returns `total`, the norm before
+/// clipping.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f64 {
+    let total = grads
+        .iter()
+        .map(|&g| g as f64 * g as f64)
+        .sum::<f64>()
+        .sqrt();
+    let coef = max_norm as f64 / (total + 1e-6);
+    if coef < 1.0 {
+        let coef = coef as f32;
+        grads.iter_mut().for_each(|g| *g *= coef);
+    }
+    total
+}
+
 /// The update rules of one step.
 #[derive(Clone, Copy, Debug)]
 pub struct StepRules {
@@ -361,6 +380,20 @@ impl std::str::FromStr for Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_scales_a_long_gradient_to_the_bound_and_leaves_a_short_one() {
+        let mut g = vec![3.0f32, -4.0, 0.0, 12.0];
+        let total = clip_grad_norm(&mut g, 6.5);
+        assert_eq!(total, 13.0);
+        let norm = g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 6.5).abs() < 1e-5, "{norm}");
+        assert!((g[0] / g[1] + 0.75).abs() < 1e-6, "direction kept: {g:?}");
+        let short = vec![0.3f32, -0.4];
+        let mut kept = short.clone();
+        assert!((clip_grad_norm(&mut kept, 1.0) - 0.5).abs() < 1e-7);
+        assert_eq!(kept, short, "a gradient within the bound is untouched");
+    }
 
     /// The AVX2 build of the update loops gives the same bits as the
     /// portable one, on awkward lengths and every option.

@@ -27,7 +27,7 @@ use crate::gemm::Parallelism;
 use crate::model::{Mlp, MlpConfig};
 use crate::net::{Lap, Phases, Workspace};
 use crate::ops::LossOut;
-use crate::optim::Optimizer;
+use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
 
 /// Purposes of the derived random streams.
@@ -159,8 +159,12 @@ pub enum TrainError {
 
 /// One optimisation step on the batch already gathered in `ws`: forward,
 /// loss, backward with the update ([`Mlp::backward_update`]; `grads` holds
-/// the gradients it does not fuse). Returns the batch loss; allocates
-/// nothing. The time of each phase is added to `ws.phases`.
+/// the gradients it does not fuse). With `clip_grad_norm`, the whole
+/// gradient is needed before any weight moves: the backward pass writes it
+/// all into `grads`, [`optim::clip_grad_norm`] scales it, and the optimiser's
+/// separate pass applies it. Returns the batch loss; allocates nothing. The
+/// time of each phase is added to `ws.phases`.
+#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     mlp: &mut Mlp,
     ws: &mut Workspace,
@@ -169,13 +173,23 @@ pub fn train_step(
     batch: usize,
     lr: f32,
     dropout: Option<&mut Rng>,
+    clip_grad_norm: Option<f32>,
 ) -> LossOut {
     let mut clock = Lap::start();
     mlp.forward(ws, batch, dropout);
     clock.lap(&mut ws.phases.forward);
     let out = mlp.loss_and_dlogits(ws, batch);
     clock.lap(&mut ws.phases.loss);
-    mlp.backward_update(ws, grads, opt, lr, batch);
+    match clip_grad_norm {
+        None => mlp.backward_update(ws, grads, opt, lr, batch),
+        Some(max_norm) => {
+            mlp.backward(ws, grads, batch);
+            let mut clock = Lap::start();
+            optim::clip_grad_norm(grads, max_norm);
+            opt.step(&mut mlp.params, grads, &mlp.layout, lr);
+            clock.lap(&mut ws.phases.update);
+        }
+    }
     ws.phases.steps += 1;
     out
 }
@@ -545,6 +559,7 @@ impl<'d> Trainer<'d> {
             chunk.len(),
             lr,
             dropout,
+            cfg.clip_grad_norm,
         );
         self.ws.phases.wait += self.ws.gemm().team_wait() - waited;
         if !out.loss_sum.is_finite() {

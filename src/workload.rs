@@ -82,6 +82,7 @@ impl Workload {
             act: Act::Relu,
             loss: Loss::Xent,
             dropout: 0.0,
+            clip_grad_norm: None,
             label_smoothing: 0.0,
             optim: OptimConfig {
                 kind: OptimKind::Sgd {

@@ -2,8 +2,9 @@
 //! allocates every buffer, GEMM pack buffers included, before it. Counted by
 //! a global allocator that wraps the system one, over whole epochs of the
 //! training loop's own step code (`Trainer::step`), for every activation and
-//! loss, with augmented gathers, dropout and the short last batch. (Its own
-//! test binary, since the allocator is process-wide.)
+//! loss, with augmented gathers, dropout, label smoothing, gradient clipping
+//! and the short last batch. (Its own test binary, since the allocator is
+//! process-wide.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +66,7 @@ fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
         act,
         loss,
         dropout: if variant.is_multiple_of(2) { 0.2 } else { 0.0 },
+        clip_grad_norm: (variant % 5 == 1).then_some(0.5),
         label_smoothing: if loss == Loss::Xent && variant % 4 < 2 {
             0.1
         } else {

@@ -435,3 +435,47 @@ fn label_smoothing_trains_is_recorded_and_refused_where_it_does_not_apply() {
         );
     }
 }
+
+/// `--clip-grad-norm`: a run with it learns and records it in the resolved
+/// configuration; a bound that is not a positive number is refused.
+#[test]
+fn clip_grad_norm_trains_and_is_refused_unless_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 900, 200, 48, 3, 5);
+    let base = [
+        "train",
+        "--data",
+        s(&data),
+        "--hidden",
+        "32",
+        "--threads",
+        "2",
+    ];
+    let run = |extra: &[&str]| {
+        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+        fastnn(&all)
+    };
+    let json = ok(&run(&[
+        "--clip-grad-norm",
+        "0.5",
+        "--epochs",
+        "3",
+        "--json",
+        "--quiet",
+    ]));
+    let summary: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert!(
+        summary["test_accuracy"].as_f64().unwrap() > 0.8,
+        "{summary}"
+    );
+    let plan = ok(&run(&["--clip-grad-norm", "1.5", "--dry-run"]));
+    assert!(plan.contains("clip_grad_norm = 1.5"), "{plan}");
+    for bad in ["0", "-1", "inf", "NaN"] {
+        let o = run(&[&format!("--clip-grad-norm={bad}")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("--clip-grad-norm must be a positive number"),
+            "{bad}: {err}"
+        );
+    }
+}

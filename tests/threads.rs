@@ -49,6 +49,7 @@ fn config(hidden: &[usize], optim: OptimConfig, threads: usize) -> TrainConfig {
         act: Act::Relu,
         loss: Loss::Xent,
         dropout: 0.1,
+        clip_grad_norm: None,
         label_smoothing: 0.0,
         optim,
         lr: 0.01,

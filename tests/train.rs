@@ -209,7 +209,7 @@ fn optimiser_steps_match_the_reference() {
         let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
         for step in 0..3 {
             fastnn::train::train_step(
-                &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, lr as f32, None,
+                &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, lr as f32, None, None,
             );
             let (_, _, g) = r.loss_and_grads(&x, &labels, Loss::Xent, l2 as f64, None);
             ref_opt.step(&mut r, &g);
@@ -220,6 +220,134 @@ fn optimiser_steps_match_the_reference() {
             }
         }
     }
+}
+
+/// `--clip-grad-norm`: the step scales the whole gradient to the bound
+/// before the update, as PyTorch's `clip_grad_norm_` between `backward` and
+/// `step` (computed here on the reference's f64 gradients), with momentum
+/// and with Adam; a bound above the norm changes nothing.
+#[test]
+fn clipped_steps_match_the_reference() {
+    for (kind, lr) in [
+        (
+            OptimKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            0.1,
+        ),
+        (
+            OptimKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            0.01,
+        ),
+    ] {
+        let (mut mlp, mut ws, x, labels) = problem((&DIMS, BATCH), Act::Tanh, Loss::Xent, 0.0, 5);
+        let mut r = to_ref(&mlp);
+        let cfg = OptimConfig {
+            kind,
+            l2: 0.0,
+            weight_decay: 0.0,
+        };
+        let mut opt = Optimizer::new(cfg, &mlp.layout);
+        let ref_kind = match kind {
+            OptimKind::Sgd { momentum, nesterov } => RefOptim::Sgd {
+                lr,
+                momentum: momentum as f64,
+                nesterov,
+                weight_decay: 0.0,
+            },
+            OptimKind::Adam { beta1, beta2, eps } => RefOptim::Adam {
+                lr,
+                beta1: beta1 as f64,
+                beta2: beta2 as f64,
+                eps: eps as f64,
+                weight_decay: 0.0,
+            },
+        };
+        let mut ref_opt = RefOptimizer::new(ref_kind, &r);
+        let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+        let max_norm = 0.05;
+        let mut clipped = 0;
+        for step in 0..4 {
+            fastnn::train::train_step(
+                &mut mlp,
+                &mut ws,
+                &mut grads,
+                &mut opt,
+                BATCH,
+                lr as f32,
+                None,
+                Some(max_norm as f32),
+            );
+            let (_, _, mut g) = r.loss_and_grads(&x, &labels, Loss::Xent, 0.0, None);
+            let total = g
+                .tensors()
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt();
+            let coef = max_norm / (total + 1e-6);
+            if coef < 1.0 {
+                clipped += 1;
+                for t in g.weights.iter_mut().chain(g.biases.iter_mut()) {
+                    t.iter_mut().for_each(|v| *v *= coef);
+                }
+            }
+            ref_opt.step(&mut r, &g);
+            for (l, slot) in mlp.layout.layers.iter().enumerate() {
+                let ew = rel_err(&mlp.weight(l), &r.weights[l]);
+                let eb = rel_err(&mlp.params[slot.b.clone()], &r.biases[l]);
+                assert!(
+                    ew < 1e-5 && eb < 1e-5,
+                    "{kind:?} step {step}: layer {l} W error {ew:e}, b error {eb:e}"
+                );
+            }
+        }
+        assert_eq!(clipped, 4, "{kind:?}: the bound is below every step's norm");
+    }
+
+    // A bound far above the gradient's norm: bit for bit the unclipped step
+    // (which fuses the update into the products).
+    let (mut a, mut ws_a, _, _) = problem((&DIMS, BATCH), Act::Relu, Loss::Xent, 0.0, 6);
+    let (mut b, mut ws_b, _, _) = problem((&DIMS, BATCH), Act::Relu, Loss::Xent, 0.0, 6);
+    let cfg = OptimConfig {
+        kind: OptimKind::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+        l2: 1e-3,
+        weight_decay: 0.0,
+    };
+    let (mut opt_a, mut opt_b) = (
+        Optimizer::new(cfg, &a.layout),
+        Optimizer::new(cfg, &b.layout),
+    );
+    let mut grads = AlignedBuf::<f32>::zeroed(a.layout.len);
+    for _ in 0..3 {
+        fastnn::train::train_step(
+            &mut a, &mut ws_a, &mut grads, &mut opt_a, BATCH, 0.1, None, None,
+        );
+        fastnn::train::train_step(
+            &mut b,
+            &mut ws_b,
+            &mut grads,
+            &mut opt_b,
+            BATCH,
+            0.1,
+            None,
+            Some(1e6),
+        );
+    }
+    assert!(a
+        .params
+        .iter()
+        .zip(b.params.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
 /// Full tiles and edges: every product of a 70-72-61-17 network at batch 37
@@ -349,6 +477,7 @@ fn packed_case(
             batch,
             lr as f32,
             dropout_rng().as_mut(),
+            None,
         );
         // The reference replays the step with the same masks. The step's
         // loss and gradients are the data term's; the optimiser adds the L2
@@ -453,6 +582,7 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
                     batch,
                     lr as f32,
                     dropout_rng().as_mut(),
+                    None,
                 );
                 plain.forward(&mut ws_plain, batch, dropout_rng().as_mut());
                 plain.loss_and_dlogits(&mut ws_plain, batch);

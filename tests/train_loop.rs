@@ -19,6 +19,7 @@ fn config(threads: usize) -> TrainConfig {
         act: Act::Relu,
         loss: Loss::Xent,
         dropout: 0.1,
+        clip_grad_norm: None,
         label_smoothing: 0.0,
         optim: OptimConfig {
             kind: OptimKind::Sgd {

@@ -45,6 +45,9 @@ pub struct TrainArgs {
     /// Label smoothing ε of the cross-entropy: the target is (1 − ε)·onehot + ε/classes, as PyTorch's CrossEntropyLoss(label_smoothing=ε) [default: 0].
     #[arg(long, value_name = "EPS")]
     pub label_smoothing: Option<f32>,
+    /// Scale each step's gradient down to this global L2 norm when it is longer, as PyTorch's clip_grad_norm_ [default: off].
+    #[arg(long, value_name = "C")]
+    pub clip_grad_norm: Option<f32>,
     /// sgd, adam or adamw [default: sgd].
     #[arg(long, value_parser = ["sgd", "adam", "adamw"])]
     pub optimizer: Option<String>,
@@ -140,6 +143,7 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
         loss,
         dropout,
         label_smoothing,
+        clip_grad_norm,
         optimizer,
         momentum,
         nesterov,
@@ -208,6 +212,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         loss: args.loss.unwrap_or_default(),
         dropout: args.dropout.unwrap_or(0.0),
         label_smoothing: args.label_smoothing.unwrap_or(0.0),
+        clip_grad_norm: args.clip_grad_norm,
         optim: OptimConfig {
             kind,
             l2: args.l2.unwrap_or(0.0),
@@ -238,6 +243,12 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         bail!("--dropout must be in [0, 1)");
     }
     super::check_label_smoothing(cfg.label_smoothing as f64, cfg.loss)?;
+    if cfg
+        .clip_grad_norm
+        .is_some_and(|c| c <= 0.0 || !c.is_finite())
+    {
+        bail!("--clip-grad-norm must be a positive number");
+    }
     if cfg.threads == 0 || cfg.batch == 0 || cfg.epochs == 0 {
         bail!("--threads, --batch and --epochs must be at least 1");
     }
@@ -519,6 +530,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is 
 # loss = "xent"                  # xent, mse or hinge
 # dropout = 0.0                  # probability of dropping a hidden unit
 # label_smoothing = 0.0          # ε of the cross-entropy's smoothed target
+# clip_grad_norm = 1.0           # scale longer gradients down to this L2 norm (default: off)
 # optimizer = "sgd"              # sgd, adam or adamw
 # momentum = 0.9                 # SGD momentum
 # nesterov = false               # Nesterov momentum (SGD)
@@ -617,9 +629,10 @@ mod template_tests {
         assert_eq!(args.translate, Some(0));
         assert_eq!(args.validation.as_deref(), Some("0.1"));
         assert_eq!(args.label_smoothing, Some(0.0));
+        assert_eq!(args.clip_grad_norm, Some(1.0));
         assert_eq!(
             uncommented.lines().count(),
-            26,
+            27,
             "one line per TrainArgs key"
         );
     }
