@@ -39,6 +39,9 @@ pub struct CheckpointRef<'a> {
     pub partial: LossOut,
     /// `(1-based epoch, accuracy)` of the best validation so far.
     pub best: Option<(usize, f64)>,
+    /// Early stopping's state and the parameters of its best epoch (in the
+    /// network's layout).
+    pub early_stop: Option<(EarlyStopState, &'a [f32])>,
     pub config: &'a TrainConfig,
     pub classes: &'a [String],
     pub normalizer: &'a Normalizer,
@@ -52,7 +55,19 @@ pub struct Checkpoint {
     pub steps_in_epoch: usize,
     pub partial: LossOut,
     pub best: Option<(usize, f64)>,
+    /// As in [`CheckpointRef`], the parameters in the network's layout.
+    pub early_stop: Option<(EarlyStopState, Vec<f32>)>,
     pub config: TrainConfig,
+}
+
+/// Where early stopping stands.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EarlyStopState {
+    /// The lowest validation loss so far, and its 1-based epoch.
+    pub best_loss: f64,
+    pub best_epoch: usize,
+    /// Epochs since then without a lower one.
+    pub bad_epochs: usize,
 }
 
 /// A loaded model file.
@@ -101,15 +116,18 @@ pub fn save(dir: &Path, ck: &CheckpointRef<'_>) -> Result<(), DataError> {
     meta.insert("config".into(), json(ck.config));
     // The slabs in the file layout: weights row-major [out, in].
     let layout = &ck.mlp.layout;
-    let slabs = [
-        layout.to_row_major(&ck.mlp.params),
-        layout.to_row_major(&ck.optimizer.m),
-        layout.to_row_major(&ck.optimizer.v),
+    let mut slabs = vec![
+        ("params", layout.to_row_major(&ck.mlp.params)),
+        ("optimizer.m", layout.to_row_major(&ck.optimizer.m)),
+        ("optimizer.v", layout.to_row_major(&ck.optimizer.v)),
     ];
-    let tensors = ["params", "optimizer.m", "optimizer.v"]
-        .into_iter()
-        .zip(&slabs)
-        .map(|(name, slab)| TensorOut::f32(name, vec![slab.len()], slab))
+    if let Some((state, best)) = ck.early_stop {
+        meta.insert("early_stop".into(), json(&state));
+        slabs.push(("early_stop.best_params", layout.to_row_major(best)));
+    }
+    let tensors = slabs
+        .iter()
+        .map(|(name, slab)| TensorOut::f32(*name, vec![slab.len()], slab))
         .collect();
     write_with_crc(
         &dir.join(CHECKPOINT_FILE),
@@ -371,6 +389,19 @@ fn checkpoint_from(f: Loaded) -> Result<Checkpoint, DataError> {
         }
     }
     optimizer.t = f.parse_meta("optimizer_steps")?;
+    // Checkpoints of runs without early stopping (or older) have none.
+    let early_stop = match f.header_meta("early_stop") {
+        None => None,
+        Some(_) => {
+            let state: EarlyStopState = f.parse_meta("early_stop")?;
+            let mut file = vec![0.0; file_len];
+            f.f32_into("early_stop.best_params", &mut file, None)?;
+            let mut best = vec![0.0; mlp.layout.len];
+            let converted = mlp.layout.from_row_major(&file, &mut best);
+            converted.expect("a slab of the file layout's length converts");
+            Some((state, best))
+        }
+    };
     Ok(Checkpoint {
         mlp,
         optimizer,
@@ -381,6 +412,7 @@ fn checkpoint_from(f: Loaded) -> Result<Checkpoint, DataError> {
             correct: f.parse_meta("partial_correct")?,
         },
         best: f.parse_meta("best")?,
+        early_stop,
         config,
     })
 }

@@ -25,6 +25,10 @@ pub struct TrainConfig {
     /// longer (`None`: never).
     #[serde(default)]
     pub clip_grad_norm: Option<f32>,
+    /// Stop after this many epochs in a row without a lower validation
+    /// loss, and end with the parameters of the lowest (`None`: never).
+    #[serde(default)]
+    pub early_stop: Option<usize>,
     /// Base learning rate.
     pub lr: f32,
     pub schedule: Schedule,

@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::buf::AlignedBuf;
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, EarlyStopState};
 pub use crate::config::TrainConfig;
 use crate::data::{Augment, Dataset, Geometry, Normalizer, SplitView};
 use crate::gemm::Parallelism;
@@ -89,6 +89,11 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// Training samples per second over the whole run.
     pub images_per_sec: f64,
+    /// With early stopping: true when it ended the run before the last
+    /// epoch, and the 1-based epoch (lowest validation loss) whose
+    /// parameters the model holds (0: none improved on the initial ones).
+    pub stopped_early: bool,
+    pub restored_epoch: Option<usize>,
 }
 
 /// Progress of a step, for progress bars.
@@ -306,6 +311,11 @@ pub struct Trainer<'d> {
     start: Position,
     /// `(1-based epoch, accuracy)` of the best validation so far.
     best: Option<(usize, f64)>,
+    /// With `--early-stop`: where it stands, and the parameters of the
+    /// epoch with the lowest validation loss.
+    early_stop: Option<(EarlyStopState, AlignedBuf<f32>)>,
+    /// The epoch whose parameters early stopping restored at the end.
+    restored_epoch: Option<usize>,
     /// The current epoch's sample order.
     order: Vec<usize>,
     /// The current step's augmentations.
@@ -339,7 +349,12 @@ impl<'d> Trainer<'d> {
             return Err(TrainError::Config("the training split is empty".into()));
         }
         let augment = augment_geometry(data, cfg)?;
-        let (mlp, opt, start, best) = match resume {
+        if cfg.early_stop.is_some() && val_view.is_empty() {
+            return Err(TrainError::Config(
+                "early stopping watches the validation loss: hold out validation samples (--validation)".into(),
+            ));
+        }
+        let (mlp, opt, start, best, early) = match resume {
             Some(ck) => {
                 if ck.mlp.cfg != mcfg {
                     return Err(TrainError::Config(format!(
@@ -352,14 +367,27 @@ impl<'d> Trainer<'d> {
                     steps: ck.steps_in_epoch,
                     partial: ck.partial,
                 };
-                (ck.mlp, ck.optimizer, start, ck.best)
+                (ck.mlp, ck.optimizer, start, ck.best, ck.early_stop)
             }
             None => {
                 let mlp = Mlp::init(mcfg, cfg.seed);
                 let opt = Optimizer::new(cfg.optim, &mlp.layout);
-                (mlp, opt, Position::default(), None)
+                (mlp, opt, Position::default(), None, None)
             }
         };
+        // Before the first validation, the initial parameters stand as the
+        // best (at an infinite loss, so the first epoch always improves).
+        let early_stop = cfg.early_stop.map(|_| match early {
+            Some((state, params)) => (state, AlignedBuf::from_slice(&params)),
+            None => (
+                EarlyStopState {
+                    best_loss: f64::INFINITY,
+                    best_epoch: 0,
+                    bad_epochs: 0,
+                },
+                AlignedBuf::from_slice(&mlp.params),
+            ),
+        });
         let ws = Workspace::try_new(&mlp, cfg.batch, Parallelism::threads(cfg.threads))?;
         let grads = AlignedBuf::zeroed(mlp.layout.len);
         Ok(Trainer {
@@ -379,6 +407,8 @@ impl<'d> Trainer<'d> {
             grads,
             start,
             best,
+            early_stop,
+            restored_epoch: None,
             augments: Vec::with_capacity(cfg.batch),
             eval_indices: Vec::with_capacity(cfg.batch),
             epochs_done: start.epoch,
@@ -417,6 +447,10 @@ impl<'d> Trainer<'d> {
     /// observer asks to stop. True when it stopped inside an epoch.
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<bool, TrainError> {
         for epoch in self.start.epoch..self.cfg.epochs {
+            // A resumed run that had already stopped early stays stopped.
+            if self.stopped_early() {
+                break;
+            }
             let from = if epoch == self.start.epoch {
                 self.start
             } else {
@@ -424,10 +458,14 @@ impl<'d> Trainer<'d> {
             };
             match self.epoch(from, observer)? {
                 EpochEnd::Done => {}
+                // Stopped on request: the model stays as it is, and the
+                // checkpoint resumes from there.
+                EpochEnd::Stop if !self.stopped_early() => return Ok(false),
                 EpochEnd::Stop => break,
                 EpochEnd::Interrupted => return Ok(true),
             }
         }
+        self.restore_best()?;
         Ok(false)
     }
 
@@ -493,12 +531,63 @@ impl<'d> Trainer<'d> {
             phases,
         });
         self.epochs_done = epoch + 1;
-        let stop = observer.stop_requested();
+        if let Some(v) = &val {
+            self.watch_validation_loss(epoch, v.loss);
+        }
+        let stop = observer.stop_requested() || self.stopped_early();
         let last = stop || epoch + 1 == self.cfg.epochs;
         if last || (epoch + 1).is_multiple_of(self.cfg.checkpoint_every.max(1)) {
             self.checkpoint(Position::epoch_start(epoch + 1), observer)?;
         }
         Ok(if stop { EpochEnd::Stop } else { EpochEnd::Done })
+    }
+
+    /// Early stopping's bookkeeping after epoch `epoch` (0-based) scored
+    /// `loss` on the validation split: a lower loss becomes the best, and
+    /// its parameters are kept.
+    fn watch_validation_loss(&mut self, epoch: usize, loss: f64) {
+        let Some((state, best)) = &mut self.early_stop else {
+            return;
+        };
+        if loss < state.best_loss {
+            *state = EarlyStopState {
+                best_loss: loss,
+                best_epoch: epoch + 1,
+                bad_epochs: 0,
+            };
+            best.copy_from_slice(&self.mlp.params);
+        } else {
+            state.bad_epochs += 1;
+        }
+    }
+
+    /// True once the validation loss has not improved for the patience.
+    fn stopped_early(&self) -> bool {
+        match (&self.early_stop, self.cfg.early_stop) {
+            (Some((state, _)), Some(patience)) => state.bad_epochs >= patience,
+            _ => false,
+        }
+    }
+
+    /// At the end of a run with early stopping: the parameters of the epoch
+    /// with the lowest validation loss become the model, and the model file
+    /// (not the checkpoint, which keeps the last parameters to resume from)
+    /// is rewritten with them.
+    fn restore_best(&mut self) -> Result<(), TrainError> {
+        let Some((state, best)) = &self.early_stop else {
+            return Ok(());
+        };
+        self.mlp.params.copy_from_slice(best);
+        self.restored_epoch = Some(state.best_epoch);
+        if let Some(dir) = self.out_dir {
+            checkpoint::save_model(
+                &dir.join(checkpoint::MODEL_FILE),
+                &self.mlp,
+                self.data.classes(),
+                &self.norm,
+            )?;
+        }
+        Ok(())
     }
 
     /// Puts epoch `epoch`'s sample order in place: a shuffle derived from
@@ -625,6 +714,7 @@ impl<'d> Trainer<'d> {
                 steps_in_epoch: at.steps,
                 partial: at.partial,
                 best: self.best,
+                early_stop: self.early_stop.as_ref().map(|(s, p)| (*s, &p[..])),
                 config: self.cfg,
                 classes: self.data.classes(),
                 normalizer: &self.norm,
@@ -649,6 +739,8 @@ impl<'d> Trainer<'d> {
             } else {
                 0.0
             },
+            stopped_early: self.stopped_early(),
+            restored_epoch: self.restored_epoch,
         };
         (self.mlp, summary)
     }

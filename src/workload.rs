@@ -83,6 +83,7 @@ impl Workload {
             loss: Loss::Xent,
             dropout: 0.0,
             clip_grad_norm: None,
+            early_stop: None,
             label_smoothing: 0.0,
             optim: OptimConfig {
                 kind: OptimKind::Sgd {

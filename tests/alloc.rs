@@ -67,6 +67,7 @@ fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
         loss,
         dropout: if variant.is_multiple_of(2) { 0.2 } else { 0.0 },
         clip_grad_norm: (variant % 5 == 1).then_some(0.5),
+        early_stop: None,
         label_smoothing: if loss == Loss::Xent && variant % 4 < 2 {
             0.1
         } else {

@@ -229,7 +229,12 @@ fn wait_for_checkpoint(dir: &Path) {
 fn a_killed_run_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
-    let args = |out: &Path| run_args(&data, out, 6, &["--dropout", "0.1", "--quiet"]);
+    // With early stopping, whose state (and best parameters) the
+    // checkpoint must carry for the final model to match.
+    let args = |out: &Path| {
+        let extra = ["--dropout", "0.1", "--early-stop", "4", "--quiet"];
+        run_args(&data, out, 6, &extra)
+    };
     let full = dir.path().join("full");
     ok(&common::bin().args(args(&full)).output().unwrap());
 
@@ -476,6 +481,48 @@ fn clip_grad_norm_trains_and_is_refused_unless_positive() {
         assert!(
             !o.status.success() && err.contains("--clip-grad-norm must be a positive number"),
             "{bad}: {err}"
+        );
+    }
+}
+
+/// `--early-stop`: recorded in the resolved configuration, and refused at
+/// 0 or without validation samples.
+#[test]
+fn early_stop_is_planned_and_refused_where_it_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 300, 50, 16, 2, 6);
+    let base = [
+        "train",
+        "--data",
+        s(&data),
+        "--hidden",
+        "8",
+        "--threads",
+        "1",
+    ];
+    let run = |extra: &[&str]| {
+        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+        fastnn(&all)
+    };
+    let plan = ok(&run(&["--early-stop", "3", "--dry-run"]));
+    assert!(plan.contains("early_stop = 3"), "{plan}");
+    let summary = ok(&run(&["--early-stop", "2", "--epochs", "3"]));
+    assert!(summary.contains("(lowest validation loss)"), "{summary}");
+    for (extra, message) in [
+        (
+            &["--early-stop", "0"][..],
+            "--early-stop must be at least 1 epoch",
+        ),
+        (
+            &["--early-stop", "2", "--validation", "0"][..],
+            "hold out validation samples",
+        ),
+    ] {
+        let o = run(extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(message),
+            "{extra:?}: {err}"
         );
     }
 }

@@ -50,6 +50,7 @@ fn config(hidden: &[usize], optim: OptimConfig, threads: usize) -> TrainConfig {
         loss: Loss::Xent,
         dropout: 0.1,
         clip_grad_norm: None,
+        early_stop: None,
         label_smoothing: 0.0,
         optim,
         lr: 0.01,

@@ -20,6 +20,7 @@ fn config(threads: usize) -> TrainConfig {
         loss: Loss::Xent,
         dropout: 0.1,
         clip_grad_norm: None,
+        early_stop: None,
         label_smoothing: 0.0,
         optim: OptimConfig {
             kind: OptimKind::Sgd {
@@ -356,4 +357,106 @@ fn augmentation_is_refused_for_flat_samples_and_oversized_translations() {
         .expect("8 pixels do not fit 8 rows")
         .to_string();
     assert!(err.contains("8 pixels") && err.contains("8×12"), "{err}");
+}
+
+/// A run that overfits: few training samples, a high constant learning
+/// rate, many epochs, early stopping with a patience of 2.
+fn overfitting(early_stop: Option<usize>) -> TrainConfig {
+    TrainConfig {
+        dropout: 0.0,
+        lr: 0.2,
+        schedule: Schedule::Constant,
+        warmup: 0,
+        epochs: 40,
+        early_stop,
+        holdout: Holdout::Count(1200),
+        ..config(1)
+    }
+}
+
+#[test]
+fn early_stopping_ends_at_the_patience_and_keeps_the_lowest_validation_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let out = dir.path().join("run");
+    let mut record = Record::default();
+    let cfg = overfitting(Some(2));
+    let (mlp, summary) = train(&data, &cfg, Some(&out), None, &mut record).unwrap();
+    let losses: Vec<f64> = record.0.iter().map(|m| m.val_loss.unwrap()).collect();
+    let best = (0..losses.len())
+        .min_by(|&a, &b| losses[a].total_cmp(&losses[b]).then(a.cmp(&b)))
+        .unwrap();
+    assert!(summary.stopped_early, "validation losses {losses:?}");
+    assert_eq!(
+        losses.len(),
+        best + 1 + 2,
+        "two epochs past the best: {losses:?}"
+    );
+    assert_eq!(summary.epochs, losses.len());
+    assert_eq!(summary.restored_epoch, Some(best + 1));
+
+    // The model is the best epoch's: its validation loss is that epoch's,
+    // to the bit, and the model file holds it.
+    let (_, val_view) = data.train_validation(cfg.holdout).unwrap();
+    let norm = fastnn::data::Normalizer::new(cfg.normalize, &data.stats(), data.dim());
+    let mut ws = Workspace::new(&mlp, cfg.batch, Parallelism::Single);
+    let v = evaluate(&mlp, &mut ws, &norm, &val_view, &mut Vec::new());
+    assert_eq!(v.loss.to_bits(), losses[best].to_bits());
+    let file = load_model(&out.join(checkpoint::MODEL_FILE)).unwrap();
+    assert_eq!(&file.mlp.params[..], &mlp.params[..]);
+
+    // Without early stopping the same run goes on to the last epoch.
+    let (_, plain) = train(&data, &overfitting(None), None, None, &mut Silent).unwrap();
+    assert_eq!(
+        (plain.epochs, plain.stopped_early, plain.restored_epoch),
+        (40, false, None)
+    );
+}
+
+#[test]
+fn early_stopping_needs_validation_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let cfg = TrainConfig {
+        holdout: Holdout::Count(0),
+        ..overfitting(Some(2))
+    };
+    let Err(err) = train(&data, &cfg, None, None, &mut Silent) else {
+        panic!("early stopping without validation samples was accepted");
+    };
+    assert!(err.to_string().contains("validation"), "{err}");
+}
+
+/// Stopped one epoch after the best and resumed: the same best epoch, the
+/// same final model, to the bit (the checkpoint carries the best parameters,
+/// which are then no longer the current ones, and the count of epochs
+/// without improvement).
+#[test]
+fn a_run_with_early_stopping_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let cfg = overfitting(Some(2));
+    let (full, full_summary) = train(&data, &cfg, None, None, &mut Silent).unwrap();
+    let best_epoch = full_summary.restored_epoch.unwrap();
+    assert!(full_summary.stopped_early && best_epoch > 0);
+    let out: PathBuf = dir.path().join("run");
+    let stop_after = best_epoch + 1;
+    let (_, partial) = train(&data, &cfg, Some(&out), None, &mut StopAfter(stop_after)).unwrap();
+    assert_eq!((partial.epochs, partial.restored_epoch), (stop_after, None));
+    let ck = checkpoint::load(&out).unwrap();
+    let (state, best) = ck.early_stop.clone().unwrap();
+    assert_eq!((state.best_epoch, state.bad_epochs), (best_epoch, 1));
+    assert_ne!(
+        &best[..],
+        &ck.mlp.params[..],
+        "the best parameters are not the last"
+    );
+    let (resumed, summary) = train(&data, &cfg, Some(&out), Some(ck), &mut Silent).unwrap();
+    assert_eq!(summary.restored_epoch, full_summary.restored_epoch);
+    assert_eq!(summary.epochs, full_summary.epochs);
+    assert!(full
+        .params
+        .iter()
+        .zip(resumed.params.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
 }

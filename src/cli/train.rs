@@ -48,6 +48,9 @@ pub struct TrainArgs {
     /// Scale each step's gradient down to this global L2 norm when it is longer, as PyTorch's clip_grad_norm_ [default: off].
     #[arg(long, value_name = "C")]
     pub clip_grad_norm: Option<f32>,
+    /// Stop after PATIENCE epochs in a row without a lower validation loss, and keep the parameters of the epoch with the lowest [default: off].
+    #[arg(long, value_name = "PATIENCE")]
+    pub early_stop: Option<usize>,
     /// sgd, adam or adamw [default: sgd].
     #[arg(long, value_parser = ["sgd", "adam", "adamw"])]
     pub optimizer: Option<String>,
@@ -144,6 +147,7 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
         dropout,
         label_smoothing,
         clip_grad_norm,
+        early_stop,
         optimizer,
         momentum,
         nesterov,
@@ -213,6 +217,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         dropout: args.dropout.unwrap_or(0.0),
         label_smoothing: args.label_smoothing.unwrap_or(0.0),
         clip_grad_norm: args.clip_grad_norm,
+        early_stop: args.early_stop,
         optim: OptimConfig {
             kind,
             l2: args.l2.unwrap_or(0.0),
@@ -248,6 +253,9 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         .is_some_and(|c| c <= 0.0 || !c.is_finite())
     {
         bail!("--clip-grad-norm must be a positive number");
+    }
+    if cfg.early_stop == Some(0) {
+        bail!("--early-stop must be at least 1 epoch");
     }
     if cfg.threads == 0 || cfg.batch == 0 || cfg.epochs == 0 {
         bail!("--threads, --batch and --epochs must be at least 1");
@@ -402,6 +410,14 @@ impl Progress {
         if let (Some(e), Some(a)) = (s.best_val_epoch, s.best_val_accuracy) {
             line += &format!("best validation {} at epoch {e}; ", pct(a));
         }
+        if let Some(e) = s.restored_epoch {
+            let why = if s.stopped_early {
+                "stopped early; "
+            } else {
+                ""
+            };
+            line += &format!("{why}model from epoch {e} (lowest validation loss); ");
+        }
         if let (Some(a), Some(l)) = (s.test_accuracy, s.test_loss) {
             line += &format!("test accuracy {} (loss {l:.4}); ", pct(a));
         }
@@ -531,6 +547,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is 
 # dropout = 0.0                  # probability of dropping a hidden unit
 # label_smoothing = 0.0          # ε of the cross-entropy's smoothed target
 # clip_grad_norm = 1.0           # scale longer gradients down to this L2 norm (default: off)
+# early_stop = 5                 # epochs without a lower validation loss before stopping (default: off)
 # optimizer = "sgd"              # sgd, adam or adamw
 # momentum = 0.9                 # SGD momentum
 # nesterov = false               # Nesterov momentum (SGD)
@@ -630,9 +647,10 @@ mod template_tests {
         assert_eq!(args.validation.as_deref(), Some("0.1"));
         assert_eq!(args.label_smoothing, Some(0.0));
         assert_eq!(args.clip_grad_norm, Some(1.0));
+        assert_eq!(args.early_stop, Some(5));
         assert_eq!(
             uncommented.lines().count(),
-            27,
+            28,
             "one line per TrainArgs key"
         );
     }
