@@ -393,10 +393,7 @@ fn label_smoothing_trains_is_recorded_and_refused_where_it_does_not_apply() {
         "--threads",
         "1",
     ];
-    let run = |extra: &[&str]| {
-        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
-        fastnn(&all)
-    };
+    let run = |extra: &[&str]| with_args(&base, extra);
     let json = ok(&run(&[
         "--label-smoothing",
         "0.1",
@@ -432,12 +429,7 @@ fn label_smoothing_trains_is_recorded_and_refused_where_it_does_not_apply() {
             "applies to the xent loss only",
         ),
     ] {
-        let o = run(extra);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(message),
-            "{extra:?}: {err}"
-        );
+        assert_refused(&run(extra), message, &format!("{extra:?}"));
     }
 }
 
@@ -456,10 +448,7 @@ fn clip_grad_norm_trains_and_is_refused_unless_positive() {
         "--threads",
         "2",
     ];
-    let run = |extra: &[&str]| {
-        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
-        fastnn(&all)
-    };
+    let run = |extra: &[&str]| with_args(&base, extra);
     let json = ok(&run(&[
         "--clip-grad-norm",
         "0.5",
@@ -477,11 +466,7 @@ fn clip_grad_norm_trains_and_is_refused_unless_positive() {
     assert!(plan.contains("clip_grad_norm = 1.5"), "{plan}");
     for bad in ["0", "-1", "inf", "NaN"] {
         let o = run(&[&format!("--clip-grad-norm={bad}")]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains("--clip-grad-norm must be a positive number"),
-            "{bad}: {err}"
-        );
+        assert_refused(&o, "--clip-grad-norm must be a positive number", bad);
     }
 }
 
@@ -500,10 +485,7 @@ fn early_stop_is_planned_and_refused_where_it_cannot_work() {
         "--threads",
         "1",
     ];
-    let run = |extra: &[&str]| {
-        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
-        fastnn(&all)
-    };
+    let run = |extra: &[&str]| with_args(&base, extra);
     let plan = ok(&run(&["--early-stop", "3", "--dry-run"]));
     assert!(plan.contains("early_stop = 3"), "{plan}");
     let summary = ok(&run(&["--early-stop", "2", "--epochs", "3"]));
@@ -518,11 +500,21 @@ fn early_stop_is_planned_and_refused_where_it_cannot_work() {
             "hold out validation samples",
         ),
     ] {
-        let o = run(extra);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(message),
-            "{extra:?}: {err}"
-        );
+        assert_refused(&run(extra), message, &format!("{extra:?}"));
     }
+}
+
+/// `fastnn` with the `base` arguments, then `extra`.
+fn with_args(base: &[&str], extra: &[&str]) -> std::process::Output {
+    let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+    fastnn(&all)
+}
+
+/// The run `what` failed with `message` on stderr.
+fn assert_refused(o: &std::process::Output, message: &str, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(message),
+        "{what}: {err}"
+    );
 }

@@ -129,6 +129,37 @@ fn gradients_match_the_reference_for_every_activation_and_loss() {
     }
 }
 
+/// The reference twin of a fast optimiser kind.
+fn ref_optim(kind: OptimKind, lr: f64, weight_decay: f64) -> RefOptim {
+    match kind {
+        OptimKind::Sgd { momentum, nesterov } => RefOptim::Sgd {
+            lr,
+            momentum: momentum as f64,
+            nesterov,
+            weight_decay,
+        },
+        OptimKind::Adam { beta1, beta2, eps } => RefOptim::Adam {
+            lr,
+            beta1: beta1 as f64,
+            beta2: beta2 as f64,
+            eps: eps as f64,
+            weight_decay,
+        },
+    }
+}
+
+/// Every layer's weights and biases agree with the reference's to 1e-5.
+fn assert_matches_reference(mlp: &Mlp, r: &RefMlp, what: &str) {
+    for (l, slot) in mlp.layout.layers.iter().enumerate() {
+        let ew = rel_err(&mlp.weight(l), &r.weights[l]);
+        let eb = rel_err(&mlp.params[slot.b.clone()], &r.biases[l]);
+        assert!(
+            ew < 1e-5 && eb < 1e-5,
+            "{what}: layer {l} W error {ew:e}, b error {eb:e}"
+        );
+    }
+}
+
 #[test]
 fn optimiser_steps_match_the_reference() {
     let cases = [
@@ -190,21 +221,7 @@ fn optimiser_steps_match_the_reference() {
             },
             &mlp.layout,
         );
-        let ref_kind = match kind {
-            OptimKind::Sgd { momentum, nesterov } => RefOptim::Sgd {
-                lr,
-                momentum: momentum as f64,
-                nesterov,
-                weight_decay: wd as f64,
-            },
-            OptimKind::Adam { beta1, beta2, eps } => RefOptim::Adam {
-                lr,
-                beta1: beta1 as f64,
-                beta2: beta2 as f64,
-                eps: eps as f64,
-                weight_decay: wd as f64,
-            },
-        };
+        let ref_kind = ref_optim(kind, lr, wd as f64);
         let mut ref_opt = RefOptimizer::new(ref_kind, &r);
         let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
         for step in 0..3 {
@@ -213,11 +230,7 @@ fn optimiser_steps_match_the_reference() {
             );
             let (_, _, g) = r.loss_and_grads(&x, &labels, Loss::Xent, l2 as f64, None);
             ref_opt.step(&mut r, &g);
-            for (l, slot) in mlp.layout.layers.iter().enumerate() {
-                let ew = rel_err(&mlp.weight(l), &r.weights[l]);
-                let eb = rel_err(&mlp.params[slot.b.clone()], &r.biases[l]);
-                assert!(ew < 1e-5 && eb < 1e-5, "{kind:?} l2 {l2} wd {wd} step {step}: layer {l} W error {ew:e}, b error {eb:e}");
-            }
+            assert_matches_reference(&mlp, &r, &format!("{kind:?} l2 {l2} wd {wd} step {step}"));
         }
     }
 }
@@ -253,21 +266,7 @@ fn clipped_steps_match_the_reference() {
             weight_decay: 0.0,
         };
         let mut opt = Optimizer::new(cfg, &mlp.layout);
-        let ref_kind = match kind {
-            OptimKind::Sgd { momentum, nesterov } => RefOptim::Sgd {
-                lr,
-                momentum: momentum as f64,
-                nesterov,
-                weight_decay: 0.0,
-            },
-            OptimKind::Adam { beta1, beta2, eps } => RefOptim::Adam {
-                lr,
-                beta1: beta1 as f64,
-                beta2: beta2 as f64,
-                eps: eps as f64,
-                weight_decay: 0.0,
-            },
-        };
+        let ref_kind = ref_optim(kind, lr, 0.0);
         let mut ref_opt = RefOptimizer::new(ref_kind, &r);
         let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
         let max_norm = 0.05;
@@ -299,14 +298,7 @@ fn clipped_steps_match_the_reference() {
                 }
             }
             ref_opt.step(&mut r, &g);
-            for (l, slot) in mlp.layout.layers.iter().enumerate() {
-                let ew = rel_err(&mlp.weight(l), &r.weights[l]);
-                let eb = rel_err(&mlp.params[slot.b.clone()], &r.biases[l]);
-                assert!(
-                    ew < 1e-5 && eb < 1e-5,
-                    "{kind:?} step {step}: layer {l} W error {ew:e}, b error {eb:e}"
-                );
-            }
+            assert_matches_reference(&mlp, &r, &format!("{kind:?} step {step}"));
         }
         assert_eq!(clipped, 4, "{kind:?}: the bound is below every step's norm");
     }
@@ -528,14 +520,7 @@ fn packed_case(
                 .collect(),
         };
         ref_opt.step(&mut r, &fed);
-        for (l, slot) in mlp.layout.layers.iter().enumerate() {
-            let ew = rel_err(&mlp.weight(l), &r.weights[l]);
-            let eb = rel_err(&mlp.params[slot.b.clone()], &r.biases[l]);
-            assert!(
-                ew < 1e-5 && eb < 1e-5,
-                "{what} step {step}: layer {l} W error {ew:e}, b error {eb:e}"
-            );
-        }
+        assert_matches_reference(&mlp, &r, &format!("{what} step {step}"));
     }
     true
 }
