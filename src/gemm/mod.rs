@@ -188,12 +188,8 @@ impl GemmCtx {
 
     pub fn set_parallelism(&mut self, par: Parallelism) {
         self.par = par;
-        if self
-            .team
-            .as_ref()
-            .is_some_and(|t| t.threads() != par.count())
-        {
-            self.team = None;
+        if self.team.as_ref().map_or(1, Team::threads) != par.count() {
+            self.team = (par.count() > 1).then(|| Team::new(par.count()));
         }
     }
 
@@ -521,7 +517,10 @@ impl GemmCtx {
         let bufs = SharedBufs([a0.as_mut_ptr(), a1.as_mut_ptr()]);
         let parts = SharedMut::new(&mut self.ws.parts[..count]);
         let barrier = Barrier::new(count);
-        let team = self.team.get_or_insert_with(|| Team::new(self.par.count()));
+        let team = self
+            .team
+            .as_mut()
+            .expect("a context of several threads has a team");
         team.run(count, &|t| {
             let (i0, pm, j0, pn) = split.part(t);
             let shared = share_a.then(|| SharedA {
