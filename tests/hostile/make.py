@@ -207,6 +207,19 @@ case("model-huge-dims.safetensors", "eval", "need 10000400003 parameters",
      "model file claiming 10^10 parameters, refused before allocating",
      safetensors_rewrite(MODEL, huge_dims))
 
+def smoothing_word(h):
+    h["__metadata__"]["label_smoothing"] = "often"
+case("model-bad-label-smoothing.safetensors", "eval", "metadata label_smoothing is not a number",
+     "model file whose label smoothing is not a number", safetensors_rewrite(MODEL, smoothing_word))
+
+
+def smoothed_mse(h):
+    h["__metadata__"]["loss"] = "mse"
+    h["__metadata__"]["label_smoothing"] = "0.1"
+case("model-smoothed-mse.safetensors", "eval", "label smoothing applies to the xent loss only",
+     "model file with label smoothing on a loss other than the cross-entropy",
+     safetensors_rewrite(MODEL, smoothed_mse))
+
 # ---- TOML configs ----------------------------------------------------------------
 case("config-unknown-key.toml", "config", "unknown field `learning_rate`", "TOML config with an unknown key",
      b"epochs = 2\nlearning_rate = 0.1\n")
