@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Holdout, Normalize};
-use crate::model::{Act, Loss};
+use crate::model::{Act, Loss, MlpConfig};
 use crate::optim::{OptimConfig, Schedule};
 
 /// Everything that defines a training run.
@@ -57,4 +57,21 @@ pub struct TrainConfig {
     /// augmentation; 0 = off).
     #[serde(default)]
     pub translate: usize,
+}
+
+impl TrainConfig {
+    /// The network this configuration asks for, on `inputs` features and
+    /// `classes` classes (not yet validated).
+    pub fn network(&self, inputs: usize, classes: usize) -> MlpConfig {
+        let mut dims = vec![inputs];
+        dims.extend(&self.hidden);
+        dims.push(classes);
+        MlpConfig {
+            dims,
+            act: self.act,
+            loss: self.loss,
+            dropout: self.dropout,
+            label_smoothing: self.label_smoothing,
+        }
+    }
 }

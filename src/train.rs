@@ -749,16 +749,7 @@ impl<'d> Trainer<'d> {
 /// The network `cfg` asks for on `data`, refused if it is invalid or cannot
 /// fit in the available memory (checked before allocating any of it).
 fn network(data: &Dataset, cfg: &TrainConfig) -> Result<MlpConfig, TrainError> {
-    let mut dims = vec![data.dim()];
-    dims.extend(&cfg.hidden);
-    dims.push(data.classes().len());
-    let mcfg = MlpConfig {
-        dims,
-        act: cfg.act,
-        loss: cfg.loss,
-        dropout: cfg.dropout,
-        label_smoothing: cfg.label_smoothing,
-    };
+    let mcfg = cfg.network(data.dim(), data.classes().len());
     mcfg.validate().map_err(TrainError::Config)?;
     let need = mcfg.training_bytes(cfg.batch);
     if let Some(avail) = available_memory() {

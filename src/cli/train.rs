@@ -572,17 +572,9 @@ pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is 
 
 /// `--dry-run`: the resolved configuration and the layer table.
 fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
-    let mut dims = vec![data.dim()];
-    dims.extend(&cfg.hidden);
-    dims.push(data.classes().len());
-    let mcfg = fastnn::model::MlpConfig {
-        dims: dims.clone(),
-        act: cfg.act,
-        loss: cfg.loss,
-        dropout: cfg.dropout,
-        label_smoothing: cfg.label_smoothing,
-    };
+    let mcfg = cfg.network(data.dim(), data.classes().len());
     mcfg.validate().map_err(anyhow::Error::msg)?;
+    let dims = &mcfg.dims;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
