@@ -243,6 +243,11 @@ impl Workspace {
         (&mut self.x, &mut self.labels, self.gemm.team())
     }
 
+    /// The threads of the step (`None` for one thread).
+    pub fn team(&mut self) -> Option<&mut Team> {
+        self.gemm.team()
+    }
+
     /// Largest batch the buffers hold.
     pub fn max_batch(&self) -> usize {
         self.max_batch

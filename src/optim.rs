@@ -63,11 +63,20 @@ impl Optimizer {
         }
     }
 
-    /// One update of `params` with `grads` at learning rate `lr`.
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], layout: &Layout, lr: f32) {
+    /// One update of `params` with `grads` at learning rate `lr`, each
+    /// weight matrix split across the team's threads if there is one.
+    pub fn step(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        layout: &Layout,
+        lr: f32,
+        mut team: Option<&mut Team>,
+    ) {
         let rules = self.begin_step(lr);
         for slot in &layout.layers {
-            self.update(rules.weights, slot.w.clone(), params, grads, None);
+            let team = team.as_deref_mut();
+            self.update(rules.weights, slot.w.clone(), params, grads, team);
             self.update(rules.biases, slot.b.clone(), params, grads, None);
         }
     }
@@ -380,6 +389,50 @@ impl std::str::FromStr for Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step split across a team's threads gives the bits of one thread,
+    /// for weights long enough to split and for both moment layouts.
+    #[test]
+    fn a_step_on_a_team_equals_one_on_one_thread() {
+        let layout = Layout::new(&[300, 200, 10]);
+        let grads: Vec<f32> = (0..layout.len)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        for kind in [
+            OptimKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            OptimKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+        ] {
+            let cfg = OptimConfig {
+                kind,
+                l2: 1e-3,
+                weight_decay: 1e-2,
+            };
+            let run = |mut team: Option<&mut Team>| {
+                let mut opt = Optimizer::new(cfg, &layout);
+                let mut params = vec![0.25f32; layout.len];
+                for _ in 0..3 {
+                    opt.step(&mut params, &grads, &layout, 0.01, team.as_deref_mut());
+                }
+                params
+            };
+            let one = run(None);
+            let two = run(Some(&mut Team::new(2)));
+            assert!(layout.layers[0].w.len() > PAR_CHUNK, "the weights split");
+            assert!(
+                one.iter()
+                    .zip(&two)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kind:?}"
+            );
+        }
+    }
 
     #[test]
     fn clipping_scales_a_long_gradient_to_the_bound_and_leaves_a_short_one() {

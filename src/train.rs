@@ -191,7 +191,7 @@ pub fn train_step(
             mlp.backward(ws, grads, batch);
             let mut clock = Lap::start();
             optim::clip_grad_norm(grads, max_norm);
-            opt.step(&mut mlp.params, grads, &mlp.layout, lr);
+            opt.step(&mut mlp.params, grads, &mlp.layout, lr, ws.team());
             clock.lap(&mut ws.phases.update);
         }
     }

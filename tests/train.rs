@@ -572,7 +572,7 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
                 plain.forward(&mut ws_plain, batch, dropout_rng().as_mut());
                 plain.loss_and_dlogits(&mut ws_plain, batch);
                 plain.backward(&mut ws_plain, &mut grads, batch);
-                opt_plain.step(&mut plain.params, &grads, &plain.layout, lr as f32);
+                opt_plain.step(&mut plain.params, &grads, &plain.layout, lr as f32, None);
                 let differ = |a: &[f32], b: &[f32]| {
                     a.iter()
                         .zip(b)
