@@ -30,6 +30,7 @@ fn step(c: &mut Criterion) {
                 loss: Loss::Xent,
                 dropout: 0.0,
                 label_smoothing: 0.0,
+                norm: Default::default(),
             };
             let mut mlp = Mlp::init(cfg, 1);
             let mut ws = Workspace::new(&mlp, BATCH, Parallelism::threads(threads));

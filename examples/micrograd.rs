@@ -60,6 +60,7 @@ fn main() {
         loss: Loss::Hinge,
         dropout: 0.0,
         label_smoothing: 0.0,
+        norm: Default::default(),
     };
     let mut fast = Mlp::init(cfg.clone(), 42);
     let graph = Graph::new();

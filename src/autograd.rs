@@ -548,6 +548,7 @@ impl<'g> Mlp<'g> {
             loss,
             dropout: 0.0,
             label_smoothing: 0.0,
+            norm: Default::default(),
         };
         let mut m = model::Mlp::zeros(cfg);
         let (weights, biases) = self.tensors(Value::data);

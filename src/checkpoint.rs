@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::TrainConfig;
 use crate::data::{DataError, Normalizer};
-use crate::model::{Act, Layout, Loss, Mlp, MlpConfig};
+use crate::model::{Act, Layout, Loss, Mlp, MlpConfig, Norm};
 use crate::ops::LossOut;
 use crate::optim::Optimizer;
 use crate::tensorfile::{self, Dtype, TensorOut};
@@ -96,6 +96,7 @@ fn network_metadata(mlp: &Mlp, kind: &str) -> BTreeMap<String, String> {
         "label_smoothing".into(),
         mlp.cfg.label_smoothing.to_string(),
     );
+    m.insert("norm".into(), mlp.cfg.norm.to_string());
     m
 }
 
@@ -260,6 +261,11 @@ impl Loaded {
                 Some(v) => v
                     .parse()
                     .map_err(|_| self.err("metadata label_smoothing is not a number"))?,
+            },
+            // Files written before normalisation existed have none.
+            norm: match self.header_meta("norm") {
+                None => Norm::None,
+                Some(v) => v.parse::<Norm>().map_err(|e| self.err(e))?,
             },
         };
         cfg.validate().map_err(|e| self.err(e))?;

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Holdout, Normalize};
-use crate::model::{Act, Loss, MlpConfig};
+use crate::model::{Act, Loss, MlpConfig, Norm};
 use crate::optim::{OptimConfig, Schedule};
 
 /// Everything that defines a training run.
@@ -20,6 +20,9 @@ pub struct TrainConfig {
     /// Label smoothing ε of the cross-entropy (0 = off).
     #[serde(default)]
     pub label_smoothing: f32,
+    /// Normalisation after each hidden Linear.
+    #[serde(default)]
+    pub norm: Norm,
     pub optim: OptimConfig,
     /// Scale each step's gradient down to this global L2 norm when it is
     /// longer (`None`: never).
@@ -72,6 +75,7 @@ impl TrainConfig {
             loss: self.loss,
             dropout: self.dropout,
             label_smoothing: self.label_smoothing,
+            norm: self.norm,
         }
     }
 }

@@ -82,6 +82,50 @@ impl std::fmt::Display for Loss {
     }
 }
 
+/// Normalisation after each hidden Linear, before the activation
+/// (PyTorch's `nn.Sequential(Linear, BatchNorm1d, act, …)` order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    /// Plain `Linear, act` layers.
+    #[default]
+    None,
+    /// `nn.BatchNorm1d`: each unit normalised over the batch in training
+    /// (biased variance), over running statistics in evaluation; affine.
+    /// The Linear before it has no bias: the batch mean cancels it.
+    Batch,
+    /// `nn.LayerNorm`: each sample normalised over its units; affine.
+    Layer,
+}
+
+/// `eps` of both normalisations (PyTorch's default).
+pub const NORM_EPS: f64 = 1e-5;
+/// `momentum` of BatchNorm's running statistics (PyTorch's default):
+/// `running = (1 − m)·running + m·batch`, the variance unbiased.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+impl std::str::FromStr for Norm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Norm::None),
+            "batch" => Ok(Norm::Batch),
+            "layer" => Ok(Norm::Layer),
+            _ => Err(format!("unknown normalisation {s:?} (none, batch or layer)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Norm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Norm::None => "none",
+            Norm::Batch => "batch",
+            Norm::Layer => "layer",
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The network: configuration, parameter layout, initialisation
 // ---------------------------------------------------------------------------
@@ -104,6 +148,8 @@ pub struct MlpConfig {
     /// Label smoothing ε of the training loss (cross-entropy only; 0 =
     /// off). Evaluation reports the plain loss.
     pub label_smoothing: f32,
+    /// Normalisation of the hidden layers.
+    pub norm: Norm,
 }
 
 impl MlpConfig {

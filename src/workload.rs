@@ -85,6 +85,7 @@ impl Workload {
             clip_grad_norm: None,
             early_stop: None,
             label_smoothing: 0.0,
+            norm: Default::default(),
             optim: OptimConfig {
                 kind: OptimKind::Sgd {
                     momentum: 0.9,

@@ -82,6 +82,7 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
         loss: spec["loss"].as_str().unwrap().parse::<Loss>().unwrap(),
         dropout: spec["dropout"].as_f64().unwrap() as f32,
         label_smoothing: 0.0,
+        norm: Default::default(),
     };
     let batch = spec["batch"].as_u64().unwrap() as usize;
     let mut mlp = Mlp::zeros(cfg);

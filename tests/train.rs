@@ -58,6 +58,7 @@ fn problem(
         loss,
         dropout,
         label_smoothing: 0.0,
+        norm: Default::default(),
     };
     let mut mlp = Mlp::init(cfg, seed);
     let mut rng = Rng::new(seed ^ 0xABCD);
