@@ -68,6 +68,7 @@ fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
         dropout: if variant.is_multiple_of(2) { 0.2 } else { 0.0 },
         clip_grad_norm: (variant % 5 == 1).then_some(0.5),
         early_stop: None,
+        norm: Default::default(),
         label_smoothing: if loss == Loss::Xent && variant % 4 < 2 {
             0.1
         } else {

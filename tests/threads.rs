@@ -52,6 +52,7 @@ fn config(hidden: &[usize], optim: OptimConfig, threads: usize) -> TrainConfig {
         clip_grad_norm: None,
         early_stop: None,
         label_smoothing: 0.0,
+        norm: Default::default(),
         optim,
         lr: 0.01,
         schedule: Schedule::Cosine,

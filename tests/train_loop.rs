@@ -22,6 +22,7 @@ fn config(threads: usize) -> TrainConfig {
         clip_grad_norm: None,
         early_stop: None,
         label_smoothing: 0.0,
+        norm: Default::default(),
         optim: OptimConfig {
             kind: OptimKind::Sgd {
                 momentum: 0.9,

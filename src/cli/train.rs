@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastnn::checkpoint;
 use fastnn::data::{Dataset, Holdout, Normalize};
-use fastnn::model::{Act, Loss};
+use fastnn::model::{Act, Loss, Norm};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::train::{self, EpochMetrics, Observer, RunInfo, StepProgress, Summary, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,6 +45,9 @@ pub struct TrainArgs {
     /// Label smoothing ε of the cross-entropy: the target is (1 − ε)·onehot + ε/classes, as PyTorch's CrossEntropyLoss(label_smoothing=ε) [default: 0].
     #[arg(long, value_name = "EPS")]
     pub label_smoothing: Option<f32>,
+    /// Normalisation after each hidden Linear, before the activation: none, batch (BatchNorm1d) or layer (LayerNorm) [default: none].
+    #[arg(long)]
+    pub norm: Option<Norm>,
     /// Scale each step's gradient down to this global L2 norm when it is longer, as PyTorch's clip_grad_norm_ [default: off].
     #[arg(long, value_name = "C")]
     pub clip_grad_norm: Option<f32>,
@@ -146,6 +149,7 @@ fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
         loss,
         dropout,
         label_smoothing,
+        norm,
         clip_grad_norm,
         early_stop,
         optimizer,
@@ -216,6 +220,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         loss: args.loss.unwrap_or_default(),
         dropout: args.dropout.unwrap_or(0.0),
         label_smoothing: args.label_smoothing.unwrap_or(0.0),
+        norm: args.norm.unwrap_or_default(),
         clip_grad_norm: args.clip_grad_norm,
         early_stop: args.early_stop,
         optim: OptimConfig {
@@ -546,6 +551,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is 
 # loss = "xent"                  # xent, mse or hinge
 # dropout = 0.0                  # probability of dropping a hidden unit
 # label_smoothing = 0.0          # ε of the cross-entropy's smoothed target
+# norm = "none"                  # none, batch or layer: normalisation after each hidden Linear
 # clip_grad_norm = 1.0           # scale longer gradients down to this L2 norm (default: off)
 # early_stop = 5                 # epochs without a lower validation loss before stopping (default: off)
 # optimizer = "sgd"              # sgd, adam or adamw
