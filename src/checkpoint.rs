@@ -1,7 +1,9 @@
 //! Model files and checkpoints, both safetensors files written atomically.
 //!
 //! - `model.safetensors`: the weights under PyTorch `nn.Sequential` names
-//!   (`0.weight` `[out, in]`, `0.bias`, `2.weight`, …), so
+//!   (`0.weight` `[out, in]`, `0.bias`, `2.weight`, …; a normalisation after
+//!   layer `0.` is module `1.`, with `1.weight`, `1.bias` and, for BatchNorm,
+//!   `1.running_mean`, `1.running_var`, `1.num_batches_tracked`), so
 //!   `model.load_state_dict(safetensors.torch.load_file(path))` works, plus
 //!   metadata that makes the file self-sufficient: layer sizes, activation,
 //!   class names, and the input normalisation as per-feature
@@ -13,11 +15,12 @@
 //! Each file carries a CRC-32 of its data, checked when it is loaded.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::config::TrainConfig;
 use crate::data::{DataError, Normalizer};
-use crate::model::{Act, Layout, Loss, Mlp, MlpConfig, Norm};
+use crate::model::{Act, Loss, Mlp, MlpConfig, Norm, NormSlots};
 use crate::ops::LossOut;
 use crate::optim::Optimizer;
 use crate::tensorfile::{self, Dtype, TensorOut};
@@ -113,6 +116,7 @@ pub fn save(dir: &Path, ck: &CheckpointRef<'_>) -> Result<(), DataError> {
     meta.insert("partial_loss_sum".into(), ck.partial.loss_sum.to_string());
     meta.insert("partial_correct".into(), ck.partial.correct.to_string());
     meta.insert("optimizer_steps".into(), ck.optimizer.t.to_string());
+    meta.insert("batches_tracked".into(), ck.mlp.batches_tracked.to_string());
     meta.insert("best".into(), json(&ck.best));
     meta.insert("config".into(), json(ck.config));
     // The slabs in the file layout: weights row-major [out, in].
@@ -161,15 +165,47 @@ pub fn save_model(
             vec![slot.fan_out, slot.fan_in],
             &weights[l],
         ));
-        tensors.push(TensorOut::f32(
-            format!("{idx}.bias"),
-            vec![slot.fan_out],
-            mlp.bias(l),
-        ));
+        if !slot.b.is_empty() {
+            tensors.push(TensorOut::f32(
+                format!("{idx}.bias"),
+                vec![slot.fan_out],
+                mlp.bias(l),
+            ));
+        }
+        if let Some(n) = &slot.norm {
+            for (name, range) in norm_tensors(n) {
+                let v = &mlp.params[range.clone()];
+                tensors.push(TensorOut::f32(
+                    format!("{}.{name}", idx + 1),
+                    vec![v.len()],
+                    v,
+                ));
+            }
+            if mlp.cfg.norm == Norm::Batch {
+                tensors.push(TensorOut::i64(
+                    format!("{}.num_batches_tracked", idx + 1),
+                    vec![],
+                    &[mlp.batches_tracked as i64],
+                ));
+            }
+        }
     }
     // No `__pad.K` tensors here: PyTorch's strict `load_state_dict` would
     // reject them. All tensors are f32, so each still starts 4-byte aligned.
     write_with_crc(path, tensors, meta)
+}
+
+/// The f32 tensors of a normalisation module under PyTorch's names
+/// (LayerNorm has no running statistics: their ranges are empty).
+fn norm_tensors(n: &NormSlots) -> impl Iterator<Item = (&'static str, &Range<usize>)> {
+    [
+        ("weight", &n.gamma),
+        ("bias", &n.beta),
+        ("running_mean", &n.running_mean),
+        ("running_var", &n.running_var),
+    ]
+    .into_iter()
+    .filter(|(_, r)| !r.is_empty())
 }
 
 fn write_with_crc(
@@ -272,11 +308,7 @@ impl Loaded {
         // The file must hold the parameters its sizes describe: checked
         // before the network (and the optimiser state) is allocated, so a
         // small file claiming a huge network fails here.
-        let params = cfg
-            .dims
-            .windows(2)
-            .map(|d| d[0] * d[1] + d[1])
-            .sum::<usize>();
+        let params = cfg.parameter_count();
         let data = self.bytes.len() - self.header.data_start;
         if params.saturating_mul(4) > data {
             return Err(self.err(format!(
@@ -286,6 +318,24 @@ impl Loaded {
             )));
         }
         Ok(cfg)
+    }
+
+    /// The non-negative i64 scalar `name` (shape `[]`).
+    fn i64_scalar(&self, name: &str) -> Result<u64, DataError> {
+        let t = self
+            .header
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.err(format!("missing tensor {name}")))?;
+        if t.dtype != Dtype::I64 || !t.shape.is_empty() {
+            return Err(self.err(format!(
+                "tensor {name} is {:?} {:?}, expected an I64 scalar",
+                t.dtype, t.shape
+            )));
+        }
+        let bytes: [u8; 8] = self.bytes[t.bytes.clone()].try_into().expect("8 bytes");
+        u64::try_from(i64::from_le_bytes(bytes))
+            .map_err(|_| self.err(format!("tensor {name} is negative")))
     }
 
     /// Copies the f32 tensor `name`, which must have `len` values (and the
@@ -343,11 +393,24 @@ fn model_from(f: Loaded) -> Result<ModelFile, DataError> {
             Some(&[slot.fan_out, slot.fan_in]),
         )?;
         mlp.set_weight(l, &rows);
-        f.f32_into(
-            &format!("{idx}.bias"),
-            &mut mlp.params[slot.b],
-            Some(&[slot.fan_out]),
-        )?;
+        if !slot.b.is_empty() {
+            f.f32_into(
+                &format!("{idx}.bias"),
+                &mut mlp.params[slot.b],
+                Some(&[slot.fan_out]),
+            )?;
+        }
+        if let Some(n) = &slot.norm {
+            for (name, range) in norm_tensors(n) {
+                let out = &mut mlp.params[range.clone()];
+                f.f32_into(&format!("{}.{name}", idx + 1), out, Some(&[slot.fan_out]))?;
+            }
+        }
+    }
+    if mlp.cfg.norm == Norm::Batch {
+        // Every BatchNorm counts the same batches: the first one's count.
+        let name = format!("{}.num_batches_tracked", mlp.sequential_index(0) + 1);
+        mlp.batches_tracked = f.i64_scalar(&name)?;
     }
     let classes: Vec<String> = f.parse_meta("classes")?;
     let scale: Vec<f32> = f.parse_meta("input_scale")?;
@@ -381,7 +444,7 @@ fn checkpoint_from(f: Loaded) -> Result<Checkpoint, DataError> {
     let mut mlp = Mlp::zeros(f.config()?);
     let mut optimizer = Optimizer::new(config.optim, &mlp.layout);
     // The file holds the slabs in the row-major file layout.
-    let file_len = Layout::row_major(&mlp.cfg.dims).len;
+    let file_len = mlp.layout.file().len;
     for (name, slab) in [
         ("params", &mut mlp.params[..]),
         ("optimizer.m", &mut optimizer.m[..]),
@@ -395,6 +458,10 @@ fn checkpoint_from(f: Loaded) -> Result<Checkpoint, DataError> {
         }
     }
     optimizer.t = f.parse_meta("optimizer_steps")?;
+    // Checkpoints written before normalisation existed have no count.
+    if f.header_meta("batches_tracked").is_some() {
+        mlp.batches_tracked = f.parse_meta("batches_tracked")?;
+    }
     // Checkpoints of runs without early stopping (or older) have none.
     let early_stop = match f.header_meta("early_stop") {
         None => None,

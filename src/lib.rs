@@ -31,6 +31,7 @@ pub mod data;
 pub mod gemm;
 pub mod model;
 pub mod net;
+pub mod norm;
 pub mod ops;
 pub mod optim;
 pub mod plot;

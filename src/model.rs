@@ -111,7 +111,9 @@ impl std::str::FromStr for Norm {
             "none" => Ok(Norm::None),
             "batch" => Ok(Norm::Batch),
             "layer" => Ok(Norm::Layer),
-            _ => Err(format!("unknown normalisation {s:?} (none, batch or layer)")),
+            _ => Err(format!(
+                "unknown normalisation {s:?} (none, batch or layer)"
+            )),
         }
     }
 }
@@ -168,9 +170,22 @@ impl MlpConfig {
         *self.dims.last().expect("dims is never empty")
     }
 
-    /// Number of trainable parameters (weights and biases).
+    /// Number of trainable parameters (weights, biases and the
+    /// normalisations' scales and shifts).
     pub fn parameter_count(&self) -> usize {
-        self.dims.windows(2).map(|d| d[0] * d[1] + d[1]).sum()
+        Layout::row_major(&self.dims, self.norm)
+            .layers
+            .iter()
+            .map(|s| s.w.len() + s.b.len() + s.norm.as_ref().map_or(0, |n| 2 * n.gamma.len()))
+            .sum()
+    }
+
+    /// Whether hidden layer `l`'s Linear has a bias: not before a
+    /// BatchNorm, whose batch mean cancels it exactly (its gradient would
+    /// be rounding noise, which Adam would turn into full-size steps of a
+    /// parameter that does nothing); always for the last layer.
+    pub fn has_bias(&self, l: usize) -> bool {
+        self.norm != Norm::Batch || l + 1 == self.layers()
     }
 
     /// Bytes a training run holds for this network at batch size `batch`:
@@ -241,8 +256,37 @@ pub struct LayerSlots {
     /// the layout the products read and write in place. Row-major in the
     /// [`Layout::row_major`] layout of files.
     pub w: Range<usize>,
-    /// `b` as `[fan_out]`.
+    /// `b` as `[fan_out]`; empty before a BatchNorm ([`MlpConfig::has_bias`]).
     pub b: Range<usize>,
+    /// The normalisation after a hidden layer (none after the last).
+    pub norm: Option<NormSlots>,
+}
+
+impl LayerSlots {
+    /// The vectors the optimiser trains besides the weights: the bias, γ
+    /// and β (an empty range where the layer has none).
+    pub fn trained_vectors(&self) -> [Range<usize>; 3] {
+        let empty = self.b.end..self.b.end;
+        match &self.norm {
+            Some(n) => [self.b.clone(), n.gamma.clone(), n.beta.clone()],
+            None => [self.b.clone(), empty.clone(), empty],
+        }
+    }
+}
+
+/// Where a hidden layer's normalisation keeps its state in a slab, each
+/// `[fan_out]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormSlots {
+    /// The scale γ and shift β (trained, without weight decay).
+    pub gamma: Range<usize>,
+    pub beta: Range<usize>,
+    /// BatchNorm's running mean and (unbiased) variance; empty for
+    /// LayerNorm. Not trained, but kept in the slab so that every copy of
+    /// the parameters (checkpoints, the best epoch's) carries them; their
+    /// gradients stay zero and the optimiser never visits them.
+    pub running_mean: Range<usize>,
+    pub running_var: Range<usize>,
 }
 
 /// The offsets of every tensor in a parameter slab. Gradients and optimiser
@@ -257,6 +301,8 @@ pub struct Layout {
     pub layers: Vec<LayerSlots>,
     /// Length of the slab in floats (with alignment and panel padding).
     pub len: usize,
+    /// The normalisation of the hidden layers.
+    pub norm: Norm,
     /// Weights in panels (else row-major).
     panelled: bool,
 }
@@ -266,41 +312,80 @@ const LINE: usize = 16;
 
 impl Layout {
     /// The in-memory layout: weights in panels.
-    pub fn new(dims: &[usize]) -> Layout {
-        Self::build(dims, true)
+    pub fn new(dims: &[usize], norm: Norm) -> Layout {
+        Self::build(dims, norm, true)
     }
 
     /// The file layout: weights row-major `[out, in]`, as PyTorch stores
     /// them.
-    pub fn row_major(dims: &[usize]) -> Layout {
-        Self::build(dims, false)
+    pub fn row_major(dims: &[usize], norm: Norm) -> Layout {
+        Self::build(dims, norm, false)
     }
 
-    fn build(dims: &[usize], panelled: bool) -> Layout {
+    fn build(dims: &[usize], norm: Norm, panelled: bool) -> Layout {
         let mut at = 0;
         let mut take = |n: usize| {
             let r = at..at + n;
             at = (at + n).div_ceil(LINE) * LINE;
             r
         };
+        let layers = dims.len() - 1;
         let layers = dims
             .windows(2)
-            .map(|d| LayerSlots {
-                fan_in: d[0],
-                fan_out: d[1],
-                w: take(if panelled {
+            .enumerate()
+            .map(|(l, d)| {
+                let hidden = l + 1 < layers;
+                let w = take(if panelled {
                     panel_len(d[0], d[1])
                 } else {
                     d[0] * d[1]
-                }),
-                b: take(d[1]),
+                });
+                let b = take(if norm == Norm::Batch && hidden {
+                    0
+                } else {
+                    d[1]
+                });
+                let norm = (hidden && norm != Norm::None).then(|| {
+                    let running = if norm == Norm::Batch { d[1] } else { 0 };
+                    NormSlots {
+                        gamma: take(d[1]),
+                        beta: take(d[1]),
+                        running_mean: take(running),
+                        running_var: take(running),
+                    }
+                });
+                LayerSlots {
+                    fan_in: d[0],
+                    fan_out: d[1],
+                    w,
+                    b,
+                    norm,
+                }
             })
             .collect();
         Layout {
             layers,
             len: at,
+            norm,
             panelled,
         }
+    }
+
+    /// The ranges of every slot of layer `l` but its weights: the bias and
+    /// the normalisation's vectors, in this layout and `other`'s (to copy
+    /// them between the two; they never change shape).
+    fn state_vectors(&self, l: usize) -> Vec<Range<usize>> {
+        let s = &self.layers[l];
+        let mut v = vec![s.b.clone()];
+        if let Some(n) = &s.norm {
+            v.extend([
+                n.gamma.clone(),
+                n.beta.clone(),
+                n.running_mean.clone(),
+                n.running_var.clone(),
+            ]);
+        }
+        v
     }
 
     /// Index in the slab of `W[o, i]` of layer `l`.
@@ -338,13 +423,14 @@ impl Layout {
     /// A slab of this layout in the file layout ([`Layout::row_major`]):
     /// the same values, weights row-major (an empty slab stays empty).
     pub fn to_row_major(&self, slab: &[f32]) -> Vec<f32> {
-        let dims = self.dims();
-        let file = Layout::row_major(&dims);
+        let file = self.file();
         let mut out = vec![0.0; if slab.is_empty() { 0 } else { file.len }];
         if !slab.is_empty() {
-            for (l, (mine, theirs)) in self.layers.iter().zip(&file.layers).enumerate() {
+            for (l, theirs) in file.layers.iter().enumerate() {
                 out[theirs.w.clone()].copy_from_slice(&self.weight_rows(slab, l));
-                out[theirs.b.clone()].copy_from_slice(&slab[mine.b.clone()]);
+                for (mine, theirs) in self.state_vectors(l).into_iter().zip(file.state_vectors(l)) {
+                    out[theirs].copy_from_slice(&slab[mine]);
+                }
             }
         }
         out
@@ -353,15 +439,22 @@ impl Layout {
     /// Fills `slab` (this layout) from a slab in the file layout; `None`
     /// when `file` has not the file layout's length.
     pub fn from_row_major(&self, file: &[f32], slab: &mut [f32]) -> Option<()> {
-        let rows = Layout::row_major(&self.dims());
+        let rows = self.file();
         if file.len() != rows.len || slab.len() != self.len {
             return None;
         }
-        for (l, (mine, theirs)) in self.layers.iter().zip(&rows.layers).enumerate() {
+        for (l, theirs) in rows.layers.iter().enumerate() {
             self.set_weight_rows(slab, l, &file[theirs.w.clone()]);
-            slab[mine.b.clone()].copy_from_slice(&file[theirs.b.clone()]);
+            for (mine, theirs) in self.state_vectors(l).into_iter().zip(rows.state_vectors(l)) {
+                slab[mine].copy_from_slice(&file[theirs]);
+            }
         }
         Some(())
+    }
+
+    /// The file layout of the same network.
+    pub fn file(&self) -> Layout {
+        Layout::row_major(&self.dims(), self.norm)
     }
 
     fn dims(&self) -> Vec<usize> {
@@ -377,24 +470,29 @@ pub struct Mlp {
     pub cfg: MlpConfig,
     pub layout: Layout,
     pub params: AlignedBuf<f32>,
+    /// Training forward passes that updated BatchNorm's running statistics
+    /// (PyTorch's `num_batches_tracked`).
+    pub batches_tracked: u64,
 }
 
 impl Mlp {
     /// A network with zero parameters (to be loaded or initialised).
     pub fn zeros(cfg: MlpConfig) -> Mlp {
-        let layout = Layout::new(&cfg.dims);
+        let layout = Layout::new(&cfg.dims, cfg.norm);
         let params = AlignedBuf::zeroed(layout.len);
         Mlp {
             cfg,
             layout,
             params,
+            batches_tracked: 0,
         }
     }
 
     /// A freshly initialised network: weights drawn from a normal
     /// distribution with Kaiming's standard deviation `gain/√fan_in` for the
     /// ReLU family (gain √2, or √(2/(1+0.01²)) for the leaky ReLU) and
-    /// Xavier's `√(2/(fan_in+fan_out))` for tanh and sigmoid; zero biases.
+    /// Xavier's `√(2/(fan_in+fan_out))` for tanh and sigmoid; zero biases;
+    /// normalisations as PyTorch starts them.
     pub fn init(cfg: MlpConfig, seed: u64) -> Mlp {
         let mut mlp = Mlp::zeros(cfg);
         let mut rng = Rng::derive(seed, &[0x1417]);
@@ -409,6 +507,12 @@ impl Mlp {
                 .map(|_| (rng.normal() * std) as f32)
                 .collect();
             mlp.layout.set_weight_rows(&mut mlp.params, l, &rows);
+            // PyTorch's fresh normalisation: γ = 1, β = 0, running mean 0,
+            // running variance 1.
+            if let Some(n) = &slot.norm {
+                mlp.params[n.gamma.clone()].fill(1.0);
+                mlp.params[n.running_var.clone()].fill(1.0);
+            }
         }
         mlp
     }
@@ -441,9 +545,11 @@ impl Mlp {
     }
 
     /// PyTorch `nn.Sequential` index of linear layer `l`, for the network
-    /// `Linear, act, [Dropout,] Linear, act, [Dropout,] …, Linear`.
+    /// `Linear, [Norm,] act, [Dropout,] Linear, …, Linear`; its
+    /// normalisation is module `sequential_index(l) + 1`.
     pub fn sequential_index(&self, l: usize) -> usize {
-        let per_hidden = if self.cfg.dropout > 0.0 { 3 } else { 2 };
+        let per_hidden =
+            2 + usize::from(self.cfg.dropout > 0.0) + usize::from(self.cfg.norm != Norm::None);
         l * per_hidden
     }
 }

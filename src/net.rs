@@ -26,7 +26,8 @@ use std::time::Instant;
 use crate::buf::AlignedBuf;
 use crate::cpu::IsaError;
 use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan};
-use crate::model::{Act, Mlp, LEAKY_SLOPE};
+use crate::model::{Act, Mlp, Norm, BN_MOMENTUM, LEAKY_SLOPE};
+use crate::norm::{self, BatchStats};
 use crate::ops::{self, LossOut};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -193,6 +194,15 @@ pub struct Workspace {
     dz: Vec<AlignedBuf<f32>>,
     /// Dropout factors of each hidden layer (empty without dropout).
     masks: Vec<AlignedBuf<f32>>,
+    /// With a normalisation, per hidden layer: the product `Z`, which the
+    /// normalisation overwrites with `x̂` for the backward pass `[B, out]`;
+    /// `1/√(var + eps)` per unit (BatchNorm) or per sample (LayerNorm); and
+    /// BatchNorm's batch mean and biased variance `[out]` (for the running
+    /// statistics). Empty without one.
+    xhat: Vec<AlignedBuf<f32>>,
+    inv_std: Vec<AlignedBuf<f32>>,
+    batch_mean: Vec<AlignedBuf<f32>>,
+    batch_var: Vec<AlignedBuf<f32>>,
     gemm: GemmCtx,
     /// Time of the training steps, by phase.
     pub phases: Phases,
@@ -221,7 +231,23 @@ impl Workspace {
             gemm.reserve(p.m, p.k, p.n);
         }
         let buf = |n: usize| AlignedBuf::zeroed(max_batch * n);
+        let hidden_outs = &outs[..hidden];
+        let norm = mlp.cfg.norm;
+        let per_layer = |on: bool, len: &dyn Fn(usize) -> usize| -> Vec<AlignedBuf<f32>> {
+            if on {
+                hidden_outs
+                    .iter()
+                    .map(|&n| AlignedBuf::zeroed(len(n)))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
         Workspace {
+            xhat: per_layer(norm != Norm::None, &|n| max_batch * n),
+            inv_std: per_layer(norm != Norm::None, &|n| n.max(max_batch)),
+            batch_mean: per_layer(norm == Norm::Batch, &|n| n),
+            batch_var: per_layer(norm == Norm::Batch, &|n| n),
             max_batch,
             x: buf(mlp.cfg.inputs()),
             labels: vec![0; max_batch],
@@ -276,14 +302,15 @@ impl Workspace {
     }
 }
 
-/// Where a forward pass gets its dropout factors.
-enum Dropout<'a> {
-    /// Evaluation: no dropout.
-    Off,
-    /// Training: draw them from this generator.
-    Sample(&'a mut Rng),
-    /// Training: use those already in the workspace.
-    Fixed,
+/// What a forward pass is for: evaluation (no dropout; BatchNorm on its
+/// running statistics) or training (BatchNorm on the batch's), and where
+/// training gets its dropout factors.
+enum Pass<'a> {
+    Eval,
+    /// Training: draw the factors from this generator (`None`: no dropout).
+    Train(Option<&'a mut Rng>),
+    /// Training: use the factors already in the workspace.
+    TrainFixedMasks,
 }
 
 /// Input of layer `l`: the batch for the first layer, else the previous
@@ -297,32 +324,60 @@ fn layer_input<'a>(x: &'a [f32], h: &'a [AlignedBuf<f32>], l: usize) -> &'a [f32
 }
 
 impl Mlp {
-    /// Forward pass of the first `batch` rows of `ws.x`. With `dropout_rng`
-    /// (training) hidden units are dropped; without it (evaluation) the
-    /// network is deterministic.
-    pub fn forward(&self, ws: &mut Workspace, batch: usize, dropout_rng: Option<&mut Rng>) {
-        match dropout_rng {
-            Some(rng) => self.forward_inner(ws, batch, Dropout::Sample(rng)),
-            None => self.forward_inner(ws, batch, Dropout::Off),
-        }
+    /// Evaluation forward pass of the first `batch` rows of `ws.x`:
+    /// deterministic (no dropout; BatchNorm on its running statistics).
+    pub fn forward(&self, ws: &mut Workspace, batch: usize) {
+        self.forward_inner(ws, batch, Pass::Eval);
+    }
+
+    /// Training forward pass: hidden units dropped with factors drawn from
+    /// `dropout_rng` (`None`: no dropout), BatchNorm on the batch's
+    /// statistics, which then update its running statistics.
+    pub fn forward_train(
+        &mut self,
+        ws: &mut Workspace,
+        batch: usize,
+        dropout_rng: Option<&mut Rng>,
+    ) {
+        self.forward_inner(ws, batch, Pass::Train(dropout_rng));
+        self.track_running_stats(ws, batch);
     }
 
     /// A training forward pass with the dropout factors already in the
     /// workspace ([`Workspace::dropout_mask_mut`]): to replay masks drawn
     /// elsewhere (a PyTorch golden state).
-    pub fn forward_with_fixed_masks(&self, ws: &mut Workspace, batch: usize) {
-        self.forward_inner(ws, batch, Dropout::Fixed);
+    pub fn forward_with_fixed_masks(&mut self, ws: &mut Workspace, batch: usize) {
+        self.forward_inner(ws, batch, Pass::TrainFixedMasks);
+        self.track_running_stats(ws, batch);
     }
 
-    fn forward_inner(&self, ws: &mut Workspace, batch: usize, mut dropout: Dropout<'_>) {
+    fn forward_inner(&self, ws: &mut Workspace, batch: usize, mut pass: Pass<'_>) {
         assert!(
             batch <= ws.max_batch,
             "batch {batch} > workspace {}",
             ws.max_batch
         );
+        let norm = self.cfg.norm;
+        assert!(
+            norm == Norm::None || ws.xhat.len() + 1 == self.cfg.layers(),
+            "a workspace built for a network without normalisation"
+        );
+        let training = !matches!(pass, Pass::Eval);
+        assert!(
+            !(training && norm == Norm::Batch && batch < 2),
+            "BatchNorm needs at least 2 samples per training batch"
+        );
         let layers = self.cfg.layers();
         let Workspace {
-            x, h, masks, gemm, ..
+            x,
+            h,
+            masks,
+            xhat,
+            inv_std,
+            batch_mean,
+            batch_var,
+            gemm,
+            ..
         } = ws;
         for (l, slot) in self.layout.layers.iter().enumerate() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
@@ -331,32 +386,157 @@ impl Mlp {
             let out = &mut rest[0][..batch * fan_out];
             let last = l + 1 == layers;
             let bias = &self.params[slot.b.clone()];
-            let epilogue = if last {
-                Epilogue::Bias(bias)
-            } else {
-                Epilogue::BiasAct(bias, fused(self.cfg.act))
+            let act = fused(self.cfg.act);
+            // The product's destination and store: H = act(X·Wᵀ + b), or
+            // the normalisation's input Z = X·Wᵀ (+ b for LayerNorm).
+            let (dest, epilogue) = match (&slot.norm, last) {
+                (_, true) => (out, Epilogue::Bias(bias)),
+                (None, false) => (out, Epilogue::BiasAct(bias, act)),
+                (Some(_), false) => {
+                    let z = &mut xhat[l][..batch * fan_out];
+                    (
+                        z,
+                        if bias.is_empty() {
+                            Epilogue::None
+                        } else {
+                            Epilogue::Bias(bias)
+                        },
+                    )
+                }
             };
-            // H = act(X·Wᵀ + b): X [B, in], Wᵀ [in, out] in panels, read in
-            // place.
+            // X [B, in], Wᵀ [in, out] in panels, read in place.
             gemm.gemm(
                 1.0,
                 MatRef::row_major(&input[..batch * fan_in], batch, fan_in),
                 MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out),
                 0.0,
-                MatMut::row_major(out, batch, fan_out),
+                MatMut::row_major(dest, batch, fan_out),
                 epilogue,
             );
             if last {
                 break;
             }
-            if let Some(mask) = masks.get_mut(l) {
-                let mask = &mut mask[..batch * fan_out];
-                match &mut dropout {
-                    Dropout::Off => {}
-                    Dropout::Sample(rng) => ops::dropout_forward(out, mask, self.cfg.dropout, rng),
-                    Dropout::Fixed => out.iter_mut().zip(mask.iter()).for_each(|(h, &m)| *h *= m),
+            let out = &mut h[l][..batch * fan_out];
+            if let Some(n) = &slot.norm {
+                let (z, inv) = (&mut xhat[l][..batch * fan_out], &mut inv_std[l][..]);
+                let (gamma, beta) = (&self.params[n.gamma.clone()], &self.params[n.beta.clone()]);
+                match (norm, training) {
+                    (Norm::Batch, true) => {
+                        let stats = BatchStats {
+                            mean: &mut batch_mean[l],
+                            var: &mut batch_var[l],
+                            inv_std: &mut inv[..fan_out],
+                        };
+                        norm::batch_norm_train(
+                            z,
+                            out,
+                            stats,
+                            gamma,
+                            beta,
+                            act,
+                            batch,
+                            fan_out,
+                            gemm.team(),
+                        );
+                    }
+                    (Norm::Batch, false) => {
+                        let (mean, var) = (
+                            &self.params[n.running_mean.clone()],
+                            &self.params[n.running_var.clone()],
+                        );
+                        norm::batch_norm_eval(
+                            out,
+                            &mut inv[..fan_out],
+                            z,
+                            mean,
+                            var,
+                            gamma,
+                            beta,
+                            act,
+                            batch,
+                            fan_out,
+                        );
+                    }
+                    _ => {
+                        norm::layer_norm(z, out, inv, gamma, beta, act, batch, fan_out, gemm.team())
+                    }
                 }
             }
+            if let Some(mask) = masks.get_mut(l) {
+                let mask = &mut mask[..batch * fan_out];
+                match &mut pass {
+                    Pass::Eval | Pass::Train(None) => {}
+                    Pass::Train(Some(rng)) => {
+                        ops::dropout_forward(out, mask, self.cfg.dropout, rng)
+                    }
+                    Pass::TrainFixedMasks => {
+                        out.iter_mut().zip(mask.iter()).for_each(|(h, &m)| *h *= m)
+                    }
+                }
+            }
+        }
+    }
+
+    /// BatchNorm's running statistics take in the last training pass's
+    /// batch statistics (PyTorch's momentum form, the variance unbiased).
+    fn track_running_stats(&mut self, ws: &Workspace, batch: usize) {
+        if self.cfg.norm != Norm::Batch {
+            return;
+        }
+        let m = BN_MOMENTUM as f32;
+        let unbiased = batch as f32 / (batch - 1) as f32;
+        for (l, slot) in self.layout.layers.iter().enumerate() {
+            let Some(n) = &slot.norm else { continue };
+            let mean = &mut self.params[n.running_mean.clone()];
+            mean.iter_mut()
+                .zip(ws.batch_mean[l].iter())
+                .for_each(|(r, &b)| *r = (1.0 - m) * *r + m * b);
+            let var = &mut self.params[n.running_var.clone()];
+            var.iter_mut()
+                .zip(ws.batch_var[l].iter())
+                .for_each(|(r, &b)| *r = (1.0 - m) * *r + m * b * unbiased);
+        }
+        self.batches_tracked += 1;
+    }
+
+    /// The backward pass through hidden layer `l`'s normalisation, in
+    /// place: `dz[l]` holds the gradient with respect to its output `y` and
+    /// leaves with the gradient with respect to its input `z`; `grads`
+    /// receives dγ and dβ. Nothing without a normalisation.
+    fn norm_backward(&self, ws: &mut Workspace, grads: &mut [f32], l: usize, batch: usize) {
+        let slot = &self.layout.layers[l];
+        let Some(n) = &slot.norm else { return };
+        let o = slot.fan_out;
+        let Workspace {
+            dz,
+            xhat,
+            inv_std,
+            gemm,
+            ..
+        } = ws;
+        let (dy, xhat, inv) = (
+            &mut dz[l][..batch * o],
+            &xhat[l][..batch * o],
+            &inv_std[l][..],
+        );
+        let gamma = &self.params[n.gamma.clone()];
+        // γ's slot comes before β's.
+        let (lo, hi) = grads.split_at_mut(n.beta.start);
+        let (dgamma, dbeta) = (&mut lo[n.gamma.clone()], &mut hi[..o]);
+        norm::affine_backward(dgamma, dbeta, dy, xhat, batch, o, gemm.team());
+        match self.cfg.norm {
+            Norm::Batch => norm::batch_norm_backward(
+                dy,
+                xhat,
+                inv,
+                gamma,
+                dgamma,
+                dbeta,
+                batch,
+                o,
+                gemm.team(),
+            ),
+            _ => norm::layer_norm_backward(dy, xhat, inv, gamma, batch, o, gemm.team()),
         }
     }
 
@@ -384,6 +564,7 @@ impl Mlp {
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], batch: usize) {
         let mut clock = Lap::start();
         for (l, slot) in self.layout.layers.iter().enumerate().rev() {
+            self.norm_backward(ws, grads, l, batch);
             self.input_gradient(ws, l, batch);
             clock.lap(&mut ws.phases.backward_data);
             let Workspace { x, h, dz, gemm, .. } = ws;
@@ -399,7 +580,9 @@ impl Mlp {
                 MatMut::panels(&mut grads[slot.w.clone()], slot.fan_in, slot.fan_out),
                 Epilogue::None,
             );
-            ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, slot.fan_out);
+            if !slot.b.is_empty() {
+                ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, slot.fan_out);
+            }
             clock.lap(&mut ws.phases.weight_gradient);
         }
     }
@@ -425,6 +608,7 @@ impl Mlp {
         let rules = opt.begin_step(lr);
         let mut clock = Lap::start();
         for l in (0..self.layout.layers.len()).rev() {
+            self.norm_backward(ws, grads, l, batch);
             self.input_gradient(ws, l, batch);
             clock.lap(&mut ws.phases.backward_data);
             let slot = &self.layout.layers[l];
@@ -453,13 +637,17 @@ impl Mlp {
                 let dw = MatMut::panels(&mut grads[slot.w.clone()], fan_in, fan_out);
                 gemm.gemm(1.0, xt, dzb, 0.0, dw, Epilogue::None);
             }
-            ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
+            if !slot.b.is_empty() {
+                ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
+            }
             clock.lap(&mut phases.weight_gradient);
             if !fused {
                 let team = ws.gemm.team();
                 opt.update(rules.weights, slot.w.clone(), &mut self.params, grads, team);
             }
-            opt.update(rules.biases, slot.b.clone(), &mut self.params, grads, None);
+            for range in slot.trained_vectors() {
+                opt.update(rules.biases, range, &mut self.params, grads, None);
+            }
             clock.lap(&mut phases.update);
         }
     }
@@ -503,7 +691,7 @@ impl Mlp {
     /// Evaluation forward pass with the loss: `(loss sum, correct)` for
     /// `batch` rows already in `ws.x` / `ws.labels`.
     pub fn evaluate_batch(&self, ws: &mut Workspace, batch: usize) -> LossOut {
-        self.forward(ws, batch, None);
+        self.forward(ws, batch);
         let classes = self.cfg.classes();
         ops::loss_only(
             ws.logits(),

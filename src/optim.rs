@@ -77,7 +77,9 @@ impl Optimizer {
         for slot in &layout.layers {
             let team = team.as_deref_mut();
             self.update(rules.weights, slot.w.clone(), params, grads, team);
-            self.update(rules.biases, slot.b.clone(), params, grads, None);
+            for range in slot.trained_vectors() {
+                self.update(rules.biases, range, params, grads, None);
+            }
         }
     }
 
@@ -394,7 +396,7 @@ mod tests {
     /// for weights long enough to split and for both moment layouts.
     #[test]
     fn a_step_on_a_team_equals_one_on_one_thread() {
-        let layout = Layout::new(&[300, 200, 10]);
+        let layout = Layout::new(&[300, 200, 10], crate::model::Norm::None);
         let grads: Vec<f32> = (0..layout.len)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();

@@ -38,6 +38,9 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 pub enum Dtype {
     U8,
     F32,
+    /// Only for PyTorch's integer buffers in model files
+    /// (`num_batches_tracked`).
+    I64,
 }
 
 impl Dtype {
@@ -46,6 +49,7 @@ impl Dtype {
         match self {
             Dtype::U8 => 1,
             Dtype::F32 => 4,
+            Dtype::I64 => 8,
         }
     }
 
@@ -53,6 +57,7 @@ impl Dtype {
         match self {
             Dtype::U8 => "U8",
             Dtype::F32 => "F32",
+            Dtype::I64 => "I64",
         }
     }
 }
@@ -71,6 +76,16 @@ impl<'a> TensorOut<'a> {
         TensorOut {
             name: name.into(),
             dtype: Dtype::F32,
+            shape,
+            bytes: Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        }
+    }
+
+    /// An i64 tensor.
+    pub fn i64(name: impl Into<String>, shape: Vec<usize>, values: &[i64]) -> TensorOut<'a> {
+        TensorOut {
+            name: name.into(),
+            dtype: Dtype::I64,
             shape,
             bytes: Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         }
@@ -286,7 +301,8 @@ fn parse_entry(entry: &Value) -> Result<(Dtype, Vec<usize>, usize, usize), Strin
     let dtype = match entry.get("dtype").and_then(Value::as_str) {
         Some("U8") => Dtype::U8,
         Some("F32") => Dtype::F32,
-        Some(other) => return Err(format!("dtype {other} is not supported (U8 or F32)")),
+        Some("I64") => Dtype::I64,
+        Some(other) => return Err(format!("dtype {other} is not supported (U8, F32 or I64)")),
         None => return Err("no dtype".to_string()),
     };
     let int = |v: &Value| v.as_u64().and_then(|x| usize::try_from(x).ok());

@@ -181,7 +181,7 @@ pub fn train_step(
     clip_grad_norm: Option<f32>,
 ) -> LossOut {
     let mut clock = Lap::start();
-    mlp.forward(ws, batch, dropout);
+    mlp.forward_train(ws, batch, dropout);
     clock.lap(&mut ws.phases.forward);
     let out = mlp.loss_and_dlogits(ws, batch);
     clock.lap(&mut ws.phases.loss);

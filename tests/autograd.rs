@@ -56,7 +56,7 @@ fn gradients_match_the_reference_and_the_fused_engine() {
                     }
 
                     // The fused engine, from the same weights rounded to f32.
-                    let fast = mlp.to_fast(loss);
+                    let mut fast = mlp.to_fast(loss);
                     let mut ws = Workspace::new(&fast, BATCH, Parallelism::Single);
                     for (dst, &src) in ws.x.iter_mut().zip(&p.x) {
                         *dst = src as f32;
@@ -64,7 +64,7 @@ fn gradients_match_the_reference_and_the_fused_engine() {
                     for (dst, &y) in ws.labels.iter_mut().zip(&p.labels) {
                         *dst = y as u8;
                     }
-                    fast.forward(&mut ws, BATCH, None);
+                    fast.forward_train(&mut ws, BATCH, None);
                     fast.loss_and_dlogits(&mut ws, BATCH);
                     let mut fg = AlignedBuf::<f32>::zeroed(fast.layout.len);
                     fast.backward(&mut ws, &mut fg, BATCH);

@@ -113,11 +113,11 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
     (mlp, ws)
 }
 
-fn forward(mlp: &Mlp, ws: &mut Workspace, batch: usize) {
+fn forward(mlp: &mut Mlp, ws: &mut Workspace, batch: usize) {
     if mlp.cfg.dropout > 0.0 {
         mlp.forward_with_fixed_masks(ws, batch);
     } else {
-        mlp.forward(ws, batch, None);
+        mlp.forward_train(ws, batch, None);
     }
 }
 
@@ -129,10 +129,10 @@ fn forward_and_backward_match_pytorch() {
     let cases = g.cases();
     let mut worst: f64 = 0.0;
     for (case, spec) in cases.as_object().unwrap() {
-        let (mlp, mut ws) = setup(&g, case, spec);
+        let (mut mlp, mut ws) = setup(&g, case, spec);
         let batch = spec["batch"].as_u64().unwrap() as usize;
         let l2 = spec["l2"].as_f64().unwrap();
-        forward(&mlp, &mut ws, batch);
+        forward(&mut mlp, &mut ws, batch);
         let out = mlp.loss_and_dlogits(&mut ws, batch);
         let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
         mlp.backward(&mut ws, &mut grads, batch);
@@ -203,7 +203,7 @@ fn optimiser_steps_match_pytorch() {
             let losses = g.f64s(&format!("{case}.{name}.losses"));
             let steps = o["steps"].as_u64().unwrap() as usize;
             for (step, &golden_loss) in losses.iter().enumerate().take(steps) {
-                forward(&mlp, &mut ws, batch);
+                forward(&mut mlp, &mut ws, batch);
                 let out = mlp.loss_and_dlogits(&mut ws, batch);
                 let loss = out.loss_sum / batch as f64;
                 worst = worst.max(check(

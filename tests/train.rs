@@ -94,9 +94,9 @@ fn gradients_match_the_reference_for_every_activation_and_loss() {
     for act in [Act::Relu, Act::LeakyRelu, Act::Tanh, Act::Sigmoid] {
         for loss in [Loss::Xent, Loss::Mse, Loss::Hinge] {
             for dropout in [0.0, 0.3] {
-                let (mlp, mut ws, x, labels) = problem((&DIMS, BATCH), act, loss, dropout, 11);
+                let (mut mlp, mut ws, x, labels) = problem((&DIMS, BATCH), act, loss, dropout, 11);
                 let mut drop_rng = Rng::new(5);
-                mlp.forward(&mut ws, BATCH, (dropout > 0.0).then_some(&mut drop_rng));
+                mlp.forward_train(&mut ws, BATCH, (dropout > 0.0).then_some(&mut drop_rng));
                 let out = mlp.loss_and_dlogits(&mut ws, BATCH);
                 let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
                 mlp.backward(&mut ws, &mut grads, BATCH);
@@ -459,7 +459,7 @@ fn packed_case(
         // products, so it never writes those gradients: they are computed
         // first by the plain backward pass, on the same dropout masks.
         let dropout_rng = || (dropout > 0.0).then(|| Rng::new(100 + step));
-        mlp.forward(&mut ws, batch, dropout_rng().as_mut());
+        mlp.forward_train(&mut ws, batch, dropout_rng().as_mut());
         mlp.loss_and_dlogits(&mut ws, batch);
         mlp.backward(&mut ws, &mut grads, batch);
         let out = fastnn::train::train_step(
@@ -570,7 +570,7 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
                     dropout_rng().as_mut(),
                     None,
                 );
-                plain.forward(&mut ws_plain, batch, dropout_rng().as_mut());
+                plain.forward_train(&mut ws_plain, batch, dropout_rng().as_mut());
                 plain.loss_and_dlogits(&mut ws_plain, batch);
                 plain.backward(&mut ws_plain, &mut grads, batch);
                 opt_plain.step(&mut plain.params, &grads, &plain.layout, lr as f32, None);

@@ -166,7 +166,7 @@ fn write_logits(
         indices.extend(start..start + n);
         m.normalizer
             .gather(view, &indices, &mut ws.x, &mut ws.labels, None);
-        m.mlp.forward(ws, n, None);
+        m.mlp.forward(ws, n);
         logits.extend_from_slice(&ws.logits()[..n * c]);
         labels.extend_from_slice(&ws.labels[..n]);
         start += n;
@@ -193,7 +193,7 @@ pub fn run_predict(args: PredictArgs) -> Result<()> {
     let mut ws = Workspace::try_new(&m.mlp, batch, Parallelism::Single)?;
     m.normalizer
         .gather(&view, &args.indices, &mut ws.x, &mut ws.labels, None);
-    m.mlp.forward(&mut ws, batch, None);
+    m.mlp.forward(&mut ws, batch);
     let c = m.classes.len();
     let mut out = std::io::stdout().lock();
     for (r, &i) in args.indices.iter().enumerate() {

@@ -646,9 +646,10 @@ mod template_tests {
         assert_eq!(args.label_smoothing, Some(0.0));
         assert_eq!(args.clip_grad_norm, Some(1.0));
         assert_eq!(args.early_stop, Some(5));
+        assert_eq!(args.norm, Some(Norm::None));
         assert_eq!(
             uncommented.lines().count(),
-            28,
+            29,
             "one line per TrainArgs key"
         );
     }

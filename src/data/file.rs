@@ -476,6 +476,9 @@ impl Dataset {
                     images.shape, self.shape
                 )));
             }
+            if images.dtype == Dtype::I64 {
+                return Err(self.err(format!("{split}.images is I64, expected U8 or F32")));
+            }
             if images.bytes.start % TENSOR_ALIGN != 0 {
                 return Err(self.err(format!("{split}.images is not {TENSOR_ALIGN}-byte aligned")));
             }
@@ -603,6 +606,7 @@ impl Dataset {
         let features = match images.dtype {
             Dtype::U8 => FeatureView::U8(bytes),
             Dtype::F32 => FeatureView::F32(cast_f32(bytes)),
+            Dtype::I64 => unreachable!("refused when the file was opened"),
         };
         let labels = &self.map[self.tensors[&format!("{name}.labels")].bytes.clone()];
         let coarse_labels = self

@@ -1,0 +1,336 @@
+//! BatchNorm and LayerNorm on a layer's output, fused with the affine
+//! scale and shift and the activation: what sits between a hidden layer's
+//! product and the next one.
+//!
+//! ```text
+//! forward  z ─ x̂ = (z − μ)·inv_std ─ y = γ·x̂ + β ─ h = act(y)    one pass after the statistics
+//! backward dy ─ dγ = Σ_batch dy·x̂, dβ = Σ_batch dy               one pass for both reductions
+//!             ─ dz = inv_std·(γ·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂))  means over the batch (BatchNorm)
+//!                                                               or over the units (LayerNorm)
+//! ```
+//!
+//! BatchNorm's statistics are per unit (a column of the row-major `[B, O]`
+//! matrices), LayerNorm's per sample (a row). Each kernel splits its work
+//! across the team along the dimension its statistics run over, never
+//! inside a sum, and every sum runs in a fixed order: the bits do not
+//! depend on the thread count. `z` is overwritten by `x̂` (the backward
+//! pass needs it) and `dy` by `dz`, in place. Nothing allocates.
+//!
+//! The f64 reference of both layers is in [`crate::reference`].
+
+use std::ops::Range;
+
+use crate::gemm::Activation;
+use crate::model::NORM_EPS;
+use crate::team::{SharedMut, Team};
+
+/// Columns of one part are a multiple of this (one cache line of f32).
+const COLUMN_ALIGN: usize = 16;
+/// Below this many elements a kernel runs on the calling thread alone: the
+/// hand-off would cost more than the work.
+const PARALLEL_MIN: usize = 16 * 1024;
+
+/// Runs `f` on consecutive pieces of `0..n` (multiples of `align` but the
+/// last), one per thread of the team when the work (`n·per_item` elements)
+/// is worth splitting.
+fn split(
+    team: Option<&mut Team>,
+    n: usize,
+    align: usize,
+    per_item: usize,
+    f: &(dyn Fn(Range<usize>) + Sync),
+) {
+    let team = team.filter(|t| t.threads() > 1 && n * per_item >= PARALLEL_MIN);
+    let Some(team) = team else {
+        return f(0..n);
+    };
+    let per = n.div_ceil(align).div_ceil(team.threads()) * align;
+    team.run(n.div_ceil(per), &|t| f(t * per..n.min((t + 1) * per)));
+}
+
+/// Row `i`'s elements in `cols` of a row-major matrix with `o` columns.
+///
+/// # Safety
+/// No other piece in use overlaps it (each part of a split owns its
+/// columns or its rows).
+#[allow(clippy::mut_from_ref)]
+unsafe fn row<'a>(
+    m: &SharedMut<'a, f32>,
+    i: usize,
+    o: usize,
+    cols: &Range<usize>,
+) -> &'a mut [f32] {
+    m.piece(i * o + cols.start..i * o + cols.end)
+}
+
+/// Sum of `x` in a fixed order: 16 interleaved partial sums, then those
+/// in order (vectorisable, and the same bits on every run).
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += v;
+    }
+    acc.iter().sum()
+}
+
+/// `1/√(var + eps)` as both layers compute it.
+fn inv_std(var: f32) -> f32 {
+    1.0 / (var + NORM_EPS as f32).sqrt()
+}
+
+/// The statistics a training pass of BatchNorm measured, per unit.
+pub struct BatchStats<'a> {
+    /// Batch mean and biased variance (for the running statistics).
+    pub mean: &'a mut [f32],
+    pub var: &'a mut [f32],
+    /// `1/√(var + eps)`, kept for the backward pass.
+    pub inv_std: &'a mut [f32],
+}
+
+/// BatchNorm in training: per unit `j`, the batch mean and biased variance
+/// of `z[.., j]`, then `x̂ = (z − μ)·inv_std` (into `z`) and `h = act(γ·x̂ +
+/// β)`.
+// z: (B, O) → x̂, h: (B, O), stats: (O) each, gamma, beta: (O)
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train(
+    z: &mut [f32],
+    h: &mut [f32],
+    stats: BatchStats<'_>,
+    gamma: &[f32],
+    beta: &[f32],
+    act: Activation,
+    batch: usize,
+    o: usize,
+    team: Option<&mut Team>,
+) {
+    let (zs, hs) = (
+        SharedMut::new(&mut z[..batch * o]),
+        SharedMut::new(&mut h[..batch * o]),
+    );
+    let (means, vars, invs) = (
+        SharedMut::new(stats.mean),
+        SharedMut::new(stats.var),
+        SharedMut::new(stats.inv_std),
+    );
+    let inv_b = 1.0 / batch as f32;
+    split(team, o, COLUMN_ALIGN, batch, &|cols| {
+        // SAFETY: this part alone touches the columns `cols`.
+        let (mean, var, inv) = unsafe {
+            (
+                means.piece(cols.clone()),
+                vars.piece(cols.clone()),
+                invs.piece(cols.clone()),
+            )
+        };
+        mean.fill(0.0);
+        for i in 0..batch {
+            let z = unsafe { row(&zs, i, o, &cols) };
+            mean.iter_mut().zip(z.iter()).for_each(|(m, &v)| *m += v);
+        }
+        mean.iter_mut().for_each(|m| *m *= inv_b);
+        // The variance from the centred values: two passes over columns
+        // that stay in cache, and no cancellation.
+        var.fill(0.0);
+        for i in 0..batch {
+            let z = unsafe { row(&zs, i, o, &cols) };
+            for ((s, &v), &m) in var.iter_mut().zip(z.iter()).zip(mean.iter()) {
+                *s += (v - m) * (v - m);
+            }
+        }
+        for (v, s) in var.iter_mut().zip(inv.iter_mut()) {
+            *v *= inv_b;
+            *s = inv_std(*v);
+        }
+        let (g, b) = (&gamma[cols.clone()], &beta[cols.clone()]);
+        for i in 0..batch {
+            let (z, h) = unsafe { (row(&zs, i, o, &cols), row(&hs, i, o, &cols)) };
+            for j in 0..z.len() {
+                let xhat = (z[j] - mean[j]) * inv[j];
+                z[j] = xhat;
+                h[j] = act.apply(g[j] * xhat + b[j]);
+            }
+        }
+    });
+}
+
+/// BatchNorm in evaluation: `h = act(γ·(z − running_mean)/√(running_var +
+/// eps) + β)`; `inv_std` receives the per-unit factor (scratch).
+// h: (B, O), z: (B, O), inv_std, running_mean, running_var, gamma, beta: (O)
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_eval(
+    h: &mut [f32],
+    inv_std_out: &mut [f32],
+    z: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    act: Activation,
+    batch: usize,
+    o: usize,
+) {
+    for (s, &v) in inv_std_out.iter_mut().zip(running_var) {
+        *s = inv_std(v);
+    }
+    for (h, z) in h[..batch * o].chunks_exact_mut(o).zip(z.chunks_exact(o)) {
+        for j in 0..o {
+            let xhat = (z[j] - running_mean[j]) * inv_std_out[j];
+            h[j] = act.apply(gamma[j] * xhat + beta[j]);
+        }
+    }
+}
+
+/// LayerNorm (training and evaluation alike): per sample `i`, the mean and
+/// biased variance of `z[i, ..]`, then `x̂ = (z − μ)·inv_std` (into `z`) and
+/// `h = act(γ·x̂ + β)`.
+// z: (B, O) → x̂, h: (B, O), inv_std: (B), gamma, beta: (O)
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm(
+    z: &mut [f32],
+    h: &mut [f32],
+    inv_std_out: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    act: Activation,
+    batch: usize,
+    o: usize,
+    team: Option<&mut Team>,
+) {
+    let (zs, hs) = (
+        SharedMut::new(&mut z[..batch * o]),
+        SharedMut::new(&mut h[..batch * o]),
+    );
+    let invs = SharedMut::new(&mut inv_std_out[..batch]);
+    let all = 0..o;
+    let inv_o = 1.0 / o as f32;
+    split(team, batch, 1, o, &|rows| {
+        // SAFETY: this part alone touches the rows `rows`.
+        let inv = unsafe { invs.piece(rows.clone()) };
+        for (i, s) in rows.zip(inv.iter_mut()) {
+            let (z, h) = unsafe { (row(&zs, i, o, &all), row(&hs, i, o, &all)) };
+            let mean = sum(z) * inv_o;
+            let mut centred = [0.0f32; 16];
+            let mut var = 0.0;
+            for c in z.chunks(16) {
+                for (d, &v) in centred.iter_mut().zip(c) {
+                    *d = (v - mean) * (v - mean);
+                }
+                var += sum(&centred[..c.len()]);
+            }
+            *s = inv_std(var * inv_o);
+            for j in 0..o {
+                let xhat = (z[j] - mean) * *s;
+                z[j] = xhat;
+                h[j] = act.apply(gamma[j] * xhat + beta[j]);
+            }
+        }
+    });
+}
+
+/// The two column reductions of either layer's backward pass, in one pass:
+/// `dγ = Σ_batch dy·x̂`, `dβ = Σ_batch dy` (overwritten).
+// dgamma, dbeta: (O), dy, xhat: (B, O)
+#[allow(clippy::too_many_arguments)]
+pub fn affine_backward(
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    dy: &[f32],
+    xhat: &[f32],
+    batch: usize,
+    o: usize,
+    team: Option<&mut Team>,
+) {
+    let (dg, db) = (SharedMut::new(dgamma), SharedMut::new(dbeta));
+    split(team, o, COLUMN_ALIGN, batch, &|cols| {
+        // SAFETY: this part alone touches the columns `cols`.
+        let (dg, db) = unsafe { (dg.piece(cols.clone()), db.piece(cols.clone())) };
+        dg.fill(0.0);
+        db.fill(0.0);
+        for i in 0..batch {
+            let dy = &dy[i * o + cols.start..i * o + cols.end];
+            let x = &xhat[i * o + cols.start..i * o + cols.end];
+            for j in 0..dy.len() {
+                dg[j] += dy[j] * x[j];
+                db[j] += dy[j];
+            }
+        }
+    });
+}
+
+/// BatchNorm's input gradient, in place, from the affine gradients
+/// [`affine_backward`] just computed: `dz = γ·inv_std·(dy − dβ/B −
+/// x̂·dγ/B)`.
+// dy: (B, O) → dz, xhat: (B, O), inv_std, gamma, dgamma, dbeta: (O)
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    dy: &mut [f32],
+    xhat: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    dgamma: &[f32],
+    dbeta: &[f32],
+    batch: usize,
+    o: usize,
+    team: Option<&mut Team>,
+) {
+    let ds = SharedMut::new(&mut dy[..batch * o]);
+    let inv_b = 1.0 / batch as f32;
+    split(team, o, COLUMN_ALIGN, batch, &|cols| {
+        for i in 0..batch {
+            // SAFETY: this part alone touches the columns `cols`.
+            let d = unsafe { row(&ds, i, o, &cols) };
+            let x = &xhat[i * o + cols.start..i * o + cols.end];
+            for (jj, j) in cols.clone().enumerate() {
+                let k = gamma[j] * inv_std[j];
+                d[jj] = k * (d[jj] - dbeta[j] * inv_b - x[jj] * dgamma[j] * inv_b);
+            }
+        }
+    });
+}
+
+/// LayerNorm's input gradient, in place (after [`affine_backward`], which
+/// reads `dy`): per sample, with `g = γ·dy`, `dz = inv_std·(g − mean(g) −
+/// x̂·mean(g·x̂))`, the means over the units.
+// dy: (B, O) → dz, xhat: (B, O), inv_std: (B), gamma: (O)
+pub fn layer_norm_backward(
+    dy: &mut [f32],
+    xhat: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    batch: usize,
+    o: usize,
+    team: Option<&mut Team>,
+) {
+    let ds = SharedMut::new(&mut dy[..batch * o]);
+    let all = 0..o;
+    let inv_o = 1.0 / o as f32;
+    split(team, batch, 1, o, &|rows| {
+        for i in rows {
+            // SAFETY: this part alone touches the rows `rows`.
+            let d = unsafe { row(&ds, i, o, &all) };
+            let x = &xhat[i * o..(i + 1) * o];
+            let (mut g, mut gx) = ([0.0f32; 16], [0.0f32; 16]);
+            let (mut mean_g, mut mean_gx) = (0.0, 0.0);
+            for ((dc, xc), gc) in d.chunks(16).zip(x.chunks(16)).zip(gamma.chunks(16)) {
+                for j in 0..dc.len() {
+                    g[j] = gc[j] * dc[j];
+                    gx[j] = g[j] * xc[j];
+                }
+                mean_g += sum(&g[..dc.len()]);
+                mean_gx += sum(&gx[..dc.len()]);
+            }
+            let (mean_g, mean_gx) = (mean_g * inv_o, mean_gx * inv_o);
+            let s = inv_std[i];
+            for j in 0..o {
+                d[j] = s * (gamma[j] * d[j] - mean_g - x[j] * mean_gx);
+            }
+        }
+    });
+}
