@@ -7,7 +7,7 @@
     `fastnn eval --json --logits`.
 (b) PyTorch -> fastnn: trains a small nn.Sequential on the same dataset,
     saves its state dict with safetensors plus the metadata fastnn reads
-    (see src/checkpoint.rs: dims, activation, loss, dropout, classes,
+    (see src/checkpoint.rs: dims, activation, loss, dropout, norm, classes,
     input_scale, input_shift, fastnn.format, fastnn.version, data_crc32),
     and checks that `fastnn eval` gives the same accuracy and logits.
 
@@ -46,12 +46,19 @@ def activation(name):
     }[name]
 
 
-def sequential(dims, act, dropout):
-    """Linear, act, [Dropout,] ..., Linear: the layout of fastnn's names."""
+def sequential(dims, act, dropout, norm="none"):
+    """Linear, [Norm,] act, [Dropout,] ..., Linear: the layout of fastnn's
+    names. A Linear before a BatchNorm has no bias (fastnn drops it)."""
     layers = []
     for i in range(len(dims) - 1):
-        layers.append(torch.nn.Linear(dims[i], dims[i + 1]))
-        if i + 2 < len(dims):
+        hidden = i + 2 < len(dims)
+        bias = not (hidden and norm == "batch")
+        layers.append(torch.nn.Linear(dims[i], dims[i + 1], bias=bias))
+        if hidden:
+            if norm == "batch":
+                layers.append(torch.nn.BatchNorm1d(dims[i + 1]))
+            elif norm == "layer":
+                layers.append(torch.nn.LayerNorm(dims[i + 1]))
             layers.append(activation(act))
             if dropout > 0:
                 layers.append(torch.nn.Dropout(dropout))
@@ -62,7 +69,8 @@ def load_fastnn_model(path):
     """The README's recipe: rebuild, load_state_dict, read the normalisation."""
     meta = safe_open(path, "pt").metadata()
     model = sequential(
-        json.loads(meta["dims"]), meta["activation"], float(meta["dropout"])
+        json.loads(meta["dims"]), meta["activation"], float(meta["dropout"]),
+        meta.get("norm", "none"),
     )
     model.load_state_dict(load_file(path))
     model.eval()
@@ -112,7 +120,7 @@ def compare(name, torch_logits, y, summary, fastnn_logits, failures):
     }
 
 
-def save_for_fastnn(model, path, dims, act, dropout, classes, scale, shift):
+def save_for_fastnn(model, path, dims, act, dropout, norm, classes, scale, shift):
     """Writes a state dict as a fastnn model file (format of src/checkpoint.rs).
 
     data_crc32 is the CRC-32 of the data section (everything after the
@@ -127,6 +135,7 @@ def save_for_fastnn(model, path, dims, act, dropout, classes, scale, shift):
         "activation": act,
         "loss": "xent",
         "dropout": str(dropout),
+        "norm": norm,
         "classes": json.dumps(classes),
         "input_scale": json.dumps([float(v) for v in scale]),
         "input_shift": json.dumps([float(v) for v in shift]),
@@ -171,11 +180,12 @@ def main():
         report["fastnn_to_torch"] = compare("fastnn->torch", logits, y, summary,
                                             f_logits, failures)
 
-        # (b) PyTorch -> fastnn: a differently shaped net trained by PyTorch.
+        # (b) PyTorch -> fastnn: a differently shaped net trained by PyTorch,
+        # with the normalisation of the fastnn model.
         classes = json.loads(meta["classes"])
         dims = [x.shape[1], 24, len(classes)]
-        act, dropout = "tanh", 0.1
-        net = sequential(dims, act, dropout)
+        act, dropout, norm = "tanh", 0.1, meta.get("norm", "none")
+        net = sequential(dims, act, dropout, norm)
         scale_b = torch.full((x.shape[1],), 1.0 / 255.0)
         shift_b = torch.full((x.shape[1],), -0.5)
         xt, yt = split_tensors(args.data, "train")
@@ -191,7 +201,7 @@ def main():
             opt.step()
         net.eval()
         path = os.path.join(work, "torch_model.safetensors")
-        save_for_fastnn(net, path, dims, act, dropout, classes, scale_b, shift_b)
+        save_for_fastnn(net, path, dims, act, dropout, norm, classes, scale_b, shift_b)
         with torch.no_grad():
             logits_b = net(x * scale_b + shift_b)
         summary_b, f_logits_b = fastnn_eval(args.fastnn, path, args.data,
