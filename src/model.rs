@@ -544,6 +544,45 @@ impl Mlp {
             .sum()
     }
 
+    /// The same network for inference with each BatchNorm folded into the
+    /// Linear before it: with `a = γ/√(running_var + eps)`, `W' = a·W` (row
+    /// by row) and `b' = β + a·(b − running_mean)`, so evaluation runs one
+    /// product per layer and no normalisation pass. `None` without
+    /// BatchNorm (LayerNorm's statistics depend on the sample: nothing to
+    /// fold). Computed in f64, rounded once.
+    pub fn fold_batch_norm(&self) -> Option<Mlp> {
+        if self.cfg.norm != Norm::Batch {
+            return None;
+        }
+        let cfg = MlpConfig {
+            norm: Norm::None,
+            ..self.cfg.clone()
+        };
+        let mut out = Mlp::zeros(cfg);
+        for (l, slot) in self.layout.layers.iter().enumerate() {
+            let mut rows = self.weight(l);
+            let bias = &mut out.params[out.layout.layers[l].b.clone()];
+            match &slot.norm {
+                None => bias.copy_from_slice(&self.params[slot.b.clone()]),
+                Some(n) => {
+                    let p = &self.params;
+                    for o in 0..slot.fan_out {
+                        let var = p[n.running_var.start + o] as f64;
+                        let a = p[n.gamma.start + o] as f64 / (var + NORM_EPS).sqrt();
+                        let b = slot.b.clone().nth(o).map_or(0.0, |i| p[i] as f64);
+                        let mean = p[n.running_mean.start + o] as f64;
+                        bias[o] = (p[n.beta.start + o] as f64 + a * (b - mean)) as f32;
+                        for w in &mut rows[o * slot.fan_in..(o + 1) * slot.fan_in] {
+                            *w = (*w as f64 * a) as f32;
+                        }
+                    }
+                }
+            }
+            out.set_weight(l, &rows);
+        }
+        Some(out)
+    }
+
     /// PyTorch `nn.Sequential` index of linear layer `l`, for the network
     /// `Linear, [Norm,] act, [Dropout,] Linear, …, Linear`; its
     /// normalisation is module `sequential_index(l) + 1`.

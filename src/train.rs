@@ -24,7 +24,7 @@ use crate::checkpoint::{self, Checkpoint, EarlyStopState};
 pub use crate::config::TrainConfig;
 use crate::data::{Augment, Dataset, Geometry, Normalizer, SplitView};
 use crate::gemm::Parallelism;
-use crate::model::{Mlp, MlpConfig};
+use crate::model::{Mlp, MlpConfig, Norm};
 use crate::net::{Lap, Phases, Workspace};
 use crate::ops::LossOut;
 use crate::optim::{self, Optimizer};
@@ -207,6 +207,9 @@ pub fn evaluate(
     view: &SplitView<'_>,
     indices: &mut Vec<usize>,
 ) -> EvalResult {
+    // BatchNorm folded into the Linear before it: one product per layer.
+    let folded = mlp.fold_batch_norm();
+    let mlp = folded.as_ref().unwrap_or(mlp);
     let classes = mlp.cfg.classes();
     let mut confusion = vec![0usize; classes * classes];
     let mut total = LossOut::default();
@@ -349,6 +352,23 @@ impl<'d> Trainer<'d> {
             return Err(TrainError::Config("the training split is empty".into()));
         }
         let augment = augment_geometry(data, cfg)?;
+        if mcfg.norm == Norm::Batch && cfg.batch < 2 {
+            return Err(TrainError::Config(
+                "BatchNorm needs at least 2 samples per batch (--batch)".into(),
+            ));
+        }
+        // PyTorch refuses to train BatchNorm on a batch of one sample (its
+        // variance is undefined): such a last batch is left out of each
+        // epoch, the shuffle choosing which sample waits for the next one.
+        let mut steps_per_epoch = train_view.len().div_ceil(cfg.batch);
+        if mcfg.norm == Norm::Batch && train_view.len() % cfg.batch == 1 {
+            steps_per_epoch -= 1;
+        }
+        if steps_per_epoch == 0 {
+            return Err(TrainError::Config(
+                "BatchNorm needs at least 2 training samples".into(),
+            ));
+        }
         if cfg.early_stop.is_some() && val_view.is_empty() {
             return Err(TrainError::Config(
                 "early stopping watches the validation loss: hold out validation samples (--validation)".into(),
@@ -395,7 +415,7 @@ impl<'d> Trainer<'d> {
             data,
             out_dir,
             norm: Normalizer::new(cfg.normalize, &data.stats(), data.dim()),
-            steps_per_epoch: train_view.len().div_ceil(cfg.batch),
+            steps_per_epoch,
             order: Vec::with_capacity(train_view.len()),
             train_view,
             val_view,

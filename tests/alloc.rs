@@ -2,15 +2,15 @@
 //! allocates every buffer, GEMM pack buffers included, before it. Counted by
 //! a global allocator that wraps the system one, over whole epochs of the
 //! training loop's own step code (`Trainer::step`), for every activation and
-//! loss, with augmented gathers, dropout, label smoothing, gradient clipping
-//! and the short last batch. (Its own test binary, since the allocator is
-//! process-wide.)
+//! loss, with augmented gathers, dropout, both normalisations, label
+//! smoothing, gradient clipping and the short last batch. (Its own test
+//! binary, since the allocator is process-wide.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fastnn::data::{Dataset, Holdout, Normalize};
-use fastnn::model::{Act, Loss};
+use fastnn::model::{Act, Loss, Norm};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::train::{TrainConfig, Trainer};
 
@@ -68,7 +68,7 @@ fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
         dropout: if variant.is_multiple_of(2) { 0.2 } else { 0.0 },
         clip_grad_norm: (variant % 5 == 1).then_some(0.5),
         early_stop: None,
-        norm: Default::default(),
+        norm: [Norm::None, Norm::Batch, Norm::Layer][variant % 3],
         label_smoothing: if loss == Loss::Xent && variant % 4 < 2 {
             0.1
         } else {
@@ -106,8 +106,8 @@ fn training_steps_allocate_nothing_from_the_first_one() {
             let cfg = config(act, loss, variant);
             variant += 1;
             let what = format!(
-                "{act} {loss}, {} threads, dropout {}, flip {}, translate {}, {:?}",
-                cfg.threads, cfg.dropout, cfg.flip, cfg.translate, cfg.optim.kind
+                "{act} {loss}, {} threads, dropout {}, norm {}, flip {}, translate {}, {:?}",
+                cfg.threads, cfg.dropout, cfg.norm, cfg.flip, cfg.translate, cfg.optim.kind
             );
             let mut trainer = Trainer::new(&data, &cfg, None, None).unwrap();
             assert_eq!(trainer.steps_per_epoch(), TRAIN.div_ceil(BATCH));

@@ -66,7 +66,11 @@ pub struct PredictArgs {
 }
 
 fn load(model: &std::path::Path, data: Option<&std::path::Path>) -> Result<(ModelFile, Dataset)> {
-    let m = load_model(model)?;
+    let mut m = load_model(model)?;
+    // Inference folds each BatchNorm into the Linear before it.
+    if let Some(folded) = m.mlp.fold_batch_norm() {
+        m.mlp = folded;
+    }
     let ds = open_data(data)?;
     if ds.dim() != m.mlp.cfg.inputs() || ds.classes().len() != m.mlp.cfg.classes() {
         bail!(

@@ -590,28 +590,36 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
     writeln!(out, "{}", toml::to_string(cfg)?)?;
     writeln!(
         out,
-        "layer  shape (out × in)    activation  parameters  MFLOP/step  activations"
+        "layer  shape (out × in)    norm   activation  parameters  MFLOP/step  activations"
     )?;
     let b = cfg.batch as u64;
-    for (l, d) in dims.windows(2).enumerate() {
+    let layout = fastnn::model::Layout::row_major(dims, mcfg.norm);
+    for (l, (d, slot)) in dims.windows(2).zip(&layout.layers).enumerate() {
         let (fan_in, fan_out) = (d[0] as u64, d[1] as u64);
         let last = l + 2 == dims.len();
+        let norm_params = slot.norm.as_ref().map_or(0, |n| 2 * n.gamma.len());
+        // Output and its gradient, a dropout mask, the normalisation's x̂.
+        let per_unit = 2 + u64::from(cfg.dropout > 0.0 && !last) + u64::from(slot.norm.is_some());
         // Forward + weight gradient + input gradient (not for layer 0).
         let passes = if l == 0 { 2 } else { 3 };
         writeln!(
             out,
-            "{:>5}  {:<20}  {:<10}  {:>10}  {:>10.1}  {:>8.1} KiB",
+            "{:>5}  {:<20}  {:<5}  {:<10}  {:>10}  {:>10.1}  {:>8.1} KiB",
             l,
             format!("{fan_out} × {fan_in}"),
+            if slot.norm.is_some() {
+                mcfg.norm.to_string()
+            } else {
+                "-".to_string()
+            },
             if last {
                 "none".to_string()
             } else {
                 cfg.act.to_string()
             },
-            fan_out * fan_in + fan_out,
+            slot.w.len() + slot.b.len() + norm_params,
             (2 * passes * b * fan_in * fan_out) as f64 / 1e6,
-            // Output and its gradient (and a dropout mask) for a batch.
-            (4 * b * fan_out * if cfg.dropout > 0.0 && !last { 3 } else { 2 }) as f64 / 1024.0
+            (4 * b * fan_out * per_unit) as f64 / 1024.0
         )?;
     }
     writeln!(
