@@ -40,12 +40,21 @@ fn split(
     per_item: usize,
     f: &(dyn Fn(Range<usize>) + Sync),
 ) {
-    let team = team.filter(|t| t.threads() > 1 && n * per_item >= PARALLEL_MIN);
-    let Some(team) = team else {
-        return f(0..n);
-    };
-    let per = n.div_ceil(align).div_ceil(team.threads()) * align;
-    team.run(n.div_ceil(per), &|t| f(t * per..n.min((t + 1) * per)));
+    let threads = team.as_ref().map_or(1, |t| t.threads());
+    let per = piece_len(threads, n, align, per_item);
+    match team {
+        Some(team) if per < n => team.run(n.div_ceil(per), &|t| f(t * per..n.min((t + 1) * per))),
+        _ => f(0..n),
+    }
+}
+
+/// The length of each piece [`split`] cuts `0..n` into on `threads`
+/// threads (`n`: one piece).
+pub fn piece_len(threads: usize, n: usize, align: usize, per_item: usize) -> usize {
+    if threads < 2 || n * per_item < PARALLEL_MIN {
+        return n;
+    }
+    n.div_ceil(align).div_ceil(threads) * align
 }
 
 /// Row `i`'s elements in `cols` of a row-major matrix with `o` columns.
@@ -333,4 +342,102 @@ pub fn layer_norm_backward(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() as f32 * 2.0 + 0.5).collect()
+    }
+
+    /// Every kernel's outputs, forward and backward, for one layer.
+    fn run_all(z: &[f32], dy: &[f32], batch: usize, o: usize, mut team: Option<&mut Team>) -> Vec<Vec<f32>> {
+        let mut rng = Rng::new(3);
+        let gamma = random(o, &mut rng);
+        let beta = random(o, &mut rng);
+        let act = Activation::Tanh;
+        let mut out = Vec::new();
+        // BatchNorm.
+        let (mut zb, mut h) = (z.to_vec(), vec![0.0; batch * o]);
+        let (mut mean, mut var, mut inv) = (vec![0.0; o], vec![0.0; o], vec![0.0; o]);
+        let stats = BatchStats {
+            mean: &mut mean,
+            var: &mut var,
+            inv_std: &mut inv,
+        };
+        batch_norm_train(&mut zb, &mut h, stats, &gamma, &beta, act, batch, o, team.as_deref_mut());
+        let (mut dg, mut db, mut d) = (vec![0.0; o], vec![0.0; o], dy.to_vec());
+        affine_backward(&mut dg, &mut db, &d, &zb, batch, o, team.as_deref_mut());
+        batch_norm_backward(&mut d, &zb, &inv, &gamma, &dg, &db, batch, o, team.as_deref_mut());
+        out.extend([zb, h, mean, var, inv, dg, db, d]);
+        // LayerNorm.
+        let (mut zl, mut h, mut inv) = (z.to_vec(), vec![0.0; batch * o], vec![0.0; batch]);
+        layer_norm(&mut zl, &mut h, &mut inv, &gamma, &beta, act, batch, o, team.as_deref_mut());
+        let (mut dg, mut db, mut d) = (vec![0.0; o], vec![0.0; o], dy.to_vec());
+        affine_backward(&mut dg, &mut db, &d, &zl, batch, o, team.as_deref_mut());
+        layer_norm_backward(&mut d, &zl, &inv, &gamma, batch, o, team.as_deref_mut());
+        out.extend([zl, h, inv, dg, db, d]);
+        out
+    }
+
+    #[test]
+    fn a_team_gives_the_same_bits_as_one_thread() {
+        let (batch, o) = (128, 520);
+        // At this size every kernel splits (by units and by samples).
+        for threads in [2, 3] {
+            assert!(piece_len(threads, o, COLUMN_ALIGN, batch) < o);
+            assert!(piece_len(threads, batch, 1, o) < batch);
+        }
+        let mut rng = Rng::new(1);
+        let (z, dy) = (random(batch * o, &mut rng), random(batch * o, &mut rng));
+        let one = run_all(&z, &dy, batch, o, None);
+        for threads in [2, 3] {
+            let mut team = Team::new(threads);
+            let many = run_all(&z, &dy, batch, o, Some(&mut team));
+            for (k, (a, b)) in one.iter().zip(&many).enumerate() {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "output {k} differs on {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_by_hand() {
+        // Two samples, one unit: z = [1, 3], μ = 2, σ² = 1, x̂ = [−1, 1]
+        // (up to eps); γ = 2, β = 0.5: y = [−1.5, 2.5], ReLU: [0, 2.5].
+        let (mut z, mut h) = ([1.0f32, 3.0], [0.0f32; 2]);
+        let (mut mean, mut var, mut inv) = ([0.0f32], [0.0f32], [0.0f32]);
+        let stats = BatchStats {
+            mean: &mut mean,
+            var: &mut var,
+            inv_std: &mut inv,
+        };
+        batch_norm_train(&mut z, &mut h, stats, &[2.0], &[0.5], Activation::Relu, 2, 1, None);
+        assert_eq!((mean[0], var[0]), (2.0, 1.0));
+        let s = 1.0 / (1.0f32 + 1e-5).sqrt();
+        assert_eq!(z, [-s, s]);
+        assert_eq!(h, [0.0, 2.0 * s + 0.5]);
+        // dy = [1, 0]: dβ = 1, dγ = −s; dz = γ·s·(dy − 1/2 − x̂·(−s)/2).
+        let (mut dg, mut db, mut dy) = ([0.0f32], [0.0f32], [1.0f32, 0.0]);
+        affine_backward(&mut dg, &mut db, &dy, &z, 2, 1, None);
+        assert_eq!((dg[0], db[0]), (-s, 1.0));
+        batch_norm_backward(&mut dy, &z, &inv, &[2.0], &dg, &db, 2, 1, None);
+        let want = |dy: f32, x: f32| 2.0 * s * (dy - 0.5 - x * -s * 0.5);
+        assert_eq!(dy, [want(1.0, -s), want(0.0, s)]);
+    }
+
+    #[test]
+    fn layer_norm_by_hand() {
+        // One sample of 4 units [0, 2, 4, 6]: μ = 3, σ² = 5.
+        let (mut z, mut h, mut inv) = ([0.0f32, 2.0, 4.0, 6.0], [0.0f32; 4], [0.0f32]);
+        let g = [1.0f32; 4];
+        layer_norm(&mut z, &mut h, &mut inv, &g, &[0.0; 4], Activation::Identity, 1, 4, None);
+        let s = 1.0 / (5.0f32 + 1e-5).sqrt();
+        assert_eq!(inv[0], s);
+        assert_eq!(z, [-3.0 * s, -s, s, 3.0 * s]);
+        assert_eq!(h, z);
+    }
 }

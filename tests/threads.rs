@@ -9,7 +9,7 @@ mod common;
 
 use fastnn::data::{Dataset, Holdout, Normalize};
 use fastnn::gemm::{GemmCtx, Parallelism, Plan};
-use fastnn::model::{Act, Loss};
+use fastnn::model::{Act, Loss, Norm};
 use fastnn::net::step_products;
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::train::{train, Silent, TrainConfig};
@@ -90,6 +90,10 @@ fn assert_hidden_products_split(dims: &[usize], threads: usize) {
 }
 
 fn check(input: usize, hidden: &[usize], seed: u64) {
+    check_with(input, hidden, seed, Norm::None, &optimisers());
+}
+
+fn check_with(input: usize, hidden: &[usize], seed: u64, norm: Norm, optims: &[(&str, OptimConfig)]) {
     let dir = tempfile::tempdir().unwrap();
     let path = common::synthetic_dataset(dir.path(), TRAIN, 10, input, CLASSES, seed);
     let data = Dataset::open(path).unwrap();
@@ -99,16 +103,13 @@ fn check(input: usize, hidden: &[usize], seed: u64) {
     for threads in [2, 3] {
         assert_hidden_products_split(&dims, threads);
     }
-    for (name, optim) in optimisers() {
+    for &(name, optim) in optims {
         let run = |threads| {
-            let (mlp, _) = train(
-                &data,
-                &config(hidden, optim, threads),
-                None,
-                None,
-                &mut Silent,
-            )
-            .unwrap();
+            let cfg = TrainConfig {
+                norm,
+                ..config(hidden, optim, threads)
+            };
+            let (mlp, _) = train(&data, &cfg, None, None, &mut Silent).unwrap();
             mlp.params.to_vec()
         };
         let one = run(1);
@@ -122,7 +123,7 @@ fn check(input: usize, hidden: &[usize], seed: u64) {
             assert_eq!(
                 differ,
                 0,
-                "{dims:?} {name}: {differ} of {} weights differ between 1 and {threads} threads",
+                "{dims:?} {name} norm {norm}: {differ} of {} values differ between 1 and {threads} threads",
                 one.len()
             );
         }
@@ -137,4 +138,15 @@ fn w2_sizes_give_the_same_bits_on_one_two_and_three_threads() {
 #[test]
 fn w1_sizes_give_the_same_bits_on_one_two_and_three_threads() {
     check(3072, &[1024, 512], 2);
+}
+
+/// The normalisations split their passes too (BatchNorm by units, LayerNorm
+/// by samples; `fastnn::norm`'s tests check that these sizes split), and
+/// their state (γ, β, the running statistics) is part of the slab compared.
+#[test]
+fn normalised_w2_sizes_give_the_same_bits_on_one_two_and_three_threads() {
+    let optims = optimisers();
+    for norm in [Norm::Batch, Norm::Layer] {
+        check_with(784, &[512, 256], 3, norm, &[optims[1], optims[4]]);
+    }
 }
