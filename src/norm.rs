@@ -354,7 +354,13 @@ mod tests {
     }
 
     /// Every kernel's outputs, forward and backward, for one layer.
-    fn run_all(z: &[f32], dy: &[f32], batch: usize, o: usize, mut team: Option<&mut Team>) -> Vec<Vec<f32>> {
+    fn run_all(
+        z: &[f32],
+        dy: &[f32],
+        batch: usize,
+        o: usize,
+        mut team: Option<&mut Team>,
+    ) -> Vec<Vec<f32>> {
         let mut rng = Rng::new(3);
         let gamma = random(o, &mut rng);
         let beta = random(o, &mut rng);
@@ -368,14 +374,44 @@ mod tests {
             var: &mut var,
             inv_std: &mut inv,
         };
-        batch_norm_train(&mut zb, &mut h, stats, &gamma, &beta, act, batch, o, team.as_deref_mut());
+        batch_norm_train(
+            &mut zb,
+            &mut h,
+            stats,
+            &gamma,
+            &beta,
+            act,
+            batch,
+            o,
+            team.as_deref_mut(),
+        );
         let (mut dg, mut db, mut d) = (vec![0.0; o], vec![0.0; o], dy.to_vec());
         affine_backward(&mut dg, &mut db, &d, &zb, batch, o, team.as_deref_mut());
-        batch_norm_backward(&mut d, &zb, &inv, &gamma, &dg, &db, batch, o, team.as_deref_mut());
+        batch_norm_backward(
+            &mut d,
+            &zb,
+            &inv,
+            &gamma,
+            &dg,
+            &db,
+            batch,
+            o,
+            team.as_deref_mut(),
+        );
         out.extend([zb, h, mean, var, inv, dg, db, d]);
         // LayerNorm.
         let (mut zl, mut h, mut inv) = (z.to_vec(), vec![0.0; batch * o], vec![0.0; batch]);
-        layer_norm(&mut zl, &mut h, &mut inv, &gamma, &beta, act, batch, o, team.as_deref_mut());
+        layer_norm(
+            &mut zl,
+            &mut h,
+            &mut inv,
+            &gamma,
+            &beta,
+            act,
+            batch,
+            o,
+            team.as_deref_mut(),
+        );
         let (mut dg, mut db, mut d) = (vec![0.0; o], vec![0.0; o], dy.to_vec());
         affine_backward(&mut dg, &mut db, &d, &zl, batch, o, team.as_deref_mut());
         layer_norm_backward(&mut d, &zl, &inv, &gamma, batch, o, team.as_deref_mut());
@@ -415,7 +451,17 @@ mod tests {
             var: &mut var,
             inv_std: &mut inv,
         };
-        batch_norm_train(&mut z, &mut h, stats, &[2.0], &[0.5], Activation::Relu, 2, 1, None);
+        batch_norm_train(
+            &mut z,
+            &mut h,
+            stats,
+            &[2.0],
+            &[0.5],
+            Activation::Relu,
+            2,
+            1,
+            None,
+        );
         assert_eq!((mean[0], var[0]), (2.0, 1.0));
         let s = 1.0 / (1.0f32 + 1e-5).sqrt();
         assert_eq!(z, [-s, s]);
@@ -434,7 +480,17 @@ mod tests {
         // One sample of 4 units [0, 2, 4, 6]: μ = 3, σ² = 5.
         let (mut z, mut h, mut inv) = ([0.0f32, 2.0, 4.0, 6.0], [0.0f32; 4], [0.0f32]);
         let g = [1.0f32; 4];
-        layer_norm(&mut z, &mut h, &mut inv, &g, &[0.0; 4], Activation::Identity, 1, 4, None);
+        layer_norm(
+            &mut z,
+            &mut h,
+            &mut inv,
+            &g,
+            &[0.0; 4],
+            Activation::Identity,
+            1,
+            4,
+            None,
+        );
         let s = 1.0 / (5.0f32 + 1e-5).sqrt();
         assert_eq!(inv[0], s);
         assert_eq!(z, [-3.0 * s, -s, s, 3.0 * s]);

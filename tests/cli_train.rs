@@ -230,9 +230,18 @@ fn a_killed_run_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
     // With early stopping, whose state (and best parameters) the
-    // checkpoint must carry for the final model to match.
+    // checkpoint must carry for the final model to match, and BatchNorm,
+    // whose running statistics and batch count it must carry too.
     let args = |out: &Path| {
-        let extra = ["--dropout", "0.1", "--early-stop", "4", "--quiet"];
+        let extra = [
+            "--dropout",
+            "0.1",
+            "--early-stop",
+            "4",
+            "--norm",
+            "batch",
+            "--quiet",
+        ];
         run_args(&data, out, 6, &extra)
     };
     let full = dir.path().join("full");

@@ -93,7 +93,13 @@ fn check(input: usize, hidden: &[usize], seed: u64) {
     check_with(input, hidden, seed, Norm::None, &optimisers());
 }
 
-fn check_with(input: usize, hidden: &[usize], seed: u64, norm: Norm, optims: &[(&str, OptimConfig)]) {
+fn check_with(
+    input: usize,
+    hidden: &[usize],
+    seed: u64,
+    norm: Norm,
+    optims: &[(&str, OptimConfig)],
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = common::synthetic_dataset(dir.path(), TRAIN, 10, input, CLASSES, seed);
     let data = Dataset::open(path).unwrap();

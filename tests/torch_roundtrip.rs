@@ -68,9 +68,15 @@ fn fastnn_and_pytorch_models_give_the_same_logits_both_ways() {
         println!("norm {norm}: {report}");
         for way in ["fastnn_to_torch", "torch_to_fastnn"] {
             let r = &report[way];
-            assert!(r["max_logit_diff"].as_f64().unwrap() <= 1e-4, "{norm} {way}: {r}");
+            assert!(
+                r["max_logit_diff"].as_f64().unwrap() <= 1e-4,
+                "{norm} {way}: {r}"
+            );
             assert_eq!(r["same_predictions"], 200, "{norm} {way}: {r}");
-            assert_eq!(r["torch_accuracy"], r["fastnn_accuracy"], "{norm} {way}: {r}");
+            assert_eq!(
+                r["torch_accuracy"], r["fastnn_accuracy"],
+                "{norm} {way}: {r}"
+            );
         }
     }
     report::ran(WHAT);

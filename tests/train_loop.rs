@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use fastnn::checkpoint::{self, load_model};
 use fastnn::data::{Dataset, Holdout, Normalize};
 use fastnn::gemm::Parallelism;
-use fastnn::model::{Act, Loss};
+use fastnn::model::{Act, Loss, Norm};
 use fastnn::net::Workspace;
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
-use fastnn::train::{evaluate, train, Silent, TrainConfig, TrainError};
+use fastnn::train::{evaluate, train, Silent, TrainConfig, TrainError, Trainer};
 
 fn config(threads: usize) -> TrainConfig {
     TrainConfig {
@@ -232,6 +232,90 @@ fn a_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
         .zip(resumed.params.iter())
         .all(|(x, y)| x.to_bits() == y.to_bits()));
     assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
+}
+
+/// With each normalisation: the checkpoint carries γ, β and BatchNorm's
+/// running statistics and batch count, so a run stopped inside an epoch
+/// resumes to the same bits; and evaluation (BatchNorm folded into the
+/// Linear before it) reproduces the model file's test score.
+#[test]
+fn normalised_runs_resume_bit_for_bit_and_evaluate_from_the_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    for norm in [Norm::Batch, Norm::Layer] {
+        let cfg = TrainConfig { norm, ..config(2) };
+        let (full, full_summary) = train(&data, &cfg, None, None, &mut Silent).unwrap();
+        assert!(
+            full_summary.test_accuracy.unwrap() > 0.9,
+            "{norm}: {full_summary:?}"
+        );
+        let out: PathBuf = dir.path().join(format!("run-{norm}"));
+        let (_, partial) = train(&data, &cfg, Some(&out), None, &mut StopAtStep(27)).unwrap();
+        assert!(partial.interrupted);
+        let ck = checkpoint::load(&out).unwrap();
+        assert_eq!(ck.mlp.cfg.norm, norm);
+        if norm == Norm::Batch {
+            assert_eq!(ck.mlp.batches_tracked, 27);
+        }
+        let (resumed, summary) =
+            train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
+        let same = full
+            .params
+            .iter()
+            .zip(resumed.params.iter())
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{norm}: the resumed run differs");
+        assert_eq!(resumed.batches_tracked, full.batches_tracked);
+        assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
+
+        let model = load_model(&out.join(checkpoint::MODEL_FILE)).unwrap();
+        assert_eq!(&model.mlp.params[..], &full.params[..]);
+        assert_eq!(model.mlp.batches_tracked, full.batches_tracked);
+        let mut ws = Workspace::new(&model.mlp, 50, Parallelism::Single);
+        let r = evaluate(
+            &model.mlp,
+            &mut ws,
+            &model.normalizer,
+            &data.split("test").unwrap(),
+            &mut Vec::new(),
+        );
+        assert_eq!(Some(r.accuracy), full_summary.test_accuracy);
+    }
+}
+
+/// BatchNorm cannot train on one sample: `--batch 1` is refused, and a last
+/// batch of one sample is left out of each epoch.
+#[test]
+fn batch_norm_never_trains_on_a_single_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let one = TrainConfig {
+        norm: Norm::Batch,
+        batch: 1,
+        ..config(1)
+    };
+    let err = Trainer::new(&data, &one, None, None).err().unwrap();
+    assert!(err.to_string().contains("at least 2 samples"), "{err}");
+    // 1400 samples less the held-out ones, in batches of 64: 1345 = 21·64 +
+    // 1 leaves its last sample out; 1344 and 1346 keep every sample.
+    for (holdout, norm, steps) in [
+        (55, Norm::Batch, 21),
+        (55, Norm::None, 22),
+        (56, Norm::Batch, 21),
+        (54, Norm::Batch, 22),
+    ] {
+        let cfg = TrainConfig {
+            norm,
+            holdout: Holdout::Count(holdout),
+            ..config(1)
+        };
+        let trainer = Trainer::new(&data, &cfg, None, None).unwrap();
+        assert_eq!(
+            trainer.steps_per_epoch(),
+            steps,
+            "holdout {holdout}, norm {norm}"
+        );
+    }
 }
 
 #[test]
