@@ -16,7 +16,7 @@ use crate::data::{
     cache, embedded, DataError, Dataset, Features, Holdout, Normalize, RawDataset, RawSplit,
     SourceInfo,
 };
-use crate::model::{Act, Loss};
+use crate::model::{Act, Loss, Norm};
 use crate::net::Phases;
 use crate::optim::{OptimConfig, OptimKind, Schedule};
 use crate::rng::Rng;
@@ -195,17 +195,22 @@ impl Observer for Collect {
     }
 }
 
-/// Trains `workload` for `epochs` epochs (at least 2: one warm-up) and
-/// measures its throughput. `fashion_mnist` is as for [`Workload::dataset`].
+/// Trains `workload` for `epochs` epochs (at least 2: one warm-up), with a
+/// normalisation after each hidden layer if asked, and measures its
+/// throughput. `fashion_mnist` is as for [`Workload::dataset`].
 pub fn measure(
     workload: Workload,
     fashion_mnist: &[IdxBytes<'_>],
     batch: usize,
     threads: usize,
     epochs: usize,
+    norm: Norm,
 ) -> Result<Throughput, TrainError> {
     let data = workload.dataset(fashion_mnist)?;
-    let cfg = workload.config(batch, threads, epochs.max(2));
+    let cfg = TrainConfig {
+        norm,
+        ..workload.config(batch, threads, epochs.max(2))
+    };
     let mut obs = Collect {
         epochs: Vec::new(),
         losses: Vec::new(),

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use fastnn::cpu;
 use fastnn::gemm::bench::measure_peak;
+use fastnn::model::Norm;
 use fastnn::workload::{measure, Throughput, Workload};
 
 /// Training throughput (images/s, median of the epochs after a warm-up) of
@@ -30,6 +31,9 @@ pub struct TrainBenchArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Normalisation after each hidden layer: none, batch or layer.
+    #[arg(long, default_value = "none")]
+    norm: Norm,
     /// Also show where a step's time goes: gather, forward, loss, input
     /// gradients, weight gradients, update, and the time the first thread
     /// waited for the others (always in the JSON).
@@ -90,6 +94,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         args.batch,
         threads,
         args.epochs,
+        args.norm,
     )?;
     let gflops = t.median * t.flops_per_sample as f64 / 1e9;
     let peak = measure_peak(cpu::try_selected()?, threads).map(|p| p.gflops);
@@ -99,6 +104,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "workload": format!("{:?}", args.workload).to_lowercase(),
             "batch": args.batch,
             "threads": threads,
+            "norm": args.norm.to_string(),
             "isa": t.isa,
             "images_per_sec": t.median,
             "epochs_images_per_sec": t.epochs,
@@ -126,11 +132,12 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     let epochs: Vec<String> = t.epochs.iter().map(|x| format!("{x:.0}")).collect();
     writeln!(
         out,
-        "{}, batch {}, {} thread(s), gemm {}",
+        "{}, batch {}, {} thread(s), gemm {}, norm {}",
         args.workload.name(),
         args.batch,
         threads,
-        t.isa
+        t.isa,
+        args.norm
     )?;
     writeln!(
         out,
