@@ -27,7 +27,7 @@
 //! `mask_l` is inverted dropout, drawn by the caller (values 0 or 1/(1−p));
 //! without masks the hidden layers are not dropped.
 
-use crate::model::{Act, Loss};
+use crate::model::{Act, Loss, BN_MOMENTUM, NORM_EPS};
 
 /// Slope of the leaky ReLU for `z ≤ 0`, in `f64`. This is PyTorch's 0.01
 /// exactly; [`crate::model::LEAKY_SLOPE`] is the same number rounded to `f32`
@@ -37,8 +37,8 @@ pub const LEAKY_SLOPE_F64: f64 = 0.01;
 // ----------------------------------------------------------------------------
 // Kernels: forward and backward of each piece of the network.
 
-/// `z = x·wᵀ + b`.
-// z: (B, O), x: (B, I), w: (O, I), b: (O)
+/// `z = x·wᵀ + b` (`z = x·wᵀ` when `b` is empty: a Linear without bias).
+// z: (B, O), x: (B, I), w: (O, I), b: (O) or empty
 pub fn linear_forward(
     z: &mut [f64],
     x: &[f64],
@@ -50,7 +50,7 @@ pub fn linear_forward(
 ) {
     for n in 0..bsz {
         for j in 0..o {
-            let mut acc = b[j];
+            let mut acc = if b.is_empty() { 0.0 } else { b[j] };
             for k in 0..i {
                 acc += x[n * i + k] * w[j * i + k];
             }
@@ -59,8 +59,9 @@ pub fn linear_forward(
     }
 }
 
-/// Accumulates `dw += dzᵀ·x`, `db += Σ_n dz[n]` and, when asked, `dx += dz·w`.
-// dx: (B, I) or None, dw: (O, I), db: (O), dz: (B, O), x: (B, I), w: (O, I)
+/// Accumulates `dw += dzᵀ·x`, `db += Σ_n dz[n]` (unless `db` is empty: a
+/// Linear without bias) and, when asked, `dx += dz·w`.
+// dx: (B, I) or None, dw: (O, I), db: (O) or empty, dz: (B, O), x: (B, I), w: (O, I)
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     dx: Option<&mut [f64]>,
@@ -76,7 +77,9 @@ pub fn linear_backward(
     for n in 0..bsz {
         for j in 0..o {
             let g = dz[n * o + j];
-            db[j] += g;
+            if !db.is_empty() {
+                db[j] += g;
+            }
             for k in 0..i {
                 dw[j * i + k] += g * x[n * i + k];
             }
@@ -161,6 +164,187 @@ pub fn act_backward(dz: &mut [f64], dh: &[f64], z: &[f64], mask: Option<&[f64]>,
     for n in 0..z.len() {
         let m = mask.map_or(1.0, |m| m[n]);
         dz[n] = dh[n] * m * act_derivative(act, z[n]);
+    }
+}
+
+/// BatchNorm1d in training: the mean `μ_j` and biased variance `σ²_j` of
+/// each unit over the batch, then `y = γ·(z − μ)/√(σ² + eps) + β` with them
+/// ([`batch_norm_with_stats`]). `eps` is [`NORM_EPS`].
+// y: (B, O), mean: (O), var: (O), z: (B, O), gamma: (O), beta: (O)
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_forward(
+    y: &mut [f64],
+    mean: &mut [f64],
+    var: &mut [f64],
+    z: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    bsz: usize,
+    o: usize,
+) {
+    for j in 0..o {
+        let mut sum = 0.0;
+        for n in 0..bsz {
+            sum += z[n * o + j];
+        }
+        let mu = sum / bsz as f64;
+        let mut sq = 0.0;
+        for n in 0..bsz {
+            let d = z[n * o + j] - mu;
+            sq += d * d;
+        }
+        mean[j] = mu;
+        var[j] = sq / bsz as f64;
+    }
+    batch_norm_with_stats(y, z, gamma, beta, mean, var, bsz, o);
+}
+
+/// `y = γ_j·(z − mean_j)/√(var_j + eps) + β_j` for each unit `j`, with given
+/// statistics: the batch's in training, the running ones in evaluation.
+// y: (B, O), z: (B, O), gamma: (O), beta: (O), mean: (O), var: (O)
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_with_stats(
+    y: &mut [f64],
+    z: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    mean: &[f64],
+    var: &[f64],
+    bsz: usize,
+    o: usize,
+) {
+    for n in 0..bsz {
+        for j in 0..o {
+            let rstd = 1.0 / (var[j] + NORM_EPS).sqrt();
+            y[n * o + j] = gamma[j] * (z[n * o + j] - mean[j]) * rstd + beta[j];
+        }
+    }
+}
+
+/// The backward pass of [`batch_norm_forward`] (training). Per unit, with
+/// `x̂ = (z − μ)/σ`, `σ = √(σ² + eps)` and means over the batch:
+/// `dz = (γ/σ)·(dy − mean(dy) − x̂·mean(dy·x̂))` (overwrites `dz`; μ and σ²
+/// depend on every sample, hence the two mean terms). Accumulates
+/// `dγ += Σ_n dy·x̂` and `dβ += Σ_n dy`.
+// dz: (B, O), dgamma: (O), dbeta: (O), dy: (B, O), z: (B, O), gamma: (O),
+// mean: (O), var: (O) the batch's statistics from the forward pass
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    dz: &mut [f64],
+    dgamma: &mut [f64],
+    dbeta: &mut [f64],
+    dy: &[f64],
+    z: &[f64],
+    gamma: &[f64],
+    mean: &[f64],
+    var: &[f64],
+    bsz: usize,
+    o: usize,
+) {
+    for j in 0..o {
+        let rstd = 1.0 / (var[j] + NORM_EPS).sqrt();
+        let xhat = |n: usize| (z[n * o + j] - mean[j]) * rstd;
+        let (mut sum_dy, mut sum_dy_xhat) = (0.0, 0.0);
+        for n in 0..bsz {
+            let g = dy[n * o + j];
+            sum_dy += g;
+            sum_dy_xhat += g * xhat(n);
+        }
+        dgamma[j] += sum_dy_xhat;
+        dbeta[j] += sum_dy;
+        let mean_dy = sum_dy / bsz as f64;
+        let mean_dy_xhat = sum_dy_xhat / bsz as f64;
+        for n in 0..bsz {
+            dz[n * o + j] = gamma[j] * rstd * (dy[n * o + j] - mean_dy - xhat(n) * mean_dy_xhat);
+        }
+    }
+}
+
+/// BatchNorm's running statistics after a training batch (PyTorch's):
+/// `running_mean = (1 − m)·running_mean + m·μ` and `running_var = (1 −
+/// m)·running_var + m·σ²·B/(B − 1)`, the variance made unbiased; `m` is
+/// [`BN_MOMENTUM`].
+// running_mean: (O), running_var: (O), mean: (O), var: (O) biased, of a batch of bsz
+pub fn batch_norm_update_running(
+    running_mean: &mut [f64],
+    running_var: &mut [f64],
+    mean: &[f64],
+    var: &[f64],
+    bsz: usize,
+) {
+    assert!(bsz > 1, "the unbiased variance needs at least 2 samples");
+    let unbias = bsz as f64 / (bsz - 1) as f64;
+    for j in 0..mean.len() {
+        running_mean[j] = (1.0 - BN_MOMENTUM) * running_mean[j] + BN_MOMENTUM * mean[j];
+        running_var[j] = (1.0 - BN_MOMENTUM) * running_var[j] + BN_MOMENTUM * var[j] * unbias;
+    }
+}
+
+/// LayerNorm: the mean and biased variance of each sample over its units,
+/// then `y_j = γ_j·(z_j − mean)/√(var + eps) + β_j`. `eps` is [`NORM_EPS`].
+// y: (B, O), mean: (B), var: (B), z: (B, O), gamma: (O), beta: (O)
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward(
+    y: &mut [f64],
+    mean: &mut [f64],
+    var: &mut [f64],
+    z: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    bsz: usize,
+    o: usize,
+) {
+    for n in 0..bsz {
+        let row = &z[n * o..(n + 1) * o];
+        let mu = row.iter().sum::<f64>() / o as f64;
+        let v = row.iter().map(|&v| (v - mu) * (v - mu)).sum::<f64>() / o as f64;
+        mean[n] = mu;
+        var[n] = v;
+        let rstd = 1.0 / (v + NORM_EPS).sqrt();
+        for j in 0..o {
+            y[n * o + j] = gamma[j] * (row[j] - mu) * rstd + beta[j];
+        }
+    }
+}
+
+/// The backward pass of [`layer_norm_forward`]. Per sample, with `x̂ = (z −
+/// mean)/σ`, `σ = √(var + eps)`, `g = γ ⊙ dy` and means over the units:
+/// `dz = (1/σ)·(g − mean(g) − x̂·mean(g·x̂))` (overwrites `dz`; γ varies over
+/// the units, so it stays inside the means). Accumulates `dγ += Σ_n dy·x̂`
+/// and `dβ += Σ_n dy`.
+// dz: (B, O), dgamma: (O), dbeta: (O), dy: (B, O), z: (B, O), gamma: (O),
+// mean: (B), var: (B) from the forward pass
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward(
+    dz: &mut [f64],
+    dgamma: &mut [f64],
+    dbeta: &mut [f64],
+    dy: &[f64],
+    z: &[f64],
+    gamma: &[f64],
+    mean: &[f64],
+    var: &[f64],
+    bsz: usize,
+    o: usize,
+) {
+    for n in 0..bsz {
+        let rstd = 1.0 / (var[n] + NORM_EPS).sqrt();
+        let xhat = |j: usize| (z[n * o + j] - mean[n]) * rstd;
+        let (mut sum_g, mut sum_g_xhat) = (0.0, 0.0);
+        for j in 0..o {
+            let d = dy[n * o + j];
+            dgamma[j] += d * xhat(j);
+            dbeta[j] += d;
+            let g = gamma[j] * d;
+            sum_g += g;
+            sum_g_xhat += g * xhat(j);
+        }
+        let mean_g = sum_g / o as f64;
+        let mean_g_xhat = sum_g_xhat / o as f64;
+        for j in 0..o {
+            let g = gamma[j] * dy[n * o + j];
+            dz[n * o + j] = rstd * (g - mean_g - xhat(j) * mean_g_xhat);
+        }
     }
 }
 
@@ -911,6 +1095,61 @@ mod tests {
             3,
         );
         assert_eq!(z, [1.5, 2.0, 2.0]);
+    }
+
+    fn assert_close(ours: &[f64], want: &[f64]) {
+        assert_eq!(ours.len(), want.len());
+        for (a, b) in ours.iter().zip(want) {
+            assert!((a - b).abs() < 1e-15, "{ours:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn batch_norm_by_hand() {
+        // z = [[1, 10], [3, 10]] (B = 2, O = 2): unit 0 has mean 2 and
+        // biased variance 1, unit 1 mean 10 and variance 0.
+        let z = [1.0, 10.0, 3.0, 10.0];
+        let (gamma, beta) = ([2.0, 3.0], [0.5, -1.0]);
+        let (mut y, mut mean, mut var) = ([0.0; 4], [0.0; 2], [0.0; 2]);
+        batch_norm_forward(&mut y, &mut mean, &mut var, &z, &gamma, &beta, 2, 2);
+        assert_eq!(mean, [2.0, 10.0]);
+        assert_eq!(var, [1.0, 0.0]);
+        // x̂ = ∓1/√(1 + eps) on unit 0; 0 on unit 1, so y = β there.
+        let r = 1.0 / (1.0 + NORM_EPS).sqrt();
+        assert_close(&y, &[0.5 - 2.0 * r, -1.0, 0.5 + 2.0 * r, -1.0]);
+        // From (0, 1): mean 0.1·μ, variance 0.9 + 0.1·σ²·2/(2 − 1).
+        let (mut running_mean, mut running_var) = ([0.0; 2], [1.0; 2]);
+        batch_norm_update_running(&mut running_mean, &mut running_var, &mean, &var, 2);
+        assert_close(&running_mean, &[0.2, 1.0]);
+        assert_close(&running_var, &[1.1, 0.9]);
+        // Evaluation on given statistics: (z − 1)/√(4 + eps) and (z − 10)/√(0 + eps).
+        let mut y = [0.0; 2];
+        batch_norm_with_stats(
+            &mut y,
+            &[3.0, 10.0],
+            &gamma,
+            &beta,
+            &[1.0, 10.0],
+            &[4.0, 0.0],
+            1,
+            2,
+        );
+        assert_close(&y, &[0.5 + 4.0 / (4.0 + NORM_EPS).sqrt(), -1.0]);
+    }
+
+    #[test]
+    fn layer_norm_by_hand() {
+        // z = [[1, 2, 3], [4, 4, 4]] (B = 2, O = 3): sample 0 has mean 2
+        // and biased variance 2/3, sample 1 mean 4 and variance 0.
+        let z = [1.0, 2.0, 3.0, 4.0, 4.0, 4.0];
+        let (gamma, beta) = ([1.0, 2.0, 3.0], [0.0, 0.5, -1.0]);
+        let (mut y, mut mean, mut var) = ([0.0; 6], [0.0; 2], [0.0; 2]);
+        layer_norm_forward(&mut y, &mut mean, &mut var, &z, &gamma, &beta, 2, 3);
+        assert_eq!(mean, [2.0, 4.0]);
+        assert_close(&var, &[2.0 / 3.0, 0.0]);
+        // x̂ = (−1, 0, 1)/√(2/3 + eps) for sample 0; 0 for sample 1 (y = β).
+        let r = 1.0 / (2.0 / 3.0 + NORM_EPS).sqrt();
+        assert_close(&y, &[-r, 0.5, 3.0 * r - 1.0, 0.0, 0.5, -1.0]);
     }
 
     #[test]
