@@ -5,16 +5,17 @@
 
 use std::collections::HashMap;
 
-use fastnn::model::{Act, Loss};
+use fastnn::model::{Act, Loss, Norm};
 use fastnn::reference::{
-    compare_with_finite_differences, gradcheck, param_names, random_problem, Criterion,
-    GradcheckInput, Problem, RefMlp, RefOptim, RefOptimizer, GRADCHECK_EPS, GRADCHECK_FLOOR,
-    GRADCHECK_TOL, KINK_MARGIN,
+    compare_with_finite_differences, gradcheck, param_names, random_problem,
+    random_problem_with_norm, Criterion, GradcheckInput, Problem, RefMlp, RefOptim, RefOptimizer,
+    GRADCHECK_EPS, GRADCHECK_FLOOR, GRADCHECK_TOL, KINK_MARGIN,
 };
 use safetensors::{Dtype, SafeTensors};
 
 const ACTS: [Act; 4] = [Act::Relu, Act::LeakyRelu, Act::Tanh, Act::Sigmoid];
 const LOSSES: [Loss; 3] = [Loss::Xent, Loss::Mse, Loss::Hinge];
+const NORMS: [Norm; 2] = [Norm::Batch, Norm::Layer];
 const DIMS: [usize; 4] = [5, 7, 4, 3];
 const BATCH: usize = 6;
 
@@ -27,6 +28,11 @@ const MARGIN: f64 = KINK_MARGIN;
 
 fn problem(act: Act, loss: Loss, dropout: f64, seed: u64) -> Problem {
     random_problem(&DIMS, act, loss, BATCH, dropout, seed, MARGIN)
+        .expect("a draw away from the kinks")
+}
+
+fn norm_problem(norm: Norm, act: Act, loss: Loss, dropout: f64, seed: u64) -> Problem {
+    random_problem_with_norm(&DIMS, act, loss, BATCH, dropout, norm, seed, MARGIN)
         .expect("a draw away from the kinks")
 }
 
@@ -98,6 +104,134 @@ fn label_smoothed_gradients_match_finite_differences() {
             );
         }
     }
+}
+
+/// With BatchNorm and LayerNorm, every tensor (γ and β too) against finite
+/// differences, for every activation and loss, with and without dropout
+/// and L2.
+#[test]
+fn norm_gradients_match_finite_differences_for_every_activation_and_loss() {
+    let mut worst: f64 = 0.0;
+    let mut seed = 200;
+    for norm in NORMS {
+        for act in ACTS {
+            for loss in LOSSES {
+                for l2 in [0.0, 0.01] {
+                    for dropout in [0.0, 0.5] {
+                        seed += 1;
+                        let p = norm_problem(norm, act, loss, dropout, seed);
+                        let errors = gradcheck(&p.mlp, &input(&p, loss, l2));
+                        let names: Vec<&String> = errors.iter().map(|(n, _)| n).collect();
+                        assert_eq!(names, p.mlp.param_names().iter().collect::<Vec<_>>());
+                        for (name, err) in &errors {
+                            assert!(
+                                *err < TOL,
+                                "{norm} {act} {loss} l2={l2} dropout={dropout}: {name} \
+                                 relative error {err:e}"
+                            );
+                            worst = worst.max(*err);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "finite differences with norms: max relative error {worst:e} over {} configurations",
+        seed - 200
+    );
+}
+
+/// The parameters of a network with a norm, named and shaped as PyTorch's
+/// `nn.Sequential(Linear, norm, act, …, Linear)`: no hidden bias with
+/// BatchNorm, γ and β after each hidden Linear, fresh γ = 1 and β = 0.
+#[test]
+fn norm_parameters_follow_nn_sequential() {
+    let batch = RefMlp::zeros_with_norm(&DIMS, Act::Relu, Norm::Batch);
+    assert_eq!(
+        batch.param_names(),
+        [
+            "0.weight", "1.weight", "1.bias", "3.weight", "4.weight", "4.bias", "6.weight",
+            "6.bias"
+        ]
+    );
+    let lens: Vec<usize> = batch.tensors().iter().map(|t| t.len()).collect();
+    assert_eq!(lens, [35, 7, 7, 28, 4, 4, 12, 3]);
+    assert_eq!(batch.running_mean, [vec![0.0; 7], vec![0.0; 4]]);
+    assert_eq!(batch.running_var, [vec![1.0; 7], vec![1.0; 4]]);
+    let layer = RefMlp::zeros_with_norm(&DIMS, Act::Relu, Norm::Layer);
+    assert_eq!(
+        layer.param_names(),
+        [
+            "0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias", "4.weight", "4.bias",
+            "6.weight", "6.bias"
+        ]
+    );
+    assert_eq!(layer.gammas, [vec![1.0; 7], vec![1.0; 4]]);
+    assert_eq!(layer.betas, [vec![0.0; 7], vec![0.0; 4]]);
+    assert!(layer.running_mean.is_empty() && layer.running_var.is_empty());
+    let none = RefMlp::zeros_with_norm(&DIMS, Act::Relu, Norm::None);
+    assert_eq!(none, RefMlp::zeros(&DIMS, Act::Relu));
+    assert_eq!(none.param_names(), param_names(3));
+    // Without norm, random_with_norm draws what random draws.
+    let p = problem(Act::Tanh, Loss::Xent, 0.5, 3);
+    let q = random_problem_with_norm(
+        &DIMS,
+        Act::Tanh,
+        Loss::Xent,
+        BATCH,
+        0.5,
+        Norm::None,
+        3,
+        MARGIN,
+    );
+    assert_eq!(p.mlp, q.unwrap().mlp);
+}
+
+/// Evaluation mode: BatchNorm on running statistics equal to the batch's
+/// (mean, biased variance) gives the training logits; LayerNorm is the
+/// same in both modes; neither drops.
+#[test]
+fn eval_mode_uses_the_running_statistics() {
+    let p = norm_problem(Norm::Batch, Act::Tanh, Loss::Xent, 0.0, 300);
+    let mut mlp = p.mlp.clone();
+    let train = mlp.forward(&p.x, BATCH, None);
+    assert_ne!(mlp.forward_eval(&p.x, BATCH), train);
+    // One update from 0 stores 0.1·μ and 0.1·σ²·B/(B−1): scaled back, the
+    // running statistics become the batch's.
+    for l in 0..DIMS.len() - 2 {
+        mlp.running_mean[l].fill(0.0);
+        mlp.running_var[l].fill(0.0);
+    }
+    let mut probe = mlp.clone();
+    probe.update_running_stats(&p.x, BATCH, None);
+    assert_eq!(probe.batches_tracked, 1);
+    let biased = (BATCH - 1) as f64 / BATCH as f64;
+    for l in 0..DIMS.len() - 2 {
+        mlp.running_mean[l] = probe.running_mean[l].iter().map(|v| v * 10.0).collect();
+        mlp.running_var[l] = probe.running_var[l]
+            .iter()
+            .map(|v| v * 10.0 * biased)
+            .collect();
+    }
+    let eval = mlp.forward_eval(&p.x, BATCH);
+    for (a, b) in eval.iter().zip(&train) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+
+    let p = norm_problem(Norm::Layer, Act::Tanh, Loss::Xent, 0.5, 301);
+    let masks = p.masks.as_deref();
+    assert_eq!(
+        p.mlp.forward_eval(&p.x, BATCH),
+        p.mlp.forward(&p.x, BATCH, None)
+    );
+    assert_ne!(
+        p.mlp.forward_eval(&p.x, BATCH),
+        p.mlp.forward(&p.x, BATCH, masks)
+    );
+    let mut unchanged = p.mlp.clone();
+    unchanged.update_running_stats(&p.x, BATCH, masks);
+    assert_eq!(unchanged, p.mlp);
 }
 
 #[test]
