@@ -491,6 +491,11 @@ impl<'g> Mlp<'g> {
 
     /// The same network as the f64 reference.
     pub fn from_reference(graph: &'g Graph, r: &RefMlp) -> Mlp<'g> {
+        assert_eq!(
+            r.norm,
+            model::Norm::None,
+            "the scalar MLP has no norm layers"
+        );
         Mlp::new(graph, &r.dims, r.act, &r.weights, &r.biases)
     }
 
@@ -527,17 +532,21 @@ impl<'g> Mlp<'g> {
     pub fn to_reference(&self) -> RefMlp {
         let (weights, biases) = self.tensors(Value::data);
         RefMlp {
-            dims: self.dims.clone(),
             weights,
             biases,
-            act: self.act(),
+            ..RefMlp::zeros(&self.dims, self.act())
         }
     }
 
     /// The gradients, shaped as the reference's.
     pub fn grads(&self) -> RefGrads {
         let (weights, biases) = self.tensors(Value::grad);
-        RefGrads { weights, biases }
+        RefGrads {
+            weights,
+            biases,
+            gammas: Vec::new(),
+            betas: Vec::new(),
+        }
     }
 
     /// The parameters as a fast f32 network (rounded to f32), without dropout.

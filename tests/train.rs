@@ -31,14 +31,13 @@ fn rel_err(fast: &[f32], reference: &[f64]) -> f64 {
 fn to_ref(mlp: &Mlp) -> RefMlp {
     let layers = mlp.cfg.layers();
     RefMlp {
-        dims: mlp.cfg.dims.clone(),
         weights: (0..layers)
             .map(|l| mlp.weight(l).iter().map(|&w| w as f64).collect())
             .collect(),
         biases: (0..layers)
             .map(|l| mlp.bias(l).iter().map(|&w| w as f64).collect())
             .collect(),
-        act: mlp.cfg.act,
+        ..RefMlp::zeros(&mlp.cfg.dims, mlp.cfg.act)
     }
 }
 
@@ -519,6 +518,8 @@ fn packed_case(
             biases: (mlp.layout.layers.iter())
                 .map(|slot| grads[slot.b.clone()].iter().map(|&g| g as f64).collect())
                 .collect(),
+            gammas: Vec::new(),
+            betas: Vec::new(),
         };
         ref_opt.step(&mut r, &fed);
         assert_matches_reference(&mlp, &r, &format!("{what} step {step}"));
