@@ -1,7 +1,9 @@
 //! The fast f32 path replays the PyTorch golden state written by
 //! `tools/torch_golden.py` (float64 PyTorch): logits, loss, every gradient,
 //! and the weights after 3 SGD-momentum, 3 Nesterov + weight-decay and 3
-//! AdamW steps, each within 1e-5 (largest difference over a tensor,
+//! AdamW steps; with BatchNorm and LayerNorm also γ, β, the running
+//! statistics and the evaluation logits (unfolded and folded); each within
+//! 1e-5 (largest difference over a tensor,
 //! relative to the tensor's largest value). Every product takes the packed
 //! kernels, which read and update the weights in their panels (checked
 //! here): the small cases are all edge tiles, the "_packed" cases also have
@@ -9,7 +11,7 @@
 
 use fastnn::buf::AlignedBuf;
 use fastnn::gemm::{Parallelism, Plan};
-use fastnn::model::{Act, Loss, Mlp, MlpConfig};
+use fastnn::model::{Act, LayerSlots, Loss, Mlp, MlpConfig, Norm};
 use fastnn::net::{step_products, Workspace};
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer};
 use safetensors::{Dtype, SafeTensors};
@@ -82,18 +84,24 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
         loss: spec["loss"].as_str().unwrap().parse::<Loss>().unwrap(),
         dropout: spec["dropout"].as_f64().unwrap() as f32,
         label_smoothing: 0.0,
-        norm: Default::default(),
+        norm: norm_of(spec),
     };
     let batch = spec["batch"].as_u64().unwrap() as usize;
     let mut mlp = Mlp::zeros(cfg);
     for l in 0..mlp.cfg.layers() {
         let slot = mlp.layout.layers[l].clone();
-        let f32s = |kind: &str| -> Vec<f32> {
-            let v = g.f64s(&format!("{case}.init.{}.{kind}", 2 * l));
+        let f32s = |name: &str| -> Vec<f32> {
+            let v = g.f64s(&format!("{case}.init.{name}"));
             v.iter().map(|&x| x as f32).collect()
         };
-        mlp.set_weight(l, &f32s("weight"));
-        mlp.params[slot.b].copy_from_slice(&f32s("bias"));
+        let idx = module(&mlp, l);
+        mlp.set_weight(l, &f32s(&format!("{idx}.weight")));
+        if !slot.b.is_empty() {
+            mlp.params[slot.b.clone()].copy_from_slice(&f32s(&format!("{idx}.bias")));
+        }
+        for (range, name) in norm_tensors(&slot) {
+            mlp.params[range].copy_from_slice(&f32s(&format!("{}.{name}", idx + 1)));
+        }
     }
     let mut ws = Workspace::new(&mlp, batch, Parallelism::Single);
     for p in step_products(ws.gemm(), &dims, batch) {
@@ -121,10 +129,58 @@ fn forward(mlp: &mut Mlp, ws: &mut Workspace, batch: usize) {
     }
 }
 
-/// The cases with BatchNorm or LayerNorm (a "norm" key) are replayed by the
-/// reference (`tests/reference.rs`); this file replays the plain ones.
-fn has_norm(spec: &Value) -> bool {
-    spec.get("norm").is_some()
+/// The case's normalisation (a "norm" key; none without one).
+fn norm_of(spec: &Value) -> Norm {
+    spec.get("norm")
+        .map_or(Norm::None, |n| n.as_str().unwrap().parse().unwrap())
+}
+
+/// The golden `nn.Sequential` module of linear layer `l`: `Linear, [Norm,]
+/// act` per hidden layer (the masks stand in for dropout modules).
+fn module(mlp: &Mlp, l: usize) -> usize {
+    l * if mlp.cfg.norm == Norm::None { 2 } else { 3 }
+}
+
+/// Layer `l`'s normalisation state, with its PyTorch names (empty without
+/// one; LayerNorm has no running statistics).
+fn norm_tensors(slot: &LayerSlots) -> Vec<(std::ops::Range<usize>, &'static str)> {
+    let Some(n) = &slot.norm else {
+        return Vec::new();
+    };
+    [
+        (n.gamma.clone(), "weight"),
+        (n.beta.clone(), "bias"),
+        (n.running_mean.clone(), "running_mean"),
+        (n.running_var.clone(), "running_var"),
+    ]
+    .into_iter()
+    .filter(|(r, _)| !r.is_empty())
+    .collect()
+}
+
+/// The logits in evaluation mode, unfolded and with BatchNorm folded into
+/// the Linear before it, each against `golden` (BatchNorm on the running
+/// statistics); the worst of the two.
+fn check_eval(what: &str, mlp: &Mlp, ws: &mut Workspace, batch: usize, golden: &[f64]) -> f64 {
+    let classes = mlp.cfg.classes();
+    mlp.forward(ws, batch);
+    let unfolded = check(
+        &format!("{what} eval"),
+        &ws.logits()[..batch * classes],
+        golden,
+    );
+    let folded = match mlp.fold_batch_norm() {
+        Some(f) => {
+            f.forward(ws, batch);
+            check(
+                &format!("{what} eval folded"),
+                &ws.logits()[..batch * classes],
+                golden,
+            )
+        }
+        None => 0.0,
+    };
+    unfolded.max(folded)
 }
 
 #[test]
@@ -134,10 +190,8 @@ fn forward_and_backward_match_pytorch() {
     };
     let cases = g.cases();
     let mut worst: f64 = 0.0;
+    let mut checked_norms = 0;
     for (case, spec) in cases.as_object().unwrap() {
-        if has_norm(spec) {
-            continue;
-        }
         let (mut mlp, mut ws) = setup(&g, case, spec);
         let batch = spec["batch"].as_u64().unwrap() as usize;
         let l2 = spec["l2"].as_f64().unwrap();
@@ -165,12 +219,31 @@ fn forward_and_backward_match_pytorch() {
             dw.iter_mut()
                 .zip(&mlp.weight(l))
                 .for_each(|(g, &w)| *g += 2.0 * l2 as f32 * w);
-            for (fast, kind) in [(&dw[..], "weight"), (&grads[slot.b.clone()], "bias")] {
-                let name = format!("{case}.grad.{}.{kind}", 2 * l);
-                worst = worst.max(check(&name, fast, &g.f64s(&name)));
+            let idx = module(&mlp, l);
+            let mut tensors = vec![(dw, format!("{idx}.weight"))];
+            if !slot.b.is_empty() {
+                tensors.push((grads[slot.b.clone()].to_vec(), format!("{idx}.bias")));
+            }
+            for (range, name) in norm_tensors(slot).into_iter().take(2) {
+                tensors.push((grads[range].to_vec(), format!("{}.{name}", idx + 1)));
+            }
+            for (fast, name) in tensors {
+                let name = format!("{case}.grad.{name}");
+                worst = worst.max(check(&name, &fast, &g.f64s(&name)));
+            }
+            // The running statistics the training pass updated.
+            for (range, name) in norm_tensors(slot).into_iter().skip(2) {
+                let name = format!("{case}.running.{}.{name}", idx + 1);
+                worst = worst.max(check(&name, &mlp.params[range], &g.f64s(&name)));
             }
         }
+        if mlp.cfg.norm != Norm::None {
+            let golden = g.f64s(&format!("{case}.eval_logits"));
+            worst = worst.max(check_eval(case, &mlp, &mut ws, batch, &golden));
+            checked_norms += 1;
+        }
     }
+    assert_eq!(checked_norms, 6, "the BatchNorm and LayerNorm cases");
     assert!(
         worst <= TOL,
         "worst relative difference {worst:e} > {TOL:e}"
@@ -186,9 +259,6 @@ fn optimiser_steps_match_pytorch() {
     let mut checked = 0;
     let mut worst: f64 = 0.0;
     for (case, spec) in cases.as_object().unwrap() {
-        if has_norm(spec) {
-            continue;
-        }
         for (name, o) in spec["optimizers"].as_object().unwrap() {
             let (mut mlp, mut ws) = setup(&g, case, spec);
             let batch = spec["batch"].as_u64().unwrap() as usize;
@@ -217,7 +287,8 @@ fn optimiser_steps_match_pytorch() {
             for (step, &golden_loss) in losses.iter().enumerate().take(steps) {
                 forward(&mut mlp, &mut ws, batch);
                 let out = mlp.loss_and_dlogits(&mut ws, batch);
-                let loss = out.loss_sum / batch as f64;
+                // The golden loss includes the L2 term (see above).
+                let loss = out.loss_sum / batch as f64 + cfg.l2 as f64 * mlp.weight_norm_sq();
                 worst = worst.max(check(
                     &format!("{case}.{name}.loss[{step}]"),
                     &[loss as f32],
@@ -227,18 +298,31 @@ fn optimiser_steps_match_pytorch() {
                 // its gradient product.
                 mlp.backward_update(&mut ws, &mut grads, &mut opt, f("lr"), batch);
             }
-            for l in 0..mlp.cfg.layers() {
-                for (fast, kind) in [(mlp.weight(l), "weight"), (mlp.bias(l).to_vec(), "bias")] {
-                    let tensor = format!("{case}.{name}.{}.{kind}", 2 * l);
+            for (l, slot) in mlp.layout.layers.iter().enumerate() {
+                let idx = module(&mlp, l);
+                let mut tensors = vec![(mlp.weight(l), format!("{idx}.weight"))];
+                if !slot.b.is_empty() {
+                    tensors.push((mlp.bias(l).to_vec(), format!("{idx}.bias")));
+                }
+                for (range, kind) in norm_tensors(slot) {
+                    tensors.push((mlp.params[range].to_vec(), format!("{}.{kind}", idx + 1)));
+                }
+                for (fast, tensor) in tensors {
+                    let tensor = format!("{case}.{name}.{tensor}");
                     worst = worst.max(check(&tensor, &fast, &g.f64s(&tensor)));
                 }
+            }
+            if mlp.cfg.norm != Norm::None {
+                let golden = g.f64s(&format!("{case}.{name}.eval_logits"));
+                let what = format!("{case}.{name}");
+                worst = worst.max(check_eval(&what, &mlp, &mut ws, batch, &golden));
             }
             checked += 1;
         }
     }
     assert_eq!(
-        checked, 6,
-        "sgd, sgd_nesterov_wd and adamw runs of relu_xent and relu_xent_packed expected"
+        checked, 12,
+        "sgd, sgd_nesterov_wd and adamw runs of relu_xent, relu_xent_packed and the two packed normalised cases expected"
     );
     assert!(
         worst <= TOL,

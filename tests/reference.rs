@@ -572,7 +572,7 @@ fn golden_forward_and_backward_match_pytorch() {
             "tanh_hinge_l2_dropout_packed",
             "tanh_mse",
             "tanh_mse_layernorm_dropout",
-            "tanh_xent_l2_layernorm_dropout_packed",
+            "tanh_xent_layernorm_dropout_packed",
         ]
     );
     let mut worst: f64 = 0.0;
@@ -726,7 +726,7 @@ fn golden_optimizer_steps_match_pytorch() {
         runs.len(),
         12,
         "three runs of relu_xent, relu_xent_packed, relu_xent_batchnorm_packed and \
-         tanh_xent_l2_layernorm_dropout_packed: {runs:?}"
+         tanh_xent_layernorm_dropout_packed: {runs:?}"
     );
     println!("golden optimiser steps: max relative difference {worst:.3e}");
     assert!(

