@@ -4,7 +4,7 @@
 
 use fastnn::buf::AlignedBuf;
 use fastnn::gemm::{GemmCtx, Parallelism, Plan};
-use fastnn::model::{Act, Loss, Mlp, MlpConfig};
+use fastnn::model::{Act, Loss, Mlp, MlpConfig, Norm, NormSlots};
 use fastnn::net::{step_products, Product, Workspace};
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer};
 use fastnn::reference::{RefGrads, RefMlp, RefOptim, RefOptimizer};
@@ -30,6 +30,7 @@ fn rel_err(fast: &[f32], reference: &[f64]) -> f64 {
 
 fn to_ref(mlp: &Mlp) -> RefMlp {
     let layers = mlp.cfg.layers();
+    let [gammas, betas, running_mean, running_var] = norm_vectors(mlp, &mlp.params);
     RefMlp {
         weights: (0..layers)
             .map(|l| mlp.weight(l).iter().map(|&w| w as f64).collect())
@@ -37,17 +38,55 @@ fn to_ref(mlp: &Mlp) -> RefMlp {
         biases: (0..layers)
             .map(|l| mlp.bias(l).iter().map(|&w| w as f64).collect())
             .collect(),
-        ..RefMlp::zeros(&mlp.cfg.dims, mlp.cfg.act)
+        gammas,
+        betas,
+        running_mean,
+        running_var,
+        batches_tracked: mlp.batches_tracked,
+        ..RefMlp::zeros_with_norm(&mlp.cfg.dims, mlp.cfg.act, mlp.cfg.norm)
     }
+}
+
+/// γ, β, and BatchNorm's running mean and variance of every hidden layer
+/// in `slab` (parameters or gradients), as the reference holds them (no
+/// entries without a normalisation; no running statistics for LayerNorm).
+fn norm_vectors(mlp: &Mlp, slab: &[f32]) -> [Vec<Vec<f64>>; 4] {
+    let get = |f: &dyn Fn(&NormSlots) -> std::ops::Range<usize>| -> Vec<Vec<f64>> {
+        (mlp.layout.layers.iter())
+            .filter_map(|s| s.norm.as_ref())
+            .map(f)
+            .filter(|r| !r.is_empty())
+            .map(|r| slab[r].iter().map(|&v| v as f64).collect())
+            .collect()
+    };
+    [
+        get(&|n| n.gamma.clone()),
+        get(&|n| n.beta.clone()),
+        get(&|n| n.running_mean.clone()),
+        get(&|n| n.running_var.clone()),
+    ]
 }
 
 /// A random network (with non-zero biases, so the bias paths are tested)
 /// and a random batch already in its workspace.
 fn problem(
+    dims_batch: (&[usize], usize),
+    act: Act,
+    loss: Loss,
+    dropout: f32,
+    seed: u64,
+) -> (Mlp, Workspace, Vec<f64>, Vec<usize>) {
+    problem_with_norm(dims_batch, act, loss, dropout, Norm::None, seed)
+}
+
+/// As [`problem`], with a normalisation whose γ, β and running statistics
+/// are drawn away from their initial values (so that each one matters).
+fn problem_with_norm(
     (dims, batch): (&[usize], usize),
     act: Act,
     loss: Loss,
     dropout: f32,
+    norm: Norm,
     seed: u64,
 ) -> (Mlp, Workspace, Vec<f64>, Vec<usize>) {
     let classes = *dims.last().unwrap();
@@ -57,13 +96,25 @@ fn problem(
         loss,
         dropout,
         label_smoothing: 0.0,
-        norm: Default::default(),
+        norm,
     };
     let mut mlp = Mlp::init(cfg, seed);
     let mut rng = Rng::new(seed ^ 0xABCD);
     for slot in mlp.layout.layers.clone() {
         for b in &mut mlp.params[slot.b] {
             *b = (rng.normal() * 0.1) as f32;
+        }
+        if let Some(n) = slot.norm {
+            for (range, centre) in [
+                (n.gamma, 1.0),
+                (n.beta, 0.0),
+                (n.running_mean, 0.0),
+                (n.running_var, 1.0),
+            ] {
+                for v in &mut mlp.params[range] {
+                    *v = centre + rng.next_f32() - 0.5;
+                }
+            }
         }
     }
     let mut ws = Workspace::new(&mlp, batch, Parallelism::Single);
@@ -588,4 +639,153 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
             }
         }
     }
+}
+
+/// With BatchNorm and with LayerNorm after each hidden layer, three
+/// training steps (the update fused into the weight-gradient products, the
+/// normalisations' γ and β updated like biases, BatchNorm's running
+/// statistics moved once a step) against the reference, for every
+/// activation, loss and optimiser, at the packed size.
+#[test]
+fn normalised_training_steps_match_the_reference_for_every_activation_loss_and_optimiser() {
+    let mut case = 0;
+    for norm in [Norm::Batch, Norm::Layer] {
+        for act in [Act::Relu, Act::LeakyRelu, Act::Tanh, Act::Sigmoid] {
+            for loss in [Loss::Xent, Loss::Mse, Loss::Hinge] {
+                for (mut optim, ref_kind, lr, mut l2) in every_optimiser() {
+                    // Adam without the coupled L2 term: where a weight's
+                    // data gradient and 2λw cancel to below Adam's ε (seen:
+                    // −2.5777e-3 + 2.5777e-3 = −5.2e-9), its update
+                    // lr·g/(|g| + ε) turns the f32 rounding of that sum
+                    // into 4.7e-5 of the weight. AdamW's decoupled decay
+                    // stays, and SGD keeps its L2 case.
+                    if matches!(optim.kind, OptimKind::Adam { .. }) {
+                        (optim.l2, l2) = (0.0, 0.0);
+                    }
+                    case += 1;
+                    let dropout = if case % 2 == 0 { 0.25 } else { 0.0 };
+                    let what = format!("{norm} {act} {loss} dropout {dropout} {optim:?}");
+                    // Normalised pre-activations crowd around 0 (unit
+                    // variance by construction): more draws land near a
+                    // kink than without a normalisation.
+                    let ran = (0..64).any(|draw| {
+                        let seed = 5000 + 1000 * case + draw;
+                        let problem = (norm, act, loss, dropout, seed);
+                        normalised_case(&what, problem, (optim, ref_kind, lr, l2))
+                    });
+                    assert!(ran, "{what}: every problem drawn lies on a kink");
+                }
+            }
+        }
+    }
+}
+
+/// Three steps of one normalised case against the reference; false when a
+/// step's inputs lie within [`KINK`] of a kink (of the activation, on the
+/// normalised pre-activations, or of the hinge).
+fn normalised_case(
+    what: &str,
+    (norm, act, loss, dropout, seed): (Norm, Act, Loss, f32, u64),
+    (optim, ref_kind, lr, l2): (OptimConfig, RefOptim, f64, f64),
+) -> bool {
+    let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
+    let (mut mlp, mut ws, x, labels) =
+        problem_with_norm((dims, batch), act, loss, dropout, norm, seed);
+    let mut r = to_ref(&mlp);
+    let mut opt = Optimizer::new(optim, &mlp.layout);
+    let mut ref_opt = RefOptimizer::new(ref_kind, &r);
+    let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+    let mut unfused = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+    // The gradients are computed on a copy of the network, in a second
+    // workspace holding the same batch, so that the step itself moves the
+    // running statistics once, as the reference does.
+    let mut probe_ws = Workspace::new(&mlp, batch, Parallelism::Single);
+    probe_ws.x.copy_from_slice(&ws.x);
+    probe_ws.labels.copy_from_slice(&ws.labels);
+    for step in 0..3 {
+        let dropout_rng = || (dropout > 0.0).then(|| Rng::new(100 + step));
+        let mut probe = mlp.clone();
+        probe.forward_train(&mut probe_ws, batch, dropout_rng().as_mut());
+        probe.loss_and_dlogits(&mut probe_ws, batch);
+        probe.backward(&mut probe_ws, &mut grads, batch);
+        let out = fastnn::train::train_step(
+            &mut mlp,
+            &mut ws,
+            &mut unfused,
+            &mut opt,
+            batch,
+            lr as f32,
+            dropout_rng().as_mut(),
+            None,
+        );
+        let m = masks(&ws, dims, batch);
+        if r.kink_distance(&x, &labels, loss, m.as_deref()) < KINK {
+            return false;
+        }
+        let (ref_loss, ref_logits, g) = r.loss_and_grads(&x, &labels, loss, 0.0, m.as_deref());
+        let mean = out.loss_sum / batch as f64;
+        assert!(
+            (mean - ref_loss).abs() <= 1e-5 * ref_loss.abs().max(1e-30),
+            "{what} step {step}: loss {mean} vs {ref_loss}"
+        );
+        let classes = dims[dims.len() - 1];
+        let el = rel_err(&ws.logits()[..batch * classes], &ref_logits);
+        assert!(el < 1e-5, "{what} step {step}: logits error {el:e}");
+        let [dgammas, dbetas, ..] = norm_vectors(&mlp, &grads);
+        let fast_grads = RefGrads {
+            weights: (0..mlp.cfg.layers())
+                .map(|l| {
+                    mlp.layout
+                        .weight_rows(&grads, l)
+                        .iter()
+                        .map(|&g| g as f64)
+                        .collect()
+                })
+                .collect(),
+            biases: (mlp.layout.layers.iter())
+                .map(|slot| grads[slot.b.clone()].iter().map(|&g| g as f64).collect())
+                .collect(),
+            gammas: dgammas,
+            betas: dbetas,
+        };
+        for (t, (fast, want)) in fast_grads.tensors().iter().zip(g.tensors()).enumerate() {
+            let f32s: Vec<f32> = fast.iter().map(|&v| v as f32).collect();
+            let e = rel_err(&f32s, want);
+            assert!(
+                e < 1e-4,
+                "{what} step {step}: gradient {} error {e:e}",
+                r.param_names()[t]
+            );
+        }
+        // The reference optimiser takes the step's own gradients (plus the
+        // L2 term), as in `packed_case`, and the batch's statistics.
+        r.update_running_stats(&x, batch, m.as_deref());
+        let mut fed = fast_grads;
+        for (gw, w) in fed.weights.iter_mut().zip(&r.weights) {
+            gw.iter_mut().zip(w).for_each(|(g, &w)| *g += 2.0 * l2 * w);
+        }
+        ref_opt.step(&mut r, &fed);
+        let ours = to_ref(&mlp);
+        for (t, (fast, want)) in ours.tensors().iter().zip(r.tensors()).enumerate() {
+            let f32s: Vec<f32> = fast.iter().map(|&v| v as f32).collect();
+            let e = rel_err(&f32s, want);
+            assert!(
+                e < 1e-5,
+                "{what} step {step}: {} error {e:e}",
+                r.param_names()[t]
+            );
+        }
+        for (fast, want) in (ours.running_mean.iter().chain(&ours.running_var))
+            .zip(r.running_mean.iter().chain(&r.running_var))
+        {
+            let f32s: Vec<f32> = fast.iter().map(|&v| v as f32).collect();
+            let e = rel_err(&f32s, want);
+            assert!(
+                e < 1e-5,
+                "{what} step {step}: running statistics error {e:e}"
+            );
+        }
+        assert_eq!(ours.batches_tracked, r.batches_tracked, "{what}");
+    }
+    true
 }
