@@ -513,6 +513,59 @@ fn early_stop_is_planned_and_refused_where_it_cannot_work() {
     }
 }
 
+#[test]
+fn norm_is_planned_trained_checked_and_refused_where_it_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(dir.path(), 300, 50, 16, 2, 6);
+    let base = [
+        "train",
+        "--data",
+        s(&data),
+        "--hidden",
+        "8,6",
+        "--threads",
+        "1",
+    ];
+    let run = |extra: &[&str]| with_args(&base, extra);
+    let plan = ok(&run(&["--norm", "batch", "--dry-run"]));
+    assert!(plan.contains("norm = \"batch\""), "{plan}");
+    // The layer table: 8·16 weights and γ, β (no bias) in layer 0.
+    assert!(
+        plan.contains("batch  relu") && plan.contains(" 144 "),
+        "{plan}"
+    );
+    let out = dir.path().join("run");
+    ok(&run(&[
+        "--norm",
+        "layer",
+        "--epochs",
+        "2",
+        "--out",
+        s(&out),
+    ]));
+    let model = out.join("model.safetensors");
+    let eval = ok(&fastnn(&["eval", "--model", s(&model), "--data", s(&data)]));
+    assert!(eval.contains("accuracy"), "{eval}");
+    for norm in ["batch", "layer"] {
+        let check = ok(&fastnn(&["gradcheck", "--norm", norm, "--dropout", "0.2"]));
+        assert!(
+            check.contains("1.weight") && check.contains("ok: max relative error"),
+            "{check}"
+        );
+    }
+    for (extra, message) in [
+        (
+            &["--norm", "batch", "--batch", "1"][..],
+            "at least 2 samples",
+        ),
+        (&["--norm", "group"][..], "unknown normalisation"),
+    ] {
+        assert_refused(&run(extra), message, &format!("{extra:?}"));
+    }
+    let lone = fastnn(&["gradcheck", "--norm", "batch", "--batch", "1"]);
+    assert_refused(&lone, "at least 2 samples", "gradcheck on one sample");
+}
+
 /// `fastnn` with the `base` arguments, then `extra`.
 fn with_args(base: &[&str], extra: &[&str]) -> std::process::Output {
     let all: Vec<&str> = base.iter().chain(extra).copied().collect();

@@ -5,9 +5,9 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use fastnn::model::{Act, Loss};
+use fastnn::model::{Act, Loss, Norm};
 use fastnn::reference::{
-    gradcheck, random_problem, Criterion, GradcheckInput, GRADCHECK_EPS, GRADCHECK_FLOOR,
+    gradcheck, random_problem_with_norm, Criterion, GradcheckInput, GRADCHECK_EPS, GRADCHECK_FLOOR,
     GRADCHECK_TOL, KINK_MARGIN,
 };
 
@@ -18,7 +18,8 @@ use fastnn::reference::{
 /// analytic gradient of the loss and, for every parameter, (L(w+ε) −
 /// L(w−ε)) / 2ε. Prints the maximum relative error |a − n| / max(|a|, |n|,
 /// 1e-4) per parameter tensor (PyTorch nn.Sequential names: 0.weight,
-/// 0.bias, 2.weight, …) and fails if any exceeds 1e-6.
+/// 0.bias, 2.weight, …; with --norm the normalisations' weight and bias)
+/// and fails if any exceeds 1e-6.
 ///
 /// Example: fastnn gradcheck --hidden 32,16 --activation tanh --loss hinge --l2 0.01 --dropout 0.5
 #[derive(Args, Debug)]
@@ -47,6 +48,9 @@ pub struct GradcheckArgs {
     /// Dropout probability of the hidden layers (a fixed random mask).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
+    /// Normalisation after each hidden Linear: none, batch or layer.
+    #[arg(long, default_value = "none")]
+    pub norm: Norm,
     /// Label smoothing ε of the cross-entropy (xent only).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
@@ -84,12 +88,16 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     dims.extend(&args.hidden);
     dims.push(args.classes);
 
-    let p = random_problem(
+    if args.norm == Norm::Batch && args.batch < 2 {
+        bail!("BatchNorm needs at least 2 samples (--batch)");
+    }
+    let p = random_problem_with_norm(
         &dims,
         args.activation,
         args.loss,
         args.batch,
         args.dropout,
+        args.norm,
         args.seed,
         KINK_MARGIN,
     )
@@ -115,10 +123,11 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "gradcheck: dims {}, {} + {}, label smoothing {}, batch {}, l2 {}, dropout {}, seed {}, eps {:e}",
+        "gradcheck: dims {}, {} + {}, norm {}, label smoothing {}, batch {}, l2 {}, dropout {}, seed {}, eps {:e}",
         dims_str.join("-"),
         args.activation,
         args.loss,
+        args.norm,
         args.label_smoothing,
         args.batch,
         args.l2,
