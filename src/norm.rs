@@ -414,7 +414,7 @@ mod tests {
         );
         let (mut dg, mut db, mut d) = (vec![0.0; o], vec![0.0; o], dy.to_vec());
         affine_backward(&mut dg, &mut db, &d, &zl, batch, o, team.as_deref_mut());
-        layer_norm_backward(&mut d, &zl, &inv, &gamma, batch, o, team.as_deref_mut());
+        layer_norm_backward(&mut d, &zl, &inv, &gamma, batch, o, team);
         out.extend([zl, h, inv, dg, db, d]);
         out
     }
