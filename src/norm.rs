@@ -72,26 +72,116 @@ unsafe fn row<'a>(
     m.piece(i * o + cols.start..i * o + cols.end)
 }
 
-/// Sum of `x` in a fixed order: 16 interleaved partial sums, then those
-/// in order (vectorisable, and the same bits on every run).
-fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
+/// Partial sums kept side by side by the row reductions: wide enough for
+/// any vector unit, and a fixed order of additions whatever its width.
+const LANES: usize = 16;
+
+/// `Σ f(x_j)` over a row in a fixed order: [`LANES`] interleaved partial
+/// sums, then those in order (vectorisable, and the same bits on every CPU).
+#[inline(always)]
+fn row_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for chunk in x.chunks(LANES) {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
         }
-    }
-    for (a, &v) in acc.iter_mut().zip(tail) {
-        *a += v;
     }
     acc.iter().sum()
 }
 
 /// `1/√(var + eps)` as both layers compute it.
+#[inline(always)]
 fn inv_std(var: f32) -> f32 {
     1.0 / (var + NORM_EPS as f32).sqrt()
+}
+
+/// Runs `body` compiled for AVX2 where the CPU has it (the default x86-64
+/// target has only SSE2): the same operations in the same order, so the
+/// same bits.
+#[inline(always)]
+fn simd<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx2 && !portable_forced() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        return unsafe { with_avx2(body) };
+    }
+    body()
+}
+
+/// Whether a test asked this thread for the portable build (never outside
+/// the tests).
+#[cfg(not(test))]
+#[inline(always)]
+fn portable_forced() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn portable_forced() -> bool {
+    tests::PORTABLE.with(std::cell::Cell::get)
+}
+
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
+
+/// Calls `$body` with `$f` bound to the activation as a closure whose
+/// choice is made here, once, so that the loops inside inline it.
+macro_rules! with_activation {
+    ($act:expr, |$f:ident| $body:expr) => {
+        match $act {
+            Activation::Identity => {
+                let $f = |y: f32| y;
+                $body
+            }
+            Activation::Relu => {
+                let $f = |y: f32| Activation::Relu.apply(y);
+                $body
+            }
+            Activation::LeakyRelu(slope) => {
+                let $f = move |y: f32| Activation::LeakyRelu(slope).apply(y);
+                $body
+            }
+            Activation::Tanh => {
+                let $f = |y: f32| Activation::Tanh.apply(y);
+                $body
+            }
+            Activation::Sigmoid => {
+                let $f = |y: f32| Activation::Sigmoid.apply(y);
+                $body
+            }
+        }
+    };
+}
+
+/// `x̂ = (z − μ)·inv_std` into `z`, `h = act(γ·x̂ + β)`: one row, with the
+/// statistics per unit (BatchNorm) or broadcast (LayerNorm, where `mean`
+/// and `inv` repeat one value).
+#[inline(always)]
+fn normalise_row(
+    z: &mut [f32],
+    h: &mut [f32],
+    mean: impl Fn(usize) -> f32,
+    inv: impl Fn(usize) -> f32,
+    gamma: &[f32],
+    beta: &[f32],
+    act: impl Fn(f32) -> f32,
+) {
+    for (j, (((z, h), &g), &b)) in z
+        .iter_mut()
+        .zip(h.iter_mut())
+        .zip(gamma)
+        .zip(beta)
+        .enumerate()
+    {
+        let xhat = (*z - mean(j)) * inv(j);
+        *z = xhat;
+        *h = act(g * xhat + b);
+    }
 }
 
 /// The statistics a training pass of BatchNorm measured, per unit.
@@ -138,34 +228,34 @@ pub fn batch_norm_train(
                 invs.piece(cols.clone()),
             )
         };
-        mean.fill(0.0);
-        for i in 0..batch {
-            let z = unsafe { row(&zs, i, o, &cols) };
-            mean.iter_mut().zip(z.iter()).for_each(|(m, &v)| *m += v);
-        }
-        mean.iter_mut().for_each(|m| *m *= inv_b);
-        // The variance from the centred values: two passes over columns
-        // that stay in cache, and no cancellation.
-        var.fill(0.0);
-        for i in 0..batch {
-            let z = unsafe { row(&zs, i, o, &cols) };
-            for ((s, &v), &m) in var.iter_mut().zip(z.iter()).zip(mean.iter()) {
-                *s += (v - m) * (v - m);
-            }
-        }
-        for (v, s) in var.iter_mut().zip(inv.iter_mut()) {
-            *v *= inv_b;
-            *s = inv_std(*v);
-        }
         let (g, b) = (&gamma[cols.clone()], &beta[cols.clone()]);
-        for i in 0..batch {
-            let (z, h) = unsafe { (row(&zs, i, o, &cols), row(&hs, i, o, &cols)) };
-            for j in 0..z.len() {
-                let xhat = (z[j] - mean[j]) * inv[j];
-                z[j] = xhat;
-                h[j] = act.apply(g[j] * xhat + b[j]);
+        simd(|| {
+            mean.fill(0.0);
+            for i in 0..batch {
+                let z = unsafe { row(&zs, i, o, &cols) };
+                mean.iter_mut().zip(z.iter()).for_each(|(m, &v)| *m += v);
             }
-        }
+            mean.iter_mut().for_each(|m| *m *= inv_b);
+            // The variance from the centred values: a second pass over
+            // columns that stay in cache, and no cancellation.
+            var.fill(0.0);
+            for i in 0..batch {
+                let z = unsafe { row(&zs, i, o, &cols) };
+                for ((s, &v), &m) in var.iter_mut().zip(z.iter()).zip(mean.iter()) {
+                    *s += (v - m) * (v - m);
+                }
+            }
+            for (v, s) in var.iter_mut().zip(inv.iter_mut()) {
+                *v *= inv_b;
+                *s = inv_std(*v);
+            }
+            with_activation!(act, |f| {
+                for i in 0..batch {
+                    let (z, h) = unsafe { (row(&zs, i, o, &cols), row(&hs, i, o, &cols)) };
+                    normalise_row(z, h, |j| mean[j], |j| inv[j], g, b, f);
+                }
+            })
+        })
     });
 }
 
@@ -188,10 +278,11 @@ pub fn batch_norm_eval(
     for (s, &v) in inv_std_out.iter_mut().zip(running_var) {
         *s = inv_std(v);
     }
+    let inv = &inv_std_out[..o];
     for (h, z) in h[..batch * o].chunks_exact_mut(o).zip(z.chunks_exact(o)) {
-        for j in 0..o {
-            let xhat = (z[j] - running_mean[j]) * inv_std_out[j];
-            h[j] = act.apply(gamma[j] * xhat + beta[j]);
+        for (j, (h, &z)) in h.iter_mut().zip(z).enumerate() {
+            let xhat = (z - running_mean[j]) * inv[j];
+            *h = act.apply(gamma[j] * xhat + beta[j]);
         }
     }
 }
@@ -222,24 +313,18 @@ pub fn layer_norm(
     split(team, batch, 1, o, &|rows| {
         // SAFETY: this part alone touches the rows `rows`.
         let inv = unsafe { invs.piece(rows.clone()) };
-        for (i, s) in rows.zip(inv.iter_mut()) {
-            let (z, h) = unsafe { (row(&zs, i, o, &all), row(&hs, i, o, &all)) };
-            let mean = sum(z) * inv_o;
-            let mut centred = [0.0f32; 16];
-            let mut var = 0.0;
-            for c in z.chunks(16) {
-                for (d, &v) in centred.iter_mut().zip(c) {
-                    *d = (v - mean) * (v - mean);
+        simd(|| {
+            with_activation!(act, |f| {
+                for (i, s) in rows.clone().zip(inv.iter_mut()) {
+                    let (z, h) = unsafe { (row(&zs, i, o, &all), row(&hs, i, o, &all)) };
+                    let mean = row_sum(z, |v| v) * inv_o;
+                    let var = row_sum(z, |v| (v - mean) * (v - mean)) * inv_o;
+                    *s = inv_std(var);
+                    let s = *s;
+                    normalise_row(z, h, |_| mean, |_| s, gamma, beta, f);
                 }
-                var += sum(&centred[..c.len()]);
-            }
-            *s = inv_std(var * inv_o);
-            for j in 0..o {
-                let xhat = (z[j] - mean) * *s;
-                z[j] = xhat;
-                h[j] = act.apply(gamma[j] * xhat + beta[j]);
-            }
-        }
+            })
+        })
     });
 }
 
@@ -260,16 +345,18 @@ pub fn affine_backward(
     split(team, o, COLUMN_ALIGN, batch, &|cols| {
         // SAFETY: this part alone touches the columns `cols`.
         let (dg, db) = unsafe { (dg.piece(cols.clone()), db.piece(cols.clone())) };
-        dg.fill(0.0);
-        db.fill(0.0);
-        for i in 0..batch {
-            let dy = &dy[i * o + cols.start..i * o + cols.end];
-            let x = &xhat[i * o + cols.start..i * o + cols.end];
-            for j in 0..dy.len() {
-                dg[j] += dy[j] * x[j];
-                db[j] += dy[j];
+        simd(|| {
+            dg.fill(0.0);
+            db.fill(0.0);
+            for i in 0..batch {
+                let dy = &dy[i * o + cols.start..i * o + cols.end];
+                let x = &xhat[i * o + cols.start..i * o + cols.end];
+                for (((g, b), &d), &x) in dg.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
+                    *g += d * x;
+                    *b += d;
+                }
             }
-        }
+        })
     });
 }
 
@@ -292,15 +379,19 @@ pub fn batch_norm_backward(
     let ds = SharedMut::new(&mut dy[..batch * o]);
     let inv_b = 1.0 / batch as f32;
     split(team, o, COLUMN_ALIGN, batch, &|cols| {
-        for i in 0..batch {
-            // SAFETY: this part alone touches the columns `cols`.
-            let d = unsafe { row(&ds, i, o, &cols) };
-            let x = &xhat[i * o + cols.start..i * o + cols.end];
-            for (jj, j) in cols.clone().enumerate() {
-                let k = gamma[j] * inv_std[j];
-                d[jj] = k * (d[jj] - dbeta[j] * inv_b - x[jj] * dgamma[j] * inv_b);
+        let (inv, g) = (&inv_std[cols.clone()], &gamma[cols.clone()]);
+        let (dg, db) = (&dgamma[cols.clone()], &dbeta[cols.clone()]);
+        simd(|| {
+            for i in 0..batch {
+                // SAFETY: this part alone touches the columns `cols`.
+                let d = unsafe { row(&ds, i, o, &cols) };
+                let x = &xhat[i * o + cols.start..i * o + cols.end];
+                for (j, (d, &x)) in d.iter_mut().zip(x).enumerate() {
+                    let k = g[j] * inv[j];
+                    *d = k * (*d - db[j] * inv_b - x * dg[j] * inv_b);
+                }
             }
-        }
+        })
     });
 }
 
@@ -321,26 +412,34 @@ pub fn layer_norm_backward(
     let all = 0..o;
     let inv_o = 1.0 / o as f32;
     split(team, batch, 1, o, &|rows| {
-        for i in rows {
-            // SAFETY: this part alone touches the rows `rows`.
-            let d = unsafe { row(&ds, i, o, &all) };
-            let x = &xhat[i * o..(i + 1) * o];
-            let (mut g, mut gx) = ([0.0f32; 16], [0.0f32; 16]);
-            let (mut mean_g, mut mean_gx) = (0.0, 0.0);
-            for ((dc, xc), gc) in d.chunks(16).zip(x.chunks(16)).zip(gamma.chunks(16)) {
-                for j in 0..dc.len() {
-                    g[j] = gc[j] * dc[j];
-                    gx[j] = g[j] * xc[j];
+        simd(|| {
+            for i in rows.clone() {
+                // SAFETY: this part alone touches the rows `rows`.
+                let d = unsafe { row(&ds, i, o, &all) };
+                let x = &xhat[i * o..(i + 1) * o];
+                // Σ γ·dy and Σ γ·dy·x̂ in one pass, each in LANES partial
+                // sums as `row_sum` keeps them.
+                let (mut sum_g, mut sum_gx) = ([0.0f32; LANES], [0.0f32; LANES]);
+                let chunks = d
+                    .chunks(LANES)
+                    .zip(x.chunks(LANES))
+                    .zip(gamma.chunks(LANES));
+                for ((dc, xc), gc) in chunks {
+                    let lanes = sum_g.iter_mut().zip(sum_gx.iter_mut());
+                    for (((a, ax), &d), (&x, &g)) in lanes.zip(dc).zip(xc.iter().zip(gc)) {
+                        let gd = g * d;
+                        *a += gd;
+                        *ax += gd * x;
+                    }
                 }
-                mean_g += sum(&g[..dc.len()]);
-                mean_gx += sum(&gx[..dc.len()]);
+                let mean_g = sum_g.iter().sum::<f32>() * inv_o;
+                let mean_gx = sum_gx.iter().sum::<f32>() * inv_o;
+                let s = inv_std[i];
+                for ((d, &x), &g) in d.iter_mut().zip(x).zip(gamma) {
+                    *d = s * (g * *d - mean_g - x * mean_gx);
+                }
             }
-            let (mean_g, mean_gx) = (mean_g * inv_o, mean_gx * inv_o);
-            let s = inv_std[i];
-            for j in 0..o {
-                d[j] = s * (gamma[j] * d[j] - mean_g - x[j] * mean_gx);
-            }
-        }
+        })
     });
 }
 
@@ -348,6 +447,35 @@ pub fn layer_norm_backward(
 mod tests {
     use super::*;
     use crate::rng::Rng;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Set by a test to run this thread's kernels in the portable
+        /// (SSE2) build.
+        pub static PORTABLE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The AVX2 build gives the portable build's bits (odd widths: the
+    /// vector loops' tails too).
+    #[test]
+    fn the_avx2_build_gives_the_portable_bits() {
+        if !crate::cpu::features().avx2 {
+            println!("SKIPPED: the AVX2 build of the normalisations: this CPU has no AVX2");
+            return;
+        }
+        for (batch, o) in [(2, 1), (7, 33), (37, 61), (128, 520)] {
+            let mut rng = Rng::new(7);
+            let (z, dy) = (random(batch * o, &mut rng), random(batch * o, &mut rng));
+            let avx2 = run_all(&z, &dy, batch, o, None);
+            PORTABLE.with(|p| p.set(true));
+            let portable = run_all(&z, &dy, batch, o, None);
+            PORTABLE.with(|p| p.set(false));
+            for (k, (a, b)) in avx2.iter().zip(&portable).enumerate() {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{batch}×{o}: output {k} differs between the builds");
+            }
+        }
+    }
 
     fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
         (0..n).map(|_| rng.normal() as f32 * 2.0 + 0.5).collect()
