@@ -77,6 +77,13 @@ impl<T: Zeroable> AlignedBuf<T> {
     }
 }
 
+impl<T: Zeroable> Default for AlignedBuf<T> {
+    /// An empty buffer (allocates nothing).
+    fn default() -> Self {
+        Self::zeroed(0)
+    }
+}
+
 impl<T: Zeroable> Deref for AlignedBuf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {

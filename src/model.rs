@@ -190,11 +190,19 @@ impl MlpConfig {
 
     /// Bytes a training run holds for this network at batch size `batch`:
     /// parameters, gradients and two optimiser moments (4 slabs), plus each
-    /// layer's output, gradient and dropout mask for a batch, and the batch.
+    /// layer's output, gradient and dropout mask for a batch, and the batch;
+    /// with a normalisation, each hidden layer's `x̂` for a batch too.
     pub fn training_bytes(&self, batch: usize) -> u128 {
         let params = self.parameter_count() as u128;
         let units: u128 = self.dims.iter().map(|&d| d as u128).sum();
-        4 * (4 * params + 3 * units * batch as u128)
+        let normalised: u128 = match self.norm {
+            Norm::None => 0,
+            _ => self.dims[1..self.dims.len() - 1]
+                .iter()
+                .map(|&d| d as u128)
+                .sum(),
+        };
+        4 * (4 * params + (3 * units + normalised) * batch as u128)
     }
 
     /// Floating-point operations of one training step per sample: the

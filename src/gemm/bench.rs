@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::bf16::{gemm_bf16, Bf16Kernel, Bf16Workspace};
 use super::{panel_len, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy};
 use crate::buf::AlignedBuf;
 use crate::cpu::{self, Isa, IsaError};
@@ -180,6 +181,20 @@ impl Operands {
         self.c = c;
     }
 
+    /// One bf16 product `C = A·B` of the dense operands.
+    pub fn run_bf16(&mut self, kernel: Bf16Kernel, ws: &mut Bf16Workspace) {
+        let Shape { m, n, .. } = self.shape;
+        let mut c = std::mem::replace(&mut self.c, AlignedBuf::zeroed(0));
+        gemm_bf16(
+            kernel,
+            self.a(),
+            self.b(true),
+            MatMut::row_major(&mut c, m, n),
+            ws,
+        );
+        self.c = c;
+    }
+
     /// One matrixmultiply product, single-threaded, or split over M across
     /// the threads of `pool` (matrixmultiply's own threading is off).
     pub fn run_matrixmultiply(&mut self, pool: Option<&rayon::ThreadPool>) {
@@ -342,6 +357,29 @@ mod peak {
         }
         std::hint::black_box(s);
         iters as f64 * 24.0 * 16.0 * 2.0
+    }
+
+    /// 24 independent zmm `vdpbf16ps` chains; returns the FLOPs done.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn avx512bf16(iters: u64) -> f64 {
+        // Both halves of every lane 2⁻¹⁰ in bf16 (0x3A80).
+        let pair = std::hint::black_box(0x3A80_3A80u32) as i32;
+        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, x);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for a in acc {
+            s = _mm512_add_ps(s, a);
+        }
+        std::hint::black_box(s);
+        iters as f64 * 24.0 * 16.0 * 4.0
     }
 
     /// 12 independent ymm FMA chains; returns the FLOPs done.
@@ -529,4 +567,111 @@ impl std::fmt::Display for BenchReport {
         }
         Ok(())
     }
+}
+
+/// One shape of `fastnn bench gemm --precision bf16`: the bf16 product
+/// (operands rounded as they are packed, f32 accumulation) beside fastnn's
+/// f32 product of the same dense operands, one thread each.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bf16Row {
+    pub shape: Shape,
+    pub kernel: &'static str,
+    pub bf16_gflops: f64,
+    pub f32_gflops: f64,
+}
+
+/// The bf16 products of `shapes` with this CPU's bf16 kernel, next to the
+/// f32 GEMM, and the measured bf16 peak (None where the CPU has no bf16
+/// instruction).
+#[derive(Clone, Debug, Serialize)]
+pub struct Bf16Report {
+    pub rows: Vec<Bf16Row>,
+    pub bf16_peak_gflops: Option<f64>,
+    pub f32_peak_gflops: Option<f64>,
+}
+
+/// Measures [`Bf16Report`] on one thread (the bf16 products do not split
+/// across threads yet). Shapes are run on dense operands.
+pub fn run_bf16(shapes: &[Shape], samples: usize, best: bool) -> Result<Bf16Report, IsaError> {
+    use super::bf16::{Bf16Kernel, Bf16Workspace};
+    let kernel = Bf16Kernel::detect();
+    let mut ctx = GemmCtx::try_new(Parallelism::Single)?;
+    let mut ws = Bf16Workspace::default();
+    let min_sample = Duration::from_millis(20);
+    let rows = shapes
+        .iter()
+        .map(|&shape| {
+            let dense = Shape {
+                panels: false,
+                ..shape
+            };
+            let mut ops = Operands::new(dense);
+            let f32_secs = time_per_call(|| ops.run_fastnn(&mut ctx), samples, min_sample, best);
+            let bf16_secs =
+                time_per_call(|| ops.run_bf16(kernel, &mut ws), samples, min_sample, best);
+            Bf16Row {
+                shape: dense,
+                kernel: kernel.name(),
+                bf16_gflops: dense.flops() / bf16_secs / 1e9,
+                f32_gflops: dense.flops() / f32_secs / 1e9,
+            }
+        })
+        .collect();
+    Ok(Bf16Report {
+        rows,
+        bf16_peak_gflops: bf16_peak(),
+        f32_peak_gflops: measure_peak(cpu::try_selected()?, 1).map(|p| p.gflops),
+    })
+}
+
+impl std::fmt::Display for Bf16Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let peak = |p: Option<f64>| p.map_or("none".to_string(), |g| format!("{g:.0} GFLOP/s"));
+        writeln!(
+            f,
+            "bf16 products (one thread): measured peaks bf16 {}, f32 FMA {}",
+            peak(self.bf16_peak_gflops),
+            peak(self.f32_peak_gflops)
+        )?;
+        writeln!(
+            f,
+            "{:<24} {:>14} {:>10} {:>12} {:>8}",
+            "shape", "kernel", "bf16", "% bf16 peak", "f32"
+        )?;
+        for r in &self.rows {
+            let share = self.bf16_peak_gflops.map_or("-".to_string(), |p| {
+                format!("{:.0} %", 100.0 * r.bf16_gflops / p)
+            });
+            writeln!(
+                f,
+                "{:<24} {:>14} {:>10.1} {:>12} {:>8.1}",
+                r.shape.to_string(),
+                r.kernel,
+                r.bf16_gflops,
+                share,
+                r.f32_gflops
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The register-resident `vdpbf16ps` peak of one thread: 24 independent
+/// accumulators, each instruction 64 flops (16 lanes × 2 pairs × multiply
+/// and add). None without AVX512-BF16.
+pub fn bf16_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if super::bf16::Bf16Kernel::Avx512Bf16.is_available() {
+        const ITERS: u64 = 2_000_000;
+        let best = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked).
+                let flops = unsafe { peak::avx512bf16(ITERS) };
+                flops / t.elapsed().as_secs_f64()
+            })
+            .fold(0.0, f64::max);
+        return Some(best / 1e9);
+    }
+    None
 }

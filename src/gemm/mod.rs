@@ -37,6 +37,7 @@
 //! ```
 
 pub mod bench;
+pub mod bf16;
 mod epilogue;
 mod kernels;
 mod loops;

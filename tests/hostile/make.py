@@ -220,6 +220,18 @@ case("model-smoothed-mse.safetensors", "eval", "label smoothing applies to the x
      "model file with label smoothing on a loss other than the cross-entropy",
      safetensors_rewrite(MODEL, smoothed_mse))
 
+def unknown_norm(h):
+    h["__metadata__"]["norm"] = "group"
+case("model-unknown-norm.safetensors", "eval", "unknown normalisation \"group\"",
+     "model file naming a normalisation fastnn does not have", safetensors_rewrite(MODEL, unknown_norm))
+
+
+def norm_without_tensors(h):
+    h["__metadata__"]["norm"] = "batch"
+case("model-batchnorm-without-tensors.safetensors", "eval", "missing tensor 1.weight",
+     "model file claiming BatchNorm layers whose tensors it lacks",
+     safetensors_rewrite(MODEL, norm_without_tensors))
+
 # ---- TOML configs ----------------------------------------------------------------
 case("config-unknown-key.toml", "config", "unknown field `learning_rate`", "TOML config with an unknown key",
      b"epochs = 2\nlearning_rate = 0.1\n")

@@ -1,0 +1,284 @@
+//! Mixed-precision products: `C = op(A)·op(B)` with A and B rounded to
+//! bf16 (round to nearest even), every product of two bf16 values exact in
+//! f32, and the sums in f32. This is the arithmetic of AVX512-BF16's
+//! `vdpbf16ps` and AMX's `tdpbf16ps`, and what PyTorch's autocast means by
+//! a bf16 matrix product.
+//!
+//! Both operands are packed as bf16 *pairs*: two consecutive `k` of one row
+//! of A, or of one column of B, in one 32-bit word, low half first. That is
+//! the unit `vdpbf16ps` works on: per 32-bit lane, `c += a.hi·b.hi` then
+//! `c += a.lo·b.lo`.
+//!
+//! ```text
+//! Ã: panels of MR rows    word [kp][r] = (A[r][2kp], A[r][2kp+1])
+//! B̃: panels of NR columns word [kp][j] = (B[2kp][j], B[2kp+1][j])
+//! C tile MR×NR += Σ_kp  broadcast(Ã[kp][r]) ⊙ B̃[kp][..]       (an odd K is padded with a zero)
+//! ```
+//!
+//! Two microkernels compute a tile: AVX512-BF16 (`_mm512_dpbf16_ps`, two
+//! 16-lane accumulators per row) and a portable one, which runs the same
+//! products and additions in the same order with f32 arithmetic (the test
+//! twin, and the kernel of every other CPU). The hardware flushes denormal
+//! inputs and results to zero; the portable kernel does not, so the two
+//! agree to the rounding bound the tests use, not to the bit.
+
+use crate::buf::AlignedBuf;
+
+use super::{MatMut, MatRef};
+
+/// Rows of a C tile (and of an Ã panel).
+pub const MR: usize = 8;
+/// Columns of a C tile (and of a B̃ panel): two 16-lane vectors.
+pub const NR: usize = 32;
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays
+/// a (quiet) NaN; values beyond bf16's range round to infinity.
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    // Add just under half an ulp of bf16, plus the kept lowest bit: ties
+    // round to the even neighbour, a carry moves into the exponent.
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// The f32 value of bf16 bits (exact).
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// `x` rounded to bf16 and back.
+pub fn round_bf16(x: f32) -> f32 {
+    from_bf16(to_bf16(x))
+}
+
+/// Two bf16 values in one word, `lo` in the low half.
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// A bf16 microkernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// f32 arithmetic on bf16 values, any CPU.
+    Portable,
+    /// `vdpbf16ps` on 512-bit vectors (Zen 4, Cooper Lake, Sapphire Rapids).
+    Avx512Bf16,
+}
+
+impl Bf16Kernel {
+    pub const ALL: [Bf16Kernel; 2] = [Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16];
+
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Bf16Kernel {
+        if Bf16Kernel::Avx512Bf16.is_available() {
+            Bf16Kernel::Avx512Bf16
+        } else {
+            Bf16Kernel::Portable
+        }
+    }
+
+    pub fn is_available(self) -> bool {
+        match self {
+            Bf16Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Avx512Bf16 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Bf16Kernel::Avx512Bf16 => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Portable => "bf16-portable",
+            Bf16Kernel::Avx512Bf16 => "avx512-bf16",
+        }
+    }
+}
+
+/// The packed operands of bf16 products, reused from call to call.
+#[derive(Default)]
+pub struct Bf16Workspace {
+    a: AlignedBuf<u32>,
+    b: AlignedBuf<u32>,
+}
+
+/// Word pairs along `k`.
+fn pairs(k: usize) -> usize {
+    k.div_ceil(2)
+}
+
+/// Packs `a` (m×k) into Ã, MR-row panels, rows past `m` zero.
+fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
+    let (m, k) = (a.rows(), a.cols());
+    let kp = pairs(k);
+    let len = m.div_ceil(MR) * kp * MR;
+    if out.len() < len {
+        *out = AlignedBuf::zeroed(len);
+    }
+    let at = |i: usize, p: usize| if i < m && p < k { a.at(i, p) } else { 0.0 };
+    for (panel, words) in out[..len].chunks_exact_mut(kp * MR).enumerate() {
+        for (q, row_words) in words.chunks_exact_mut(MR).enumerate() {
+            for (r, w) in row_words.iter_mut().enumerate() {
+                let i = panel * MR + r;
+                *w = pair(at(i, 2 * q), at(i, 2 * q + 1));
+            }
+        }
+    }
+}
+
+/// Packs `b` (k×n) into B̃, NR-column panels, columns past `n` zero.
+fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
+    let (k, n) = (b.rows(), b.cols());
+    let kp = pairs(k);
+    let len = n.div_ceil(NR) * kp * NR;
+    if out.len() < len {
+        *out = AlignedBuf::zeroed(len);
+    }
+    let at = |p: usize, j: usize| if j < n && p < k { b.at(p, j) } else { 0.0 };
+    for (panel, words) in out[..len].chunks_exact_mut(kp * NR).enumerate() {
+        for (q, col_words) in words.chunks_exact_mut(NR).enumerate() {
+            for (c, w) in col_words.iter_mut().enumerate() {
+                let j = panel * NR + c;
+                *w = pair(at(2 * q, j), at(2 * q + 1, j));
+            }
+        }
+    }
+}
+
+/// One C tile: `Σ_kp Ã[kp][r]·B̃[kp][j]` over `kp` word pairs.
+type Tile = [[f32; NR]; MR];
+
+/// The portable tile: per pair, the high halves' product added first, then
+/// the low halves', as `vdpbf16ps` orders them.
+fn tile_portable(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
+    *out = [[0.0; NR]; MR];
+    for q in 0..kp {
+        let b = &b[q * NR..(q + 1) * NR];
+        for (r, acc) in out.iter_mut().enumerate() {
+            let w = a[q * MR + r];
+            let (alo, ahi) = (from_bf16(w as u16), from_bf16((w >> 16) as u16));
+            for (c, &v) in acc.iter_mut().zip(b) {
+                let (blo, bhi) = (from_bf16(v as u16), from_bf16((v >> 16) as u16));
+                *c += ahi * bhi;
+                *c += alo * blo;
+            }
+        }
+    }
+}
+
+/// The AVX512-BF16 tile: MR rows × two 16-lane accumulators, each step one
+/// broadcast pair of Ã per row against two vectors of B̃.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512-BF16; `a` holds `kp·MR` words and `b`
+/// `kp·NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile_avx512bf16(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for q in 0..kp {
+        // SAFETY: q < kp, so both vectors of B̃ and the MR words of Ã are
+        // within the slices (checked above in debug builds, by the caller's
+        // packing in all).
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR).cast()));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR + 16).cast()));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(q * MR + r) as i32));
+            acc[0] = _mm512_dpbf16_ps(acc[0], w, b0);
+            acc[1] = _mm512_dpbf16_ps(acc[1], w, b1);
+        }
+    }
+    for (row, acc) in out.iter_mut().zip(&acc) {
+        _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
+        _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+    }
+}
+
+/// `C = op(A)·op(B)` in bf16 with f32 accumulation (C is overwritten), on
+/// the calling thread.
+pub fn gemm_bf16(
+    kernel: Bf16Kernel,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    mut c: MatMut<'_>,
+    ws: &mut Bf16Workspace,
+) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    assert_eq!(b.rows(), k, "inner dimensions");
+    assert_eq!((c.rows(), c.cols()), (m, n), "C's shape");
+    assert!(
+        kernel.is_available(),
+        "{} is not supported by this CPU",
+        kernel.name()
+    );
+    pack_a(&a, &mut ws.a);
+    pack_b(&b, &mut ws.b);
+    let kp = pairs(k);
+    let (rs, cs) = (c.rs(), c.cs());
+    let cp = c.as_mut_ptr();
+    let mut tile: Tile = [[0.0; NR]; MR];
+    for jb in 0..n.div_ceil(NR) {
+        let bp = &ws.b[jb * kp * NR..(jb + 1) * kp * NR];
+        for ib in 0..m.div_ceil(MR) {
+            let ap = &ws.a[ib * kp * MR..(ib + 1) * kp * MR];
+            match kernel {
+                Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the kernel is available (asserted above); the
+                // panels hold kp·MR and kp·NR words.
+                Bf16Kernel::Avx512Bf16 => unsafe { tile_avx512bf16(ap, bp, kp, &mut tile) },
+                #[cfg(not(target_arch = "x86_64"))]
+                Bf16Kernel::Avx512Bf16 => unreachable!("not available"),
+            }
+            for (r, row) in tile.iter().enumerate().take(m - ib * MR) {
+                for (j, &v) in row.iter().enumerate().take(n - jb * NR) {
+                    let (i, j) = (ib * MR + r, jb * NR + j);
+                    // SAFETY: i < m and j < n, inside C's view.
+                    unsafe { *cp.add(i * rs + j * cs) = v };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        // Exact values pass through.
+        for x in [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            2f32.powi(127),
+            2f32.powi(-133),
+            f32::INFINITY,
+        ] {
+            assert_eq!(round_bf16(x).to_bits(), x.to_bits(), "{x}");
+        }
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to even (1).
+        assert_eq!(round_bf16(1.0 + 2f32.powi(-8)), 1.0);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to even.
+        assert_eq!(round_bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+        // Just above halfway rounds up.
+        assert_eq!(
+            round_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+            1.0 + 2f32.powi(-7)
+        );
+        // The largest f32 rounds to infinity; NaN stays NaN.
+        assert_eq!(round_bf16(f32::MAX), f32::INFINITY);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert!(from_bf16(to_bf16(f32::from_bits(0x7F80_0001))).is_nan());
+    }
+}

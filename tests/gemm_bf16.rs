@@ -1,0 +1,132 @@
+//! The bf16 products (`fastnn::gemm::bf16`) against an f64 product of the
+//! bf16-rounded inputs, on awkward shapes and every transpose, for every
+//! bf16 kernel this CPU runs; a kernel it lacks is reported as skipped.
+
+mod common;
+
+use common::report;
+use fastnn::gemm::bf16::{gemm_bf16, round_bf16, Bf16Kernel, Bf16Workspace, MR, NR};
+use fastnn::gemm::{MatMut, MatRef};
+use fastnn::rng::Rng;
+
+/// Shapes (m, k, n): single elements, K = 1, odd K (a padded pair), sizes
+/// on both sides of a tile (MR = 8, NR = 32) and of several tiles.
+const SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (7, 1, 7),
+    (1, 7, 33),
+    (15, 17, 33),
+    (17, 33, 15),
+    (33, 257, 65),
+    (8, 2, 32),
+    (9, 3, 31),
+    (128, 300, 96),
+];
+
+/// The f64 product of the rounded operands and, per element, `Σ|a||b|`.
+fn reference(a: &MatRef<'_>, b: &MatRef<'_>) -> (Vec<f64>, Vec<f64>) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let mut c = vec![0.0; m * n];
+    let mut size = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            for p in 0..k {
+                let (x, y) = (round_bf16(a.at(i, p)) as f64, round_bf16(b.at(p, j)) as f64);
+                c[i * n + j] += x * y;
+                size[i * n + j] += (x * y).abs();
+            }
+        }
+    }
+    (c, size)
+}
+
+/// Every element of the kernel's product within the f32 summation bound
+/// `γ_K·Σ|a||b|`, `γ_K = K·u/(1 − K·u)`, `u = 2⁻²⁴` (the products of two
+/// bf16 values are exact in f32; only the K additions round).
+fn check(kernel: Bf16Kernel, seed: u64) -> f64 {
+    let mut rng = Rng::new(seed);
+    let mut ws = Bf16Workspace::default();
+    let mut worst: f64 = 0.0;
+    for (m, k, n) in SHAPES {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a_data: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let b_data: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+            // A stored as [k, m] when transposed, B as [n, k].
+            let a = if ta {
+                MatRef::row_major(&a_data, k, m).t()
+            } else {
+                MatRef::row_major(&a_data, m, k)
+            };
+            let b = if tb {
+                MatRef::row_major(&b_data, n, k).t()
+            } else {
+                MatRef::row_major(&b_data, k, n)
+            };
+            let mut c = vec![f32::NAN; m * n];
+            gemm_bf16(kernel, a, b, MatMut::row_major(&mut c, m, n), &mut ws);
+            let (want, size) = reference(&a, &b);
+            let u = 2f64.powi(-24);
+            let gamma = k as f64 * u / (1.0 - k as f64 * u);
+            for (idx, ((&got, &want), &size)) in c.iter().zip(&want).zip(&size).enumerate() {
+                let err = (got as f64 - want).abs();
+                assert!(
+                    err <= gamma * size,
+                    "{} {m}×{k}×{n} (A{} B{}): C[{}, {}] = {got}, expected {want} (error {err:e} > bound {:e})",
+                    kernel.name(),
+                    if ta { "ᵀ" } else { "" },
+                    if tb { "ᵀ" } else { "" },
+                    idx / n,
+                    idx % n,
+                    gamma * size
+                );
+                if size > 0.0 {
+                    worst = worst.max(err / (gamma * size));
+                }
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn every_bf16_kernel_matches_the_f64_product_of_the_rounded_inputs() {
+    assert_eq!((MR, NR), (8, 32), "the shapes above straddle these tiles");
+    for kernel in Bf16Kernel::ALL {
+        let what = format!("the {} bf16 kernel", kernel.name());
+        if !kernel.is_available() {
+            report::skipped(&what, "this CPU lacks it");
+            continue;
+        }
+        let worst = check(kernel, 17);
+        println!("{}: worst error {worst:.3} of the bound", kernel.name());
+        report::ran(&what);
+    }
+}
+
+/// The detected kernel is the fastest this CPU has: on a CPU with
+/// AVX512-BF16 the tests above ran it.
+#[test]
+fn the_cpu_s_bf16_kernel_is_the_one_detected() {
+    let has = Bf16Kernel::Avx512Bf16.is_available();
+    let detected = Bf16Kernel::detect();
+    assert_eq!(detected == Bf16Kernel::Avx512Bf16, has);
+}
+
+/// Rounding matters: a kernel that kept A and B in f32 would not give the
+/// product of the rounded inputs. 1 + 2⁻⁹ rounds to 1 in bf16.
+#[test]
+fn the_inputs_are_rounded_to_bf16() {
+    let x = 1.0 + 2f32.powi(-9);
+    for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+        let mut c = [0.0f32];
+        let (a, b) = ([x], [x]);
+        gemm_bf16(
+            kernel,
+            MatRef::row_major(&a, 1, 1),
+            MatRef::row_major(&b, 1, 1),
+            MatMut::row_major(&mut c, 1, 1),
+            &mut Bf16Workspace::default(),
+        );
+        assert_eq!(c[0], 1.0, "{}", kernel.name());
+    }
+}
