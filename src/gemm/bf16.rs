@@ -112,7 +112,23 @@ fn pairs(k: usize) -> usize {
     k.div_ceil(2)
 }
 
-/// Packs `a` (m×k) into Ã, MR-row panels, rows past `m` zero.
+/// Element (i, j) of `m` by its layout, without the bounds check of
+/// [`MatRef::at`]: the packing loops below stay inside the view.
+#[inline(always)]
+fn getter<'a>(m: &'a MatRef<'a>) -> impl Fn(usize, usize) -> f32 + 'a {
+    let (ptr, layout) = (m.as_ptr(), m.layout());
+    let (rs, cs, rows, cols) = (m.rs() as isize, m.cs() as isize, m.rows(), m.cols());
+    move |i, j| {
+        debug_assert!(i < rows && j < cols);
+        // SAFETY: i < rows and j < cols (every caller checks), and the
+        // view's constructor checked that each such element lies in its
+        // data.
+        unsafe { *ptr.offset(layout.offset(i, j, rs, cs)) }
+    }
+}
+
+/// Packs `a` (m×k) into Ã, MR-row panels, rows past `m` zero. The loops
+/// run along whichever dimension A is contiguous in.
 fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     let (m, k) = (a.rows(), a.cols());
     let kp = pairs(k);
@@ -120,18 +136,32 @@ fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     if out.len() < len {
         *out = AlignedBuf::zeroed(len);
     }
-    let at = |i: usize, p: usize| if i < m && p < k { a.at(i, p) } else { 0.0 };
+    let get = getter(a);
+    let at = |i: usize, p: usize| if i < m && p < k { get(i, p) } else { 0.0 };
+    let down_columns = a.rs() == 1 && a.cs() != 1;
     for (panel, words) in out[..len].chunks_exact_mut(kp * MR).enumerate() {
-        for (q, row_words) in words.chunks_exact_mut(MR).enumerate() {
-            for (r, w) in row_words.iter_mut().enumerate() {
-                let i = panel * MR + r;
-                *w = pair(at(i, 2 * q), at(i, 2 * q + 1));
+        let word = |q: usize, r: usize| {
+            let i = panel * MR + r;
+            pair(at(i, 2 * q), at(i, 2 * q + 1))
+        };
+        if down_columns {
+            for (q, row_words) in words.chunks_exact_mut(MR).enumerate() {
+                for (r, w) in row_words.iter_mut().enumerate() {
+                    *w = word(q, r);
+                }
+            }
+        } else {
+            for r in 0..MR {
+                for q in 0..kp {
+                    words[q * MR + r] = word(q, r);
+                }
             }
         }
     }
 }
 
-/// Packs `b` (k×n) into B̃, NR-column panels, columns past `n` zero.
+/// Packs `b` (k×n) into B̃, NR-column panels, columns past `n` zero. The
+/// loops run along whichever dimension B is contiguous in.
 fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     let (k, n) = (b.rows(), b.cols());
     let kp = pairs(k);
@@ -139,12 +169,25 @@ fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     if out.len() < len {
         *out = AlignedBuf::zeroed(len);
     }
-    let at = |p: usize, j: usize| if j < n && p < k { b.at(p, j) } else { 0.0 };
+    let get = getter(b);
+    let at = |p: usize, j: usize| if j < n && p < k { get(p, j) } else { 0.0 };
+    let along_rows = b.cs() == 1;
     for (panel, words) in out[..len].chunks_exact_mut(kp * NR).enumerate() {
-        for (q, col_words) in words.chunks_exact_mut(NR).enumerate() {
-            for (c, w) in col_words.iter_mut().enumerate() {
-                let j = panel * NR + c;
-                *w = pair(at(2 * q, j), at(2 * q + 1, j));
+        let word = |q: usize, c: usize| {
+            let j = panel * NR + c;
+            pair(at(2 * q, j), at(2 * q + 1, j))
+        };
+        if along_rows {
+            for (q, col_words) in words.chunks_exact_mut(NR).enumerate() {
+                for (c, w) in col_words.iter_mut().enumerate() {
+                    *w = word(q, c);
+                }
+            }
+        } else {
+            for c in 0..NR {
+                for q in 0..kp {
+                    words[q * NR + c] = word(q, c);
+                }
             }
         }
     }
