@@ -154,6 +154,24 @@ pub struct MlpConfig {
     pub norm: Norm,
 }
 
+/// The sizes and every choice, for messages: `784-512-10, relu, xent,
+/// dropout 0, label smoothing 0, norm batch`.
+impl std::fmt::Display for MlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
+        write!(
+            f,
+            "{}, {}, {}, dropout {}, label smoothing {}, norm {}",
+            dims.join("-"),
+            self.act,
+            self.loss,
+            self.dropout,
+            self.label_smoothing,
+            self.norm
+        )
+    }
+}
+
 impl MlpConfig {
     /// Number of linear layers.
     pub fn layers(&self) -> usize {

@@ -378,8 +378,8 @@ impl<'d> Trainer<'d> {
             Some(ck) => {
                 if ck.mlp.cfg != mcfg {
                     return Err(TrainError::Config(format!(
-                        "the checkpoint's network {:?} does not match this dataset and configuration {:?}",
-                        ck.mlp.cfg.dims, mcfg.dims
+                        "the checkpoint's network ({}) does not match this dataset and configuration ({})",
+                        ck.mlp.cfg, mcfg
                     )));
                 }
                 let start = Position {

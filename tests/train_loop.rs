@@ -283,6 +283,34 @@ fn normalised_runs_resume_bit_for_bit_and_evaluate_from_the_model_file() {
     }
 }
 
+/// A checkpoint resumes only the network it holds: a different
+/// normalisation is refused, naming both.
+#[test]
+fn a_checkpoint_with_another_normalisation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let batch_norm = TrainConfig {
+        norm: Norm::Batch,
+        epochs: 1,
+        ..config(1)
+    };
+    let out: PathBuf = dir.path().join("run");
+    train(&data, &batch_norm, Some(&out), None, &mut Silent).unwrap();
+    let ck = checkpoint::load(&out).unwrap();
+    let plain = TrainConfig {
+        epochs: 2,
+        ..config(1)
+    };
+    let err = train(&data, &plain, Some(&out), Some(ck), &mut Silent)
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("norm batch") && msg.contains("norm none"),
+        "{msg}"
+    );
+}
+
 /// BatchNorm cannot train on one sample: `--batch 1` is refused, and a last
 /// batch of one sample is left out of each epoch.
 #[test]
