@@ -194,16 +194,8 @@ impl MlpConfig {
         Layout::row_major(&self.dims, self.norm)
             .layers
             .iter()
-            .map(|s| s.w.len() + s.b.len() + s.norm.as_ref().map_or(0, |n| 2 * n.gamma.len()))
+            .map(LayerSlots::parameter_count)
             .sum()
-    }
-
-    /// Whether hidden layer `l`'s Linear has a bias: not before a
-    /// BatchNorm, whose batch mean cancels it exactly (its gradient would
-    /// be rounding noise, which Adam would turn into full-size steps of a
-    /// parameter that does nothing); always for the last layer.
-    pub fn has_bias(&self, l: usize) -> bool {
-        self.norm != Norm::Batch || l + 1 == self.layers()
     }
 
     /// Bytes a training run holds for this network at batch size `batch`:
@@ -282,13 +274,26 @@ pub struct LayerSlots {
     /// the layout the products read and write in place. Row-major in the
     /// [`Layout::row_major`] layout of files.
     pub w: Range<usize>,
-    /// `b` as `[fan_out]`; empty before a BatchNorm ([`MlpConfig::has_bias`]).
+    /// `b` as `[fan_out]`; empty before a BatchNorm: the batch mean cancels
+    /// it exactly, so its gradient would be rounding noise, which Adam would
+    /// turn into full-size steps of a parameter that does nothing.
     pub b: Range<usize>,
     /// The normalisation after a hidden layer (none after the last).
     pub norm: Option<NormSlots>,
 }
 
 impl LayerSlots {
+    /// Trained parameters of the layer: weights, bias, γ and β (in the
+    /// file layout, where the weights have no panel padding).
+    pub fn parameter_count(&self) -> usize {
+        self.w.len()
+            + self
+                .trained_vectors()
+                .iter()
+                .map(|r| r.len())
+                .sum::<usize>()
+    }
+
     /// The vectors the optimiser trains besides the weights: the bias, γ
     /// and β (an empty range where the layer has none).
     pub fn trained_vectors(&self) -> [Range<usize>; 3] {
@@ -398,8 +403,8 @@ impl Layout {
     }
 
     /// The ranges of every slot of layer `l` but its weights: the bias and
-    /// the normalisation's vectors, in this layout and `other`'s (to copy
-    /// them between the two; they never change shape).
+    /// the normalisation's vectors, in the same order in every layout of
+    /// the network (they are copied as they are between the two).
     fn state_vectors(&self, l: usize) -> Vec<Range<usize>> {
         let s = &self.layers[l];
         let mut v = vec![s.b.clone()];
@@ -595,7 +600,12 @@ impl Mlp {
                     for o in 0..slot.fan_out {
                         let var = p[n.running_var.start + o] as f64;
                         let a = p[n.gamma.start + o] as f64 / (var + NORM_EPS).sqrt();
-                        let b = slot.b.clone().nth(o).map_or(0.0, |i| p[i] as f64);
+                        // The Linear before a BatchNorm has no bias.
+                        let b = if slot.b.is_empty() {
+                            0.0
+                        } else {
+                            p[slot.b.start + o] as f64
+                        };
                         let mean = p[n.running_mean.start + o] as f64;
                         bias[o] = (p[n.beta.start + o] as f64 + a * (b - mean)) as f32;
                         for w in &mut rows[o * slot.fan_in..(o + 1) * slot.fan_in] {

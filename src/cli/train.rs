@@ -597,7 +597,6 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
     for (l, (d, slot)) in dims.windows(2).zip(&layout.layers).enumerate() {
         let (fan_in, fan_out) = (d[0] as u64, d[1] as u64);
         let last = l + 2 == dims.len();
-        let norm_params = slot.norm.as_ref().map_or(0, |n| 2 * n.gamma.len());
         // Output and its gradient, a dropout mask, the normalisation's x̂.
         let per_unit = 2 + u64::from(cfg.dropout > 0.0 && !last) + u64::from(slot.norm.is_some());
         // Forward + weight gradient + input gradient (not for layer 0).
@@ -617,7 +616,7 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
             } else {
                 cfg.act.to_string()
             },
-            slot.w.len() + slot.b.len() + norm_params,
+            slot.parameter_count(),
             (2 * passes * b * fan_in * fan_out) as f64 / 1e6,
             (4 * b * fan_out * per_unit) as f64 / 1024.0
         )?;
