@@ -10,7 +10,7 @@
 //! `c += a.lo·b.lo`.
 //!
 //! ```text
-//! Ã: panels of MR rows    word [kp][r] = (A[r][2kp], A[r][2kp+1])
+//! Ã: panels of MR rows    word [r][kp] = (A[r][2kp], A[r][2kp+1])   each row's pairs in a run
 //! B̃: panels of NR columns word [kp][j] = (B[2kp][j], B[2kp+1][j])
 //! C tile MR×NR += Σ_kp  broadcast(Ã[kp][r]) ⊙ B̃[kp][..]       (an odd K is padded with a zero)
 //! ```
@@ -20,10 +20,14 @@
 //! products and additions in the same order with f32 arithmetic (the test
 //! twin, and the kernel of every other CPU). The hardware flushes denormal
 //! inputs and results to zero; the portable kernel does not, so the two
-//! agree to the rounding bound the tests use, not to the bit.
+//! agree to the rounding bound the tests use, not to the bit. On such a
+//! CPU the packing of a row-major operand converts 16 or 32 values at a
+//! time (`vcvtne2ps2bf16`, `vcvtneps2bf16`: the same rounding, with
+//! denormal inputs read as zero).
 
 use crate::buf::AlignedBuf;
 
+use super::mat::Panels;
 use super::{MatMut, MatRef};
 
 /// Rows of a C tile (and of an Ã panel).
@@ -127,8 +131,9 @@ fn getter<'a>(m: &'a MatRef<'a>) -> impl Fn(usize, usize) -> f32 + 'a {
     }
 }
 
-/// Packs `a` (m×k) into Ã, MR-row panels, rows past `m` zero. The loops
-/// run along whichever dimension A is contiguous in.
+/// Packs `a` (m×k) into Ã, MR-row panels, rows past `m` zero. A row-major
+/// A is converted a row at a time (vectors where the CPU has AVX512-BF16);
+/// a column-major one (a transposed view) is read down its columns.
 fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     let (m, k) = (a.rows(), a.cols());
     let kp = pairs(k);
@@ -138,30 +143,76 @@ fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     }
     let get = getter(a);
     let at = |i: usize, p: usize| if i < m && p < k { get(i, p) } else { 0.0 };
-    let down_columns = a.rs() == 1 && a.cs() != 1;
+    let dense_rows = a.cs() == 1 && a.layout() == Panels::None;
+    let down_columns = a.rs() == 1 && !dense_rows;
     for (panel, words) in out[..len].chunks_exact_mut(kp * MR).enumerate() {
         let word = |q: usize, r: usize| {
             let i = panel * MR + r;
             pair(at(i, 2 * q), at(i, 2 * q + 1))
         };
         if down_columns {
-            for (q, row_words) in words.chunks_exact_mut(MR).enumerate() {
-                for (r, w) in row_words.iter_mut().enumerate() {
-                    *w = word(q, r);
+            for q in 0..kp {
+                for r in 0..MR {
+                    words[r * kp + q] = word(q, r);
                 }
             }
-        } else {
-            for r in 0..MR {
-                for q in 0..kp {
-                    words[q * MR + r] = word(q, r);
+            continue;
+        }
+        for (r, row) in words.chunks_exact_mut(kp).enumerate() {
+            let i = panel * MR + r;
+            if dense_rows && i < m {
+                // SAFETY: row i of a view with unit column stride holds k
+                // consecutive values, all inside its data.
+                let values = unsafe { std::slice::from_raw_parts(a.as_ptr().add(i * a.rs()), k) };
+                pack_pairs(values, row);
+            } else {
+                for (q, w) in row.iter_mut().enumerate() {
+                    *w = word(q, r);
                 }
             }
         }
     }
 }
 
+/// `row[q] = (values[2q], values[2q + 1])` as bf16, an odd tail padded with
+/// a zero.
+fn pack_pairs(values: &[f32], row: &mut [u32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if Bf16Kernel::Avx512Bf16.is_available() {
+        // SAFETY: the CPU has AVX-512F and AVX512-BF16.
+        done = unsafe { pack_pairs_avx512bf16(values, row) };
+    }
+    for (q, w) in row.iter_mut().enumerate().skip(done) {
+        let at = |p: usize| values.get(p).copied().unwrap_or(0.0);
+        *w = pair(at(2 * q), at(2 * q + 1));
+    }
+}
+
+/// The vector part of [`pack_pairs`]: 32 values into 16 words at a time.
+/// Returns the words written.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_pairs_avx512bf16(values: &[f32], row: &mut [u32]) -> usize {
+    use std::arch::x86_64::*;
+    let chunks = (values.len() / 32).min(row.len() / 16);
+    for c in 0..chunks {
+        // SAFETY: 32·(c + 1) ≤ values.len() and 16·(c + 1) ≤ row.len().
+        let lo = _mm512_loadu_ps(values.as_ptr().add(32 * c));
+        let hi = _mm512_loadu_ps(values.as_ptr().add(32 * c + 16));
+        // The low 16 results come from the second operand: in order.
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(row.as_mut_ptr().add(16 * c).cast(), v);
+    }
+    16 * chunks
+}
+
 /// Packs `b` (k×n) into B̃, NR-column panels, columns past `n` zero. The
-/// loops run along whichever dimension B is contiguous in.
+/// loops run along whichever dimension B is contiguous in; a row-major B
+/// is converted 16 columns at a time where the CPU has AVX512-BF16.
 fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     let (k, n) = (b.rows(), b.cols());
     let kp = pairs(k);
@@ -172,6 +223,8 @@ fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     let get = getter(b);
     let at = |p: usize, j: usize| if j < n && p < k { get(p, j) } else { 0.0 };
     let along_rows = b.cs() == 1;
+    let dense_rows = along_rows && b.layout() == Panels::None;
+    let vector = dense_rows && Bf16Kernel::Avx512Bf16.is_available();
     for (panel, words) in out[..len].chunks_exact_mut(kp * NR).enumerate() {
         let word = |q: usize, c: usize| {
             let j = panel * NR + c;
@@ -179,8 +232,22 @@ fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
         };
         if along_rows {
             for (q, col_words) in words.chunks_exact_mut(NR).enumerate() {
-                for (c, w) in col_words.iter_mut().enumerate() {
-                    *w = word(q, c);
+                for (half, w16) in col_words.chunks_exact_mut(16).enumerate() {
+                    let j = panel * NR + 16 * half;
+                    if vector && j + 16 <= n && 2 * q + 1 < k {
+                        // SAFETY: rows 2q and 2q + 1 exist, columns j..j + 16
+                        // are inside them (unit column stride), and the CPU
+                        // has AVX512-BF16.
+                        unsafe {
+                            let lo = b.as_ptr().add(2 * q * b.rs() + j);
+                            let hi = b.as_ptr().add((2 * q + 1) * b.rs() + j);
+                            interleave_avx512bf16(lo, hi, w16);
+                        }
+                    } else {
+                        for (c, w) in w16.iter_mut().enumerate() {
+                            *w = word(q, 16 * half + c);
+                        }
+                    }
                 }
             }
         } else {
@@ -193,6 +260,30 @@ fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     }
 }
 
+/// `out[c] = (lo[c], hi[c])` as bf16, for 16 columns.
+///
+/// # Safety
+/// `lo` and `hi` point at 16 readable values each; the CPU has AVX-512F
+/// and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave_avx512bf16(lo: *const f32, hi: *const f32, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(out.len(), 16);
+    let lo: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo)));
+    let hi: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi)));
+    let words = _mm512_or_si512(
+        _mm512_cvtepu16_epi32(lo),
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16),
+    );
+    _mm512_storeu_si512(out.as_mut_ptr().cast(), words);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn interleave_avx512bf16(_: *const f32, _: *const f32, _: &mut [u32]) {
+    unreachable!("AVX512-BF16 is x86-64 only")
+}
+
 /// One C tile: `Σ_kp Ã[kp][r]·B̃[kp][j]` over `kp` word pairs.
 type Tile = [[f32; NR]; MR];
 
@@ -203,7 +294,7 @@ fn tile_portable(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
     for q in 0..kp {
         let b = &b[q * NR..(q + 1) * NR];
         for (r, acc) in out.iter_mut().enumerate() {
-            let w = a[q * MR + r];
+            let w = a[r * kp + q];
             let (alo, ahi) = (from_bf16(w as u16), from_bf16((w >> 16) as u16));
             for (c, &v) in acc.iter_mut().zip(b) {
                 let (blo, bhi) = (from_bf16(v as u16), from_bf16((v >> 16) as u16));
@@ -215,7 +306,8 @@ fn tile_portable(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
 }
 
 /// The AVX512-BF16 tile: MR rows × two 16-lane accumulators, each step one
-/// broadcast pair of Ã per row against two vectors of B̃.
+/// broadcast pair of Ã per row (each row's pairs a run of its own) against
+/// two vectors of B̃.
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX512-BF16; `a` holds `kp·MR` words and `b`
@@ -228,13 +320,13 @@ unsafe fn tile_avx512bf16(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let (a, b) = (a.as_ptr(), b.as_ptr());
     for q in 0..kp {
-        // SAFETY: q < kp, so both vectors of B̃ and the MR words of Ã are
-        // within the slices (checked above in debug builds, by the caller's
-        // packing in all).
+        // SAFETY: q < kp, so both vectors of B̃ (at q·NR) and each row's
+        // word of Ã (at r·kp + q) are within the slices (checked above in
+        // debug builds, by the caller's packing in all).
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR).cast()));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR + 16).cast()));
         for (r, acc) in acc.iter_mut().enumerate() {
-            let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(q * MR + r) as i32));
+            let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * kp + q) as i32));
             acc[0] = _mm512_dpbf16_ps(acc[0], w, b0);
             acc[1] = _mm512_dpbf16_ps(acc[1], w, b1);
         }
