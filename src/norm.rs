@@ -50,7 +50,7 @@ fn split(
 
 /// The length of each piece [`split`] cuts `0..n` into on `threads`
 /// threads (`n`: one piece).
-pub fn piece_len(threads: usize, n: usize, align: usize, per_item: usize) -> usize {
+fn piece_len(threads: usize, n: usize, align: usize, per_item: usize) -> usize {
     if threads < 2 || n * per_item < PARALLEL_MIN {
         return n;
     }
