@@ -8,6 +8,7 @@ use common::report;
 use fastnn::gemm::bf16::{gemm_bf16, round_bf16, Bf16Kernel, Bf16Workspace, MR, NR};
 use fastnn::gemm::{MatMut, MatRef};
 use fastnn::rng::Rng;
+use fastnn::team::Team;
 
 /// Shapes (m, k, n): single elements, K = 1, odd K (a padded pair), sizes
 /// on both sides of a tile (MR = 8, NR = 32) and of several tiles.
@@ -63,7 +64,7 @@ fn check(kernel: Bf16Kernel, seed: u64) -> f64 {
                 MatRef::row_major(&b_data, k, n)
             };
             let mut c = vec![f32::NAN; m * n];
-            gemm_bf16(kernel, a, b, MatMut::row_major(&mut c, m, n), &mut ws);
+            gemm_bf16(kernel, a, b, MatMut::row_major(&mut c, m, n), &mut ws, None);
             let (want, size) = reference(&a, &b);
             let u = 2f64.powi(-24);
             let gamma = k as f64 * u / (1.0 - k as f64 * u);
@@ -126,7 +127,44 @@ fn the_inputs_are_rounded_to_bf16() {
             MatRef::row_major(&b, 1, 1),
             MatMut::row_major(&mut c, 1, 1),
             &mut Bf16Workspace::default(),
+            None,
         );
         assert_eq!(c[0], 1.0, "{}", kernel.name());
+    }
+}
+
+/// The tiles split across a team by column panels: the same bits as one
+/// thread, on 2 and 3 threads, where C has more panels than threads and
+/// where it has fewer (the product then stays on one thread).
+#[test]
+fn a_team_gives_the_bits_of_one_thread() {
+    let mut rng = Rng::new(5);
+    for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+        for (m, k, n) in [(33, 257, 65), (128, 300, 96), (7, 33, 161), (9, 3, 31)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+            let run = |team: Option<&mut Team>| {
+                let mut c = vec![f32::NAN; m * n];
+                gemm_bf16(
+                    kernel,
+                    MatRef::row_major(&a, m, k),
+                    MatRef::row_major(&b, k, n),
+                    MatMut::row_major(&mut c, m, n),
+                    &mut Bf16Workspace::default(),
+                    team,
+                );
+                c
+            };
+            let one = run(None);
+            assert!(one.iter().all(|v| v.is_finite()), "every element written");
+            for threads in [2, 3] {
+                let many = run(Some(&mut Team::new(threads)));
+                let same = one
+                    .iter()
+                    .zip(&many)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{} {m}×{k}×{n} on {threads} threads", kernel.name());
+            }
+        }
     }
 }

@@ -56,7 +56,7 @@ pub struct GemmArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// f32, or bf16: the bf16 products (inputs rounded to bf16, f32 sums) beside f32, one thread, with the measured bf16 peak.
+    /// f32, or bf16: the bf16 products (inputs rounded to bf16, f32 sums) beside f32 on the same threads, with the measured bf16 peak.
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     precision: String,
 }
@@ -94,7 +94,7 @@ fn gemm(args: GemmArgs) -> anyhow::Result<()> {
         other => bail!("--strategy {other:?}: expected auto, packed or small"),
     };
     if args.precision == "bf16" {
-        let report = bench::run_bf16(&shapes, args.samples, args.best)?;
+        let report = bench::run_bf16(&shapes, args.threads, args.samples, args.best)?;
         let mut out = std::io::stdout().lock();
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;

@@ -10,6 +10,7 @@ use super::bf16::{gemm_bf16, Bf16Kernel, Bf16Workspace};
 use super::{panel_len, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy};
 use crate::buf::AlignedBuf;
 use crate::cpu::{self, Isa, IsaError};
+use crate::team::Team;
 
 /// Which operands are transposed: `NT` = B transposed (`X·Wᵀ`), `TN` = A
 /// transposed (`dZᵀ·X`).
@@ -182,16 +183,16 @@ impl Operands {
     }
 
     /// One bf16 product `C = A·B` of the dense operands.
-    pub fn run_bf16(&mut self, kernel: Bf16Kernel, ws: &mut Bf16Workspace) {
+    pub fn run_bf16(
+        &mut self,
+        kernel: Bf16Kernel,
+        ws: &mut Bf16Workspace,
+        team: Option<&mut Team>,
+    ) {
         let Shape { m, n, .. } = self.shape;
         let mut c = std::mem::replace(&mut self.c, AlignedBuf::zeroed(0));
-        gemm_bf16(
-            kernel,
-            self.a(),
-            self.b(true),
-            MatMut::row_major(&mut c, m, n),
-            ws,
-        );
+        let cv = MatMut::row_major(&mut c, m, n);
+        gemm_bf16(kernel, self.a(), self.b(true), cv, ws, team);
         self.c = c;
     }
 
@@ -571,7 +572,7 @@ impl std::fmt::Display for BenchReport {
 
 /// One shape of `fastnn bench gemm --precision bf16`: the bf16 product
 /// (operands rounded as they are packed, f32 accumulation) beside fastnn's
-/// f32 product of the same dense operands, one thread each.
+/// f32 product of the same dense operands, on the same threads.
 #[derive(Clone, Debug, Serialize)]
 pub struct Bf16Row {
     pub shape: Shape,
@@ -586,16 +587,21 @@ pub struct Bf16Row {
 #[derive(Clone, Debug, Serialize)]
 pub struct Bf16Report {
     pub rows: Vec<Bf16Row>,
+    pub threads: usize,
     pub bf16_peak_gflops: Option<f64>,
     pub f32_peak_gflops: Option<f64>,
 }
 
-/// Measures [`Bf16Report`] on one thread (the bf16 products do not split
-/// across threads yet). Shapes are run on dense operands.
-pub fn run_bf16(shapes: &[Shape], samples: usize, best: bool) -> Result<Bf16Report, IsaError> {
-    use super::bf16::{Bf16Kernel, Bf16Workspace};
+/// Measures [`Bf16Report`] on `threads` threads. Shapes are run on dense
+/// operands.
+pub fn run_bf16(
+    shapes: &[Shape],
+    threads: usize,
+    samples: usize,
+    best: bool,
+) -> Result<Bf16Report, IsaError> {
     let kernel = Bf16Kernel::detect();
-    let mut ctx = GemmCtx::try_new(Parallelism::Single)?;
+    let mut ctx = GemmCtx::try_new(Parallelism::threads(threads))?;
     let mut ws = Bf16Workspace::default();
     let min_sample = Duration::from_millis(20);
     let rows = shapes
@@ -607,8 +613,8 @@ pub fn run_bf16(shapes: &[Shape], samples: usize, best: bool) -> Result<Bf16Repo
             };
             let mut ops = Operands::new(dense);
             let f32_secs = time_per_call(|| ops.run_fastnn(&mut ctx), samples, min_sample, best);
-            let bf16_secs =
-                time_per_call(|| ops.run_bf16(kernel, &mut ws), samples, min_sample, best);
+            let bf16 = || ops.run_bf16(kernel, &mut ws, ctx.team());
+            let bf16_secs = time_per_call(bf16, samples, min_sample, best);
             Bf16Row {
                 shape: dense,
                 kernel: kernel.name(),
@@ -619,8 +625,9 @@ pub fn run_bf16(shapes: &[Shape], samples: usize, best: bool) -> Result<Bf16Repo
         .collect();
     Ok(Bf16Report {
         rows,
-        bf16_peak_gflops: bf16_peak(),
-        f32_peak_gflops: measure_peak(cpu::try_selected()?, 1).map(|p| p.gflops),
+        threads,
+        bf16_peak_gflops: bf16_peak().map(|p| p * threads as f64),
+        f32_peak_gflops: measure_peak(cpu::try_selected()?, threads).map(|p| p.gflops),
     })
 }
 
@@ -629,7 +636,8 @@ impl std::fmt::Display for Bf16Report {
         let peak = |p: Option<f64>| p.map_or("none".to_string(), |g| format!("{g:.0} GFLOP/s"));
         writeln!(
             f,
-            "bf16 products (one thread): measured peaks bf16 {}, f32 FMA {}",
+            "bf16 products ({} thread(s)): measured peaks bf16 {}, f32 FMA {}",
+            self.threads,
             peak(self.bf16_peak_gflops),
             peak(self.f32_peak_gflops)
         )?;
@@ -656,7 +664,8 @@ impl std::fmt::Display for Bf16Report {
     }
 }
 
-/// The register-resident `vdpbf16ps` peak of one thread: 24 independent
+/// The register-resident `vdpbf16ps` peak of one thread (the report
+/// scales it by the thread count, as an upper bound): 24 independent
 /// accumulators, each instruction 64 flops (16 lanes × 2 pairs × multiply
 /// and add). None without AVX512-BF16.
 pub fn bf16_peak() -> Option<f64> {

@@ -29,6 +29,7 @@ use crate::buf::AlignedBuf;
 
 use super::mat::Panels;
 use super::{MatMut, MatRef};
+use crate::team::Team;
 
 /// Rows of a C tile (and of an Ã panel).
 pub const MR: usize = 8;
@@ -337,18 +338,89 @@ unsafe fn tile_avx512bf16(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
     }
 }
 
-/// `C = op(A)·op(B)` in bf16 with f32 accumulation (C is overwritten), on
-/// the calling thread.
+/// The tiles of one product, for [`TileRun::run`].
+struct TileRun {
+    kernel: Bf16Kernel,
+    m: usize,
+    n: usize,
+    kp: usize,
+    /// C's strides.
+    rs: usize,
+    cs: usize,
+}
+
+impl TileRun {
+    /// Every tile of the B̃ panels `panels` (all of C's rows), into C.
+    fn run(&self, at: &[u32], bt: &[u32], dest: &Dest, panels: std::ops::Range<usize>) {
+        let TileRun {
+            kernel,
+            m,
+            n,
+            kp,
+            rs,
+            cs,
+        } = *self;
+        let mut tile: Tile = [[0.0; NR]; MR];
+        for jb in panels {
+            let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
+            for ib in 0..m.div_ceil(MR) {
+                let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
+                match kernel {
+                    Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the kernel is available (the product asserts
+                    // it); the panels hold kp·MR and kp·NR words.
+                    Bf16Kernel::Avx512Bf16 => unsafe { tile_avx512bf16(ap, bp, kp, &mut tile) },
+                    #[cfg(not(target_arch = "x86_64"))]
+                    Bf16Kernel::Avx512Bf16 => unreachable!("not available"),
+                }
+                for (r, row) in tile.iter().enumerate().take(m - ib * MR) {
+                    for (j, &v) in row.iter().enumerate().take(n - jb * NR) {
+                        let (i, j) = (ib * MR + r, jb * NR + j);
+                        // SAFETY: i < m and j < n, inside C's dense view;
+                        // column j belongs to this part's panels alone.
+                        unsafe { dest.write(i * rs + j * cs, v) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// C's data, written by the parts of one product in disjoint column
+/// panels.
+struct Dest(*mut f32);
+
+impl Dest {
+    /// Element `at` of C.
+    ///
+    /// # Safety
+    /// `at` lies inside C, and no other part writes it.
+    unsafe fn write(&self, at: usize, v: f32) {
+        *self.0.add(at) = v;
+    }
+}
+// SAFETY: each part writes only the columns of its own B̃ panels, and the
+// product waits for every part before it returns.
+unsafe impl Sync for Dest {}
+unsafe impl Send for Dest {}
+
+/// `C = op(A)·op(B)` in bf16 with f32 accumulation (C, dense, is
+/// overwritten). Both operands are packed on the calling thread; the tiles
+/// then split across `team` by B̃ panels (columns of C), so every element
+/// is summed in one order and the bits do not depend on the thread count.
 pub fn gemm_bf16(
     kernel: Bf16Kernel,
     a: MatRef<'_>,
     b: MatRef<'_>,
     mut c: MatMut<'_>,
     ws: &mut Bf16Workspace,
+    team: Option<&mut Team>,
 ) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     assert_eq!(b.rows(), k, "inner dimensions");
     assert_eq!((c.rows(), c.cols()), (m, n), "C's shape");
+    assert!(c.layout() == Panels::None, "C must be dense");
     assert!(
         kernel.is_available(),
         "{} is not supported by this CPU",
@@ -358,29 +430,26 @@ pub fn gemm_bf16(
     pack_b(&b, &mut ws.b);
     let kp = pairs(k);
     let (rs, cs) = (c.rs(), c.cs());
-    let cp = c.as_mut_ptr();
-    let mut tile: Tile = [[0.0; NR]; MR];
-    for jb in 0..n.div_ceil(NR) {
-        let bp = &ws.b[jb * kp * NR..(jb + 1) * kp * NR];
-        for ib in 0..m.div_ceil(MR) {
-            let ap = &ws.a[ib * kp * MR..(ib + 1) * kp * MR];
-            match kernel {
-                Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the kernel is available (asserted above); the
-                // panels hold kp·MR and kp·NR words.
-                Bf16Kernel::Avx512Bf16 => unsafe { tile_avx512bf16(ap, bp, kp, &mut tile) },
-                #[cfg(not(target_arch = "x86_64"))]
-                Bf16Kernel::Avx512Bf16 => unreachable!("not available"),
-            }
-            for (r, row) in tile.iter().enumerate().take(m - ib * MR) {
-                for (j, &v) in row.iter().enumerate().take(n - jb * NR) {
-                    let (i, j) = (ib * MR + r, jb * NR + j);
-                    // SAFETY: i < m and j < n, inside C's view.
-                    unsafe { *cp.add(i * rs + j * cs) = v };
-                }
-            }
+    let dest = Dest(c.as_mut_ptr());
+    let (at, bt) = (&ws.a[..], &ws.b[..]);
+    let panels = n.div_ceil(NR);
+    let shape = TileRun {
+        kernel,
+        m,
+        n,
+        kp,
+        rs,
+        cs,
+    };
+    let columns = |range: std::ops::Range<usize>| shape.run(at, bt, &dest, range);
+    match team.filter(|t| t.threads() > 1 && panels > 1) {
+        Some(team) => {
+            let per = panels.div_ceil(team.threads());
+            team.run(panels.div_ceil(per), &|t| {
+                columns(t * per..panels.min((t + 1) * per))
+            });
         }
+        None => columns(0..panels),
     }
 }
 
