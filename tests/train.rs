@@ -478,7 +478,8 @@ fn packed_training_steps_match_the_reference_for_every_activation_loss_and_optim
                 // of 5.6e-8). Anywhere else they must agree.
                 let ran = (0..8).any(|draw| {
                     let seed = 1000 * case + draw;
-                    packed_case(&what, (act, loss, dropout, seed), (optim, ref_kind, lr, l2))
+                    let problem = (Norm::None, act, loss, dropout, seed);
+                    packed_case(&what, problem, (optim, ref_kind, lr, l2))
                 });
                 assert!(ran, "{what}: every problem drawn lies on a kink");
             }
@@ -488,95 +489,6 @@ fn packed_training_steps_match_the_reference_for_every_activation_loss_and_optim
 
 /// Smallest distance to a kink that the packed-path comparison accepts.
 const KINK: f64 = 1e-4;
-
-/// Three training steps of one case against the reference. False (and
-/// nothing checked past that point) when a step's inputs lie within
-/// [`KINK`] of a kink.
-fn packed_case(
-    what: &str,
-    (act, loss, dropout, seed): (Act, Loss, f32, u64),
-    (optim, ref_kind, lr, l2): (OptimConfig, RefOptim, f64, f64),
-) -> bool {
-    let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
-    let (mut mlp, mut ws, x, labels) = problem((dims, batch), act, loss, dropout, seed);
-    let mut r = to_ref(&mlp);
-    let mut opt = Optimizer::new(optim, &mlp.layout);
-    let mut ref_opt = RefOptimizer::new(ref_kind, &r);
-    let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
-    let mut unfused = AlignedBuf::<f32>::zeroed(mlp.layout.len);
-    for step in 0..3 {
-        // The training step updates the weights inside their gradient
-        // products, so it never writes those gradients: they are computed
-        // first by the plain backward pass, on the same dropout masks.
-        let dropout_rng = || (dropout > 0.0).then(|| Rng::new(100 + step));
-        mlp.forward_train(&mut ws, batch, dropout_rng().as_mut());
-        mlp.loss_and_dlogits(&mut ws, batch);
-        mlp.backward(&mut ws, &mut grads, batch);
-        let out = fastnn::train::train_step(
-            &mut mlp,
-            &mut ws,
-            &mut unfused,
-            &mut opt,
-            batch,
-            lr as f32,
-            dropout_rng().as_mut(),
-            None,
-        );
-        // The reference replays the step with the same masks. The step's
-        // loss and gradients are the data term's; the optimiser adds the L2
-        // term's gradient 2λW itself.
-        let m = masks(&ws, dims, batch);
-        if r.kink_distance(&x, &labels, loss, m.as_deref()) < KINK {
-            return false;
-        }
-        let (ref_loss, ref_logits, g) = r.loss_and_grads(&x, &labels, loss, 0.0, m.as_deref());
-        let mean = out.loss_sum / batch as f64;
-        assert!(
-            (mean - ref_loss).abs() <= 1e-5 * ref_loss.abs().max(1e-30),
-            "{what} step {step}: loss {mean} vs {ref_loss}"
-        );
-        let classes = dims[dims.len() - 1];
-        let el = rel_err(&ws.logits()[..batch * classes], &ref_logits);
-        assert!(el < 1e-5, "{what} step {step}: logits error {el:e}");
-        let errors: Vec<(f64, f64)> = (mlp.layout.layers.iter().enumerate())
-            .map(|(l, slot)| {
-                (
-                    rel_err(&mlp.layout.weight_rows(&grads, l), &g.weights[l]),
-                    rel_err(&grads[slot.b.clone()], &g.biases[l]),
-                )
-            })
-            .collect();
-        assert!(
-            errors.iter().all(|&(ew, eb)| ew < 1e-4 && eb < 1e-4),
-            "{what} step {step}: (dW, db) errors by layer {errors:?}"
-        );
-        // The reference optimiser is fed the step's own gradients (plus
-        // the L2 term): Adam divides by √v̂ + ε, so where a gradient is
-        // about 0 (a hinge loss's bias often is exactly) its f32 rounding,
-        // ~1e-9, moves the first update by up to lr·1e-9/ε. The gradients
-        // were checked above; this checks the update rule on top of them.
-        let fed = RefGrads {
-            weights: (0..mlp.cfg.layers())
-                .zip(&r.weights)
-                .map(|(l, w)| {
-                    let gw = mlp.layout.weight_rows(&grads, l);
-                    gw.iter()
-                        .zip(w)
-                        .map(|(&g, &w)| g as f64 + 2.0 * l2 * w)
-                        .collect()
-                })
-                .collect(),
-            biases: (mlp.layout.layers.iter())
-                .map(|slot| grads[slot.b.clone()].iter().map(|&g| g as f64).collect())
-                .collect(),
-            gammas: Vec::new(),
-            betas: Vec::new(),
-        };
-        ref_opt.step(&mut r, &fed);
-        assert_matches_reference(&mlp, &r, &format!("{what} step {step}"));
-    }
-    true
-}
 
 /// The training step updates each weight matrix inside its gradient
 /// product; that gives the bits of the plain backward pass followed by
@@ -671,7 +583,7 @@ fn normalised_training_steps_match_the_reference_for_every_activation_loss_and_o
                     let ran = (0..64).any(|draw| {
                         let seed = 5000 + 1000 * case + draw;
                         let problem = (norm, act, loss, dropout, seed);
-                        normalised_case(&what, problem, (optim, ref_kind, lr, l2))
+                        packed_case(&what, problem, (optim, ref_kind, lr, l2))
                     });
                     assert!(ran, "{what}: every problem drawn lies on a kink");
                 }
@@ -680,10 +592,13 @@ fn normalised_training_steps_match_the_reference_for_every_activation_loss_and_o
     }
 }
 
-/// Three steps of one normalised case against the reference; false when a
-/// step's inputs lie within [`KINK`] of a kink (of the activation, on the
-/// normalised pre-activations, or of the hinge).
-fn normalised_case(
+/// Three training steps of one case against the reference: loss, logits,
+/// every gradient, then every parameter (with a normalisation also γ, β,
+/// the running statistics and the batch count). False (and nothing checked
+/// past that point) when a step's inputs lie within [`KINK`] of a kink (of
+/// the activation, on the normalised pre-activations if any, or of the
+/// hinge).
+fn packed_case(
     what: &str,
     (norm, act, loss, dropout, seed): (Norm, Act, Loss, f32, u64),
     (optim, ref_kind, lr, l2): (OptimConfig, RefOptim, f64, f64),
@@ -696,9 +611,12 @@ fn normalised_case(
     let mut ref_opt = RefOptimizer::new(ref_kind, &r);
     let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
     let mut unfused = AlignedBuf::<f32>::zeroed(mlp.layout.len);
-    // The gradients are computed on a copy of the network, in a second
-    // workspace holding the same batch, so that the step itself moves the
-    // running statistics once, as the reference does.
+    // The training step updates the weights inside their gradient
+    // products, so it never writes those gradients: they are computed first
+    // by the plain backward pass, on the same dropout masks, on a copy of
+    // the network in a second workspace holding the same batch, so that the
+    // step itself moves BatchNorm's running statistics once, as the
+    // reference does.
     let mut probe_ws = Workspace::new(&mlp, batch, Parallelism::Single);
     probe_ws.x.copy_from_slice(&ws.x);
     probe_ws.labels.copy_from_slice(&ws.labels);
@@ -757,8 +675,12 @@ fn normalised_case(
                 r.param_names()[t]
             );
         }
-        // The reference optimiser takes the step's own gradients (plus the
-        // L2 term), as in `packed_case`, and the batch's statistics.
+        // The reference optimiser is fed the step's own gradients (plus
+        // the L2 term): Adam divides by √v̂ + ε, so where a gradient is
+        // about 0 (a hinge loss's bias often is exactly) its f32 rounding,
+        // ~1e-9, moves the first update by up to lr·1e-9/ε. The gradients
+        // were checked above; this checks the update rule on top of them,
+        // and the running statistics on the batch's.
         r.update_running_stats(&x, batch, m.as_deref());
         let mut fed = fast_grads;
         for (gw, w) in fed.weights.iter_mut().zip(&r.weights) {
