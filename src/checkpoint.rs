@@ -15,12 +15,11 @@
 //! Each file carries a CRC-32 of its data, checked when it is loaded.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::config::TrainConfig;
 use crate::data::{DataError, Normalizer};
-use crate::model::{Act, Loss, Mlp, MlpConfig, Norm, NormSlots};
+use crate::model::{Act, Loss, Mlp, MlpConfig, Norm};
 use crate::ops::LossOut;
 use crate::optim::Optimizer;
 use crate::tensorfile::{self, Dtype, TensorOut};
@@ -173,8 +172,8 @@ pub fn save_model(
             ));
         }
         if let Some(n) = &slot.norm {
-            for (name, range) in norm_tensors(n) {
-                let v = &mlp.params[range.clone()];
+            for (name, range) in n.tensors() {
+                let v = &mlp.params[range];
                 tensors.push(TensorOut::f32(
                     format!("{}.{name}", idx + 1),
                     vec![v.len()],
@@ -193,19 +192,6 @@ pub fn save_model(
     // No `__pad.K` tensors here: PyTorch's strict `load_state_dict` would
     // reject them. All tensors are f32, so each still starts 4-byte aligned.
     write_with_crc(path, tensors, meta)
-}
-
-/// The f32 tensors of a normalisation module under PyTorch's names
-/// (LayerNorm has no running statistics: their ranges are empty).
-fn norm_tensors(n: &NormSlots) -> impl Iterator<Item = (&'static str, &Range<usize>)> {
-    [
-        ("weight", &n.gamma),
-        ("bias", &n.beta),
-        ("running_mean", &n.running_mean),
-        ("running_var", &n.running_var),
-    ]
-    .into_iter()
-    .filter(|(_, r)| !r.is_empty())
 }
 
 fn write_with_crc(
@@ -401,8 +387,8 @@ fn model_from(f: Loaded) -> Result<ModelFile, DataError> {
             )?;
         }
         if let Some(n) = &slot.norm {
-            for (name, range) in norm_tensors(n) {
-                let out = &mut mlp.params[range.clone()];
+            for (name, range) in n.tensors() {
+                let out = &mut mlp.params[range];
                 f.f32_into(&format!("{}.{name}", idx + 1), out, Some(&[slot.fan_out]))?;
             }
         }

@@ -282,6 +282,22 @@ pub struct LayerSlots {
     pub norm: Option<NormSlots>,
 }
 
+impl NormSlots {
+    /// The normalisation's tensors under their PyTorch names (`weight` is
+    /// γ, `bias` β), in `state_dict` order; LayerNorm has no running
+    /// statistics, so only the first two.
+    pub fn tensors(&self) -> impl Iterator<Item = (&'static str, Range<usize>)> {
+        [
+            ("weight", self.gamma.clone()),
+            ("bias", self.beta.clone()),
+            ("running_mean", self.running_mean.clone()),
+            ("running_var", self.running_var.clone()),
+        ]
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty())
+    }
+}
+
 impl LayerSlots {
     /// Trained parameters of the layer: weights, bias, γ and β (in the
     /// file layout, where the weights have no panel padding).
@@ -407,16 +423,8 @@ impl Layout {
     /// the network (they are copied as they are between the two).
     fn state_vectors(&self, l: usize) -> Vec<Range<usize>> {
         let s = &self.layers[l];
-        let mut v = vec![s.b.clone()];
-        if let Some(n) = &s.norm {
-            v.extend([
-                n.gamma.clone(),
-                n.beta.clone(),
-                n.running_mean.clone(),
-                n.running_var.clone(),
-            ]);
-        }
-        v
+        let norm = s.norm.iter().flat_map(|n| n.tensors().map(|(_, r)| r));
+        std::iter::once(s.b.clone()).chain(norm).collect()
     }
 
     /// Index in the slab of `W[o, i]` of layer `l`.

@@ -99,7 +99,7 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
         if !slot.b.is_empty() {
             mlp.params[slot.b.clone()].copy_from_slice(&f32s(&format!("{idx}.bias")));
         }
-        for (range, name) in norm_tensors(&slot) {
+        for (name, range) in norm_tensors(&slot) {
             mlp.params[range].copy_from_slice(&f32s(&format!("{}.{name}", idx + 1)));
         }
     }
@@ -141,21 +141,10 @@ fn module(mlp: &Mlp, l: usize) -> usize {
     l * if mlp.cfg.norm == Norm::None { 2 } else { 3 }
 }
 
-/// Layer `l`'s normalisation state, with its PyTorch names (empty without
-/// one; LayerNorm has no running statistics).
-fn norm_tensors(slot: &LayerSlots) -> Vec<(std::ops::Range<usize>, &'static str)> {
-    let Some(n) = &slot.norm else {
-        return Vec::new();
-    };
-    [
-        (n.gamma.clone(), "weight"),
-        (n.beta.clone(), "bias"),
-        (n.running_mean.clone(), "running_mean"),
-        (n.running_var.clone(), "running_var"),
-    ]
-    .into_iter()
-    .filter(|(r, _)| !r.is_empty())
-    .collect()
+/// Layer `l`'s normalisation tensors, with their PyTorch names (none
+/// without one).
+fn norm_tensors(slot: &LayerSlots) -> Vec<(&'static str, std::ops::Range<usize>)> {
+    slot.norm.iter().flat_map(|n| n.tensors()).collect()
 }
 
 /// The logits in evaluation mode, unfolded and with BatchNorm folded into
@@ -224,7 +213,7 @@ fn forward_and_backward_match_pytorch() {
             if !slot.b.is_empty() {
                 tensors.push((grads[slot.b.clone()].to_vec(), format!("{idx}.bias")));
             }
-            for (range, name) in norm_tensors(slot).into_iter().take(2) {
+            for (name, range) in norm_tensors(slot).into_iter().take(2) {
                 tensors.push((grads[range].to_vec(), format!("{}.{name}", idx + 1)));
             }
             for (fast, name) in tensors {
@@ -232,7 +221,7 @@ fn forward_and_backward_match_pytorch() {
                 worst = worst.max(check(&name, &fast, &g.f64s(&name)));
             }
             // The running statistics the training pass updated.
-            for (range, name) in norm_tensors(slot).into_iter().skip(2) {
+            for (name, range) in norm_tensors(slot).into_iter().skip(2) {
                 let name = format!("{case}.running.{}.{name}", idx + 1);
                 worst = worst.max(check(&name, &mlp.params[range], &g.f64s(&name)));
             }
@@ -304,7 +293,7 @@ fn optimiser_steps_match_pytorch() {
                 if !slot.b.is_empty() {
                     tensors.push((mlp.bias(l).to_vec(), format!("{idx}.bias")));
                 }
-                for (range, kind) in norm_tensors(slot) {
+                for (kind, range) in norm_tensors(slot) {
                     tensors.push((mlp.params[range].to_vec(), format!("{}.{kind}", idx + 1)));
                 }
                 for (fast, tensor) in tensors {
