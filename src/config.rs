@@ -23,6 +23,9 @@ pub struct TrainConfig {
     /// Normalisation after each hidden Linear.
     #[serde(default)]
     pub norm: Norm,
+    /// Arithmetic of the training step's matrix products.
+    #[serde(default)]
+    pub precision: Precision,
     pub optim: OptimConfig,
     /// Scale each step's gradient down to this global L2 norm when it is
     /// longer (`None`: never).
@@ -60,6 +63,40 @@ pub struct TrainConfig {
     /// augmentation; 0 = off).
     #[serde(default)]
     pub translate: usize,
+}
+
+/// The arithmetic of a training step's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// Mixed precision as PyTorch's autocast defines it: bf16 operands,
+    /// f32 sums; the master weights, the optimiser's state, the loss and
+    /// the elementwise passes in f32. Evaluation runs in f32, and model
+    /// files hold the f32 weights.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?} (f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
 }
 
 impl TrainConfig {

@@ -25,11 +25,13 @@ use std::time::Instant;
 
 use crate::buf::AlignedBuf;
 use crate::cpu::IsaError;
+use crate::gemm::bf16::{gemm_bf16, gemm_bf16_packed, Bf16Kernel, Bf16Workspace};
+use crate::gemm::bf16_weights::Bf16Weights;
 use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan};
 use crate::model::{Act, Mlp, Norm, BN_MOMENTUM, LEAKY_SLOPE};
 use crate::norm::{self, BatchStats};
 use crate::ops::{self, LossOut};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, Rule};
 use crate::rng::Rng;
 use crate::team::Team;
 
@@ -204,8 +206,20 @@ pub struct Workspace {
     batch_mean: Vec<AlignedBuf<f32>>,
     batch_var: Vec<AlignedBuf<f32>>,
     gemm: GemmCtx,
+    /// Mixed precision: the training passes' products in bf16 (`None`:
+    /// f32).
+    bf16: Option<MixedPrecision>,
     /// Time of the training steps, by phase.
     pub phases: Phases,
+}
+
+/// What a mixed-precision step adds to the workspace: the bf16 kernel, its
+/// packing buffers and the weights' bf16 copies, which the optimiser keeps
+/// equal to the f32 master weights rounded.
+struct MixedPrecision {
+    kernel: Bf16Kernel,
+    packing: Bf16Workspace,
+    weights: Bf16Weights,
 }
 
 impl Workspace {
@@ -259,8 +273,58 @@ impl Workspace {
                 Vec::new()
             },
             gemm,
+            bf16: None,
             phases: Phases::default(),
         }
+    }
+
+    /// Switches the training passes to mixed precision on `kernel`: the
+    /// products of the training forward pass and of the backward pass take
+    /// bf16 operands (f32 sums); the master weights, the optimiser's state,
+    /// the loss and every elementwise pass stay f32, and so does the
+    /// evaluation forward pass. Writes the weights' bf16 copies from
+    /// `mlp`'s master weights and reserves every buffer a step needs.
+    pub fn use_bf16(&mut self, mlp: &Mlp, kernel: Bf16Kernel) {
+        assert!(
+            kernel.is_available(),
+            "{} is not supported by this CPU",
+            kernel.name()
+        );
+        let mut packing = Bf16Workspace::default();
+        for p in step_products(&self.gemm, &mlp.cfg.dims, self.max_batch) {
+            packing.reserve(p.m, p.k, p.n);
+        }
+        self.bf16 = Some(MixedPrecision {
+            kernel,
+            packing,
+            weights: Bf16Weights::new(&mlp.cfg.dims),
+        });
+        self.write_bf16_copies(mlp);
+    }
+
+    /// Rewrites the weights' bf16 copies from `mlp`'s master weights, after
+    /// they changed outside a step (nothing in f32).
+    pub fn write_bf16_copies(&mut self, mlp: &Mlp) {
+        if let Some(b) = &mut self.bf16 {
+            for (l, slot) in mlp.layout.layers.iter().enumerate() {
+                b.weights.write_layer(l, &mlp.params[slot.w.clone()]);
+            }
+        }
+    }
+
+    /// The bf16 kernel of the training passes (`None`: f32).
+    pub fn bf16_kernel(&self) -> Option<Bf16Kernel> {
+        self.bf16.as_ref().map(|b| b.kernel)
+    }
+
+    /// Layer `l`'s bf16 weight copies as the products read them: forward
+    /// and (layers ≥ 1) backward words. For tests.
+    pub fn bf16_copies(&self, l: usize) -> Option<(&[u32], Option<&[u32]>)> {
+        let b = self.bf16.as_ref()?;
+        Some((
+            b.weights.forward(l).words(),
+            b.weights.backward(l).map(|p| p.words()),
+        ))
     }
 
     /// The input batch and its labels, to be filled, and the threads to
@@ -377,8 +441,11 @@ impl Mlp {
             batch_mean,
             batch_var,
             gemm,
+            bf16,
             ..
         } = ws;
+        // Mixed precision is for training passes; evaluation stays f32.
+        let mut bf16 = bf16.as_mut().filter(|_| training);
         for (l, slot) in self.layout.layers.iter().enumerate() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
             let (before, rest) = h.split_at_mut(l);
@@ -404,15 +471,20 @@ impl Mlp {
                     )
                 }
             };
-            // X [B, in], Wᵀ [in, out] in panels, read in place.
-            gemm.gemm(
-                1.0,
-                MatRef::row_major(&input[..batch * fan_in], batch, fan_in),
-                MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out),
-                0.0,
-                MatMut::row_major(dest, batch, fan_out),
-                epilogue,
-            );
+            // X [B, in], Wᵀ [in, out] in panels (or its bf16 copy), read
+            // in place.
+            let x = MatRef::row_major(&input[..batch * fan_in], batch, fan_in);
+            let dest = MatMut::row_major(dest, batch, fan_out);
+            match bf16.as_deref_mut() {
+                Some(b) => {
+                    let w = b.weights.forward(l);
+                    gemm_bf16_packed(b.kernel, x, w, dest, epilogue, &mut b.packing, gemm.team())
+                }
+                None => {
+                    let w = MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out);
+                    gemm.gemm(1.0, x, w, 0.0, dest, epilogue)
+                }
+            }
             if last {
                 break;
             }
@@ -567,19 +639,9 @@ impl Mlp {
             self.norm_backward(ws, grads, l, batch);
             self.input_gradient(ws, l, batch);
             clock.lap(&mut ws.phases.backward_data);
-            let Workspace { x, h, dz, gemm, .. } = ws;
-            let dz_l = &dz[l][..batch * slot.fan_out];
-            let input = &layer_input(x, h, l)[..batch * slot.fan_in];
-            // dWᵀ = Xᵀ·dZ: X [B, in] read as [in, B], dZ [B, out], into
-            // the weights' panels.
-            gemm.gemm(
-                1.0,
-                MatRef::row_major(input, batch, slot.fan_in).t(),
-                MatRef::row_major(dz_l, batch, slot.fan_out),
-                0.0,
-                MatMut::panels(&mut grads[slot.w.clone()], slot.fan_in, slot.fan_out),
-                Epilogue::None,
-            );
+            let dw = MatMut::panels(&mut grads[slot.w.clone()], slot.fan_in, slot.fan_out);
+            weight_gradient(ws, l, slot.fan_in, slot.fan_out, batch, dw);
+            let dz_l = &ws.dz[l][..batch * slot.fan_out];
             if !slot.b.is_empty() {
                 ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, slot.fan_out);
             }
@@ -611,45 +673,74 @@ impl Mlp {
             self.norm_backward(ws, grads, l, batch);
             self.input_gradient(ws, l, batch);
             clock.lap(&mut ws.phases.backward_data);
-            let slot = &self.layout.layers[l];
+            let slot = self.layout.layers[l].clone();
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
-            let Workspace {
-                x,
-                h,
-                dz,
-                gemm,
-                phases,
-                ..
-            } = ws;
-            let dz_l = &dz[l][..batch * fan_out];
-            let input = &layer_input(x, h, l)[..batch * fan_in];
-            // dWᵀ = Xᵀ·dZ as above, consumed by the update as it is made.
-            let (xt, dzb) = (
-                MatRef::row_major(input, batch, fan_in).t(),
-                MatRef::row_major(dz_l, batch, fan_out),
-            );
-            let fused = gemm.fuses_update(fan_in, batch, fan_out);
+            let fused = ws.gemm.fuses_update(fan_in, batch, fan_out) && ws.bf16.is_none();
             if fused {
+                // dWᵀ = Xᵀ·dZ as `weight_gradient` computes it, consumed
+                // by the update as it is made.
+                let Workspace { x, h, dz, gemm, .. } = &mut *ws;
+                let dz_l = &dz[l][..batch * fan_out];
+                let input = &layer_input(x, h, l)[..batch * fan_in];
                 let (m, v) = opt.moments_mut(slot.w.clone());
                 let w = MatMut::panels(&mut self.params[slot.w.clone()], fan_in, fan_out);
+                let xt = MatRef::row_major(input, batch, fan_in).t();
+                let dzb = MatRef::row_major(dz_l, batch, fan_out);
                 gemm.gemm_update(1.0, xt, dzb, w, m, v, rules.weights);
             } else {
                 let dw = MatMut::panels(&mut grads[slot.w.clone()], fan_in, fan_out);
-                gemm.gemm(1.0, xt, dzb, 0.0, dw, Epilogue::None);
+                weight_gradient(ws, l, fan_in, fan_out, batch, dw);
             }
             if !slot.b.is_empty() {
+                let dz_l = &ws.dz[l][..batch * fan_out];
                 ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
             }
-            clock.lap(&mut phases.weight_gradient);
+            clock.lap(&mut ws.phases.weight_gradient);
             if !fused {
-                let team = ws.gemm.team();
-                opt.update(rules.weights, slot.w.clone(), &mut self.params, grads, team);
+                self.update_weights(ws, grads, opt, rules.weights, l);
             }
             for range in slot.trained_vectors() {
                 opt.update(rules.biases, range, &mut self.params, grads, None);
             }
-            clock.lap(&mut phases.update);
+            clock.lap(&mut ws.phases.update);
         }
+    }
+
+    /// The optimiser's step of every parameter with the gradients in
+    /// `grads` at learning rate `lr`: [`Optimizer::step`], writing the
+    /// weights' bf16 copies as it goes in mixed precision.
+    pub fn update(&mut self, ws: &mut Workspace, grads: &[f32], opt: &mut Optimizer, lr: f32) {
+        let rules = opt.begin_step(lr);
+        for l in 0..self.layout.layers.len() {
+            self.update_weights(ws, grads, opt, rules.weights, l);
+            for range in self.layout.layers[l].trained_vectors() {
+                opt.update(rules.biases, range, &mut self.params, grads, None);
+            }
+        }
+    }
+
+    /// Layer `l`'s weights updated by `rule` with their gradients in
+    /// `grads`, split across the team, and their bf16 copies written in
+    /// the same pass in mixed precision.
+    fn update_weights(
+        &mut self,
+        ws: &mut Workspace,
+        grads: &[f32],
+        opt: &mut Optimizer,
+        rule: Rule,
+        l: usize,
+    ) {
+        let range = self.layout.layers[l].w.clone();
+        let Workspace { gemm, bf16, .. } = ws;
+        let writer = bf16.as_mut().map(|b| b.weights.writer(l));
+        opt.update_writing(
+            rule,
+            range,
+            &mut self.params,
+            grads,
+            gemm.team(),
+            writer.as_ref(),
+        );
     }
 
     /// The input gradient of layer `l > 0`, `dZ_{l−1} = (dZ_l·W_l) ⊙
@@ -662,7 +753,12 @@ impl Mlp {
         let slot = &self.layout.layers[l];
         let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
         let Workspace {
-            h, dz, masks, gemm, ..
+            h,
+            dz,
+            masks,
+            gemm,
+            bf16,
+            ..
         } = ws;
         let (dz_before, dz_rest) = dz.split_at_mut(l);
         let dz_l = &dz_rest[0][..batch * fan_out];
@@ -673,15 +769,34 @@ impl Mlp {
             None => Epilogue::None,
         };
         let dz_prev = &mut dz_before[l - 1][..batch * fan_in];
-        // W [out, in]: the transpose of the panels, packed by the product.
-        gemm.gemm(
-            1.0,
+        let (dzm, dest) = (
             MatRef::row_major(dz_l, batch, fan_out),
-            MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out).t(),
-            0.0,
             MatMut::row_major(dz_prev, batch, fan_in),
-            epilogue,
         );
+        match bf16 {
+            // W [out, in]: its bf16 backward copy, read in place.
+            Some(b) => {
+                let w = b
+                    .weights
+                    .backward(l)
+                    .expect("layers ≥ 1 have a backward copy");
+                gemm_bf16_packed(
+                    b.kernel,
+                    dzm,
+                    w,
+                    dest,
+                    epilogue,
+                    &mut b.packing,
+                    gemm.team(),
+                );
+            }
+            // W [out, in]: the transpose of the panels, packed by the
+            // product.
+            None => {
+                let w = MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out).t();
+                gemm.gemm(1.0, dzm, w, 0.0, dest, epilogue);
+            }
+        }
         if !masks.is_empty() || act.is_none() {
             let mask = masks.get(l - 1).map(|m| &m[..batch * fan_in]);
             ops::act_dropout_backward(dz_prev, prev_out, mask, self.cfg.act, act.is_some());
@@ -700,5 +815,32 @@ impl Mlp {
             classes,
             self.cfg.loss,
         )
+    }
+}
+
+/// Layer `l`'s weight gradient `dWᵀ = Xᵀ·dZ` into `dw` (its panels): X
+/// [B, in] read as [in, B], dZ [B, out]; in bf16 in mixed precision.
+fn weight_gradient(
+    ws: &mut Workspace,
+    l: usize,
+    fan_in: usize,
+    fan_out: usize,
+    batch: usize,
+    dw: MatMut<'_>,
+) {
+    let Workspace {
+        x,
+        h,
+        dz,
+        gemm,
+        bf16,
+        ..
+    } = ws;
+    let input = &layer_input(x, h, l)[..batch * fan_in];
+    let xt = MatRef::row_major(input, batch, fan_in).t();
+    let dzb = MatRef::row_major(&dz[l][..batch * fan_out], batch, fan_out);
+    match bf16 {
+        Some(b) => gemm_bf16(b.kernel, xt, dzb, dw, &mut b.packing, gemm.team()),
+        None => gemm.gemm(1.0, xt, dzb, 0.0, dw, Epilogue::None),
     }
 }

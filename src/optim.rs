@@ -13,6 +13,7 @@
 use std::ops::{Add, Div, Mul, Range, Sub};
 
 use crate::buf::AlignedBuf;
+use crate::gemm::bf16_weights::CopyWriter;
 use crate::model::Layout;
 use crate::team::{SharedMut, Team};
 
@@ -141,13 +142,28 @@ impl Optimizer {
         grads: &[f32],
         team: Option<&mut Team>,
     ) {
+        self.update_writing(rule, range, params, grads, team, None)
+    }
+
+    /// As [`Optimizer::update`] for one weight matrix (`range`), and with
+    /// `copies` also writes its bf16 copies: block by block, each block's
+    /// new weights while they are still in L1.
+    pub fn update_writing(
+        &mut self,
+        rule: Rule,
+        range: Range<usize>,
+        params: &mut [f32],
+        grads: &[f32],
+        team: Option<&mut Team>,
+        copies: Option<&CopyWriter<'_>>,
+    ) {
         let p = &mut params[range.clone()];
         let g = &grads[range.clone()];
         let (m, v) = self.moments_mut(range);
         let len = p.len();
         let team = team.filter(|t| t.threads() > 1 && len > PAR_CHUNK);
         let Some(team) = team else {
-            return update(rule, p, g, m, v);
+            return update_piece(rule, p, g, m, v, 0, copies);
         };
         let per = len.div_ceil(PAR_CHUNK).div_ceil(team.threads()) * PAR_CHUNK;
         let second = !v.is_empty();
@@ -163,8 +179,38 @@ impl Optimizer {
                 };
                 (p.piece(r.clone()), m.piece(r.clone()), v)
             };
-            update(rule, p, &g[r], m, v)
+            update_piece(rule, p, &g[r.clone()], m, v, r.start, copies)
         });
+    }
+}
+
+/// Elements per block of an update that writes bf16 copies: the block's
+/// weights, gradients and moments (16 KiB) stay in L1 until its copies are
+/// written. Whole rows of the weights' panels, and whole pairs of rows.
+const COPY_BLOCK: usize = 1024;
+
+/// One thread's piece of an update, starting `start` elements into its
+/// tensor, with the tensor's bf16 copies if there are any.
+fn update_piece(
+    rule: Rule,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    start: usize,
+    copies: Option<&CopyWriter<'_>>,
+) {
+    let Some(copies) = copies else {
+        return update(rule, p, g, m, v);
+    };
+    let second = !v.is_empty();
+    for (b, p) in p.chunks_mut(COPY_BLOCK).enumerate() {
+        let r = b * COPY_BLOCK..b * COPY_BLOCK + p.len();
+        let v: &mut [f32] = if second { &mut v[r.clone()] } else { &mut [] };
+        update(rule, p, &g[r.clone()], &mut m[r.clone()], v);
+        // SAFETY: the block's rows are this piece's alone (the pieces of an
+        // update are disjoint).
+        unsafe { copies.write(start + r.start, p) };
     }
 }
 
@@ -198,6 +244,8 @@ pub struct StepRules {
 
 /// Elements per parallel piece of the update (64 KiB of parameters).
 const PAR_CHUNK: usize = 1 << 14;
+
+const _: () = assert!(PAR_CHUNK % COPY_BLOCK == 0 && COPY_BLOCK % 64 == 0);
 
 /// One tensor's update rule with its scalars for this step (L2 and weight
 /// decay are 0 for biases).

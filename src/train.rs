@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::buf::AlignedBuf;
 use crate::checkpoint::{self, Checkpoint, EarlyStopState};
-pub use crate::config::TrainConfig;
+pub use crate::config::{Precision, TrainConfig};
 use crate::data::{Augment, Dataset, Geometry, Normalizer, SplitView};
 use crate::gemm::Parallelism;
 use crate::model::{Mlp, MlpConfig, Norm};
@@ -191,7 +191,7 @@ pub fn train_step(
             mlp.backward(ws, grads, batch);
             let mut clock = Lap::start();
             optim::clip_grad_norm(grads, max_norm);
-            opt.step(&mut mlp.params, grads, &mlp.layout, lr, ws.team());
+            mlp.update(ws, grads, opt, lr);
             clock.lap(&mut ws.phases.update);
         }
     }
@@ -408,7 +408,10 @@ impl<'d> Trainer<'d> {
                 AlignedBuf::from_slice(&mlp.params),
             ),
         });
-        let ws = Workspace::try_new(&mlp, cfg.batch, Parallelism::threads(cfg.threads))?;
+        let mut ws = Workspace::try_new(&mlp, cfg.batch, Parallelism::threads(cfg.threads))?;
+        if cfg.precision == Precision::Bf16 {
+            ws.use_bf16(&mlp, crate::cpu::try_selected_bf16()?);
+        }
         let grads = AlignedBuf::zeroed(mlp.layout.len);
         Ok(Trainer {
             cfg,
@@ -441,7 +444,10 @@ impl<'d> Trainer<'d> {
     /// Facts about the run, for [`Observer::start`].
     pub fn info(&self) -> RunInfo {
         RunInfo {
-            isa: self.ws.gemm().isa().name(),
+            isa: match self.ws.bf16_kernel() {
+                Some(k) => k.name(),
+                None => self.ws.gemm().isa().name(),
+            },
             threads: self.cfg.threads,
             dims: self.mlp.cfg.dims.clone(),
             parameters: self.mlp.cfg.parameter_count(),

@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+use crate::config::Precision;
 use crate::data::idx::IdxBytes;
 use crate::data::{
     cache, embedded, DataError, Dataset, Features, Holdout, Normalize, RawDataset, RawSplit,
@@ -86,6 +87,7 @@ impl Workload {
             early_stop: None,
             label_smoothing: 0.0,
             norm: Default::default(),
+            precision: Default::default(),
             optim: OptimConfig {
                 kind: OptimKind::Sgd {
                     momentum: 0.9,
@@ -196,8 +198,9 @@ impl Observer for Collect {
 }
 
 /// Trains `workload` for `epochs` epochs (at least 2: one warm-up), with a
-/// normalisation after each hidden layer if asked, and measures its
-/// throughput. `fashion_mnist` is as for [`Workload::dataset`].
+/// normalisation after each hidden layer if asked, in `precision`, and
+/// measures its throughput. `fashion_mnist` is as for
+/// [`Workload::dataset`].
 pub fn measure(
     workload: Workload,
     fashion_mnist: &[IdxBytes<'_>],
@@ -205,10 +208,12 @@ pub fn measure(
     threads: usize,
     epochs: usize,
     norm: Norm,
+    precision: Precision,
 ) -> Result<Throughput, TrainError> {
     let data = workload.dataset(fashion_mnist)?;
     let cfg = TrainConfig {
         norm,
+        precision,
         ..workload.config(batch, threads, epochs.max(2))
     };
     let mut obs = Collect {

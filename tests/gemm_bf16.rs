@@ -5,8 +5,11 @@
 mod common;
 
 use common::report;
-use fastnn::gemm::bf16::{gemm_bf16, round_bf16, Bf16Kernel, Bf16Workspace, MR, NR};
-use fastnn::gemm::{MatMut, MatRef};
+use fastnn::buf::AlignedBuf;
+use fastnn::gemm::bf16::{
+    gemm_bf16, gemm_bf16_packed, pack_b, round_bf16, Bf16Kernel, Bf16Workspace, PackedB, MR, NR,
+};
+use fastnn::gemm::{panel_len, Activation, Epilogue, MatMut, MatRef};
 use fastnn::rng::Rng;
 use fastnn::team::Team;
 
@@ -164,6 +167,73 @@ fn a_team_gives_the_bits_of_one_thread() {
                     .zip(&many)
                     .all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same, "{} {m}×{k}×{n} on {threads} threads", kernel.name());
+            }
+        }
+    }
+}
+
+/// A product on an operand packed beforehand (`pack_b` then
+/// `gemm_bf16_packed`), with each epilogue, into a dense C and into C in
+/// column panels: the bits of the plain product followed by the epilogue
+/// written out, for every bf16 kernel this CPU runs, on 1 and 2 threads.
+#[test]
+fn packed_operand_epilogues_and_panelled_c_give_the_plain_bits() {
+    let mut rng = Rng::new(23);
+    for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+        for (m, k, n) in [(1, 1, 1), (7, 33, 161), (17, 15, 40), (33, 257, 65)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let z: Vec<f32> = (0..m * n).map(|_| rng.next_f32()).collect();
+            let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+            let mut plain = vec![f32::NAN; m * n];
+            let mut ws = Bf16Workspace::default();
+            gemm_bf16(
+                kernel,
+                am,
+                bm,
+                MatMut::row_major(&mut plain, m, n),
+                &mut ws,
+                None,
+            );
+            let mut packed = AlignedBuf::zeroed(0);
+            pack_b(&bm, &mut packed);
+            let bt = PackedB::new(&packed, k, n);
+            let zm = MatRef::row_major(&z, m, n);
+            let epilogues: [(&str, Epilogue, &dyn Fn(usize, usize, f32) -> f32); 5] = [
+                ("none", Epilogue::None, &|_, _, v| v),
+                ("bias", Epilogue::Bias(&bias), &|_, j, v| v + bias[j]),
+                ("act", Epilogue::Act(Activation::Tanh), &|_, _, v| v.tanh()),
+                (
+                    "bias+relu",
+                    Epilogue::BiasAct(&bias, Activation::Relu),
+                    &|_, j, v| (v + bias[j]).max(0.0),
+                ),
+                (
+                    "act'",
+                    Epilogue::ActGrad(zm, Activation::Sigmoid),
+                    &|i, j, v| v * (z[i * n + j] * (1.0 - z[i * n + j])),
+                ),
+            ];
+            for (name, epilogue, by_hand) in epilogues {
+                for threads in [1, 2] {
+                    let mut team = (threads > 1).then(|| Team::new(threads));
+                    let what = format!("{} {m}×{k}×{n} {name} on {threads}", kernel.name());
+                    let mut dense = vec![f32::NAN; m * n];
+                    let c = MatMut::row_major(&mut dense, m, n);
+                    gemm_bf16_packed(kernel, am, bt, c, epilogue, &mut ws, team.as_mut());
+                    let mut panels = vec![f32::NAN; panel_len(m, n)];
+                    let c = MatMut::panels(&mut panels, m, n);
+                    gemm_bf16_packed(kernel, am, bt, c, epilogue, &mut ws, team.as_mut());
+                    let pm = MatRef::panels(&panels, m, n);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want = by_hand(i, j, plain[i * n + j]).to_bits();
+                            assert_eq!(dense[i * n + j].to_bits(), want, "{what}: ({i}, {j})");
+                            assert_eq!(pm.at(i, j).to_bits(), want, "{what}: panels ({i}, {j})");
+                        }
+                    }
+                }
             }
         }
     }

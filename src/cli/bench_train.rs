@@ -5,8 +5,9 @@ use std::io::Write;
 use anyhow::Result;
 use clap::Args;
 use fastnn::cpu;
-use fastnn::gemm::bench::measure_peak;
+use fastnn::gemm::bench::{bf16_peak, measure_peak};
 use fastnn::model::Norm;
+use fastnn::train::Precision;
 use fastnn::workload::{measure, Throughput, Workload};
 
 /// Training throughput (images/s, median of the epochs after a warm-up) of
@@ -34,6 +35,10 @@ pub struct TrainBenchArgs {
     /// Normalisation after each hidden layer: none, batch or layer.
     #[arg(long, default_value = "none")]
     norm: Norm,
+    /// Arithmetic of the step's products: f32, or bf16 (mixed precision;
+    /// its limit is the measured bf16 dot-product peak).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Also show where a step's time goes: gather, forward, loss, input
     /// gradients, weight gradients, update, and the time the first thread
     /// waited for the others (always in the JSON).
@@ -95,9 +100,16 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         threads,
         args.epochs,
         args.norm,
+        args.precision,
     )?;
     let gflops = t.median * t.flops_per_sample as f64 / 1e9;
-    let peak = measure_peak(cpu::try_selected()?, threads).map(|p| p.gflops);
+    let (peak, peak_name) = match args.precision {
+        Precision::F32 => (
+            measure_peak(cpu::try_selected()?, threads).map(|p| p.gflops),
+            "FMA",
+        ),
+        Precision::Bf16 => (bf16_peak().map(|p| p * threads as f64), "bf16 dot-product"),
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
@@ -105,6 +117,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "batch": args.batch,
             "threads": threads,
             "norm": args.norm.to_string(),
+            "precision": args.precision.to_string(),
             "isa": t.isa,
             "images_per_sec": t.median,
             "epochs_images_per_sec": t.epochs,
@@ -132,12 +145,13 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     let epochs: Vec<String> = t.epochs.iter().map(|x| format!("{x:.0}")).collect();
     writeln!(
         out,
-        "{}, batch {}, {} thread(s), gemm {}, norm {}",
+        "{}, batch {}, {} thread(s), gemm {}, norm {}, precision {}",
         args.workload.name(),
         args.batch,
         threads,
         t.isa,
-        args.norm
+        args.norm,
+        args.precision
     )?;
     writeln!(
         out,
@@ -149,10 +163,11 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     match peak {
         Some(p) => writeln!(
             out,
-            "  {:.1} GFLOP/s of training math ({:.2} MFLOP per image) = {:.0}% of the measured FMA peak {:.0} GFLOP/s (limit {:.0} images/s)",
+            "  {:.1} GFLOP/s of training math ({:.2} MFLOP per image) = {:.0}% of the measured {} peak {:.0} GFLOP/s (limit {:.0} images/s)",
             gflops,
             t.flops_per_sample as f64 / 1e6,
             100.0 * gflops / p,
+            peak_name,
             p,
             p * 1e9 / t.flops_per_sample as f64
         )?,

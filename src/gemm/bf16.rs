@@ -28,7 +28,7 @@
 use crate::buf::AlignedBuf;
 
 use super::mat::Panels;
-use super::{MatMut, MatRef};
+use super::{Epilogue, MatMut, MatRef};
 use crate::team::Team;
 
 /// Rows of a C tile (and of an Ã panel).
@@ -112,9 +112,58 @@ pub struct Bf16Workspace {
     b: AlignedBuf<u32>,
 }
 
+impl Bf16Workspace {
+    /// Reserves the packing buffers for products up to m×k·k×n, so that
+    /// no later product of that size allocates.
+    pub fn reserve(&mut self, m: usize, k: usize, n: usize) {
+        let a = m.div_ceil(MR) * pairs(k) * MR;
+        if self.a.len() < a {
+            self.a = AlignedBuf::zeroed(a);
+        }
+        let b = packed_b_len(k, n);
+        if self.b.len() < b {
+            self.b = AlignedBuf::zeroed(b);
+        }
+    }
+}
+
 /// Word pairs along `k`.
-fn pairs(k: usize) -> usize {
+pub fn pairs(k: usize) -> usize {
     k.div_ceil(2)
+}
+
+/// Words of a k×n operand in B̃'s layout: ⌈n/NR⌉ panels of ⌈k/2⌉·NR.
+pub fn packed_b_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * pairs(k) * NR
+}
+
+/// A k×n operand already in B̃'s layout (NR-column panels, bf16 pairs
+/// along k, word `[panel][kp][c]`), read in place by
+/// [`gemm_bf16_packed`]: the network's weights, whose copies the optimiser
+/// writes this way ([`super::bf16_weights`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PackedB<'a> {
+    words: &'a [u32],
+    k: usize,
+    n: usize,
+}
+
+impl<'a> PackedB<'a> {
+    /// Panics unless `words` holds a packed k×n operand.
+    pub fn new(words: &'a [u32], k: usize, n: usize) -> PackedB<'a> {
+        let need = packed_b_len(k, n);
+        assert!(
+            words.len() >= need,
+            "a packed bf16 {k}×{n} operand needs {need} words, {} given",
+            words.len()
+        );
+        PackedB { words, k, n }
+    }
+
+    /// The words, `packed_b_len(k, n)` of them.
+    pub fn words(&self) -> &'a [u32] {
+        &self.words[..packed_b_len(self.k, self.n)]
+    }
 }
 
 /// Element (i, j) of `m` by its layout, without the bounds check of
@@ -177,7 +226,7 @@ fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
 
 /// `row[q] = (values[2q], values[2q + 1])` as bf16, an odd tail padded with
 /// a zero.
-fn pack_pairs(values: &[f32], row: &mut [u32]) {
+pub(super) fn pack_pairs(values: &[f32], row: &mut [u32]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if Bf16Kernel::Avx512Bf16.is_available() {
@@ -214,10 +263,10 @@ unsafe fn pack_pairs_avx512bf16(values: &[f32], row: &mut [u32]) -> usize {
 /// Packs `b` (k×n) into B̃, NR-column panels, columns past `n` zero. The
 /// loops run along whichever dimension B is contiguous in; a row-major B
 /// is converted 16 columns at a time where the CPU has AVX512-BF16.
-fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
+pub fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
     let (k, n) = (b.rows(), b.cols());
     let kp = pairs(k);
-    let len = n.div_ceil(NR) * kp * NR;
+    let len = packed_b_len(k, n);
     if out.len() < len {
         *out = AlignedBuf::zeroed(len);
     }
@@ -268,7 +317,7 @@ fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
 /// and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn interleave_avx512bf16(lo: *const f32, hi: *const f32, out: &mut [u32]) {
+pub(super) unsafe fn interleave_avx512bf16(lo: *const f32, hi: *const f32, out: &mut [u32]) {
     use std::arch::x86_64::*;
     assert_eq!(out.len(), 16);
     let lo: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo)));
@@ -281,7 +330,7 @@ unsafe fn interleave_avx512bf16(lo: *const f32, hi: *const f32, out: &mut [u32])
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn interleave_avx512bf16(_: *const f32, _: *const f32, _: &mut [u32]) {
+pub(super) unsafe fn interleave_avx512bf16(_: *const f32, _: *const f32, _: &mut [u32]) {
     unreachable!("AVX512-BF16 is x86-64 only")
 }
 
@@ -339,33 +388,28 @@ unsafe fn tile_avx512bf16(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
 }
 
 /// The tiles of one product, for [`TileRun::run`].
-struct TileRun {
+struct TileRun<'e> {
     kernel: Bf16Kernel,
     m: usize,
     n: usize,
     kp: usize,
-    /// C's strides.
-    rs: usize,
-    cs: usize,
+    /// C's strides and layout.
+    rs: isize,
+    cs: isize,
+    layout: Panels,
+    epilogue: Epilogue<'e>,
 }
 
-impl TileRun {
+impl TileRun<'_> {
     /// Every tile of the B̃ panels `panels` (all of C's rows), into C.
     fn run(&self, at: &[u32], bt: &[u32], dest: &Dest, panels: std::ops::Range<usize>) {
-        let TileRun {
-            kernel,
-            m,
-            n,
-            kp,
-            rs,
-            cs,
-        } = *self;
+        let (m, n, kp) = (self.m, self.n, self.kp);
         let mut tile: Tile = [[0.0; NR]; MR];
         for jb in panels {
             let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
             for ib in 0..m.div_ceil(MR) {
                 let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
-                match kernel {
+                match self.kernel {
                     Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the kernel is available (the product asserts
@@ -377,12 +421,27 @@ impl TileRun {
                 for (r, row) in tile.iter().enumerate().take(m - ib * MR) {
                     for (j, &v) in row.iter().enumerate().take(n - jb * NR) {
                         let (i, j) = (ib * MR + r, jb * NR + j);
-                        // SAFETY: i < m and j < n, inside C's dense view;
+                        let v = self.finish(i, j, v);
+                        let at = self.layout.offset(i, j, self.rs, self.cs);
+                        // SAFETY: i < m and j < n, inside C's view;
                         // column j belongs to this part's panels alone.
-                        unsafe { dest.write(i * rs + j * cs, v) };
+                        unsafe { dest.write(at, v) };
                     }
                 }
             }
+        }
+    }
+
+    /// Element (i, j)'s sum `v` through the epilogue, in the order of the
+    /// f32 kernels' store (see [`super::epilogue`]).
+    #[inline(always)]
+    fn finish(&self, i: usize, j: usize, v: f32) -> f32 {
+        match self.epilogue {
+            Epilogue::None => v,
+            Epilogue::Bias(b) => v + b[j],
+            Epilogue::Act(a) => a.apply(v),
+            Epilogue::BiasAct(b, a) => a.apply(v + b[j]),
+            Epilogue::ActGrad(z, a) => a.scale_by_grad(z.at(i, j), v),
         }
     }
 }
@@ -396,8 +455,8 @@ impl Dest {
     ///
     /// # Safety
     /// `at` lies inside C, and no other part writes it.
-    unsafe fn write(&self, at: usize, v: f32) {
-        *self.0.add(at) = v;
+    unsafe fn write(&self, at: isize, v: f32) {
+        *self.0.offset(at) = v;
     }
 }
 // SAFETY: each part writes only the columns of its own B̃ panels, and the
@@ -405,42 +464,64 @@ impl Dest {
 unsafe impl Sync for Dest {}
 unsafe impl Send for Dest {}
 
-/// `C = op(A)·op(B)` in bf16 with f32 accumulation (C, dense, is
-/// overwritten). Both operands are packed on the calling thread; the tiles
-/// then split across `team` by B̃ panels (columns of C), so every element
-/// is summed in one order and the bits do not depend on the thread count.
+/// `C = op(A)·op(B)` in bf16 with f32 accumulation (C is overwritten).
+/// Both operands are packed on the calling thread, then multiplied as
+/// [`gemm_bf16_packed`] does.
 pub fn gemm_bf16(
     kernel: Bf16Kernel,
     a: MatRef<'_>,
     b: MatRef<'_>,
-    mut c: MatMut<'_>,
+    c: MatMut<'_>,
     ws: &mut Bf16Workspace,
     team: Option<&mut Team>,
 ) {
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    assert_eq!(b.rows(), k, "inner dimensions");
+    let (k, n) = (b.rows(), b.cols());
+    assert_eq!(a.cols(), k, "inner dimensions");
+    let mut bt = std::mem::take(&mut ws.b);
+    pack_b(&b, &mut bt);
+    let packed = PackedB::new(&bt, k, n);
+    gemm_bf16_packed(kernel, a, packed, c, Epilogue::None, ws, team);
+    ws.b = bt;
+}
+
+/// `C = epilogue(op(A)·B̃)` in bf16 with f32 accumulation, B already packed
+/// (C, dense or in column panels, is overwritten). A is packed on the
+/// calling thread; the tiles then split across `team` by B̃ panels (columns
+/// of C), so every element is summed in one order and the bits do not
+/// depend on the thread count.
+pub fn gemm_bf16_packed(
+    kernel: Bf16Kernel,
+    a: MatRef<'_>,
+    b: PackedB<'_>,
+    mut c: MatMut<'_>,
+    epilogue: Epilogue<'_>,
+    ws: &mut Bf16Workspace,
+    team: Option<&mut Team>,
+) {
+    let (m, k, n) = (a.rows(), a.cols(), b.n);
+    assert_eq!(b.k, k, "inner dimensions");
     assert_eq!((c.rows(), c.cols()), (m, n), "C's shape");
-    assert!(c.layout() == Panels::None, "C must be dense");
+    epilogue.check(m, n);
     assert!(
         kernel.is_available(),
         "{} is not supported by this CPU",
         kernel.name()
     );
     pack_a(&a, &mut ws.a);
-    pack_b(&b, &mut ws.b);
     let kp = pairs(k);
-    let (rs, cs) = (c.rs(), c.cs());
-    let dest = Dest(c.as_mut_ptr());
-    let (at, bt) = (&ws.a[..], &ws.b[..]);
-    let panels = n.div_ceil(NR);
     let shape = TileRun {
         kernel,
         m,
         n,
         kp,
-        rs,
-        cs,
+        rs: c.rs() as isize,
+        cs: c.cs() as isize,
+        layout: c.layout(),
+        epilogue,
     };
+    let dest = Dest(c.as_mut_ptr());
+    let (at, bt) = (&ws.a[..], b.words);
+    let panels = n.div_ceil(NR);
     let columns = |range: std::ops::Range<usize>| shape.run(at, bt, &dest, range);
     match team.filter(|t| t.threads() > 1 && panels > 1) {
         Some(team) => {

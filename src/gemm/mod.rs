@@ -38,6 +38,7 @@
 
 pub mod bench;
 pub mod bf16;
+pub mod bf16_weights;
 mod epilogue;
 mod kernels;
 mod loops;
