@@ -2,8 +2,12 @@
 //! optimiser steps, on a tiny network (every tile an edge tile) and on one
 //! with full tiles (the vector stores and their fused epilogues).
 
+mod common;
+
+use common::report;
 use fastnn::buf::AlignedBuf;
-use fastnn::gemm::{GemmCtx, Parallelism, Plan};
+use fastnn::gemm::bf16::{pack_b, Bf16Kernel};
+use fastnn::gemm::{GemmCtx, MatRef, Parallelism, Plan};
 use fastnn::model::{Act, Loss, Mlp, MlpConfig, Norm, NormSlots};
 use fastnn::net::{step_products, Product, Workspace};
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer};
@@ -710,4 +714,283 @@ fn packed_case(
         assert_eq!(ours.batches_tracked, r.batches_tracked, "{what}");
     }
     true
+}
+
+// ---------------------------------------------------------------------------
+// Mixed precision: the step's products in bf16
+// ---------------------------------------------------------------------------
+
+/// bf16's unit roundoff: 8 significant bits, rounded to nearest.
+const BF16_U: f64 = 1.0 / 256.0;
+
+/// The exact (f64) logits of `mlp` on `x` and, per logit, a first-order
+/// bound of how far the bf16 forward pass may lie from them. Per layer,
+/// with `H` the layer's exact input, `E` the bound on its error, `S =
+/// |W|·|H|` and `P = |W|·E` (sums over the K inputs):
+///
+/// ```text
+/// |Ẑ − Z| ≤ (1 + u)²·P + (2u + u² + γ_K)·S + 4·2⁻²⁴·(S + |b|)
+/// ```
+///
+/// (each operand rounded to bf16 once, relative error ≤ u, so a product
+/// ≤ 2u + u²; the f32 sum of K exact products ≤ γ_K = K·2⁻²⁴/(1 − K·2⁻²⁴);
+/// a few f32 roundings of the bias add), and the next layer's `E = L·|Ẑ −
+/// Z| + 2⁻²³·|act(Z)|` with L the activation's Lipschitz constant (1; ¼
+/// for the sigmoid).
+fn bf16_forward_bound(mlp: &Mlp, x: &[f64], batch: usize) -> (Vec<f64>, Vec<f64>) {
+    let u = BF16_U;
+    let (mut h, mut e) = (x.to_vec(), vec![0.0; x.len()]);
+    let layers = mlp.cfg.layers();
+    for l in 0..layers {
+        let (k, n) = (mlp.cfg.dims[l], mlp.cfg.dims[l + 1]);
+        let w: Vec<f64> = mlp.weight(l).iter().map(|&v| v as f64).collect();
+        let b = mlp.bias(l);
+        let gamma = k as f64 * 2f64.powi(-24) / (1.0 - k as f64 * 2f64.powi(-24));
+        let (mut z, mut bound) = (vec![0.0; batch * n], vec![0.0; batch * n]);
+        for s in 0..batch {
+            for j in 0..n {
+                let (mut sum, mut size, mut carried) = (b[j] as f64, 0.0, 0.0);
+                for i in 0..k {
+                    let (wv, hv) = (w[j * k + i], h[s * k + i]);
+                    sum += wv * hv;
+                    size += (wv * hv).abs();
+                    carried += wv.abs() * e[s * k + i];
+                }
+                z[s * n + j] = sum;
+                bound[s * n + j] = (1.0 + u).powi(2) * carried
+                    + (2.0 * u + u * u + gamma) * size
+                    + 4.0 * 2f64.powi(-24) * (size + (b[j] as f64).abs());
+            }
+        }
+        if l + 1 == layers {
+            return (z, bound);
+        }
+        let (act, lipschitz) = match mlp.cfg.act {
+            Act::Sigmoid => (fastnn::reference::act_value as fn(Act, f64) -> f64, 0.25),
+            _ => (fastnn::reference::act_value as fn(Act, f64) -> f64, 1.0),
+        };
+        h = z.iter().map(|&v| act(mlp.cfg.act, v)).collect();
+        e = bound
+            .iter()
+            .zip(&h)
+            .map(|(&d, &hv)| lipschitz * d + 2f64.powi(-23) * hv.abs())
+            .collect();
+    }
+    unreachable!("the last layer returns")
+}
+
+/// The bf16 kernels this CPU runs; the others reported as skipped.
+fn bf16_kernels(what: &str) -> Vec<Bf16Kernel> {
+    Bf16Kernel::ALL
+        .into_iter()
+        .filter(|k| {
+            let name = format!("{what} on the {} kernel", k.name());
+            if k.is_available() {
+                report::ran(&name);
+            } else {
+                report::skipped(&name, "this CPU lacks it");
+            }
+            k.is_available()
+        })
+        .collect()
+}
+
+/// The weights' bf16 copies in `ws` are the master weights rounded, in the
+/// products' packed layouts, bit for bit.
+fn assert_copies_are_the_rounded_master(mlp: &Mlp, ws: &Workspace, what: &str) {
+    let mut want = AlignedBuf::zeroed(0);
+    for (l, slot) in mlp.layout.layers.iter().enumerate() {
+        let w = MatRef::panels(&mlp.params[slot.w.clone()], slot.fan_in, slot.fan_out);
+        let (forward, backward) = ws.bf16_copies(l).expect("a mixed-precision workspace");
+        pack_b(&w, &mut want);
+        assert!(
+            forward == &want[..forward.len()],
+            "{what}: layer {l}'s forward copy"
+        );
+        if let Some(backward) = backward {
+            pack_b(&w.t(), &mut want);
+            assert!(
+                backward == &want[..backward.len()],
+                "{what}: layer {l}'s backward copy"
+            );
+        }
+    }
+}
+
+/// One mixed-precision step at the packed size against the f64 reference:
+/// the logits within the bound of [`bf16_forward_bound`], element by
+/// element, for every activation and loss; the gradients, for the smooth
+/// activations, within 12u of each tensor's largest (first order, u per
+/// rounded operand: the deepest gradient's chain, forward and back,
+/// rounds 12 operands on this 3-layer network); then the update, fed the
+/// step's gradients, within the f32 tolerance of the f32 tests, and the
+/// bf16 copies equal to the rounded new master.
+#[test]
+fn bf16_steps_match_the_reference_within_the_bf16_bounds() {
+    let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
+    for kernel in bf16_kernels("the bf16 step against the reference") {
+        let mut worst: f64 = 0.0;
+        let mut worst_grad: f64 = 0.0;
+        let mut case = 0;
+        for act in [Act::Relu, Act::LeakyRelu, Act::Tanh, Act::Sigmoid] {
+            for loss in [Loss::Xent, Loss::Mse, Loss::Hinge] {
+                for (optim, ref_kind, lr, l2) in every_optimiser() {
+                    case += 1;
+                    let what = format!("{} {act} {loss} {optim:?}", kernel.name());
+                    let (mut mlp, mut ws, x, labels) =
+                        problem((dims, batch), act, loss, 0.0, 3000 + case);
+                    ws.use_bf16(&mlp, kernel);
+                    let mut r = to_ref(&mlp);
+                    let (ref_logits, bound) = bf16_forward_bound(&mlp, &x, batch);
+                    mlp.forward_train(&mut ws, batch, None);
+                    let classes = dims[dims.len() - 1];
+                    for (idx, ((&got, want), b)) in ws.logits()[..batch * classes]
+                        .iter()
+                        .zip(&ref_logits)
+                        .zip(&bound)
+                        .enumerate()
+                    {
+                        let err = (got as f64 - want).abs();
+                        assert!(err <= *b, "{what}: logit {idx} = {got}, exact {want}: error {err:e} > bound {b:e}");
+                        worst = worst.max(err / b);
+                    }
+                    mlp.loss_and_dlogits(&mut ws, batch);
+                    let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+                    mlp.backward(&mut ws, &mut grads, batch);
+                    let (_, _, g) = r.loss_and_grads(&x, &labels, loss, 0.0, None);
+                    let fast = RefGrads {
+                        weights: (0..mlp.cfg.layers())
+                            .map(|l| {
+                                mlp.layout
+                                    .weight_rows(&grads, l)
+                                    .iter()
+                                    .map(|&v| v as f64)
+                                    .collect()
+                            })
+                            .collect(),
+                        biases: (mlp.layout.layers.iter())
+                            .map(|s| grads[s.b.clone()].iter().map(|&v| v as f64).collect())
+                            .collect(),
+                        gammas: Vec::new(),
+                        betas: Vec::new(),
+                    };
+                    if matches!(act, Act::Tanh | Act::Sigmoid) && loss != Loss::Hinge {
+                        for (t, (ours, want)) in fast.tensors().iter().zip(g.tensors()).enumerate()
+                        {
+                            let f32s: Vec<f32> = ours.iter().map(|&v| v as f32).collect();
+                            let e = rel_err(&f32s, want);
+                            assert!(
+                                e < 12.0 * BF16_U,
+                                "{what}: gradient {} error {e:e}",
+                                r.param_names()[t]
+                            );
+                            worst_grad = worst_grad.max(e);
+                        }
+                    }
+                    // The update, fed the step's own gradients.
+                    let mut opt = Optimizer::new(optim, &mlp.layout);
+                    mlp.update(&mut ws, &grads, &mut opt, lr as f32);
+                    let mut fed = fast;
+                    for (gw, w) in fed.weights.iter_mut().zip(&r.weights) {
+                        gw.iter_mut().zip(w).for_each(|(g, &w)| *g += 2.0 * l2 * w);
+                    }
+                    RefOptimizer::new(ref_kind, &r).step(&mut r, &fed);
+                    assert_matches_reference(&mlp, &r, &what);
+                    assert_copies_are_the_rounded_master(&mlp, &ws, &what);
+                }
+            }
+        }
+        println!(
+            "{}: worst logit error {worst:.3} of the bound; worst smooth-activation gradient error {worst_grad:.2e} of the tensor's largest (tolerance {:.2e})",
+            kernel.name(),
+            12.0 * BF16_U
+        );
+    }
+}
+
+/// Training steps in mixed precision keep the bf16 copies equal to the
+/// rounded master weights after every step, through the fused-free
+/// update, the clipped step's separate update and team-split updates, for
+/// every optimiser; and give the same bits on 1, 2 and 3 threads at W2's
+/// and W1's sizes (every hidden product split).
+#[test]
+fn bf16_steps_keep_the_copies_and_the_bits_on_any_thread_count() {
+    for kernel in bf16_kernels("the bf16 step on 1-3 threads") {
+        let sizes: &[(&[usize], usize)] = if kernel == Bf16Kernel::Portable {
+            &[(&[784, 512, 256, 10], 128)]
+        } else {
+            &[(&[784, 512, 256, 10], 128), (&[3072, 1024, 512, 10], 128)]
+        };
+        for &(dims, batch) in sizes {
+            for (case, (optim, _, lr, _)) in every_optimiser().into_iter().enumerate() {
+                let dropout = if case % 2 == 0 { 0.25 } else { 0.0 };
+                let clip = (case == 3).then_some(0.5);
+                let (start, ws0, _, _) = problem((dims, batch), Act::Relu, Loss::Xent, dropout, 11);
+                let mut runs = Vec::new();
+                for threads in [1, 2, 3] {
+                    let mut mlp = start.clone();
+                    let mut ws = Workspace::new(&mlp, batch, Parallelism::threads(threads));
+                    ws.x.copy_from_slice(&ws0.x);
+                    ws.labels.copy_from_slice(&ws0.labels);
+                    ws.use_bf16(&mlp, kernel);
+                    let mut opt = Optimizer::new(optim, &mlp.layout);
+                    let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+                    for step in 0..3 {
+                        let mut rng = (dropout > 0.0).then(|| Rng::new(50 + step));
+                        fastnn::train::train_step(
+                            &mut mlp,
+                            &mut ws,
+                            &mut grads,
+                            &mut opt,
+                            batch,
+                            lr as f32,
+                            rng.as_mut(),
+                            clip,
+                        );
+                        let what = format!(
+                            "{} {dims:?} {optim:?} clip {clip:?} {threads} threads step {step}",
+                            kernel.name()
+                        );
+                        assert_copies_are_the_rounded_master(&mlp, &ws, &what);
+                    }
+                    runs.push((mlp.params.to_vec(), opt.m.to_vec()));
+                }
+                for (t, run) in runs.iter().enumerate().skip(1) {
+                    let differ = run
+                        .0
+                        .iter()
+                        .zip(&runs[0].0)
+                        .filter(|(a, b)| a.to_bits() != b.to_bits())
+                        .count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{} {dims:?} {optim:?}: weights on {} threads",
+                        kernel.name(),
+                        t + 1
+                    );
+                    assert!(run
+                        .1
+                        .iter()
+                        .zip(&runs[0].1)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
+                // Mixed precision changed the step: it is not the f32 one.
+                let mut f32_mlp = start.clone();
+                let mut ws = Workspace::new(&f32_mlp, batch, Parallelism::Single);
+                ws.x.copy_from_slice(&ws0.x);
+                ws.labels.copy_from_slice(&ws0.labels);
+                f32_mlp.forward_train(&mut ws, batch, None);
+                let f32_logits = ws.logits().to_vec();
+                let mut bf16_mlp = start.clone();
+                ws.use_bf16(&bf16_mlp, kernel);
+                bf16_mlp.forward_train(&mut ws, batch, None);
+                assert_ne!(
+                    ws.logits(),
+                    &f32_logits[..],
+                    "the bf16 forward pass is not f32's"
+                );
+            }
+        }
+    }
 }
