@@ -262,8 +262,3 @@ mod tests {
         }
     }
 }
-
-/// TEMPORARY shim until the FASTNN_ISA list form lands.
-pub fn try_selected_bf16() -> Result<crate::gemm::bf16::Bf16Kernel, IsaError> {
-    Ok(crate::gemm::bf16::Bf16Kernel::detect())
-}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use fastnn::data::{Dataset, Holdout, Normalize};
 use fastnn::model::{Act, Loss, Norm};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
-use fastnn::train::{TrainConfig, Trainer};
+use fastnn::train::{Precision, TrainConfig, Trainer};
 
 mod common;
 
@@ -69,6 +69,11 @@ fn config(act: Act, loss: Loss, variant: usize) -> TrainConfig {
         clip_grad_norm: (variant % 5 == 1).then_some(0.5),
         early_stop: None,
         norm: [Norm::None, Norm::Batch, Norm::Layer][variant % 3],
+        precision: if variant % 4 >= 2 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        },
         label_smoothing: if loss == Loss::Xent && variant % 4 < 2 {
             0.1
         } else {
@@ -106,8 +111,14 @@ fn training_steps_allocate_nothing_from_the_first_one() {
             let cfg = config(act, loss, variant);
             variant += 1;
             let what = format!(
-                "{act} {loss}, {} threads, dropout {}, norm {}, flip {}, translate {}, {:?}",
-                cfg.threads, cfg.dropout, cfg.norm, cfg.flip, cfg.translate, cfg.optim.kind
+                "{act} {loss}, {} threads, {}, dropout {}, norm {}, flip {}, translate {}, {:?}",
+                cfg.threads,
+                cfg.precision,
+                cfg.dropout,
+                cfg.norm,
+                cfg.flip,
+                cfg.translate,
+                cfg.optim.kind
             );
             let mut trainer = Trainer::new(&data, &cfg, None, None).unwrap();
             assert_eq!(trainer.steps_per_epoch(), TRAIN.div_ceil(BATCH));

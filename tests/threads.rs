@@ -53,6 +53,7 @@ fn config(hidden: &[usize], optim: OptimConfig, threads: usize) -> TrainConfig {
         early_stop: None,
         label_smoothing: 0.0,
         norm: Default::default(),
+        precision: Default::default(),
         optim,
         lr: 0.01,
         schedule: Schedule::Cosine,

@@ -23,6 +23,7 @@ fn config(threads: usize) -> TrainConfig {
         early_stop: None,
         label_smoothing: 0.0,
         norm: Default::default(),
+        precision: Default::default(),
         optim: OptimConfig {
             kind: OptimKind::Sgd {
                 momentum: 0.9,
