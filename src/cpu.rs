@@ -1,23 +1,36 @@
 //! CPU feature detection, done once per process.
 //!
-//! [`selected`] picks the GEMM kernel family ([`Isa`]) the first time it is
-//! called: the `FASTNN_ISA` environment variable if set
-//! (`avx512|avx2|scalar|matrixmultiply`), else the best this CPU supports. The
-//! choice is logged once to stderr, e.g.
-//! `fastnn: gemm kernel avx512 (detected: avx512f avx2 fma)`, and cached in a
-//! [`OnceLock`]. An override naming an unknown kernel, or one the CPU cannot
-//! run, is refused with an error (`FASTNN_ISA=avx512: gemm kernel avx512 is
-//! not supported by this CPU ...`), never silently downgraded; the `fastnn`
-//! command checks it ([`check_env`]) before running any subcommand.
+//! Two kernel choices are made the first time they are asked for: the f32
+//! GEMM kernel family ([`Isa`], by [`selected`]) and the bf16 microkernel
+//! ([`Bf16Kernel`], by [`selected_bf16`]). Each is the best this CPU
+//! supports unless the `FASTNN_ISA` environment variable names it.
+//! `FASTNN_ISA` is a comma-separated list of at most one f32 kernel
+//! (`avx512|avx2|scalar|matrixmultiply`) and at most one bf16 kernel
+//! (`bf16-portable|avx512-bf16`), in any order, case-insensitive, spaces
+//! around names ignored: `FASTNN_ISA=avx2`, `FASTNN_ISA=bf16-portable`,
+//! `FASTNN_ISA="bf16-portable, scalar"`. A kind not named keeps its default;
+//! an empty value means both defaults.
+//!
+//! Each choice is logged once to stderr, e.g.
+//! `fastnn: gemm kernel avx512 (detected: avx512f avx512bf16 avx2 fma)` and
+//! `fastnn: bf16 kernel avx512-bf16 (detected: ...)`, and cached in a
+//! [`OnceLock`]. A bad value is refused as a whole with one error, never
+//! silently downgraded: an unknown name, two kernels of one kind
+//! (`avx2,avx512`), an empty item (`avx2,,`), or a kernel the CPU cannot run
+//! (`FASTNN_ISA=avx512: gemm kernel avx512 is not supported by this CPU
+//! ...`). The `fastnn` command checks it ([`check_env`]) before running any
+//! subcommand.
 //!
 //! Tests and benchmarks that need one specific kernel do not touch the
 //! environment (tests run in parallel threads of one process): they pass an
 //! [`Isa`] per call (see `gemm::GemmCtx::with_isa`), checked with
-//! [`Isa::check`].
+//! [`Isa::check`], or a [`Bf16Kernel`], checked with [`check_bf16`].
 
 use std::env::VarError;
 use std::fmt;
 use std::sync::{Once, OnceLock};
+
+use crate::gemm::bf16::Bf16Kernel;
 
 /// A family of GEMM microkernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -97,8 +110,24 @@ impl fmt::Display for Isa {
 pub enum IsaError {
     /// The name is not one of `avx512|avx2|scalar|matrixmultiply`.
     Unknown(String),
+    /// An item of `FASTNN_ISA` names neither a gemm nor a bf16 kernel.
+    UnknownKernel(String),
+    /// `FASTNN_ISA` names two kernels of one kind (`kind` is "gemm" or
+    /// "bf16"), `first` and then `second`.
+    Twice {
+        kind: &'static str,
+        first: &'static str,
+        second: &'static str,
+    },
+    /// `FASTNN_ISA` has an empty item (`avx2,,`, a leading or trailing comma).
+    EmptyItem,
     /// The CPU lacks the instructions the kernel needs.
     Unsupported { isa: Isa, detected: String },
+    /// The CPU lacks the instructions the bf16 kernel needs.
+    Bf16Unsupported {
+        kernel: Bf16Kernel,
+        detected: String,
+    },
     /// The `FASTNN_ISA` environment variable holds `value`, refused for
     /// `reason`.
     Env {
@@ -114,10 +143,36 @@ impl fmt::Display for IsaError {
                 f,
                 "unknown gemm kernel {s:?}: expected one of avx512, avx2, scalar, matrixmultiply"
             ),
+            IsaError::UnknownKernel(s) => write!(
+                f,
+                "unknown kernel {s:?}: expected gemm kernels {} and/or bf16 kernels {}, \
+                 separated by a comma",
+                Isa::ALL.map(Isa::name).join(", "),
+                Bf16Kernel::ALL.map(Bf16Kernel::name).join(", "),
+            ),
+            IsaError::Twice {
+                kind,
+                first,
+                second,
+            } => write!(
+                f,
+                "two {kind} kernels, {first} and {second}: name at most one gemm kernel \
+                 and one bf16 kernel"
+            ),
+            IsaError::EmptyItem => f.write_str(
+                "empty item: expected kernel names separated by single commas, \
+                 with none before the first or after the last",
+            ),
             IsaError::Unsupported { isa, detected } => write!(
                 f,
                 "gemm kernel {isa} is not supported by this CPU (detected: {detected}); \
                  unset FASTNN_ISA or pick a supported kernel"
+            ),
+            IsaError::Bf16Unsupported { kernel, detected } => write!(
+                f,
+                "bf16 kernel {} is not supported by this CPU (detected: {detected}); \
+                 unset FASTNN_ISA or pick a supported kernel",
+                kernel.name()
             ),
             IsaError::Env { value, reason } => {
                 write!(f, "FASTNN_ISA={}: {reason}", value.escape_debug())
@@ -132,6 +187,7 @@ impl std::error::Error for IsaError {}
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Features {
     pub avx512f: bool,
+    pub avx512bf16: bool,
     pub avx2: bool,
     pub fma: bool,
 }
@@ -140,6 +196,7 @@ impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = [
             (self.avx512f, "avx512f"),
+            (self.avx512bf16, "avx512bf16"),
             (self.avx2, "avx2"),
             (self.fma, "fma"),
         ]
@@ -164,6 +221,7 @@ pub fn features() -> Features {
 fn detect() -> Features {
     Features {
         avx512f: is_x86_feature_detected!("avx512f"),
+        avx512bf16: is_x86_feature_detected!("avx512bf16"),
         avx2: is_x86_feature_detected!("avx2"),
         fma: is_x86_feature_detected!("fma"),
     }
@@ -174,43 +232,115 @@ fn detect() -> Features {
     Features::default()
 }
 
-/// The `FASTNN_ISA` choice, decided once and not logged.
-fn choice() -> &'static Result<Isa, IsaError> {
-    static CHOICE: OnceLock<Result<Isa, IsaError>> = OnceLock::new();
+/// `Ok(kernel)` when the CPU can run the bf16 kernel, else an error naming
+/// what was detected.
+pub fn check_bf16(kernel: Bf16Kernel) -> Result<Bf16Kernel, IsaError> {
+    if kernel.is_available() {
+        Ok(kernel)
+    } else {
+        Err(IsaError::Bf16Unsupported {
+            kernel,
+            detected: features().to_string(),
+        })
+    }
+}
+
+/// The kernels a `FASTNN_ISA` value names: `None` for a kind it leaves to
+/// the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IsaOverride {
+    pub gemm: Option<Isa>,
+    pub bf16: Option<Bf16Kernel>,
+}
+
+impl IsaOverride {
+    /// Parses a `FASTNN_ISA` value: kernel names separated by commas, at
+    /// most one of each kind, in any order, case-insensitive, spaces around
+    /// names ignored. An empty (or blank) value names nothing. Whether the
+    /// CPU runs them is not checked here (see [`IsaOverride::resolve`]).
+    pub fn parse(value: &str) -> Result<IsaOverride, IsaError> {
+        let mut chosen = IsaOverride::default();
+        if value.trim().is_empty() {
+            return Ok(chosen);
+        }
+        for item in value.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(IsaError::EmptyItem);
+            }
+            let named = |name: &str| name.eq_ignore_ascii_case(item);
+            if let Some(isa) = Isa::ALL.into_iter().find(|i| named(i.name())) {
+                if let Some(first) = chosen.gemm.replace(isa) {
+                    return Err(IsaError::Twice {
+                        kind: "gemm",
+                        first: first.name(),
+                        second: isa.name(),
+                    });
+                }
+            } else if let Some(k) = Bf16Kernel::ALL.into_iter().find(|k| named(k.name())) {
+                if let Some(first) = chosen.bf16.replace(k) {
+                    return Err(IsaError::Twice {
+                        kind: "bf16",
+                        first: first.name(),
+                        second: k.name(),
+                    });
+                }
+            } else {
+                return Err(IsaError::UnknownKernel(item.to_string()));
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// The kernels to use: the ones named, each checked against this CPU,
+    /// and the best available for a kind not named.
+    pub fn resolve(self) -> Result<(Isa, Bf16Kernel), IsaError> {
+        let gemm = self
+            .gemm
+            .map_or_else(|| Ok(Isa::best_available()), Isa::check)?;
+        let bf16 = self
+            .bf16
+            .map_or_else(|| Ok(Bf16Kernel::detect()), check_bf16)?;
+        Ok((gemm, bf16))
+    }
+}
+
+/// The `FASTNN_ISA` choice of both kernels, decided once and not logged.
+fn choice() -> &'static Result<(Isa, Bf16Kernel), IsaError> {
+    static CHOICE: OnceLock<Result<(Isa, Bf16Kernel), IsaError>> = OnceLock::new();
     CHOICE.get_or_init(|| {
         let refused = |value: String, reason: IsaError| IsaError::Env {
             value,
             reason: Box::new(reason),
         };
         match std::env::var("FASTNN_ISA") {
-            Err(VarError::NotPresent) => Ok(Isa::best_available()),
-            Ok(v) if v.trim().is_empty() => Ok(Isa::best_available()),
-            Ok(v) => Isa::parse(&v)
-                .and_then(Isa::check)
+            Err(VarError::NotPresent) => IsaOverride::default().resolve(),
+            Ok(v) => IsaOverride::parse(&v)
+                .and_then(IsaOverride::resolve)
                 .map_err(|e| refused(v, e)),
             Err(VarError::NotUnicode(raw)) => {
                 let v = raw.to_string_lossy().into_owned();
-                Err(refused(v.clone(), IsaError::Unknown(v)))
+                Err(refused(v.clone(), IsaError::UnknownKernel(v)))
             }
         }
     })
 }
 
-/// Checks `FASTNN_ISA` without logging anything: the `fastnn` command calls
-/// it before running any subcommand, so that a bad value is refused the same
-/// way everywhere (one error line, exit 1), whether or not the subcommand
-/// multiplies matrices.
+/// Checks `FASTNN_ISA` (both kinds of kernel) without logging anything: the
+/// `fastnn` command calls it before running any subcommand, so that a bad
+/// value is refused the same way everywhere (one error line, exit 1),
+/// whether or not the subcommand multiplies matrices. Returns the gemm
+/// kernel family.
 pub fn check_env() -> Result<Isa, IsaError> {
-    choice().clone()
+    choice().clone().map(|(isa, _)| isa)
 }
 
-/// The process-wide kernel choice: `FASTNN_ISA` if set, else the best
-/// available. Decided once; a successful choice is logged to stderr the
-/// first time it is asked for. A refusal is not logged: the caller reports
-/// the error.
+/// The process-wide gemm kernel family: the one `FASTNN_ISA` names, else
+/// the best available. Decided once; a successful choice is logged to
+/// stderr the first time it is asked for. A refusal (of any part of
+/// `FASTNN_ISA`) is not logged: the caller reports the error.
 pub fn try_selected() -> Result<Isa, IsaError> {
     static LOGGED: Once = Once::new();
-    let choice = choice().clone();
+    let choice = check_env();
     if let Ok(isa) = &choice {
         LOGGED.call_once(|| eprintln!("fastnn: gemm kernel {isa} (detected: {})", features()));
     }
@@ -221,6 +351,30 @@ pub fn try_selected() -> Result<Isa, IsaError> {
 /// examples; code reachable from a command uses [`try_selected`].
 pub fn selected() -> Isa {
     try_selected().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The process-wide bf16 kernel: the one `FASTNN_ISA` names, else the best
+/// available. Decided once, logged and refused as [`try_selected`] is.
+pub fn try_selected_bf16() -> Result<Bf16Kernel, IsaError> {
+    static LOGGED: Once = Once::new();
+    let choice = choice().clone().map(|(_, kernel)| kernel);
+    if let Ok(kernel) = &choice {
+        LOGGED.call_once(|| {
+            eprintln!(
+                "fastnn: bf16 kernel {} (detected: {})",
+                kernel.name(),
+                features()
+            )
+        });
+    }
+    choice
+}
+
+/// Like [`try_selected_bf16`], but panics with the refusal message. For
+/// tests and examples; code reachable from a command uses
+/// [`try_selected_bf16`].
+pub fn selected_bf16() -> Bf16Kernel {
+    try_selected_bf16().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Says on stdout that a check could not run on this CPU. Written to the
@@ -259,6 +413,135 @@ mod tests {
                 Ok(i) => assert_eq!(i, isa),
                 Err(e) => assert!(e.to_string().contains("not supported")),
             }
+        }
+    }
+
+    fn named(gemm: Option<Isa>, bf16: Option<Bf16Kernel>) -> Result<IsaOverride, IsaError> {
+        Ok(IsaOverride { gemm, bf16 })
+    }
+
+    #[test]
+    fn override_names_each_kernel_alone() {
+        for isa in Isa::ALL {
+            assert_eq!(IsaOverride::parse(isa.name()), named(Some(isa), None));
+        }
+        for k in Bf16Kernel::ALL {
+            assert_eq!(IsaOverride::parse(k.name()), named(None, Some(k)));
+        }
+    }
+
+    #[test]
+    fn override_names_both_in_either_order_any_case() {
+        let both = named(Some(Isa::Avx2), Some(Bf16Kernel::Portable));
+        for value in [
+            "avx2,bf16-portable",
+            "bf16-portable,avx2",
+            "AVX2,BF16-Portable",
+            " bf16-portable , Avx2 ",
+        ] {
+            assert_eq!(IsaOverride::parse(value), both, "{value:?}");
+        }
+        let both = named(Some(Isa::Scalar), Some(Bf16Kernel::Avx512Bf16));
+        assert_eq!(IsaOverride::parse("avx512-bf16, scalar"), both);
+    }
+
+    #[test]
+    fn override_empty_means_defaults() {
+        for value in ["", "  "] {
+            assert_eq!(IsaOverride::parse(value), named(None, None), "{value:?}");
+        }
+        let (isa, kernel) = IsaOverride::default().resolve().unwrap();
+        assert_eq!(isa, Isa::best_available());
+        assert_eq!(kernel, Bf16Kernel::detect());
+    }
+
+    #[test]
+    fn override_refuses_two_of_a_kind() {
+        let twice = |kind, first, second| {
+            Err(IsaError::Twice {
+                kind,
+                first,
+                second,
+            })
+        };
+        assert_eq!(
+            IsaOverride::parse("avx2,avx512"),
+            twice("gemm", "avx2", "avx512")
+        );
+        assert_eq!(
+            IsaOverride::parse("scalar,bf16-portable,SCALAR"),
+            twice("gemm", "scalar", "scalar")
+        );
+        assert_eq!(
+            IsaOverride::parse("bf16-portable,bf16-portable"),
+            twice("bf16", "bf16-portable", "bf16-portable")
+        );
+        assert_eq!(
+            IsaOverride::parse("avx512-bf16,avx2,bf16-portable"),
+            twice("bf16", "avx512-bf16", "bf16-portable")
+        );
+    }
+
+    #[test]
+    fn override_refuses_unknown_names_listing_every_kernel() {
+        for (value, item) in [
+            ("bf16-nope", "bf16-nope"),
+            ("avx2,sse", "sse"),
+            ("avx2 scalar", "avx2 scalar"),
+            ("bf16", "bf16"),
+        ] {
+            let err = IsaOverride::parse(value).unwrap_err();
+            assert_eq!(err, IsaError::UnknownKernel(item.into()), "{value:?}");
+            let msg = err.to_string();
+            for name in Isa::ALL.map(Isa::name) {
+                assert!(msg.contains(name), "{msg}");
+            }
+            for name in Bf16Kernel::ALL.map(Bf16Kernel::name) {
+                assert!(msg.contains(name), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn override_refuses_empty_items() {
+        for value in ["avx2,,", "avx2,", ",avx2", "avx2, ,bf16-portable", ","] {
+            assert_eq!(
+                IsaOverride::parse(value),
+                Err(IsaError::EmptyItem),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_bf16_kernel_is_refused_not_downgraded() {
+        assert_eq!(check_bf16(Bf16Kernel::Portable), Ok(Bf16Kernel::Portable));
+        assert!(Bf16Kernel::detect().is_available());
+        let forced = IsaOverride {
+            gemm: None,
+            bf16: Some(Bf16Kernel::Avx512Bf16),
+        };
+        if Bf16Kernel::Avx512Bf16.is_available() {
+            assert_eq!(forced.resolve().unwrap().1, Bf16Kernel::Avx512Bf16);
+            report_skipped(
+                "refusal of a bf16 kernel this CPU lacks",
+                "this CPU runs every bf16 kernel",
+            );
+        } else {
+            let err = forced.resolve().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    IsaError::Bf16Unsupported {
+                        kernel: Bf16Kernel::Avx512Bf16,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("avx512-bf16 is not supported"), "{msg}");
+            assert!(msg.contains(&features().to_string()), "{msg}");
         }
     }
 }

@@ -25,10 +25,12 @@ use clap_complete::Shell;
   fastnn plot run/metrics.jsonl -o curves.svg
   fastnn <command> --help                        # each command's options and examples
 
-Environment: NO_COLOR turns colour off; FASTNN_ISA=avx512|avx2|scalar|matrixmultiply
-forces a gemm kernel (refused if this CPU lacks it); FASTNN_CACHE is the folder the
-embedded Fashion-MNIST is converted into on first use (default: $XDG_CACHE_HOME/fastnn,
-else ~/.cache/fastnn). Exit codes: 0 success, 1 error, 2 usage error."
+Environment: NO_COLOR turns colour off; FASTNN_ISA forces a gemm kernel
+(avx512|avx2|scalar|matrixmultiply), a bf16 kernel (bf16-portable|avx512-bf16) or one
+of each, comma-separated, e.g. FASTNN_ISA=avx2,bf16-portable (refused if this CPU
+lacks one); FASTNN_CACHE is the folder the embedded Fashion-MNIST is converted into
+on first use (default: $XDG_CACHE_HOME/fastnn, else ~/.cache/fastnn). Exit codes: 0
+success, 1 error, 2 usage error."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -246,10 +246,25 @@ fn a_kernel_this_cpu_lacks() -> Option<&'static str> {
     Some("avx512")
 }
 
-/// An unknown `FASTNN_ISA`, or one naming a kernel this CPU lacks, is
-/// refused by every command the same way: exit 1, one stderr line
-/// `fastnn: error: FASTNN_ISA=<value>: ...`, no panic, nothing on stdout,
-/// nothing written.
+/// A bf16 kernel this CPU cannot run, detected here with
+/// `is_x86_feature_detected!` (independently of `fastnn::cpu`); `None` when
+/// it runs every one.
+fn a_bf16_kernel_this_cpu_lacks() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
+            return Some("avx512-bf16");
+        }
+        None
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Some("avx512-bf16")
+}
+
+/// A bad `FASTNN_ISA` (an unknown name, two kernels of one kind, an empty
+/// item, a gemm or bf16 kernel this CPU lacks) is refused by every command
+/// the same way: exit 1, one stderr line `fastnn: error: FASTNN_ISA=<value>:
+/// ...`, no panic, nothing on stdout, nothing written.
 #[test]
 fn a_bad_fastnn_isa_is_one_error_line_for_every_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -324,10 +339,27 @@ fn a_bad_fastnn_isa_is_one_error_line_for_every_command() {
         &["completions", "bash"],
     ];
     let unsupported = "FASTNN_ISA naming a kernel this CPU lacks";
-    let mut values = vec![("bogus", "unknown gemm kernel \"bogus\"")];
+    let unsupported_bf16 = "FASTNN_ISA naming a bf16 kernel this CPU lacks";
+    let mut values = vec![
+        (
+            "bogus",
+            "unknown kernel \"bogus\": expected gemm kernels avx512,",
+        ),
+        ("bf16-nope", "unknown kernel \"bf16-nope\""),
+        ("avx2,avx512", "two gemm kernels, avx2 and avx512"),
+        (
+            "bf16-portable,bf16-portable",
+            "two bf16 kernels, bf16-portable and bf16-portable",
+        ),
+        ("avx2,,", "empty item"),
+    ];
     match a_kernel_this_cpu_lacks() {
         Some(isa) => values.push((isa, "is not supported by this CPU")),
         None => common::report::skipped(unsupported, "this CPU runs every gemm kernel"),
+    }
+    match a_bf16_kernel_this_cpu_lacks() {
+        Some(kernel) => values.push((kernel, "is not supported by this CPU")),
+        None => common::report::skipped(unsupported_bf16, "this CPU runs every bf16 kernel"),
     }
     for &(value, problem) in &values {
         for args in commands {
@@ -347,7 +379,34 @@ fn a_bad_fastnn_isa_is_one_error_line_for_every_command() {
             assert!(!written.exists(), "{what}: wrote {}", written.display());
         }
     }
-    if values.len() == 2 {
+    if a_kernel_this_cpu_lacks().is_some() {
         common::report::ran(unsupported);
+    }
+    if a_bf16_kernel_this_cpu_lacks().is_some() {
+        common::report::ran(unsupported_bf16);
+    }
+}
+
+/// A good `FASTNN_ISA` naming a bf16 kernel, alone or beside a gemm kernel,
+/// in any order and case, or nothing at all, lets a command run: exit 0, no
+/// error line. Only kernels every CPU runs are named.
+#[test]
+fn a_good_fastnn_isa_with_a_bf16_kernel_is_accepted() {
+    for value in [
+        "bf16-portable",
+        "matrixmultiply,bf16-portable",
+        "BF16-Portable, scalar",
+        "matrixmultiply",
+        "",
+    ] {
+        let got = bin()
+            .args(["gradcheck", "--hidden", "4"])
+            .env("FASTNN_ISA", value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&got.stderr);
+        let what = format!("FASTNN_ISA={value:?} fastnn gradcheck --hidden 4");
+        assert_eq!(got.status.code(), Some(0), "{what}: {stderr}");
+        assert!(!stderr.contains("error"), "{what}: {stderr}");
     }
 }

@@ -581,7 +581,8 @@ pub struct Bf16Row {
     pub f32_gflops: f64,
 }
 
-/// The bf16 products of `shapes` with this CPU's bf16 kernel, next to the
+/// The bf16 products of `shapes` with the process-wide bf16 kernel
+/// ([`cpu::try_selected_bf16`]: `FASTNN_ISA` or the best available), next to the
 /// f32 GEMM, and the measured bf16 peak (None where the CPU has no bf16
 /// instruction).
 #[derive(Clone, Debug, Serialize)]
@@ -600,7 +601,7 @@ pub fn run_bf16(
     samples: usize,
     best: bool,
 ) -> Result<Bf16Report, IsaError> {
-    let kernel = Bf16Kernel::detect();
+    let kernel = cpu::try_selected_bf16()?;
     let mut ctx = GemmCtx::try_new(Parallelism::threads(threads))?;
     let mut ws = Bf16Workspace::default();
     let min_sample = Duration::from_millis(20);
