@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use crate::buf::AlignedBuf;
 use crate::cpu::IsaError;
-use crate::gemm::bf16::{gemm_bf16, gemm_bf16_packed, Bf16Kernel, Bf16Workspace};
+use crate::gemm::bf16::{gemm_bf16, gemm_bf16_packed, gemm_bf16_update, Bf16Kernel, Bf16Workspace};
 use crate::gemm::bf16_weights::Bf16Weights;
 use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan};
 use crate::model::{Act, Mlp, Norm, BN_MOMENTUM, LEAKY_SLOPE};
@@ -675,18 +675,49 @@ impl Mlp {
             clock.lap(&mut ws.phases.backward_data);
             let slot = self.layout.layers[l].clone();
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
-            let fused = ws.gemm.fuses_update(fan_in, batch, fan_out) && ws.bf16.is_none();
+            // In bf16 every weight-gradient product carries the update:
+            // it never splits K.
+            let fused = ws.bf16.is_some() || ws.gemm.fuses_update(fan_in, batch, fan_out);
             if fused {
                 // dWᵀ = Xᵀ·dZ as `weight_gradient` computes it, consumed
                 // by the update as it is made.
-                let Workspace { x, h, dz, gemm, .. } = &mut *ws;
+                let Workspace {
+                    x,
+                    h,
+                    dz,
+                    gemm,
+                    bf16,
+                    ..
+                } = &mut *ws;
                 let dz_l = &dz[l][..batch * fan_out];
                 let input = &layer_input(x, h, l)[..batch * fan_in];
                 let (m, v) = opt.moments_mut(slot.w.clone());
                 let w = MatMut::panels(&mut self.params[slot.w.clone()], fan_in, fan_out);
                 let xt = MatRef::row_major(input, batch, fan_in).t();
                 let dzb = MatRef::row_major(dz_l, batch, fan_out);
-                gemm.gemm_update(1.0, xt, dzb, w, m, v, rules.weights);
+                match bf16 {
+                    Some(MixedPrecision {
+                        kernel,
+                        packing,
+                        weights,
+                    }) => {
+                        let copies = weights.writer(l);
+                        let (rule, team) = (rules.weights, gemm.team());
+                        gemm_bf16_update(
+                            *kernel,
+                            xt,
+                            dzb,
+                            w,
+                            m,
+                            v,
+                            rule,
+                            Some(&copies),
+                            packing,
+                            team,
+                        );
+                    }
+                    None => gemm.gemm_update(1.0, xt, dzb, w, m, v, rules.weights),
+                }
             } else {
                 let dw = MatMut::panels(&mut grads[slot.w.clone()], fan_in, fan_out);
                 weight_gradient(ws, l, fan_in, fan_out, batch, dw);

@@ -346,7 +346,7 @@ impl Rule {
 /// [`update_loop`], built for AVX2 where the CPU has it: the default x86-64
 /// target has only SSE2. The same operations in the same order, so the same
 /// bits.
-fn update(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+pub(crate) fn update(rule: Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::features().avx2 {
         // SAFETY: the CPU has AVX2 (checked at run time).

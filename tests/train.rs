@@ -498,60 +498,85 @@ const KINK: f64 = 1e-4;
 /// product; that gives the bits of the plain backward pass followed by
 /// `Optimizer::step`, for every optimiser, at the packed test size and at
 /// W2's sizes (784-512-256-10, batch 128: the products split across two
-/// threads), with dropout and without.
+/// threads), with dropout and without; in f32 and, on every bf16 kernel
+/// this CPU runs, in mixed precision (there against the backward pass and
+/// `Mlp::update`, which writes the bf16 copies too).
 #[test]
 fn fused_step_equals_backward_then_optimiser_bitwise() {
-    for (dims, batch, threads) in [
-        (&PACKED_DIMS[..], PACKED_BATCH, 1),
-        (&[784, 512, 256, 10][..], 128, 2),
-    ] {
-        for (case, (optim, _, lr, _)) in every_optimiser().into_iter().enumerate() {
-            let dropout = if case % 2 == 0 { 0.25 } else { 0.0 };
-            let (mut fused, ws, _, _) = problem((dims, batch), Act::Relu, Loss::Xent, dropout, 7);
-            let mut plain = fused.clone();
-            let workspace = || {
-                let mut w = Workspace::new(&fused, batch, Parallelism::threads(threads));
-                w.x.copy_from_slice(&ws.x);
-                w.labels.copy_from_slice(&ws.labels);
-                w
-            };
-            let (mut ws_fused, mut ws_plain) = (workspace(), workspace());
-            for p in step_products(ws_fused.gemm(), dims, batch) {
-                if p.product == Product::WeightGradient {
-                    assert!(ws_fused.gemm().fuses_update(p.m, p.k, p.n), "{p:?}");
-                }
-            }
-            let (mut opt_fused, mut opt_plain) = (
-                Optimizer::new(optim, &fused.layout),
-                Optimizer::new(optim, &fused.layout),
-            );
-            let mut grads = AlignedBuf::<f32>::zeroed(fused.layout.len);
-            for step in 0..3 {
-                let dropout_rng = || (dropout > 0.0).then(|| Rng::new(7 + step));
-                fastnn::train::train_step(
-                    &mut fused,
-                    &mut ws_fused,
-                    &mut grads,
-                    &mut opt_fused,
-                    batch,
-                    lr as f32,
-                    dropout_rng().as_mut(),
-                    None,
-                );
-                plain.forward_train(&mut ws_plain, batch, dropout_rng().as_mut());
-                plain.loss_and_dlogits(&mut ws_plain, batch);
-                plain.backward(&mut ws_plain, &mut grads, batch);
-                opt_plain.step(&mut plain.params, &grads, &plain.layout, lr as f32, None);
-                let differ = |a: &[f32], b: &[f32]| {
-                    a.iter()
-                        .zip(b)
-                        .filter(|(x, y)| x.to_bits() != y.to_bits())
-                        .count()
+    let precisions = [None].into_iter().chain(
+        bf16_kernels("the fused bf16 step against the unfused")
+            .into_iter()
+            .map(Some),
+    );
+    for bf16 in precisions {
+        for (dims, batch, threads) in [
+            (&PACKED_DIMS[..], PACKED_BATCH, 1),
+            (&[784, 512, 256, 10][..], 128, 2),
+        ] {
+            for (case, (optim, _, lr, _)) in every_optimiser().into_iter().enumerate() {
+                let dropout = if case % 2 == 0 { 0.25 } else { 0.0 };
+                let (mut fused, ws, _, _) =
+                    problem((dims, batch), Act::Relu, Loss::Xent, dropout, 7);
+                let mut plain = fused.clone();
+                let workspace = || {
+                    let mut w = Workspace::new(&fused, batch, Parallelism::threads(threads));
+                    w.x.copy_from_slice(&ws.x);
+                    w.labels.copy_from_slice(&ws.labels);
+                    if let Some(kernel) = bf16 {
+                        w.use_bf16(&fused, kernel);
+                    }
+                    w
                 };
-                let what = format!("{dims:?} batch {batch} {optim:?} step {step}");
-                assert_eq!(differ(&fused.params, &plain.params), 0, "{what}: weights");
-                assert_eq!(differ(&opt_fused.m, &opt_plain.m), 0, "{what}: moments");
-                assert_eq!(differ(&opt_fused.v, &opt_plain.v), 0, "{what}: moments");
+                let (mut ws_fused, mut ws_plain) = (workspace(), workspace());
+                for p in step_products(ws_fused.gemm(), dims, batch) {
+                    if p.product == Product::WeightGradient && bf16.is_none() {
+                        assert!(ws_fused.gemm().fuses_update(p.m, p.k, p.n), "{p:?}");
+                    }
+                }
+                let (mut opt_fused, mut opt_plain) = (
+                    Optimizer::new(optim, &fused.layout),
+                    Optimizer::new(optim, &fused.layout),
+                );
+                let mut grads = AlignedBuf::<f32>::zeroed(fused.layout.len);
+                for step in 0..3 {
+                    let dropout_rng = || (dropout > 0.0).then(|| Rng::new(7 + step));
+                    fastnn::train::train_step(
+                        &mut fused,
+                        &mut ws_fused,
+                        &mut grads,
+                        &mut opt_fused,
+                        batch,
+                        lr as f32,
+                        dropout_rng().as_mut(),
+                        None,
+                    );
+                    plain.forward_train(&mut ws_plain, batch, dropout_rng().as_mut());
+                    plain.loss_and_dlogits(&mut ws_plain, batch);
+                    plain.backward(&mut ws_plain, &mut grads, batch);
+                    match bf16 {
+                        None => opt_plain.step(
+                            &mut plain.params,
+                            &grads,
+                            &plain.layout,
+                            lr as f32,
+                            None,
+                        ),
+                        Some(_) => plain.update(&mut ws_plain, &grads, &mut opt_plain, lr as f32),
+                    }
+                    let differ = |a: &[f32], b: &[f32]| {
+                        a.iter()
+                            .zip(b)
+                            .filter(|(x, y)| x.to_bits() != y.to_bits())
+                            .count()
+                    };
+                    let what = format!("{bf16:?} {dims:?} batch {batch} {optim:?} step {step}");
+                    assert_eq!(differ(&fused.params, &plain.params), 0, "{what}: weights");
+                    assert_eq!(differ(&opt_fused.m, &opt_plain.m), 0, "{what}: moments");
+                    assert_eq!(differ(&opt_fused.v, &opt_plain.v), 0, "{what}: moments");
+                    if bf16.is_some() {
+                        assert_copies_are_the_rounded_master(&fused, &ws_fused, &what);
+                    }
+                }
             }
         }
     }

@@ -27,9 +27,11 @@
 
 use crate::buf::AlignedBuf;
 
-use super::mat::Panels;
+use super::bf16_weights::CopyWriter;
+use super::mat::{Panels, PANEL};
 use super::{Epilogue, MatMut, MatRef};
-use crate::team::Team;
+use crate::optim::Rule;
+use crate::team::{SharedMut, Team};
 
 /// Rows of a C tile (and of an Ã panel).
 pub const MR: usize = 8;
@@ -387,6 +389,24 @@ unsafe fn tile_avx512bf16(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
     }
 }
 
+/// What the store of a product does with each tile.
+#[derive(Clone, Copy)]
+enum Store<'e> {
+    /// Each sum through an epilogue into C.
+    Epilogue(Epilogue<'e>),
+    /// C is a weight matrix in column panels and each sum the gradient of
+    /// its weight: the optimiser's rule updates the weight and its moments
+    /// in place, then the tile's rows of the weights' bf16 copies are
+    /// written.
+    Update {
+        rule: Rule,
+        /// The moments, in C's layout (`v` empty for SGD).
+        m: &'e SharedMut<'e, f32>,
+        v: &'e SharedMut<'e, f32>,
+        copies: Option<&'e CopyWriter<'e>>,
+    },
+}
+
 /// The tiles of one product, for [`TileRun::run`].
 struct TileRun<'e> {
     kernel: Bf16Kernel,
@@ -397,7 +417,7 @@ struct TileRun<'e> {
     rs: isize,
     cs: isize,
     layout: Panels,
-    epilogue: Epilogue<'e>,
+    store: Store<'e>,
 }
 
 impl TileRun<'_> {
@@ -407,6 +427,7 @@ impl TileRun<'_> {
         let mut tile: Tile = [[0.0; NR]; MR];
         for jb in panels {
             let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
+            let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
             for ib in 0..m.div_ceil(MR) {
                 let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
                 match self.kernel {
@@ -418,31 +439,106 @@ impl TileRun<'_> {
                     #[cfg(not(target_arch = "x86_64"))]
                     Bf16Kernel::Avx512Bf16 => unreachable!("not available"),
                 }
-                for (r, row) in tile.iter().enumerate().take(m - ib * MR) {
-                    for (j, &v) in row.iter().enumerate().take(n - jb * NR) {
-                        let (i, j) = (ib * MR + r, jb * NR + j);
-                        let v = self.finish(i, j, v);
-                        let at = self.layout.offset(i, j, self.rs, self.cs);
-                        // SAFETY: i < m and j < n, inside C's view;
-                        // column j belongs to this part's panels alone.
-                        unsafe { dest.write(at, v) };
+                let (i0, rows) = (ib * MR, MR.min(m - ib * MR));
+                // SAFETY (both arms): rows i0..i0 + rows and columns
+                // j0..j0 + cols lie inside C, and column panel jb is this
+                // part's alone.
+                match self.store {
+                    Store::Epilogue(e) => {
+                        for (r, sums) in tile.iter().enumerate().take(rows) {
+                            unsafe { self.store_row(i0 + r, j0, &sums[..cols], dest, e) };
+                        }
                     }
+                    Store::Update { rule, m, v, copies } => unsafe {
+                        self.update_rows((i0, rows), (j0, cols), &tile, dest, (rule, m, v, copies))
+                    },
                 }
             }
         }
     }
 
-    /// Element (i, j)'s sum `v` through the epilogue, in the order of the
-    /// f32 kernels' store (see [`super::epilogue`]).
-    #[inline(always)]
-    fn finish(&self, i: usize, j: usize, v: f32) -> f32 {
-        match self.epilogue {
-            Epilogue::None => v,
-            Epilogue::Bias(b) => v + b[j],
-            Epilogue::Act(a) => a.apply(v),
-            Epilogue::BiasAct(b, a) => a.apply(v + b[j]),
-            Epilogue::ActGrad(z, a) => a.scale_by_grad(z.at(i, j), v),
+    /// Row i's sums `sums` from column j0 on, through the epilogue, in
+    /// the order of the f32 kernels' store (see [`super::epilogue`]): as
+    /// one run where C's row is contiguous there (dense rows, or column
+    /// panels: a tile is one panel wide), else element by element.
+    ///
+    /// # Safety
+    /// The elements lie inside C and are this part's alone.
+    unsafe fn store_row(&self, i: usize, j0: usize, sums: &[f32], dest: &Dest, e: Epilogue<'_>) {
+        let at = self.layout.offset(i, j0, self.rs, self.cs);
+        if self.cs != 1 || matches!(self.layout, Panels::Rows(_)) {
+            for (c, &v) in sums.iter().enumerate() {
+                let at = self.layout.offset(i, j0 + c, self.rs, self.cs);
+                dest.slice(at, 1)[0] = finish(e, i, j0 + c, v);
+            }
+            return;
         }
+        let out = dest.slice(at, sums.len());
+        match e {
+            Epilogue::None => out.copy_from_slice(sums),
+            Epilogue::Bias(b) => {
+                let b = &b[j0..j0 + sums.len()];
+                for ((o, &v), &b) in out.iter_mut().zip(sums).zip(b) {
+                    *o = v + b;
+                }
+            }
+            _ => {
+                for (c, (o, &v)) in out.iter_mut().zip(sums).enumerate() {
+                    *o = finish(e, i, j0 + c, v);
+                }
+            }
+        }
+    }
+
+    /// A tile of weight gradients (rows i0.., columns j0.. of C, the
+    /// weights' panels) applied by the rule to the weights and their
+    /// moments, then the tile's rows of the bf16 copies written.
+    ///
+    /// # Safety
+    /// As [`TileRun::store_row`]; C is in column panels (asserted by the
+    /// product).
+    unsafe fn update_rows(
+        &self,
+        (i0, rows): (usize, usize),
+        (j0, cols): (usize, usize),
+        tile: &Tile,
+        dest: &Dest,
+        (rule, m, v, copies): (
+            Rule,
+            &SharedMut<'_, f32>,
+            &SharedMut<'_, f32>,
+            Option<&CopyWriter<'_>>,
+        ),
+    ) {
+        let second = rule.has_second_moment();
+        for (r, grad) in tile.iter().enumerate().take(rows) {
+            let at = self.layout.offset(i0 + r, j0, self.rs, self.cs);
+            let range = at as usize..at as usize + cols;
+            let v = if second {
+                v.piece(range.clone())
+            } else {
+                &mut []
+            };
+            crate::optim::update(rule, dest.slice(at, cols), &grad[..cols], m.piece(range), v);
+        }
+        if let Some(copies) = copies {
+            // The tile's rows of one panel are consecutive, PANEL apart.
+            let first = self.layout.offset(i0, j0, self.rs, self.cs);
+            copies.write(first as usize, dest.slice(first, rows * PANEL));
+        }
+    }
+}
+
+/// Element (i, j)'s sum `v` through the epilogue, in the order of the f32
+/// kernels' store (see [`super::epilogue`]).
+#[inline(always)]
+fn finish(e: Epilogue<'_>, i: usize, j: usize, v: f32) -> f32 {
+    match e {
+        Epilogue::None => v,
+        Epilogue::Bias(b) => v + b[j],
+        Epilogue::Act(a) => a.apply(v),
+        Epilogue::BiasAct(b, a) => a.apply(v + b[j]),
+        Epilogue::ActGrad(z, a) => a.scale_by_grad(z.at(i, j), v),
     }
 }
 
@@ -451,12 +547,14 @@ impl TileRun<'_> {
 struct Dest(*mut f32);
 
 impl Dest {
-    /// Element `at` of C.
+    /// `len` elements of C from element `at`.
     ///
     /// # Safety
-    /// `at` lies inside C, and no other part writes it.
-    unsafe fn write(&self, at: isize, v: f32) {
-        *self.0.offset(at) = v;
+    /// They lie inside C, and no other part uses them while the slice
+    /// lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: isize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.offset(at), len)
     }
 }
 // SAFETY: each part writes only the columns of its own B̃ panels, and the
@@ -477,11 +575,17 @@ pub fn gemm_bf16(
 ) {
     let (k, n) = (b.rows(), b.cols());
     assert_eq!(a.cols(), k, "inner dimensions");
-    let mut bt = std::mem::take(&mut ws.b);
-    pack_b(&b, &mut bt);
-    let packed = PackedB::new(&bt, k, n);
-    gemm_bf16_packed(kernel, a, packed, c, Epilogue::None, ws, team);
-    ws.b = bt;
+    pack_b(&b, &mut ws.b);
+    let b = PackedB::new(&ws.b, k, n);
+    product(
+        kernel,
+        a,
+        b,
+        c,
+        Store::Epilogue(Epilogue::None),
+        &mut ws.a,
+        team,
+    );
 }
 
 /// `C = epilogue(op(A)·B̃)` in bf16 with f32 accumulation, B already packed
@@ -493,34 +597,90 @@ pub fn gemm_bf16_packed(
     kernel: Bf16Kernel,
     a: MatRef<'_>,
     b: PackedB<'_>,
-    mut c: MatMut<'_>,
+    c: MatMut<'_>,
     epilogue: Epilogue<'_>,
     ws: &mut Bf16Workspace,
+    team: Option<&mut Team>,
+) {
+    epilogue.check(a.rows(), b.n);
+    product(kernel, a, b, c, Store::Epilogue(epilogue), &mut ws.a, team);
+}
+
+/// A weight-gradient product that updates the weights: with `w` a weight
+/// matrix in column panels, `G = op(A)·op(B)` in bf16 (f32 sums) is its
+/// gradient, and each tile of G goes straight from the kernel into `rule`'s
+/// update of its weights and moments `m`, `v` (in `w`'s layout; `v` empty
+/// for SGD), then into the weights' bf16 copies, if any: G never reaches
+/// memory. The bits of [`gemm_bf16`] into a gradient followed by the
+/// optimiser's pass.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_update(
+    kernel: Bf16Kernel,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    w: MatMut<'_>,
+    m: &mut [f32],
+    v: &mut [f32],
+    rule: Rule,
+    copies: Option<&CopyWriter<'_>>,
+    ws: &mut Bf16Workspace,
+    team: Option<&mut Team>,
+) {
+    assert!(
+        matches!(w.layout(), Panels::Cols(_)),
+        "a fused update needs the weights in column panels"
+    );
+    assert_eq!(m.len(), w.len(), "first moments of another length");
+    assert!(
+        v.len() == if rule.has_second_moment() { w.len() } else { 0 },
+        "second moments of another length"
+    );
+    let (k, n) = (b.rows(), b.cols());
+    assert_eq!(a.cols(), k, "inner dimensions");
+    pack_b(&b, &mut ws.b);
+    let b = PackedB::new(&ws.b, k, n);
+    let (m, v) = (SharedMut::new(m), SharedMut::new(v));
+    let store = Store::Update {
+        rule,
+        m: &m,
+        v: &v,
+        copies,
+    };
+    product(kernel, a, b, w, store, &mut ws.a, team);
+}
+
+/// The product of [`gemm_bf16_packed`] and [`gemm_bf16_update`], with A's
+/// packing buffer `a_buf`.
+fn product(
+    kernel: Bf16Kernel,
+    a: MatRef<'_>,
+    b: PackedB<'_>,
+    mut c: MatMut<'_>,
+    store: Store<'_>,
+    a_buf: &mut AlignedBuf<u32>,
     team: Option<&mut Team>,
 ) {
     let (m, k, n) = (a.rows(), a.cols(), b.n);
     assert_eq!(b.k, k, "inner dimensions");
     assert_eq!((c.rows(), c.cols()), (m, n), "C's shape");
-    epilogue.check(m, n);
     assert!(
         kernel.is_available(),
         "{} is not supported by this CPU",
         kernel.name()
     );
-    pack_a(&a, &mut ws.a);
-    let kp = pairs(k);
+    pack_a(&a, a_buf);
     let shape = TileRun {
         kernel,
         m,
         n,
-        kp,
+        kp: pairs(k),
         rs: c.rs() as isize,
         cs: c.cs() as isize,
         layout: c.layout(),
-        epilogue,
+        store,
     };
     let dest = Dest(c.as_mut_ptr());
-    let (at, bt) = (&ws.a[..], b.words);
+    let (at, bt) = (&a_buf[..], b.words);
     let panels = n.div_ceil(NR);
     let columns = |range: std::ops::Range<usize>| shape.run(at, bt, &dest, range);
     match team.filter(|t| t.threads() > 1 && panels > 1) {
