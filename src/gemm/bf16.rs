@@ -183,35 +183,64 @@ fn getter<'a>(m: &'a MatRef<'a>) -> impl Fn(usize, usize) -> f32 + 'a {
     }
 }
 
-/// Packs `a` (m×k) into Ã, MR-row panels, rows past `m` zero. A row-major
-/// A is converted a row at a time (vectors where the CPU has AVX512-BF16);
-/// a column-major one (a transposed view) is read down its columns.
-fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
+/// Words of Ã for an m×k A.
+fn packed_a_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * pairs(k) * MR
+}
+
+/// Packs Ã's panels `first..` of `a` (m×k) into `words` (whole panels of
+/// MR rows, rows past `m` zero). A row-major A is converted a row at a
+/// time (vectors where the CPU has AVX512-BF16); a column-major one (a
+/// transposed view) down its columns, 16 rows (two panels) at a time
+/// where the CPU has AVX512-BF16.
+fn pack_a_panels(a: &MatRef<'_>, words: &mut [u32], first: usize) {
     let (m, k) = (a.rows(), a.cols());
     let kp = pairs(k);
-    let len = m.div_ceil(MR) * kp * MR;
-    if out.len() < len {
-        *out = AlignedBuf::zeroed(len);
-    }
     let get = getter(a);
     let at = |i: usize, p: usize| if i < m && p < k { get(i, p) } else { 0.0 };
     let dense_rows = a.cs() == 1 && a.layout() == Panels::None;
-    let down_columns = a.rs() == 1 && !dense_rows;
-    for (panel, words) in out[..len].chunks_exact_mut(kp * MR).enumerate() {
-        let word = |q: usize, r: usize| {
-            let i = panel * MR + r;
-            pair(at(i, 2 * q), at(i, 2 * q + 1))
-        };
+    let down_columns = a.rs() == 1 && a.layout() == Panels::None && !dense_rows;
+    let vector = Bf16Kernel::Avx512Bf16.is_available();
+    let word = |i: usize, q: usize| pair(at(i, 2 * q), at(i, 2 * q + 1));
+    let mut panels = words.chunks_exact_mut(kp * MR).enumerate();
+    while let Some((idx, words)) = panels.next() {
+        let r0 = (first + idx) * MR;
+        if down_columns && vector && r0 + 2 * MR <= m {
+            if let Some((_, next)) = panels.next() {
+                let mut sixteen = [0u32; 2 * MR];
+                for q in 0..kp {
+                    if 2 * q + 1 < k {
+                        // SAFETY: rows r0..r0 + 16 of columns 2q and 2q + 1
+                        // exist and are contiguous (unit row stride); the
+                        // CPU has AVX512-BF16.
+                        unsafe {
+                            let lo = a.as_ptr().add(r0 + 2 * q * a.cs());
+                            let hi = a.as_ptr().add(r0 + (2 * q + 1) * a.cs());
+                            interleave_avx512bf16(lo, hi, &mut sixteen);
+                        }
+                    } else {
+                        for (t, w) in sixteen.iter_mut().enumerate() {
+                            *w = word(r0 + t, q);
+                        }
+                    }
+                    for r in 0..MR {
+                        words[r * kp + q] = sixteen[r];
+                        next[r * kp + q] = sixteen[MR + r];
+                    }
+                }
+                continue;
+            }
+        }
         if down_columns {
             for q in 0..kp {
                 for r in 0..MR {
-                    words[r * kp + q] = word(q, r);
+                    words[r * kp + q] = word(r0 + r, q);
                 }
             }
             continue;
         }
         for (r, row) in words.chunks_exact_mut(kp).enumerate() {
-            let i = panel * MR + r;
+            let i = r0 + r;
             if dense_rows && i < m {
                 // SAFETY: row i of a view with unit column stride holds k
                 // consecutive values, all inside its data.
@@ -219,7 +248,7 @@ fn pack_a(a: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
                 pack_pairs(values, row);
             } else {
                 for (q, w) in row.iter_mut().enumerate() {
-                    *w = word(q, r);
+                    *w = word(i, q);
                 }
             }
         }
@@ -262,22 +291,28 @@ unsafe fn pack_pairs_avx512bf16(values: &[f32], row: &mut [u32]) -> usize {
     16 * chunks
 }
 
-/// Packs `b` (k×n) into B̃, NR-column panels, columns past `n` zero. The
-/// loops run along whichever dimension B is contiguous in; a row-major B
-/// is converted 16 columns at a time where the CPU has AVX512-BF16.
+/// Packs `b` (k×n) into B̃, NR-column panels, columns past `n` zero.
 pub fn pack_b(b: &MatRef<'_>, out: &mut AlignedBuf<u32>) {
-    let (k, n) = (b.rows(), b.cols());
-    let kp = pairs(k);
-    let len = packed_b_len(k, n);
+    let len = packed_b_len(b.rows(), b.cols());
     if out.len() < len {
         *out = AlignedBuf::zeroed(len);
     }
+    pack_b_panels(b, &mut out[..len], 0);
+}
+
+/// Packs B̃'s panels `first..` of `b` (k×n) into `words` (whole panels).
+/// The loops run along whichever dimension B is contiguous in; a row-major
+/// B is converted 16 columns at a time where the CPU has AVX512-BF16.
+fn pack_b_panels(b: &MatRef<'_>, words: &mut [u32], first: usize) {
+    let (k, n) = (b.rows(), b.cols());
+    let kp = pairs(k);
     let get = getter(b);
     let at = |p: usize, j: usize| if j < n && p < k { get(p, j) } else { 0.0 };
     let along_rows = b.cs() == 1;
     let dense_rows = along_rows && b.layout() == Panels::None;
     let vector = dense_rows && Bf16Kernel::Avx512Bf16.is_available();
-    for (panel, words) in out[..len].chunks_exact_mut(kp * NR).enumerate() {
+    for (idx, words) in words.chunks_exact_mut(kp * NR).enumerate() {
+        let panel = first + idx;
         let word = |q: usize, c: usize| {
             let j = panel * NR + c;
             pair(at(2 * q, j), at(2 * q + 1, j))
@@ -563,7 +598,7 @@ unsafe impl Sync for Dest {}
 unsafe impl Send for Dest {}
 
 /// `C = op(A)·op(B)` in bf16 with f32 accumulation (C is overwritten).
-/// Both operands are packed on the calling thread, then multiplied as
+/// The team packs both operands, then computes the tiles as
 /// [`gemm_bf16_packed`] does.
 pub fn gemm_bf16(
     kernel: Bf16Kernel,
@@ -573,26 +608,16 @@ pub fn gemm_bf16(
     ws: &mut Bf16Workspace,
     team: Option<&mut Team>,
 ) {
-    let (k, n) = (b.rows(), b.cols());
-    assert_eq!(a.cols(), k, "inner dimensions");
-    pack_b(&b, &mut ws.b);
-    let b = PackedB::new(&ws.b, k, n);
-    product(
-        kernel,
-        a,
-        b,
-        c,
-        Store::Epilogue(Epilogue::None),
-        &mut ws.a,
-        team,
-    );
+    let b = Operand::Pack(b, &mut ws.b);
+    product(kernel, a, b, c, Store::Epilogue(Epilogue::None), &mut ws.a, team);
 }
 
 /// `C = epilogue(op(A)·B̃)` in bf16 with f32 accumulation, B already packed
 /// (C, dense or in column panels, is overwritten). A is packed on the
-/// calling thread; the tiles then split across `team` by B̃ panels (columns
-/// of C), so every element is summed in one order and the bits do not
-/// depend on the thread count.
+/// calling thread (it is the small operand of the step's products that
+/// read a packed B); the tiles then split across `team` by B̃ panels
+/// (columns of C), so every element is summed in one order and the bits do
+/// not depend on the thread count.
 pub fn gemm_bf16_packed(
     kernel: Bf16Kernel,
     a: MatRef<'_>,
@@ -603,6 +628,7 @@ pub fn gemm_bf16_packed(
     team: Option<&mut Team>,
 ) {
     epilogue.check(a.rows(), b.n);
+    let b = Operand::Packed(b);
     product(kernel, a, b, c, Store::Epilogue(epilogue), &mut ws.a, team);
 }
 
@@ -635,10 +661,7 @@ pub fn gemm_bf16_update(
         v.len() == if rule.has_second_moment() { w.len() } else { 0 },
         "second moments of another length"
     );
-    let (k, n) = (b.rows(), b.cols());
-    assert_eq!(a.cols(), k, "inner dimensions");
-    pack_b(&b, &mut ws.b);
-    let b = PackedB::new(&ws.b, k, n);
+    let b = Operand::Pack(b, &mut ws.b);
     let (m, v) = (SharedMut::new(m), SharedMut::new(v));
     let store = Store::Update {
         rule,
@@ -649,40 +672,98 @@ pub fn gemm_bf16_update(
     product(kernel, a, b, w, store, &mut ws.a, team);
 }
 
-/// The product of [`gemm_bf16_packed`] and [`gemm_bf16_update`], with A's
-/// packing buffer `a_buf`.
+/// B of a product: packed already, or to be packed into a buffer.
+enum Operand<'b, 'w> {
+    Packed(PackedB<'b>),
+    Pack(MatRef<'b>, &'w mut AlignedBuf<u32>),
+}
+
+/// The product of [`gemm_bf16`], [`gemm_bf16_packed`] and
+/// [`gemm_bf16_update`], with A's packing buffer `a_buf`. The team packs
+/// A (and B if it comes unpacked) first, each thread its share of the
+/// panels, then computes C's tiles split by column panels.
 fn product(
     kernel: Bf16Kernel,
     a: MatRef<'_>,
-    b: PackedB<'_>,
+    b: Operand<'_, '_>,
     mut c: MatMut<'_>,
     store: Store<'_>,
     a_buf: &mut AlignedBuf<u32>,
-    team: Option<&mut Team>,
+    mut team: Option<&mut Team>,
 ) {
-    let (m, k, n) = (a.rows(), a.cols(), b.n);
-    assert_eq!(b.k, k, "inner dimensions");
+    let (m, k) = (a.rows(), a.cols());
+    let n = match &b {
+        Operand::Packed(p) => {
+            assert_eq!(p.k, k, "inner dimensions");
+            p.n
+        }
+        Operand::Pack(v, _) => {
+            assert_eq!(v.rows(), k, "inner dimensions");
+            v.cols()
+        }
+    };
     assert_eq!((c.rows(), c.cols()), (m, n), "C's shape");
     assert!(
         kernel.is_available(),
         "{} is not supported by this CPU",
         kernel.name()
     );
-    pack_a(&a, a_buf);
+    let kp = pairs(k);
+    let a_len = packed_a_len(m, k);
+    if a_buf.len() < a_len {
+        *a_buf = AlignedBuf::zeroed(a_len);
+    }
+    let b_words: &[u32] = match b {
+        Operand::Packed(p) => {
+            pack_a_panels(&a, &mut a_buf[..a_len], 0);
+            p.words
+        }
+        Operand::Pack(bv, b_buf) => {
+            let b_len = packed_b_len(k, n);
+            if b_buf.len() < b_len {
+                *b_buf = AlignedBuf::zeroed(b_len);
+            }
+            let threads = team.as_ref().map_or(1, |t| t.threads());
+            let (a_words, b_words) = (
+                SharedMut::new(&mut a_buf[..a_len]),
+                SharedMut::new(&mut b_buf[..b_len]),
+            );
+            let (a_panels, b_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+            let share = |panels: usize, t: usize| {
+                let per = panels.div_ceil(threads);
+                (t * per).min(panels)..((t + 1) * per).min(panels)
+            };
+            let pack = |t: usize| {
+                let (ra, rb) = (share(a_panels, t), share(b_panels, t));
+                // SAFETY: the threads' shares of panels are disjoint.
+                unsafe {
+                    let wa = a_words.piece(ra.start * kp * MR..ra.end * kp * MR);
+                    pack_a_panels(&a, wa, ra.start);
+                    let wb = b_words.piece(rb.start * kp * NR..rb.end * kp * NR);
+                    pack_b_panels(&bv, wb, rb.start);
+                }
+            };
+            match team.as_deref_mut().filter(|t| t.threads() > 1) {
+                Some(team) => team.run(threads, &pack),
+                None => pack(0),
+            }
+            &b_buf[..b_len]
+        }
+    };
     let shape = TileRun {
         kernel,
         m,
         n,
-        kp: pairs(k),
+        kp,
         rs: c.rs() as isize,
         cs: c.cs() as isize,
         layout: c.layout(),
         store,
     };
     let dest = Dest(c.as_mut_ptr());
-    let (at, bt) = (&a_buf[..], b.words);
+    let at = &a_buf[..a_len];
     let panels = n.div_ceil(NR);
-    let columns = |range: std::ops::Range<usize>| shape.run(at, bt, &dest, range);
+    let columns = |range: std::ops::Range<usize>| shape.run(at, b_words, &dest, range);
     match team.filter(|t| t.threads() > 1 && panels > 1) {
         Some(team) => {
             let per = panels.div_ceil(team.threads());
