@@ -257,7 +257,7 @@ fn pack_a_panels(a: &MatRef<'_>, words: &mut [u32], first: usize) {
 
 /// `row[q] = (values[2q], values[2q + 1])` as bf16, an odd tail padded with
 /// a zero.
-pub(super) fn pack_pairs(values: &[f32], row: &mut [u32]) {
+fn pack_pairs(values: &[f32], row: &mut [u32]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if Bf16Kernel::Avx512Bf16.is_available() {
@@ -546,19 +546,27 @@ impl TileRun<'_> {
         ),
     ) {
         let second = rule.has_second_moment();
-        for (r, grad) in tile.iter().enumerate().take(rows) {
-            let at = self.layout.offset(i0 + r, j0, self.rs, self.cs);
-            let range = at as usize..at as usize + cols;
+        let update = |at: isize, grad: &[f32]| {
+            let range = at as usize..at as usize + grad.len();
             let v = if second {
                 v.piece(range.clone())
             } else {
                 &mut []
             };
-            crate::optim::update(rule, dest.slice(at, cols), &grad[..cols], m.piece(range), v);
+            crate::optim::update(rule, dest.slice(at, grad.len()), grad, m.piece(range), v);
+        };
+        let first = self.layout.offset(i0, j0, self.rs, self.cs);
+        if cols == PANEL {
+            // A whole panel's rows are consecutive, as are the tile's: one
+            // run of rows·PANEL weights.
+            update(first, &tile.as_flattened()[..rows * PANEL]);
+        } else {
+            for (r, grad) in tile.iter().enumerate().take(rows) {
+                update(first + (r * PANEL) as isize, &grad[..cols]);
+            }
         }
         if let Some(copies) = copies {
             // The tile's rows of one panel are consecutive, PANEL apart.
-            let first = self.layout.offset(i0, j0, self.rs, self.cs);
             copies.write(first as usize, dest.slice(first, rows * PANEL));
         }
     }
@@ -609,7 +617,15 @@ pub fn gemm_bf16(
     team: Option<&mut Team>,
 ) {
     let b = Operand::Pack(b, &mut ws.b);
-    product(kernel, a, b, c, Store::Epilogue(Epilogue::None), &mut ws.a, team);
+    product(
+        kernel,
+        a,
+        b,
+        c,
+        Store::Epilogue(Epilogue::None),
+        &mut ws.a,
+        team,
+    );
 }
 
 /// `C = epilogue(op(A)·B̃)` in bf16 with f32 accumulation, B already packed

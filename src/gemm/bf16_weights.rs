@@ -19,7 +19,7 @@
 
 use std::marker::PhantomData;
 
-use super::bf16::{pack_pairs, pairs, to_bf16, PackedB, NR};
+use super::bf16::{interleave_avx512bf16, pairs, to_bf16, Bf16Kernel, PackedB, NR};
 use super::mat::{panel_len, PANEL};
 use crate::buf::AlignedBuf;
 
@@ -157,6 +157,32 @@ impl CopyWriter<'_> {
             "bf16 copies: rows {offset}+{} of a {fan_in}×{fan_out} panelled matrix",
             values.len()
         );
+        #[cfg(target_arch = "x86_64")]
+        if Bf16Kernel::Avx512Bf16.is_available() {
+            // SAFETY: the CPU has AVX512-BF16; the caller's promise.
+            return self.write_avx512bf16(offset, values);
+        }
+        self.write_rows::<false>(offset, values)
+    }
+
+    /// [`CopyWriter::write`] with the conversions in vectors, inlined.
+    ///
+    /// # Safety
+    /// As [`CopyWriter::write`]; the CPU has AVX-512F and AVX512-BF16.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn write_avx512bf16(&self, offset: usize, values: &[f32]) {
+        self.write_rows::<true>(offset, values)
+    }
+
+    /// The rows of [`CopyWriter::write`]; `VECTOR`: with AVX512-BF16's
+    /// conversions (only from a function built for them).
+    ///
+    /// # Safety
+    /// As [`CopyWriter::write`].
+    #[inline(always)]
+    unsafe fn write_rows<const VECTOR: bool>(&self, offset: usize, values: &[f32]) {
+        let (fan_in, fan_out) = (self.fan_in, self.fan_out);
         let (kp_in, kp_out) = (pairs(fan_in), pairs(fan_out));
         let first = offset / PANEL;
         let count = values.len() / PANEL;
@@ -175,7 +201,14 @@ impl CopyWriter<'_> {
                 // SAFETY: words word..word + NR are panel p's pair i/2,
                 // inside the forward copy; rows i and i + 1 are this call's.
                 let out = std::slice::from_raw_parts_mut(self.forward.add(word), NR);
-                interleave_rows(&v[..valid], &w[..valid], out);
+                if VECTOR && valid == PANEL {
+                    interleave_avx512bf16(v.as_ptr(), w.as_ptr(), &mut out[..16]);
+                    interleave_avx512bf16(v.as_ptr().add(16), w.as_ptr().add(16), &mut out[16..]);
+                } else {
+                    for c in 0..valid {
+                        out[c] = to_bf16(v[c]) as u32 | (to_bf16(w[c]) as u32) << 16;
+                    }
+                }
             } else {
                 let halves = self.forward.cast::<u16>();
                 for (c, &x) in v[..valid].iter().enumerate() {
@@ -184,10 +217,9 @@ impl CopyWriter<'_> {
                     *halves.add(half_index(word + c, i % 2)) = to_bf16(x);
                 }
             }
-            self.write_backward(p, i, v, valid, kp_out);
+            self.write_backward::<VECTOR>(p, i, v, valid, kp_out);
             if pair_here {
-                let (i, w) = (i + 1, row(t + 1));
-                self.write_backward(p, i, w, valid, kp_out);
+                self.write_backward::<VECTOR>(p, i + 1, row(t + 1), valid, kp_out);
                 t += 2;
             } else {
                 t += 1;
@@ -201,13 +233,28 @@ impl CopyWriter<'_> {
     ///
     /// # Safety
     /// As [`CopyWriter::write`]; row (p, i) is the caller's.
-    unsafe fn write_backward(&self, p: usize, i: usize, v: &[f32], valid: usize, kp_out: usize) {
+    #[inline(always)]
+    unsafe fn write_backward<const VECTOR: bool>(
+        &self,
+        p: usize,
+        i: usize,
+        v: &[f32],
+        valid: usize,
+        kp_out: usize,
+    ) {
         if self.backward.is_null() {
             return;
         }
         let mut words = [0u32; PANEL / 2];
         let n = valid.div_ceil(2);
-        pack_pairs(&v[..valid], &mut words[..n]);
+        if VECTOR && valid == PANEL {
+            pairs_avx512bf16(v, &mut words);
+        } else {
+            for (q, w) in words[..n].iter_mut().enumerate() {
+                let hi = if 2 * q + 1 < valid { v[2 * q + 1] } else { 0.0 };
+                *w = to_bf16(v[2 * q]) as u32 | (to_bf16(hi) as u32) << 16;
+            }
+        }
         let base = ((i / NR) * kp_out + p * PANEL / 2) * NR + i % NR;
         for (q, &w) in words[..n].iter().enumerate() {
             // SAFETY: pair p·16 + q < kp_out of column panel i/32, column
@@ -217,28 +264,25 @@ impl CopyWriter<'_> {
     }
 }
 
-/// `out[c] = (lo[c], hi[c])` as bf16 pairs, for `lo.len()` columns
-/// (the rest of `out` untouched).
-fn interleave_rows(lo: &[f32], hi: &[f32], out: &mut [u32]) {
-    let mut done = 0;
+/// The 16 pairs of 32 values (`vcvtne2ps2bf16`).
+///
+/// # Safety
+/// Only from a function built for AVX-512F and AVX512-BF16.
+#[inline(always)]
+unsafe fn pairs_avx512bf16(v: &[f32], words: &mut [u32; PANEL / 2]) {
     #[cfg(target_arch = "x86_64")]
-    if super::bf16::Bf16Kernel::Avx512Bf16.is_available() {
-        while done + 16 <= lo.len() {
-            // SAFETY: 16 values of each row from `done` exist, `out` holds
-            // them (as long as the rows), and the CPU has AVX512-BF16.
-            unsafe {
-                super::bf16::interleave_avx512bf16(
-                    lo.as_ptr().add(done),
-                    hi.as_ptr().add(done),
-                    &mut out[done..done + 16],
-                )
-            };
-            done += 16;
-        }
+    {
+        use std::arch::x86_64::*;
+        let (lo, hi) = (
+            _mm512_loadu_ps(v.as_ptr()),
+            _mm512_loadu_ps(v.as_ptr().add(16)),
+        );
+        // The low 16 results come from the second operand: in order.
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(words.as_mut_ptr().cast(), packed);
     }
-    for c in done..lo.len() {
-        out[c] = to_bf16(lo[c]) as u32 | (to_bf16(hi[c]) as u32) << 16;
-    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AVX512-BF16 is x86-64 only: {} {}", v.len(), words.len())
 }
 
 #[cfg(test)]
@@ -266,14 +310,25 @@ mod tests {
         for (fan_in, fan_out) in [(1, 1), (7, 33), (33, 7), (64, 32), (65, 70), (2, 100)] {
             let w = master(fan_in, fan_out, (fan_in * 1000 + fan_out) as u64);
             let rows = panel_len(fan_in, fan_out) / PANEL;
-            // Blocks of 1, 2, 3 and all rows: odd blocks split pairs.
-            for block in [1, 2, 3, rows] {
+            // Blocks of 1, 2, 3 and all rows: odd blocks split pairs. The
+            // CPU's conversions, and the portable ones.
+            for (block, portable) in [1, 2, 3, rows]
+                .into_iter()
+                .flat_map(|b| [(b, false), (b, true)])
+            {
                 let mut copies = Bf16Weights::new(&[3, fan_in, fan_out]);
                 let writer = copies.writer(1);
                 for start in (0..rows).step_by(block) {
-                    let end = rows.min(start + block);
+                    let (end, at) = (rows.min(start + block), start * PANEL);
+                    let values = &w[at..end * PANEL];
                     // SAFETY: one thread, disjoint blocks.
-                    unsafe { writer.write(start * PANEL, &w[start * PANEL..end * PANEL]) };
+                    unsafe {
+                        if portable {
+                            writer.write_rows::<false>(at, values)
+                        } else {
+                            writer.write(at, values)
+                        }
+                    };
                 }
                 let view = MatRef::panels(&w, fan_in, fan_out);
                 let mut want = AlignedBuf::zeroed(0);
@@ -282,14 +337,14 @@ mod tests {
                 assert_eq!(
                     got,
                     &want[..got.len()],
-                    "forward {fan_in}×{fan_out}, block {block}"
+                    "forward {fan_in}×{fan_out}, block {block}, portable {portable}"
                 );
                 pack_b(&view.t(), &mut want);
                 let got = copies.backward(1).unwrap().words();
                 assert_eq!(
                     got,
                     &want[..got.len()],
-                    "backward {fan_in}×{fan_out}, block {block}"
+                    "backward {fan_in}×{fan_out}, block {block}, portable {portable}"
                 );
             }
         }
