@@ -9,8 +9,16 @@ trains on that same file (see peer_common.py). Each program reports images/s
 as the median of its epochs after a warm-up epoch, and its loss in the first
 and last epoch; this script measures each process's peak resident memory.
 
+Mixed precision: the peers fastnn-bf16 (`fastnn bench train --precision
+bf16`) and pytorch-bf16 (torch_train.py under torch.autocast) train with bf16
+operands, f32 accumulation and f32 master weights. The main table puts fastnn
+f32 against the f32 peers; a second one puts fastnn bf16 against fastnn f32,
+PyTorch eager and PyTorch bf16 autocast.
+
 GEMM: the shapes of `fastnn bench gemm` (training shapes and squares), fastnn
 and matrixmultiply from that command, numpy and PyTorch from gemm_peers.py.
+With the bf16 peers, also `fastnn bench gemm --precision bf16` and PyTorch's
+matmul on bf16 tensors.
 """
 import argparse
 import datetime
@@ -26,8 +34,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HERE = os.path.join(ROOT, "tools", "compare")
 FASTNN = os.path.join(ROOT, "target", "release", "fastnn")
 HIDDEN = {"w1": "1024,512", "w2": "512,256"}
-PEERS = ["fastnn", "pytorch", "numpy", "candle", "burn"]
-TITLES = {"fastnn": "fastnn", "pytorch": "PyTorch eager", "numpy": "numpy (tutorial)", "candle": "candle", "burn": "burn"}
+PEERS = ["fastnn", "pytorch", "numpy", "candle", "burn", "fastnn-bf16", "pytorch-bf16"]
+BF16_PEERS = ("fastnn-bf16", "pytorch-bf16")
+TITLES = {
+    "fastnn": "fastnn",
+    "pytorch": "PyTorch eager",
+    "numpy": "numpy (tutorial)",
+    "candle": "candle",
+    "burn": "burn",
+    "fastnn-bf16": "fastnn bf16",
+    "pytorch-bf16": "PyTorch bf16 autocast",
+}
 
 
 def run(cmd, env=None, timeout=3600):
@@ -70,8 +87,13 @@ class Peers:
     def why_missing(self, peer):
         if peer == "fastnn":
             return None if os.path.exists(FASTNN) else "target/release/fastnn not built"
-        if peer in ("pytorch", "numpy"):
-            module = "torch" if peer == "pytorch" else "numpy"
+        if peer == "fastnn-bf16":
+            if not os.path.exists(FASTNN):
+                return "target/release/fastnn not built"
+            code = subprocess.run([FASTNN, "bench", "train", "--help"], capture_output=True, text=True)
+            return None if "--precision" in code.stdout else "this fastnn has no `bench train --precision`"
+        if peer in ("pytorch", "pytorch-bf16", "numpy"):
+            module = "numpy" if peer == "numpy" else "torch"
             code = subprocess.run([sys.executable, "-c", f"import {module}, safetensors"], capture_output=True)
             return None if code.returncode == 0 else f"python cannot import {module}"
         marker = os.path.join(self.out_dir, f"{peer}.unavailable")
@@ -84,10 +106,11 @@ class Peers:
 
     def command(self, peer, workload, data, batch, threads, epochs):
         common = ["--data", data, "--hidden", HIDDEN[workload], "--batch", str(batch), "--threads", str(threads), "--epochs", str(epochs)]
-        if peer == "fastnn":
-            return [FASTNN, "bench", "train", "--workload", workload, "--batch", str(batch), "--threads", str(threads), "--epochs", str(epochs), "--json"]
-        if peer == "pytorch":
-            return [sys.executable, os.path.join(HERE, "torch_train.py")] + common
+        bf16 = ["--precision", "bf16"] if peer in BF16_PEERS else []
+        if peer in ("fastnn", "fastnn-bf16"):
+            return [FASTNN, "bench", "train", "--workload", workload, "--batch", str(batch), "--threads", str(threads), "--epochs", str(epochs), "--json"] + bf16
+        if peer in ("pytorch", "pytorch-bf16"):
+            return [sys.executable, os.path.join(HERE, "torch_train.py")] + common + bf16
         if peer == "numpy":
             return [sys.executable, os.path.join(HERE, "numpy_train.py")] + common
         return [self.binary(peer)] + common
@@ -110,7 +133,7 @@ def train_runs(args, peers, results):
                     if peer != "fastnn" and data is None:
                         continue  # the dataset file comes from fastnn's run
                     cmd = peers.command(peer, workload, data, batch, threads, args.epochs)
-                    print(f"  {workload} batch {batch:>3} threads {threads}  {peer:<8}", end=" ", flush=True)
+                    print(f"  {workload} batch {batch:>3} threads {threads}  {peer:<12}", end=" ", flush=True)
                     code, out, err, rss = run(cmd, env=peer_env(threads))
                     row = {"workload": workload, "batch": batch, "threads": threads, "peer": peer, "peak_rss_bytes": rss}
                     if code != 0:
@@ -119,6 +142,7 @@ def train_runs(args, peers, results):
                     else:
                         row.update(last_json_line(out))
                         row["peak_rss_bytes"] = rss
+                        row["peer"] = peer  # torch_train.py says "pytorch" at either precision
                         if peer == "fastnn":
                             data = row["dataset"]
                         print(f"{row['images_per_sec']:>9,.0f} images/s  loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}  peak RSS {rss / 1e6:,.0f} MB")
@@ -128,28 +152,56 @@ def train_runs(args, peers, results):
 
 def gemm_runs(args, peers, results):
     for threads in args.threads:
-        print(f"  gemm, {threads} thread(s): fastnn and matrixmultiply", flush=True)
-        code, out, err, _ = run([FASTNN, "bench", "gemm", "--threads", str(threads), "--json"])
-        if code != 0:
-            results["gemm"].append({"threads": threads, "peer": "fastnn", "error": err.strip()})
-            continue
-        report = json.loads(out)
-        results["gemm"].append({"threads": threads, "peer": "fastnn", **report})
-        shapes = ",".join(f"{r['shape']['m']}x{r['shape']['k']}x{r['shape']['n']}:{r['shape']['trans']}" for r in report["results"])
-        for peer in ("numpy", "pytorch"):
-            if peer not in peers.available:
-                continue
-            print(f"  gemm, {threads} thread(s): {peer}", flush=True)
-            cmd = [sys.executable, os.path.join(HERE, "gemm_peers.py"), "--peer", "torch" if peer == "pytorch" else "numpy", "--threads", str(threads), "--shapes", shapes]
-            code, out, err, _ = run(cmd, env=peer_env(threads))
-            row = {"threads": threads, "peer": peer}
-            if code != 0:
-                row["error"] = (err.strip().splitlines() or [f"exit {code}"])[-1]
-            else:
-                row.update(last_json_line(out))
-                row["peer"] = peer  # gemm_peers.py says "torch"
-            results["gemm"].append(row)
+        gemm_f32(peers, results, threads)
+        # `bench gemm --precision bf16` needs no `bench train --precision`:
+        # the bf16 products run whenever fastnn-bf16 was asked for.
+        if "fastnn-bf16" in peers.available or "fastnn-bf16" in peers.missing:
+            gemm_bf16(peers, results, threads)
         save(args, results)
+
+
+def shapes_arg(shapes):
+    return ",".join(f"{s['m']}x{s['k']}x{s['n']}:{s['trans']}" for s in shapes)
+
+
+def gemm_peer(peer, threads, shapes, dtype="f32"):
+    """gemm_peers.py's row for peer ("numpy", "pytorch" or "pytorch-bf16")."""
+    print(f"  gemm, {threads} thread(s): {peer}", flush=True)
+    cmd = [sys.executable, os.path.join(HERE, "gemm_peers.py"), "--peer", "numpy" if peer == "numpy" else "torch", "--threads", str(threads), "--shapes", shapes, "--dtype", dtype]
+    code, out, err, _ = run(cmd, env=peer_env(threads))
+    row = {"threads": threads, "peer": peer}
+    if code != 0:
+        row["error"] = (err.strip().splitlines() or [f"exit {code}"])[-1]
+    else:
+        row.update(last_json_line(out))
+        row["peer"] = peer  # gemm_peers.py says "torch"
+    return row
+
+
+def gemm_f32(peers, results, threads):
+    print(f"  gemm, {threads} thread(s): fastnn and matrixmultiply", flush=True)
+    code, out, err, _ = run([FASTNN, "bench", "gemm", "--threads", str(threads), "--json"])
+    if code != 0:
+        results["gemm"].append({"threads": threads, "peer": "fastnn", "error": err.strip()})
+        return
+    report = json.loads(out)
+    results["gemm"].append({"threads": threads, "peer": "fastnn", **report})
+    shapes = shapes_arg(r["shape"] for r in report["results"])
+    for peer in ("numpy", "pytorch"):
+        if peer in peers.available:
+            results["gemm"].append(gemm_peer(peer, threads, shapes))
+
+
+def gemm_bf16(peers, results, threads):
+    print(f"  gemm bf16, {threads} thread(s): fastnn", flush=True)
+    code, out, err, _ = run([FASTNN, "bench", "gemm", "--precision", "bf16", "--threads", str(threads), "--json"])
+    if code != 0:
+        results["gemm"].append({"threads": threads, "peer": "fastnn-bf16", "error": (err.strip().splitlines() or [f"exit {code}"])[-1]})
+        return
+    report = json.loads(out)
+    results["gemm"].append({"threads": threads, "peer": "fastnn-bf16", **report})
+    if "pytorch-bf16" in peers.available:
+        results["gemm"].append(gemm_peer("pytorch-bf16", threads, shapes_arg(r["shape"] for r in report["rows"]), "bf16"))
 
 
 def machine():
@@ -200,7 +252,8 @@ def markdown(results):
             lines.append(f"- **{TITLES[p]}: not run** ({why}).")
         lines.append("")
     if train:
-        lines.append("Training throughput, images/s (median of the epochs after a warm-up); in brackets fastnn's speed-up over the peer.")
+        bf16_note = "; the bf16 columns' ratios are in the next table" if any(p in BF16_PEERS for p in peers) else ""
+        lines.append(f"Training throughput, images/s (median of the epochs after a warm-up); in brackets fastnn's speed-up over the f32 peer{bf16_note}.")
         lines.append("")
         lines.append("| workload | batch | threads | " + " | ".join(TITLES[p] for p in peers) + " | loss falls |")
         lines.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | --- |")
@@ -217,11 +270,13 @@ def markdown(results):
                     cells.append("failed")
                 else:
                     v = r["images_per_sec"]
-                    cells.append(fmt_int(v) if p == "fastnn" or not ours else f"{fmt_int(v)} ({ours / v:.2f}×)")
+                    like = p != "fastnn" and p not in BF16_PEERS
+                    cells.append(f"{fmt_int(v)} ({ours / v:.2f}×)" if like and ours else fmt_int(v))
                     learners.append(r["loss_last"] < r["loss_first"])
             falls = "yes" if learners and all(learners) else "**no**"
             lines.append(f"| {w.upper()} | {b} | {t} | " + " | ".join(cells) + f" | {falls} |")
         lines.append("")
+        lines += bf16_table(train, keys)
         scaling = []
         for w in sorted({r["workload"] for r in train}):
             for b in sorted({r["batch"] for r in train}):
@@ -250,10 +305,12 @@ def markdown(results):
         lines.append("")
         versions = {}
         for r in train:
-            if "error" not in r and r["peer"] != "fastnn":
+            if "error" not in r and not r["peer"].startswith("fastnn"):
                 versions[r["peer"]] = f"{r['version']}; matrix products: {r['backend']}"
         isa = next((r["isa"] for r in train if r["peer"] == "fastnn" and "isa" in r), "?")
         lines.append(f"- fastnn: its own GEMM, kernel {isa}.")
+        if "fastnn-bf16" in peers:
+            lines.append(f"- {TITLES['fastnn-bf16']}: `--precision bf16`, bf16 operands, f32 accumulation and f32 master weights.")
         for p in peers:
             if p in versions:
                 lines.append(f"- {TITLES[p]}: {versions[p]}.")
@@ -261,23 +318,91 @@ def markdown(results):
     gemm = results["gemm"]
     for threads in sorted({g["threads"] for g in gemm}):
         rows = {g["peer"]: g for g in gemm if g["threads"] == threads and "error" not in g}
-        ours = rows.get("fastnn")
-        if not ours:
-            continue
-        peak = peaks.get(threads, ours["peak_gflops"])
-        lines.append(f"GEMM, {threads} thread(s), GFLOP/s (median); measured FMA peak {peak:.0f} GFLOP/s (the run's, above).")
-        lines.append("")
-        others = [p for p in ("numpy", "pytorch") if p in rows]
-        lines.append("| shape | fastnn | % of peak | matrixmultiply | " + " | ".join(f"{p} ({rows[p]['blas']})" for p in others) + " |")
-        lines.append("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in others) + " |")
-        for i, r in enumerate(ours["results"]):
-            s = r["shape"]
-            cells = [f"{rows[p]['results'][i]['gflops']:.1f}" for p in others]
-            pct = 100 * r["fastnn_gflops"] / peak
-            panels = " (fastnn: W in panels, as the step keeps it)" if s.get("panels") else ""
-            lines.append(f"| {s['m']}×{s['k']}×{s['n']} {s['trans']}{panels} | {r['fastnn_gflops']:.1f} | {pct:.0f} % | {r['matrixmultiply_gflops']:.1f} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += gemm_f32_table(rows, threads, peaks) + gemm_bf16_table(rows, threads)
     return "\n".join(lines)
+
+
+def bf16_table(train, keys):
+    """fastnn bf16 against fastnn f32, PyTorch eager and PyTorch bf16 autocast."""
+    if not any(r["peer"] == "fastnn-bf16" for r in train):
+        return []
+    against = {"fastnn": "fastnn f32", "pytorch": "PyTorch eager (f32)", "pytorch-bf16": "PyTorch bf16 autocast"}
+    lines = [
+        "Mixed precision: fastnn bf16's images/s, its speed-up over each of these, and fastnn's loss in the last epoch at each precision.",
+        "",
+        "| workload | batch | threads | fastnn bf16 | " + " | ".join(f"over {t}" for t in against.values()) + " | fastnn loss, f32 / bf16 |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in against) + " | ---: |",
+    ]
+    for w, b, t in keys:
+        here = [r for r in train if (r["workload"], r["batch"], r["threads"]) == (w, b, t)]
+        rows = {r["peer"]: r for r in here if "error" not in r}
+        ours = rows.get("fastnn-bf16")
+        if ours is None:
+            failed = any(r["peer"] == "fastnn-bf16" for r in here)
+            cells = ["failed" if failed else "—"] + ["—" for _ in against] + ["—"]
+        else:
+            v = ours["images_per_sec"]
+            cells = [fmt_int(v)] + [f"{v / rows[p]['images_per_sec']:.2f}×" if p in rows else "—" for p in against]
+            f32_loss = f"{rows['fastnn']['loss_last']:.3f}" if "fastnn" in rows else "—"
+            cells.append(f"{f32_loss} / {ours['loss_last']:.3f}")
+        lines.append(f"| {w.upper()} | {b} | {t} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def gemm_f32_table(rows, threads, peaks):
+    lines = []
+    ours = rows.get("fastnn")
+    if not ours:
+        return lines
+    peak = peaks.get(threads, ours["peak_gflops"])
+    lines.append(f"GEMM, {threads} thread(s), GFLOP/s (median); measured FMA peak {peak:.0f} GFLOP/s (the run's, above).")
+    lines.append("")
+    others = [p for p in ("numpy", "pytorch") if p in rows]
+    lines.append("| shape | fastnn | % of peak | matrixmultiply | " + " | ".join(f"{p} ({rows[p]['blas']})" for p in others) + " |")
+    lines.append("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in others) + " |")
+    for i, r in enumerate(ours["results"]):
+        s = r["shape"]
+        cells = [f"{rows[p]['results'][i]['gflops']:.1f}" for p in others]
+        pct = 100 * r["fastnn_gflops"] / peak
+        panels = " (fastnn: W in panels, as the step keeps it)" if s.get("panels") else ""
+        lines.append(f"| {s['m']}×{s['k']}×{s['n']} {s['trans']}{panels} | {r['fastnn_gflops']:.1f} | {pct:.0f} % | {r['matrixmultiply_gflops']:.1f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def gemm_bf16_table(rows, threads):
+    """`bench gemm --precision bf16` beside PyTorch's matmul on bf16 tensors."""
+    ours = rows.get("fastnn-bf16")
+    if not ours:
+        return []
+    torch = rows.get("pytorch-bf16")
+    peak = ours.get("bf16_peak_gflops")
+    kernel = ours["rows"][0]["kernel"] if ours["rows"] else "?"
+    peak_text = f"measured bf16 peak {peak:.0f} GFLOP/s" if peak else "no bf16 peak (the CPU has no bf16 instruction)"
+    lines = [
+        f"GEMM bf16, {threads} thread(s), GFLOP/s (median); {peak_text}. fastnn bf16 (kernel {kernel}) rounds A and B to bf16 as it packs them, sums in f32, writes an f32 C; "
+        + "fastnn f32 is its f32 product of the same dense operands"
+        + ("; PyTorch multiplies bf16 tensors into a bf16 C, converted before the clock starts." if torch else "."),
+        "",
+    ]
+    head = "| shape | fastnn bf16 | % of bf16 peak | fastnn f32 | bf16 / f32 |"
+    rule = "| --- | ---: | ---: | ---: | ---: |"
+    if torch:
+        head += f" PyTorch bf16 ({torch['blas']}) |"
+        rule += " ---: |"
+    lines += [head, rule]
+    theirs = {(r["m"], r["k"], r["n"], r["trans"]): r["gflops"] for r in torch["results"]} if torch else {}
+    for r in ours["rows"]:
+        s = r["shape"]
+        pct = f"{100 * r['bf16_gflops'] / peak:.0f} %" if peak else "—"
+        cells = [f"{r['bf16_gflops']:.1f}", pct, f"{r['f32_gflops']:.1f}", f"{r['bf16_gflops'] / r['f32_gflops']:.2f}×"]
+        if torch:
+            g = theirs.get((s["m"], s["k"], s["n"], s["trans"]))
+            cells.append(f"{g:.1f}" if g else "—")
+        lines.append(f"| {s['m']}×{s['k']}×{s['n']} {s['trans']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def main():
@@ -287,7 +412,11 @@ def main():
     ap.add_argument("--batches", default="32,128,512")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run, the first a warm-up")
-    ap.add_argument("--peers", default=",".join(PEERS), help="fastnn always runs: it writes the dataset files")
+    ap.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help="fastnn always runs: it writes the dataset files; fastnn-bf16 and pytorch-bf16 train in mixed precision and add the bf16 GEMM runs",
+    )
     ap.add_argument("--no-gemm", action="store_true")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--quick", action="store_true", help="W2 at batch 128 only, plus the GEMM shapes")

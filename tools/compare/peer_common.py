@@ -5,6 +5,8 @@ Every peer trains the same MLP (Linear/ReLU, softmax cross-entropy, SGD with
 momentum 0.9, weights ~ N(0, 2/fan_in), zero biases) on the same bytes: the
 training split of a fastnn dataset file, normalised once with the per-feature
 statistics stored in that file and held in memory as one float32 array.
+The report names the precision of the products: f32, or bf16 where a peer
+offers it (PyTorch under autocast).
 """
 import argparse
 import json
@@ -15,7 +17,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 
-def parse_args(description):
+def parse_args(description, precisions=("f32",)):
+    """The shared options; `--precision` too where a peer has more than one."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", required=True, help="a fastnn dataset file (.safetensors)")
     ap.add_argument("--hidden", default="512,256", help="hidden layer sizes, comma-separated")
@@ -24,7 +27,15 @@ def parse_args(description):
     ap.add_argument("--epochs", type=int, default=4, help="epochs, the first a warm-up (at least 2)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.01)
+    if len(precisions) > 1:
+        ap.add_argument(
+            "--precision",
+            choices=precisions,
+            default=precisions[0],
+            help="bf16: bf16 operands, f32 accumulation and f32 master weights",
+        )
     args = ap.parse_args()
+    args.precision = getattr(args, "precision", precisions[0])
     args.hidden = [int(h) for h in args.hidden.split(",") if h]
     if args.epochs < 2:
         ap.error("--epochs must be at least 2: the first is a warm-up")
@@ -59,6 +70,7 @@ def report(peer, version, backend, args, samples, rates, losses):
         json.dumps(
             {
                 "peer": peer,
+                "precision": args.precision,
                 "version": version,
                 "backend": backend,
                 "threads": args.threads,

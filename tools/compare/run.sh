@@ -4,8 +4,9 @@
 # virtual environment under target/compare, then runs every workload, batch
 # size and thread count back to back and prints the table.
 #
-#   tools/compare/run.sh                  # everything (about 30 minutes on 2 cores, once built)
+#   tools/compare/run.sh                  # everything (once built, about 30 minutes on 2 cores for the f32 peers, more with the bf16 ones)
 #   tools/compare/run.sh --quick          # W2 at batch 128 only, and the GEMM shapes
+#   tools/compare/run.sh --peers fastnn,pytorch,numpy,candle,burn   # f32 only, without fastnn-bf16 and pytorch-bf16
 #   tools/compare/run.sh --help           # the options of compare.py
 #
 # A peer that cannot be built or installed is reported as such in the table.
