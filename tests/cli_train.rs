@@ -230,8 +230,10 @@ fn a_killed_run_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::synthetic_dataset(dir.path(), 6000, 100, 256, 4, 8);
     // With early stopping, whose state (and best parameters) the
-    // checkpoint must carry for the final model to match, and BatchNorm,
-    // whose running statistics and batch count it must carry too.
+    // checkpoint must carry for the final model to match, BatchNorm,
+    // whose running statistics and batch count it must carry too, and
+    // mixed precision, whose bf16 weight copies the resumed run must
+    // rebuild from the f32 weights.
     let args = |out: &Path| {
         let extra = [
             "--dropout",
@@ -240,6 +242,8 @@ fn a_killed_run_resumes_to_the_same_model() {
             "4",
             "--norm",
             "batch",
+            "--precision",
+            "bf16",
             "--quiet",
         ];
         run_args(&data, out, 6, &extra)
@@ -527,8 +531,16 @@ fn norm_is_planned_trained_checked_and_refused_where_it_cannot_work() {
         "1",
     ];
     let run = |extra: &[&str]| with_args(&base, extra);
-    let plan = ok(&run(&["--norm", "batch", "--dry-run"]));
+    let plan = ok(&run(&[
+        "--norm",
+        "batch",
+        "--precision",
+        "bf16",
+        "--dry-run",
+    ]));
     assert!(plan.contains("norm = \"batch\""), "{plan}");
+    assert!(plan.contains("precision = \"bf16\""), "{plan}");
+    assert!(plan.contains("matrix products: bf16"), "{plan}");
     // The layer table: 8·16 weights and γ, β (no bias) in layer 0.
     assert!(
         plan.contains("batch  relu") && plan.contains(" 144 "),
@@ -559,6 +571,7 @@ fn norm_is_planned_trained_checked_and_refused_where_it_cannot_work() {
             "at least 2 samples",
         ),
         (&["--norm", "group"][..], "unknown normalisation"),
+        (&["--precision", "fp16"][..], "unknown precision"),
     ] {
         assert_refused(&run(extra), message, &format!("{extra:?}"));
     }

@@ -11,7 +11,7 @@ use fastnn::gemm::Parallelism;
 use fastnn::model::{Act, Loss, Norm};
 use fastnn::net::Workspace;
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
-use fastnn::train::{evaluate, train, Silent, TrainConfig, TrainError, Trainer};
+use fastnn::train::{evaluate, train, Precision, Silent, TrainConfig, TrainError, Trainer};
 
 fn config(threads: usize) -> TrainConfig {
     TrainConfig {
@@ -282,6 +282,41 @@ fn normalised_runs_resume_bit_for_bit_and_evaluate_from_the_model_file() {
         );
         assert_eq!(Some(r.accuracy), full_summary.test_accuracy);
     }
+}
+
+/// In mixed precision a run learns as well, differs from the f32 run (its
+/// products are bf16), records its precision in the checkpoint, and
+/// resumes from inside an epoch to the same bits: the bf16 copies are the
+/// master weights rounded, so the checkpoint's f32 weights restore them.
+#[test]
+fn a_bf16_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(&dir);
+    let cfg = TrainConfig {
+        precision: Precision::Bf16,
+        ..config(2)
+    };
+    let (f32_run, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
+    let (full, full_summary) = train(&data, &cfg, None, None, &mut Silent).unwrap();
+    assert!(
+        full_summary.test_accuracy.unwrap() > 0.9,
+        "{full_summary:?}"
+    );
+    assert_ne!(&full.params[..], &f32_run.params[..], "bf16 is not f32");
+    let out: PathBuf = dir.path().join("run");
+    let (_, partial) = train(&data, &cfg, Some(&out), None, &mut StopAtStep(27)).unwrap();
+    assert!(partial.interrupted);
+    let ck = checkpoint::load(&out).unwrap();
+    assert_eq!(ck.config.precision, Precision::Bf16);
+    let (resumed, summary) =
+        train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
+    let same = full
+        .params
+        .iter()
+        .zip(resumed.params.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same, "the resumed bf16 run differs");
+    assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
 }
 
 /// A checkpoint resumes only the network it holds: a different

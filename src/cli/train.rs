@@ -637,6 +637,14 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
         cfg.batch,
         mcfg.training_bytes(cfg.batch) as f64 / (1u64 << 20) as f64
     )?;
+    let kernel = match cfg.precision {
+        Precision::F32 => format!("f32 on the {} gemm kernel", fastnn::cpu::try_selected()?),
+        Precision::Bf16 => format!(
+            "bf16 (f32 sums) on the {} kernel",
+            fastnn::cpu::try_selected_bf16()?.name()
+        ),
+    };
+    writeln!(out, "matrix products: {kernel}")?;
     Ok(())
 }
 
