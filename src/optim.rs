@@ -245,7 +245,7 @@ pub struct StepRules {
 /// Elements per parallel piece of the update (64 KiB of parameters).
 const PAR_CHUNK: usize = 1 << 14;
 
-const _: () = assert!(PAR_CHUNK % COPY_BLOCK == 0 && COPY_BLOCK % 64 == 0);
+const _: () = assert!(PAR_CHUNK.is_multiple_of(COPY_BLOCK) && COPY_BLOCK.is_multiple_of(64));
 
 /// One tensor's update rule with its scalars for this step (L2 and weight
 /// decay are 0 for biases).

@@ -172,6 +172,9 @@ fn a_team_gives_the_bits_of_one_thread() {
     }
 }
 
+/// An epilogue written out: element (i, j)'s sum to its stored value.
+type ByHand<'a> = dyn Fn(usize, usize, f32) -> f32 + 'a;
+
 /// A product on an operand packed beforehand (`pack_b` then
 /// `gemm_bf16_packed`), with each epilogue, into a dense C and into C in
 /// column panels: the bits of the plain product followed by the epilogue
@@ -200,7 +203,7 @@ fn packed_operand_epilogues_and_panelled_c_give_the_plain_bits() {
             pack_b(&bm, &mut packed);
             let bt = PackedB::new(&packed, k, n);
             let zm = MatRef::row_major(&z, m, n);
-            let epilogues: [(&str, Epilogue, &dyn Fn(usize, usize, f32) -> f32); 5] = [
+            let epilogues: [(&str, Epilogue, &ByHand); 5] = [
                 ("none", Epilogue::None, &|_, _, v| v),
                 ("bias", Epilogue::Bias(&bias), &|_, j, v| v + bias[j]),
                 ("act", Epilogue::Act(Activation::Tanh), &|_, _, v| v.tanh()),

@@ -151,8 +151,8 @@ impl CopyWriter<'_> {
     pub unsafe fn write(&self, offset: usize, values: &[f32]) {
         let (fan_in, fan_out) = (self.fan_in, self.fan_out);
         assert!(
-            offset % PANEL == 0
-                && values.len() % PANEL == 0
+            offset.is_multiple_of(PANEL)
+                && values.len().is_multiple_of(PANEL)
                 && offset + values.len() <= panel_len(fan_in, fan_out),
             "bf16 copies: rows {offset}+{} of a {fan_in}×{fan_out} panelled matrix",
             values.len()
