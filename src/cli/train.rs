@@ -670,9 +670,10 @@ mod template_tests {
         assert_eq!(args.clip_grad_norm, Some(1.0));
         assert_eq!(args.early_stop, Some(5));
         assert_eq!(args.norm, Some(Norm::None));
+        assert_eq!(args.precision, Some(Precision::F32));
         assert_eq!(
             uncommented.lines().count(),
-            29,
+            30,
             "one line per TrainArgs key"
         );
     }
