@@ -329,9 +329,9 @@ fn choice() -> &'static Result<(Isa, Bf16Kernel), IsaError> {
 /// `fastnn` command calls it before running any subcommand, so that a bad
 /// value is refused the same way everywhere (one error line, exit 1),
 /// whether or not the subcommand multiplies matrices. Returns the gemm
-/// kernel family.
-pub fn check_env() -> Result<Isa, IsaError> {
-    choice().clone().map(|(isa, _)| isa)
+/// kernel family and the bf16 kernel.
+pub fn check_env() -> Result<(Isa, Bf16Kernel), IsaError> {
+    choice().clone()
 }
 
 /// The process-wide gemm kernel family: the one `FASTNN_ISA` names, else
@@ -340,7 +340,7 @@ pub fn check_env() -> Result<Isa, IsaError> {
 /// `FASTNN_ISA`) is not logged: the caller reports the error.
 pub fn try_selected() -> Result<Isa, IsaError> {
     static LOGGED: Once = Once::new();
-    let choice = check_env();
+    let choice = check_env().map(|(isa, _)| isa);
     if let Ok(isa) = &choice {
         LOGGED.call_once(|| eprintln!("fastnn: gemm kernel {isa} (detected: {})", features()));
     }

@@ -637,12 +637,11 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
         cfg.batch,
         mcfg.training_bytes(cfg.batch) as f64 / (1u64 << 20) as f64
     )?;
+    // Named without the log line the training run prints.
+    let (isa, bf16) = fastnn::cpu::check_env()?;
     let kernel = match cfg.precision {
-        Precision::F32 => format!("f32 on the {} gemm kernel", fastnn::cpu::try_selected()?),
-        Precision::Bf16 => format!(
-            "bf16 (f32 sums) on the {} kernel",
-            fastnn::cpu::try_selected_bf16()?.name()
-        ),
+        Precision::F32 => format!("f32 on the {isa} gemm kernel"),
+        Precision::Bf16 => format!("bf16 (f32 sums) on the {} kernel", bf16.name()),
     };
     writeln!(out, "matrix products: {kernel}")?;
     Ok(())
