@@ -517,6 +517,21 @@ impl TileRun<'_> {
                     *o = v + b;
                 }
             }
+            Epilogue::BiasAct(b, act) => {
+                let b = &b[j0..j0 + sums.len()];
+                for ((o, &v), &b) in out.iter_mut().zip(sums).zip(b) {
+                    *o = act.apply(v + b);
+                }
+            }
+            Epilogue::ActGrad(z, act) if z.cs() == 1 && z.layout() == Panels::None => {
+                // Row i of Z from column j0, inside Z's view (checked by
+                // `at`), as one run.
+                let _ = z.at(i, j0 + sums.len() - 1);
+                let z = std::slice::from_raw_parts(z.as_ptr().add(i * z.rs() + j0), sums.len());
+                for ((o, &v), &z) in out.iter_mut().zip(sums).zip(z) {
+                    *o = act.scale_by_grad(z, v);
+                }
+            }
             _ => {
                 for (c, (o, &v)) in out.iter_mut().zip(sums).enumerate() {
                     *o = finish(e, i, j0 + c, v);
@@ -629,11 +644,9 @@ pub fn gemm_bf16(
 }
 
 /// `C = epilogue(op(A)·B̃)` in bf16 with f32 accumulation, B already packed
-/// (C, dense or in column panels, is overwritten). A is packed on the
-/// calling thread (it is the small operand of the step's products that
-/// read a packed B); the tiles then split across `team` by B̃ panels
-/// (columns of C), so every element is summed in one order and the bits do
-/// not depend on the thread count.
+/// (C, dense or in column panels, is overwritten). The team packs A, then
+/// the tiles split across it by B̃ panels (columns of C), so every element
+/// is summed in one order and the bits do not depend on the thread count.
 pub fn gemm_bf16_packed(
     kernel: Bf16Kernel,
     a: MatRef<'_>,
@@ -729,9 +742,27 @@ fn product(
     if a_buf.len() < a_len {
         *a_buf = AlignedBuf::zeroed(a_len);
     }
+    // The team packs A's panels (and B̃'s, if B comes unpacked), each
+    // thread its share.
+    let threads = team.as_ref().map_or(1, |t| t.threads());
+    let share = |panels: usize, t: usize| {
+        let per = panels.div_ceil(threads);
+        (t * per).min(panels)..((t + 1) * per).min(panels)
+    };
+    let a_words = SharedMut::new(&mut a_buf[..a_len]);
+    let pack_a = |t: usize| {
+        let r = share(m.div_ceil(MR), t);
+        // SAFETY: the threads' shares of panels are disjoint.
+        let words = unsafe { a_words.piece(r.start * kp * MR..r.end * kp * MR) };
+        pack_a_panels(&a, words, r.start);
+    };
+    let mut on_team = |work: &(dyn Fn(usize) + Sync)| match team.as_deref_mut() {
+        Some(team) if threads > 1 => team.run(threads, work),
+        _ => work(0),
+    };
     let b_words: &[u32] = match b {
         Operand::Packed(p) => {
-            pack_a_panels(&a, &mut a_buf[..a_len], 0);
+            on_team(&pack_a);
             p.words
         }
         Operand::Pack(bv, b_buf) => {
@@ -739,30 +770,14 @@ fn product(
             if b_buf.len() < b_len {
                 *b_buf = AlignedBuf::zeroed(b_len);
             }
-            let threads = team.as_ref().map_or(1, |t| t.threads());
-            let (a_words, b_words) = (
-                SharedMut::new(&mut a_buf[..a_len]),
-                SharedMut::new(&mut b_buf[..b_len]),
-            );
-            let (a_panels, b_panels) = (m.div_ceil(MR), n.div_ceil(NR));
-            let share = |panels: usize, t: usize| {
-                let per = panels.div_ceil(threads);
-                (t * per).min(panels)..((t + 1) * per).min(panels)
-            };
-            let pack = |t: usize| {
-                let (ra, rb) = (share(a_panels, t), share(b_panels, t));
+            let b_words = SharedMut::new(&mut b_buf[..b_len]);
+            on_team(&|t| {
+                pack_a(t);
+                let r = share(n.div_ceil(NR), t);
                 // SAFETY: the threads' shares of panels are disjoint.
-                unsafe {
-                    let wa = a_words.piece(ra.start * kp * MR..ra.end * kp * MR);
-                    pack_a_panels(&a, wa, ra.start);
-                    let wb = b_words.piece(rb.start * kp * NR..rb.end * kp * NR);
-                    pack_b_panels(&bv, wb, rb.start);
-                }
-            };
-            match team.as_deref_mut().filter(|t| t.threads() > 1) {
-                Some(team) => team.run(threads, &pack),
-                None => pack(0),
-            }
+                let words = unsafe { b_words.piece(r.start * kp * NR..r.end * kp * NR) };
+                pack_b_panels(&bv, words, r.start);
+            });
             &b_buf[..b_len]
         }
     };
