@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::bf16::{gemm_bf16, Bf16Kernel, Bf16Workspace};
+use super::bf16::{gemm_bf16, gemm_bf16_packed, pack_b, Bf16Kernel, Bf16Workspace, PackedB};
 use super::{panel_len, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy};
 use crate::buf::AlignedBuf;
 use crate::cpu::{self, Isa, IsaError};
@@ -182,18 +182,44 @@ impl Operands {
         self.c = c;
     }
 
-    /// One bf16 product `C = A·B` of the dense operands.
+    /// One bf16 product `C = A·B` as the training step computes it: with
+    /// the weights in panels, B comes packed beforehand (`packed`: the
+    /// weights' bf16 copy, NT and NN) or C is written into the panels (TN);
+    /// else both operands are packed by the call.
     pub fn run_bf16(
         &mut self,
         kernel: Bf16Kernel,
+        packed: Option<&[u32]>,
         ws: &mut Bf16Workspace,
         team: Option<&mut Team>,
     ) {
-        let Shape { m, n, .. } = self.shape;
+        let Shape { m, k, n, .. } = self.shape;
         let mut c = std::mem::replace(&mut self.c, AlignedBuf::zeroed(0));
-        let cv = MatMut::row_major(&mut c, m, n);
-        gemm_bf16(kernel, self.a(), self.b(true), cv, ws, team);
+        let panelled_c = self.shape.panels && self.shape.trans == Trans::TN;
+        let cv = if panelled_c {
+            MatMut::panels(&mut c, m, n)
+        } else {
+            MatMut::row_major(&mut c, m, n)
+        };
+        match packed {
+            Some(words) => {
+                let b = PackedB::new(words, k, n);
+                gemm_bf16_packed(kernel, self.a(), b, cv, Epilogue::None, ws, team)
+            }
+            None => gemm_bf16(kernel, self.a(), self.b(false), cv, ws, team),
+        }
         self.c = c;
+    }
+
+    /// B packed for the bf16 products, as the step keeps the weights' bf16
+    /// copies: for the NT and NN shapes with the weights in panels.
+    pub fn bf16_weights(&self) -> Option<AlignedBuf<u32>> {
+        if !self.shape.panels || self.shape.trans == Trans::TN {
+            return None;
+        }
+        let mut words = AlignedBuf::zeroed(0);
+        pack_b(&self.b(false), &mut words);
+        Some(words)
     }
 
     /// One matrixmultiply product, single-threaded, or split over M across
@@ -571,8 +597,10 @@ impl std::fmt::Display for BenchReport {
 }
 
 /// One shape of `fastnn bench gemm --precision bf16`: the bf16 product
-/// (operands rounded as they are packed, f32 accumulation) beside fastnn's
-/// f32 product of the same dense operands, on the same threads.
+/// (operands rounded to bf16, f32 accumulation) beside fastnn's f32
+/// product of the same operands, on the same threads; a training shape as
+/// the step runs it (the weights in panels in f32, their bf16 copy packed
+/// beforehand in bf16).
 #[derive(Clone, Debug, Serialize)]
 pub struct Bf16Row {
     pub shape: Shape,
@@ -593,8 +621,7 @@ pub struct Bf16Report {
     pub f32_peak_gflops: Option<f64>,
 }
 
-/// Measures [`Bf16Report`] on `threads` threads. Shapes are run on dense
-/// operands.
+/// Measures [`Bf16Report`] on `threads` threads.
 pub fn run_bf16(
     shapes: &[Shape],
     threads: usize,
@@ -608,19 +635,16 @@ pub fn run_bf16(
     let rows = shapes
         .iter()
         .map(|&shape| {
-            let dense = Shape {
-                panels: false,
-                ..shape
-            };
-            let mut ops = Operands::new(dense);
+            let mut ops = Operands::new(shape);
             let f32_secs = time_per_call(|| ops.run_fastnn(&mut ctx), samples, min_sample, best);
-            let bf16 = || ops.run_bf16(kernel, &mut ws, ctx.team());
+            let weights = ops.bf16_weights();
+            let bf16 = || ops.run_bf16(kernel, weights.as_deref(), &mut ws, ctx.team());
             let bf16_secs = time_per_call(bf16, samples, min_sample, best);
             Bf16Row {
-                shape: dense,
+                shape,
                 kernel: kernel.name(),
-                bf16_gflops: dense.flops() / bf16_secs / 1e9,
-                f32_gflops: dense.flops() / f32_secs / 1e9,
+                bf16_gflops: shape.flops() / bf16_secs / 1e9,
+                f32_gflops: shape.flops() / f32_secs / 1e9,
             }
         })
         .collect();
