@@ -318,6 +318,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )),
         None => None,
     };
+    if cfg.precision == Precision::Bf16
+        && fastnn::cpu::check_env()?.1 == fastnn::gemm::bf16::Bf16Kernel::Portable
+    {
+        eprintln!(
+            "fastnn: warning: --precision bf16 on the portable bf16 kernel (this CPU has no \
+             AVX512-BF16, or FASTNN_ISA asks for it) emulates bf16 in f32 arithmetic: slower than f32"
+        );
+    }
     let mut progress = Progress::new(args.quiet, data.path(), metrics, cfg.epochs);
     progress.activation = cfg.act.to_string();
     let (_, summary) = train::train(&data, &cfg, out.as_ref(), resume, &mut progress)?;
