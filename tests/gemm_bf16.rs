@@ -107,6 +107,30 @@ fn every_bf16_kernel_matches_the_f64_product_of_the_rounded_inputs() {
     }
 }
 
+/// Independently of the detection the kernels use: where the kernel
+/// reports its CPU flags (`/proc/cpuinfo`), a CPU listing `avx512_bf16`
+/// makes the AVX512-BF16 kernel available, so every test here that runs
+/// "each kernel this CPU runs" exercised it. Fails if the detection ever
+/// missed it.
+#[test]
+fn a_cpu_with_avx512_bf16_runs_its_kernel() {
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        report::skipped("the /proc/cpuinfo check of AVX512-BF16", "no /proc/cpuinfo");
+        return;
+    };
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let listed = flags.split_whitespace().any(|f| f == "avx512_bf16");
+    let avx512f = flags.split_whitespace().any(|f| f == "avx512f");
+    assert_eq!(
+        Bf16Kernel::Avx512Bf16.is_available(),
+        listed && avx512f,
+        "/proc/cpuinfo lists avx512_bf16 {listed}, avx512f {avx512f}"
+    );
+    if !listed {
+        report::skipped("the avx512-bf16 kernel", "this CPU lacks AVX512-BF16");
+    }
+}
+
 /// The detected kernel is the fastest this CPU has: on a CPU with
 /// AVX512-BF16 the tests above ran it.
 #[test]
