@@ -118,7 +118,10 @@ fn a_cpu_with_avx512_bf16_runs_its_kernel() {
         report::skipped("the /proc/cpuinfo check of AVX512-BF16", "no /proc/cpuinfo");
         return;
     };
-    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("");
     let listed = flags.split_whitespace().any(|f| f == "avx512_bf16");
     let avx512f = flags.split_whitespace().any(|f| f == "avx512f");
     assert_eq!(

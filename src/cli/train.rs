@@ -318,18 +318,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )),
         None => None,
     };
-    if cfg.precision == Precision::Bf16
-        && fastnn::cpu::check_env()?.1 == fastnn::gemm::bf16::Bf16Kernel::Portable
-    {
-        eprintln!(
-            "fastnn: warning: --precision bf16 on the portable bf16 kernel (this CPU has no \
-             AVX512-BF16, or FASTNN_ISA asks for it) emulates bf16 in f32 arithmetic: slower than f32"
-        );
+    if cfg.precision == Precision::Bf16 {
+        warn_where_bf16_does_not_pay()?;
     }
     let mut progress = Progress::new(args.quiet, data.path(), metrics, cfg.epochs);
     progress.activation = cfg.act.to_string();
     let (_, summary) = train::train(&data, &cfg, out.as_ref(), resume, &mut progress)?;
     progress.finish(&summary, args.json, out.as_deref())
+}
+
+/// Says on stderr when `--precision bf16` will run slower than f32: on the
+/// portable kernel (bf16 emulated in f32 arithmetic), or where the CPU's
+/// `vdpbf16ps` is slower than its f32 FMA (measured, about 10 ms).
+fn warn_where_bf16_does_not_pay() -> Result<()> {
+    use fastnn::gemm::bf16::Bf16Kernel;
+    let (isa, kernel) = fastnn::cpu::check_env()?;
+    if kernel == Bf16Kernel::Portable {
+        eprintln!(
+            "fastnn: warning: --precision bf16 on the portable bf16 kernel (this CPU has no \
+             AVX512-BF16, or FASTNN_ISA asks for it) emulates bf16 in f32 arithmetic: slower than f32"
+        );
+    } else if let Some((bf16, f32)) = fastnn::gemm::bench::bf16_against_f32(isa) {
+        if bf16 < f32 {
+            eprintln!(
+                "fastnn: warning: this CPU's bf16 dot products ({bf16:.0} GFLOP/s a core) are slower \
+                 than its f32 FMA ({f32:.0} GFLOP/s): --precision bf16 will train slower than f32"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Progress output: a bar on a terminal, plain lines otherwise.

@@ -694,18 +694,42 @@ impl std::fmt::Display for Bf16Report {
 /// accumulators, each instruction 64 flops (16 lanes × 2 pairs × multiply
 /// and add). None without AVX512-BF16.
 pub fn bf16_peak() -> Option<f64> {
+    bf16_peak_of(2_000_000, 15)
+}
+
+/// The best of `samples` runs of `iters` iterations of the `vdpbf16ps`
+/// peak loop, GFLOP/s (None without AVX512-BF16).
+fn bf16_peak_of(iters: u64, samples: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     if super::bf16::Bf16Kernel::Avx512Bf16.is_available() {
-        const ITERS: u64 = 2_000_000;
-        let best = (0..15)
+        let best = (0..samples)
             .map(|_| {
                 let t = Instant::now();
                 // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked).
-                let flops = unsafe { peak::avx512bf16(ITERS) };
+                let flops = unsafe { peak::avx512bf16(iters) };
                 flops / t.elapsed().as_secs_f64()
             })
             .fold(0.0, f64::max);
         return Some(best / 1e9);
     }
+    let _ = (iters, samples);
     None
+}
+
+/// A quick (about 10 ms) one-thread measurement of the `vdpbf16ps` peak
+/// against the f32 FMA peak of `isa`, GFLOP/s: whether bf16 products can
+/// beat f32 ones on this CPU (twice on Zen 4; half on Sapphire Rapids,
+/// whose bf16 speed is in its matrix engine). None without AVX512-BF16.
+pub fn bf16_against_f32(isa: Isa) -> Option<(f64, f64)> {
+    let bf16 = bf16_peak_of(100_000, 5)?;
+    let f = peak_loop(isa)?;
+    let f32 = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            // SAFETY: peak_loop returned f only for an ISA this CPU supports.
+            let flops = unsafe { f(100_000) };
+            flops / t.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max);
+    Some((bf16, f32 / 1e9))
 }

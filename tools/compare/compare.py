@@ -381,8 +381,9 @@ def gemm_bf16_table(rows, threads):
     kernel = ours["rows"][0]["kernel"] if ours["rows"] else "?"
     peak_text = f"measured bf16 peak {peak:.0f} GFLOP/s" if peak else "no bf16 peak (the CPU has no bf16 instruction)"
     lines = [
-        f"GEMM bf16, {threads} thread(s), GFLOP/s (median); {peak_text}. fastnn bf16 (kernel {kernel}) rounds A and B to bf16 as it packs them, sums in f32, writes an f32 C; "
-        + "fastnn f32 is its f32 product of the same dense operands"
+        f"GEMM bf16, {threads} thread(s), GFLOP/s (median); {peak_text}. fastnn bf16 (kernel {kernel}) multiplies bf16 operands with f32 sums into an f32 C; "
+        + "the training shapes run as the step runs them: the weights' bf16 copy packed beforehand (NT, NN), the activations rounded as they are packed, "
+        + "a weight gradient (TN) written into the weights' panels; fastnn f32 is its f32 product of the same operands, the weights in panels"
         + ("; PyTorch multiplies bf16 tensors into a bf16 C, converted before the clock starts." if torch else "."),
         "",
     ]
