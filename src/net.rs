@@ -20,6 +20,14 @@
 //! transposed through strides, never through a copy.
 //! Every buffer a step touches is allocated when the [`Workspace`] is built:
 //! a step allocates nothing.
+//!
+//! In mixed precision ([`Workspace::use_bf16`]) the same products run on
+//! bf16 operands with f32 sums ([`crate::gemm::bf16`]): the forward
+//! product reads the weights' bf16 copy of `Wᵀ`, the input gradient that
+//! of `W`, and every weight-gradient product carries the update, whose
+//! store also writes the new weights' copies
+//! ([`crate::gemm::bf16_weights`]); activations and gradients stay f32 in
+//! memory and are rounded as they are packed. Evaluation passes run in f32.
 
 use std::time::Instant;
 

@@ -15,6 +15,14 @@
 //! C tile MR×NR += Σ_kp  broadcast(Ã[kp][r]) ⊙ B̃[kp][..]       (an odd K is padded with a zero)
 //! ```
 //!
+//! A product's B may come packed already ([`gemm_bf16_packed`]: the
+//! weights' bf16 copies, which the optimiser keeps in this layout); its
+//! store runs the f32 kernels' epilogues, writes C dense or in the
+//! weights' column panels, or applies the optimiser's rule to the weights
+//! whose gradient the tile is ([`gemm_bf16_update`]). The team packs the
+//! operands, each thread its share of the panels, then splits the tiles by
+//! column panels.
+//!
 //! Two microkernels compute a tile: AVX512-BF16 (`_mm512_dpbf16_ps`, two
 //! 16-lane accumulators per row) and a portable one, which runs the same
 //! products and additions in the same order with f32 arithmetic (the test
