@@ -133,6 +133,26 @@ fn problem_with_norm(
     (mlp, ws, x.iter().map(|&v| v as f64).collect(), labels)
 }
 
+/// The gradients in `grads` (the parameters' layout) as the reference
+/// holds them.
+fn ref_grads(mlp: &Mlp, grads: &[f32]) -> RefGrads {
+    let [gammas, betas, ..] = norm_vectors(mlp, grads);
+    RefGrads {
+        weights: (0..mlp.cfg.layers())
+            .map(|l| {
+                (mlp.layout.weight_rows(grads, l).iter())
+                    .map(|&g| g as f64)
+                    .collect()
+            })
+            .collect(),
+        biases: (mlp.layout.layers.iter())
+            .map(|slot| grads[slot.b.clone()].iter().map(|&g| g as f64).collect())
+            .collect(),
+        gammas,
+        betas,
+    }
+}
+
 /// The dropout masks of the last forward pass, as the reference takes them.
 fn masks(ws: &Workspace, dims: &[usize], batch: usize) -> Option<Vec<Vec<f64>>> {
     (0..dims.len() - 2)
@@ -678,23 +698,7 @@ fn packed_case(
         let classes = dims[dims.len() - 1];
         let el = rel_err(&ws.logits()[..batch * classes], &ref_logits);
         assert!(el < 1e-5, "{what} step {step}: logits error {el:e}");
-        let [dgammas, dbetas, ..] = norm_vectors(&mlp, &grads);
-        let fast_grads = RefGrads {
-            weights: (0..mlp.cfg.layers())
-                .map(|l| {
-                    mlp.layout
-                        .weight_rows(&grads, l)
-                        .iter()
-                        .map(|&g| g as f64)
-                        .collect()
-                })
-                .collect(),
-            biases: (mlp.layout.layers.iter())
-                .map(|slot| grads[slot.b.clone()].iter().map(|&g| g as f64).collect())
-                .collect(),
-            gammas: dgammas,
-            betas: dbetas,
-        };
+        let fast_grads = ref_grads(&mlp, &grads);
         for (t, (fast, want)) in fast_grads.tensors().iter().zip(g.tensors()).enumerate() {
             let f32s: Vec<f32> = fast.iter().map(|&v| v as f32).collect();
             let e = rel_err(&f32s, want);
@@ -883,22 +887,7 @@ fn bf16_steps_match_the_reference_within_the_bf16_bounds() {
                     let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
                     mlp.backward(&mut ws, &mut grads, batch);
                     let (_, _, g) = r.loss_and_grads(&x, &labels, loss, 0.0, None);
-                    let fast = RefGrads {
-                        weights: (0..mlp.cfg.layers())
-                            .map(|l| {
-                                mlp.layout
-                                    .weight_rows(&grads, l)
-                                    .iter()
-                                    .map(|&v| v as f64)
-                                    .collect()
-                            })
-                            .collect(),
-                        biases: (mlp.layout.layers.iter())
-                            .map(|s| grads[s.b.clone()].iter().map(|&v| v as f64).collect())
-                            .collect(),
-                        gammas: Vec::new(),
-                        betas: Vec::new(),
-                    };
+                    let fast = ref_grads(&mlp, &grads);
                     if matches!(act, Act::Tanh | Act::Sigmoid) && loss != Loss::Hinge {
                         for (t, (ours, want)) in fast.tensors().iter().zip(g.tensors()).enumerate()
                         {

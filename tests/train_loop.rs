@@ -48,6 +48,11 @@ fn config(threads: usize) -> TrainConfig {
     }
 }
 
+/// True when two parameter slabs hold the same bits.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 fn dataset(dir: &tempfile::TempDir) -> Dataset {
     Dataset::open(common::synthetic_dataset(dir.path(), 1400, 300, 96, 4, 9)).unwrap()
 }
@@ -84,11 +89,7 @@ fn same_seed_gives_bitwise_equal_weights_for_one_and_two_threads() {
     let (a, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
     let (b, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
     let (c, _) = train(&data, &config(1), None, None, &mut Silent).unwrap();
-    assert!(a
-        .params
-        .iter()
-        .zip(b.params.iter())
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same_bits(&a.params, &b.params));
     assert!(
         a.params
             .iter()
@@ -120,11 +121,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
     let (resumed, summary) =
         train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
     assert_eq!(summary.epochs, 4);
-    assert!(full
-        .params
-        .iter()
-        .zip(resumed.params.iter())
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same_bits(&full.params, &resumed.params));
 }
 
 /// Asks the run to stop after `0` epochs, as a user's Ctrl-C would.
@@ -227,11 +224,7 @@ fn a_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
     let (resumed, summary) =
         train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
     assert!(!summary.interrupted);
-    assert!(full
-        .params
-        .iter()
-        .zip(resumed.params.iter())
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same_bits(&full.params, &resumed.params));
     assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
 }
 
@@ -260,11 +253,7 @@ fn normalised_runs_resume_bit_for_bit_and_evaluate_from_the_model_file() {
         }
         let (resumed, summary) =
             train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
-        let same = full
-            .params
-            .iter()
-            .zip(resumed.params.iter())
-            .all(|(x, y)| x.to_bits() == y.to_bits());
+        let same = same_bits(&full.params, &resumed.params);
         assert!(same, "{norm}: the resumed run differs");
         assert_eq!(resumed.batches_tracked, full.batches_tracked);
         assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
@@ -310,11 +299,7 @@ fn a_bf16_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
     assert_eq!(ck.config.precision, Precision::Bf16);
     let (resumed, summary) =
         train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
-    let same = full
-        .params
-        .iter()
-        .zip(resumed.params.iter())
-        .all(|(x, y)| x.to_bits() == y.to_bits());
+    let same = same_bits(&full.params, &resumed.params);
     assert!(same, "the resumed bf16 run differs");
     assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
 }
@@ -471,11 +456,7 @@ fn an_augmented_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
     let ck = checkpoint::load(&out).unwrap();
     assert_eq!(ck.config, augmented);
     let (resumed, _) = train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
-    assert!(full
-        .params
-        .iter()
-        .zip(resumed.params.iter())
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same_bits(&full.params, &resumed.params));
 }
 
 #[test]
@@ -603,9 +584,5 @@ fn a_run_with_early_stopping_resumes_bit_for_bit() {
     let (resumed, summary) = train(&data, &cfg, Some(&out), Some(ck), &mut Silent).unwrap();
     assert_eq!(summary.restored_epoch, full_summary.restored_epoch);
     assert_eq!(summary.epochs, full_summary.epochs);
-    assert!(full
-        .params
-        .iter()
-        .zip(resumed.params.iter())
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same_bits(&full.params, &resumed.params));
 }
