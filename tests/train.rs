@@ -1008,3 +1008,49 @@ fn bf16_steps_keep_the_copies_and_the_bits_on_any_thread_count() {
         }
     }
 }
+
+/// With BatchNorm and LayerNorm, a mixed-precision step against the f64
+/// reference (smooth activations, cross-entropy): logits and every
+/// gradient, γ's and β's included, within the 12u of the plain test,
+/// relative to each tensor's largest. (The element-wise bound of the plain
+/// test does not carry through a normalisation, which divides by the
+/// batch's or the sample's σ.)
+#[test]
+fn normalised_bf16_steps_match_the_reference() {
+    let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
+    for kernel in bf16_kernels("the normalised bf16 step against the reference") {
+        let mut worst: f64 = 0.0;
+        for (case, norm) in [Norm::Batch, Norm::Layer].into_iter().enumerate() {
+            for act in [Act::Tanh, Act::Sigmoid] {
+                let what = format!("{} {norm} {act}", kernel.name());
+                let seed = 4000 + case as u64;
+                let (mlp, mut ws, x, labels) =
+                    problem_with_norm((dims, batch), act, Loss::Xent, 0.0, norm, seed);
+                ws.use_bf16(&mlp, kernel);
+                let mut probe = mlp.clone();
+                probe.forward_train(&mut ws, batch, None);
+                probe.loss_and_dlogits(&mut ws, batch);
+                let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+                probe.backward(&mut ws, &mut grads, batch);
+                let r = to_ref(&mlp);
+                let (_, ref_logits, g) = r.loss_and_grads(&x, &labels, Loss::Xent, 0.0, None);
+                let classes = dims[dims.len() - 1];
+                let e = rel_err(&ws.logits()[..batch * classes], &ref_logits);
+                assert!(e < 12.0 * BF16_U, "{what}: logits error {e:e}");
+                worst = worst.max(e);
+                let fast = ref_grads(&mlp, &grads);
+                for (t, (ours, want)) in fast.tensors().iter().zip(g.tensors()).enumerate() {
+                    let f32s: Vec<f32> = ours.iter().map(|&v| v as f32).collect();
+                    let e = rel_err(&f32s, want);
+                    let name = &r.param_names()[t];
+                    assert!(e < 12.0 * BF16_U, "{what}: gradient {name} error {e:e}");
+                    worst = worst.max(e);
+                }
+            }
+        }
+        println!(
+            "{}: worst normalised error {worst:.2e} of the tensor's largest",
+            kernel.name()
+        );
+    }
+}

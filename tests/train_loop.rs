@@ -271,31 +271,38 @@ fn normalised_runs_resume_bit_for_bit_and_evaluate_from_the_model_file() {
 /// products are bf16), records its precision in the checkpoint, and
 /// resumes from inside an epoch to the same bits: the bf16 copies are the
 /// master weights rounded, so the checkpoint's f32 weights restore them.
+/// Plain and with BatchNorm (whose statistics come from the bf16 products).
 #[test]
 fn a_bf16_run_stopped_inside_an_epoch_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(&dir);
-    let cfg = TrainConfig {
-        precision: Precision::Bf16,
-        ..config(2)
-    };
-    let (f32_run, _) = train(&data, &config(2), None, None, &mut Silent).unwrap();
-    let (full, full_summary) = train(&data, &cfg, None, None, &mut Silent).unwrap();
-    assert!(
-        full_summary.test_accuracy.unwrap() > 0.9,
-        "{full_summary:?}"
-    );
-    assert_ne!(&full.params[..], &f32_run.params[..], "bf16 is not f32");
-    let out: PathBuf = dir.path().join("run");
-    let (_, partial) = train(&data, &cfg, Some(&out), None, &mut StopAtStep(27)).unwrap();
-    assert!(partial.interrupted);
-    let ck = checkpoint::load(&out).unwrap();
-    assert_eq!(ck.config.precision, Precision::Bf16);
-    let (resumed, summary) =
-        train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
-    let same = same_bits(&full.params, &resumed.params);
-    assert!(same, "the resumed bf16 run differs");
-    assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
+    for norm in [Norm::None, Norm::Batch] {
+        let f32_cfg = TrainConfig { norm, ..config(2) };
+        let cfg = TrainConfig {
+            precision: Precision::Bf16,
+            ..f32_cfg.clone()
+        };
+        let (f32_run, _) = train(&data, &f32_cfg, None, None, &mut Silent).unwrap();
+        let (full, full_summary) = train(&data, &cfg, None, None, &mut Silent).unwrap();
+        assert!(
+            full_summary.test_accuracy.unwrap() > 0.9,
+            "{norm}: {full_summary:?}"
+        );
+        assert!(
+            !same_bits(&full.params, &f32_run.params),
+            "{norm}: bf16 is not f32"
+        );
+        let out: PathBuf = dir.path().join(format!("run-{norm}"));
+        let (_, partial) = train(&data, &cfg, Some(&out), None, &mut StopAtStep(27)).unwrap();
+        assert!(partial.interrupted);
+        let ck = checkpoint::load(&out).unwrap();
+        assert_eq!(ck.config.precision, Precision::Bf16);
+        let (resumed, summary) =
+            train(&data, &ck.config.clone(), Some(&out), Some(ck), &mut Silent).unwrap();
+        let same = same_bits(&full.params, &resumed.params);
+        assert!(same, "{norm}: the resumed bf16 run differs");
+        assert_eq!(summary.test_accuracy, full_summary.test_accuracy);
+    }
 }
 
 /// A checkpoint resumes only the network it holds: a different
