@@ -263,6 +263,16 @@ impl<'a, T> SharedMut<'a, T> {
         }
     }
 
+    /// True when the slice has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address of element `i` (not dereferenced: for prefetches).
+    pub fn addr(&self, i: usize) -> *const T {
+        self.ptr.wrapping_add(i)
+    }
+
     /// The elements in `range` (panics if it is out of bounds).
     ///
     /// # Safety

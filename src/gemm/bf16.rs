@@ -472,6 +472,9 @@ impl TileRun<'_> {
             let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
             let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
             for ib in 0..m.div_ceil(MR) {
+                if let Store::Update { m: mom, v, .. } = self.store {
+                    self.prefetch_update(ib + 1, jb, dest, mom, v);
+                }
                 let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
                 match self.kernel {
                     Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
@@ -496,6 +499,35 @@ impl TileRun<'_> {
                         self.update_rows((i0, rows), (j0, cols), &tile, dest, (rule, m, v, copies))
                     },
                 }
+            }
+        }
+    }
+
+    /// Asks for tile (ib, jb)'s weights and moments in L2 while the current
+    /// tile computes: the fused update's memory traffic (each weight and
+    /// moment is read and written once a step) then overlaps the
+    /// products. Nothing past C's rows.
+    fn prefetch_update(
+        &self,
+        ib: usize,
+        jb: usize,
+        dest: &Dest,
+        m: &SharedMut<'_, f32>,
+        v: &SharedMut<'_, f32>,
+    ) {
+        if ib * MR >= self.m {
+            return;
+        }
+        let rows = MR.min(self.m - ib * MR);
+        let first = self.layout.offset(ib * MR, jb * NR, self.rs, self.cs) as usize;
+        // The tile's rows of one panel are consecutive: rows·PANEL floats,
+        // one prefetch per 64-byte line.
+        for line in (0..rows * PANEL).step_by(16) {
+            let at = first + line;
+            super::kernels::prefetch_l2(dest.0.wrapping_add(at));
+            super::kernels::prefetch_l2(m.addr(at));
+            if !v.is_empty() {
+                super::kernels::prefetch_l2(v.addr(at));
             }
         }
     }
