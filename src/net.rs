@@ -228,6 +228,8 @@ struct MixedPrecision {
     kernel: Bf16Kernel,
     packing: Bf16Workspace,
     weights: Bf16Weights,
+    /// Evaluation passes in bf16 too ([`Workspace::evaluate_in_bf16`]).
+    evaluation: bool,
 }
 
 impl Workspace {
@@ -306,8 +308,18 @@ impl Workspace {
             kernel,
             packing,
             weights: Bf16Weights::new(&mlp.cfg.dims),
+            evaluation: false,
         });
         self.write_bf16_copies(mlp);
+    }
+
+    /// Runs the evaluation passes in bf16 too (inference: `fastnn eval
+    /// --precision bf16`), after [`Workspace::use_bf16`].
+    pub fn evaluate_in_bf16(&mut self) {
+        self.bf16
+            .as_mut()
+            .expect("evaluation in bf16 needs Workspace::use_bf16 first")
+            .evaluation = true;
     }
 
     /// Rewrites the weights' bf16 copies from `mlp`'s master weights, after
@@ -452,8 +464,9 @@ impl Mlp {
             bf16,
             ..
         } = ws;
-        // Mixed precision is for training passes; evaluation stays f32.
-        let mut bf16 = bf16.as_mut().filter(|_| training);
+        // Mixed precision is for training passes; evaluation stays f32
+        // unless asked for.
+        let mut bf16 = bf16.as_mut().filter(|b| training || b.evaluation);
         for (l, slot) in self.layout.layers.iter().enumerate() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
             let (before, rest) = h.split_at_mut(l);
@@ -708,6 +721,7 @@ impl Mlp {
                         kernel,
                         packing,
                         weights,
+                        ..
                     }) => {
                         let copies = weights.writer(l);
                         let (rule, team) = (rules.weights, gemm.team());

@@ -1054,3 +1054,38 @@ fn normalised_bf16_steps_match_the_reference() {
         );
     }
 }
+
+/// An evaluation pass in bf16 (`Workspace::evaluate_in_bf16`, as `fastnn
+/// eval --precision bf16` runs it) keeps within the bound of
+/// [`bf16_forward_bound`], and is not the f32 pass; without it a
+/// mixed-precision workspace evaluates in f32, to the bits.
+#[test]
+fn bf16_evaluation_passes_stay_within_the_bound() {
+    let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
+    for kernel in bf16_kernels("the bf16 evaluation pass") {
+        for act in [Act::Relu, Act::Sigmoid] {
+            let (mlp, mut ws, x, _) = problem((dims, batch), act, Loss::Xent, 0.0, 77);
+            mlp.forward(&mut ws, batch);
+            let f32_logits = ws.logits().to_vec();
+            ws.use_bf16(&mlp, kernel);
+            mlp.forward(&mut ws, batch);
+            assert_eq!(
+                ws.logits(),
+                &f32_logits[..],
+                "evaluation stays f32 by default"
+            );
+            ws.evaluate_in_bf16();
+            mlp.forward(&mut ws, batch);
+            assert_ne!(ws.logits(), &f32_logits[..], "{act}: the pass is bf16");
+            let (exact, bound) = bf16_forward_bound(&mlp, &x, batch);
+            for ((&got, want), b) in ws.logits().iter().zip(&exact).zip(&bound) {
+                let err = (got as f64 - want).abs();
+                assert!(
+                    err <= *b,
+                    "{} {act}: error {err:e} > bound {b:e}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}

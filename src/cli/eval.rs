@@ -10,7 +10,7 @@ use fastnn::data::Dataset;
 use fastnn::gemm::Parallelism;
 use fastnn::net::Workspace;
 use fastnn::tensorfile;
-use fastnn::train::evaluate;
+use fastnn::train::{evaluate, Precision};
 
 use super::open_data;
 
@@ -27,6 +27,23 @@ struct Source {
     /// The split the samples come from.
     #[arg(long, default_value = "test")]
     split: String,
+    /// Arithmetic of the products: f32, or bf16 (bf16 operands, f32 sums;
+    /// the model's f32 weights rounded once when loaded).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+}
+
+impl Source {
+    /// A workspace for batches of up to `batch` samples of the model, in
+    /// the precision asked for.
+    fn workspace(&self, m: &ModelFile, batch: usize) -> Result<Workspace> {
+        let mut ws = Workspace::try_new(&m.mlp, batch, Parallelism::Single)?;
+        if self.precision == Precision::Bf16 {
+            ws.use_bf16(&m.mlp, fastnn::cpu::try_selected_bf16()?);
+            ws.evaluate_in_bf16();
+        }
+        Ok(ws)
+    }
 }
 
 #[derive(Args)]
@@ -89,7 +106,7 @@ fn load(model: &std::path::Path, data: Option<&std::path::Path>) -> Result<(Mode
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let (m, ds) = load(&args.source.model, args.source.data.as_deref())?;
     let view = ds.split(&args.source.split)?;
-    let mut ws = Workspace::try_new(&m.mlp, 256, Parallelism::Single)?;
+    let mut ws = args.source.workspace(&m, 256)?;
     let r = evaluate(&m.mlp, &mut ws, &m.normalizer, &view, &mut Vec::new());
     let c = m.classes.len();
     let per_class: Vec<f64> = (0..c)
@@ -118,7 +135,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
-            "split": args.source.split, "samples": r.samples, "loss": r.loss, "accuracy": r.accuracy,
+            "split": args.source.split, "precision": args.source.precision.to_string(),
+            "samples": r.samples, "loss": r.loss, "accuracy": r.accuracy,
             "classes": m.classes, "per_class_accuracy": per_class, "confusion": r.confusion,
         });
         writeln!(out, "{v}")?;
@@ -194,7 +212,7 @@ pub fn run_predict(args: PredictArgs) -> Result<()> {
         );
     }
     let batch = args.indices.len();
-    let mut ws = Workspace::try_new(&m.mlp, batch, Parallelism::Single)?;
+    let mut ws = args.source.workspace(&m, batch)?;
     m.normalizer
         .gather(&view, &args.indices, &mut ws.x, &mut ws.labels, None);
     m.mlp.forward(&mut ws, batch);
