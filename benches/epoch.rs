@@ -1,11 +1,13 @@
 //! Training throughput: one step and one epoch of the design's workloads
 //! (W1: 3072-1024-512-10, W2: 784-512-256-10; batch 128; SGD momentum 0.9),
-//! on 1 and 2 threads. `fastnn bench train` reports the same in images/s.
+//! on 1 and 2 threads; the step also in mixed precision (bf16 products).
+//! `fastnn bench train` reports the same in images/s.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastnn::buf::AlignedBuf;
 use fastnn::data::embedded::FILE_NAMES;
 use fastnn::data::idx::IdxBytes;
+use fastnn::gemm::bf16::Bf16Kernel;
 use fastnn::gemm::Parallelism;
 use fastnn::model::{Act, Loss, Mlp, MlpConfig};
 use fastnn::net::Workspace;
@@ -23,7 +25,7 @@ fn step(c: &mut Criterion) {
         ("w1", vec![3072, 1024, 512, 10]),
         ("w2", vec![784, 512, 256, 10]),
     ] {
-        for threads in [1usize, 2] {
+        for (threads, bf16) in [(1usize, false), (2, false), (1, true), (2, true)] {
             let cfg = MlpConfig {
                 dims: dims.clone(),
                 act: Act::Relu,
@@ -34,6 +36,13 @@ fn step(c: &mut Criterion) {
             };
             let mut mlp = Mlp::init(cfg, 1);
             let mut ws = Workspace::new(&mlp, BATCH, Parallelism::threads(threads));
+            let precision = if bf16 {
+                // Mixed precision on the fastest bf16 kernel of this CPU.
+                ws.use_bf16(&mlp, Bf16Kernel::detect());
+                "bf16"
+            } else {
+                "f32"
+            };
             let mut rng = Rng::new(2);
             ws.x.iter_mut().for_each(|x| *x = rng.normal() as f32);
             ws.labels.iter_mut().for_each(|l| *l = rng.below(10) as u8);
@@ -47,7 +56,7 @@ fn step(c: &mut Criterion) {
                 weight_decay: 0.0,
             };
             let mut opt = Optimizer::new(optim, &mlp.layout);
-            group.bench_function(format!("{name}/{threads}t"), |b| {
+            group.bench_function(format!("{name}/{threads}t/{precision}"), |b| {
                 b.iter(|| {
                     train_step(
                         &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, 1e-4, None, None,
