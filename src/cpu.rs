@@ -190,6 +190,10 @@ pub struct Features {
     pub avx512bf16: bool,
     pub avx2: bool,
     pub fma: bool,
+    /// AMX's tiles and its bf16 tile product (CPUID leaf 7, EDX bits 24
+    /// and 22). Reported, not yet used: fastnn has no AMX kernel.
+    pub amx_tile: bool,
+    pub amx_bf16: bool,
 }
 
 impl fmt::Display for Features {
@@ -199,6 +203,8 @@ impl fmt::Display for Features {
             (self.avx512bf16, "avx512bf16"),
             (self.avx2, "avx2"),
             (self.fma, "fma"),
+            (self.amx_tile, "amx-tile"),
+            (self.amx_bf16, "amx-bf16"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -219,11 +225,27 @@ pub fn features() -> Features {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Features {
+    use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
+    // std's detection macro has no stable AMX names: CPUID leaf 7,
+    // subleaf 0, EDX bit 24 (AMX-TILE) and bit 22 (AMX-BF16), where the
+    // CPU has that leaf.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where
+    // the highest leaf says it exists.
+    let edx = unsafe {
+        if __get_cpuid_max(0).0 >= 7 {
+            __cpuid_count(7, 0).edx
+        } else {
+            0
+        }
+    };
     Features {
         avx512f: is_x86_feature_detected!("avx512f"),
         avx512bf16: is_x86_feature_detected!("avx512bf16"),
         avx2: is_x86_feature_detected!("avx2"),
         fma: is_x86_feature_detected!("fma"),
+        amx_tile: edx >> 24 & 1 == 1,
+        amx_bf16: edx >> 22 & 1 == 1,
     }
 }
 

@@ -134,6 +134,27 @@ fn a_cpu_with_avx512_bf16_runs_its_kernel() {
     }
 }
 
+/// The AMX flags fastnn reads from CPUID agree with `/proc/cpuinfo`'s
+/// (`amx_tile`, `amx_bf16`), so `--dry-run` tells the truth about AMX.
+#[test]
+fn amx_detection_agrees_with_proc_cpuinfo() {
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        report::skipped("the /proc/cpuinfo check of AMX", "no /proc/cpuinfo");
+        return;
+    };
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("");
+    let has = |name: &str| flags.split_whitespace().any(|f| f == name);
+    let f = fastnn::cpu::features();
+    assert_eq!(
+        (f.amx_tile, f.amx_bf16),
+        (has("amx_tile"), has("amx_bf16")),
+        "{f}"
+    );
+}
+
 /// The detected kernel is the fastest this CPU has: on a CPU with
 /// AVX512-BF16 the tests above ran it.
 #[test]

@@ -666,7 +666,15 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
     let (isa, bf16) = fastnn::cpu::check_env()?;
     let kernel = match cfg.precision {
         Precision::F32 => format!("f32 on the {isa} gemm kernel"),
-        Precision::Bf16 => format!("bf16 (f32 sums) on the {} kernel", bf16.name()),
+        Precision::Bf16 => {
+            let f = fastnn::cpu::features();
+            let amx = if f.amx_tile && f.amx_bf16 {
+                "this CPU has AMX, which fastnn does not drive yet"
+            } else {
+                "no AMX on this CPU"
+            };
+            format!("bf16 (f32 sums) on the {} kernel ({amx})", bf16.name())
+        }
     };
     writeln!(out, "matrix products: {kernel}")?;
     Ok(())
