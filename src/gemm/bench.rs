@@ -319,19 +319,8 @@ pub struct Peak {
 /// once (None when the ISA has no FMA loop here or the CPU lacks it).
 pub fn measure_peak(isa: Isa, threads: usize) -> Option<Peak> {
     let f = peak_loop(isa)?;
-    const ITERS: u64 = 2_000_000;
-    let per_thread = |_: usize| {
-        let mut best = Vec::new();
-        for _ in 0..15 {
-            let t = Instant::now();
-            // SAFETY: peak_loop returned f only for an ISA this CPU supports.
-            let flops = unsafe { f(ITERS) };
-            best.push(flops / t.elapsed().as_secs_f64());
-        }
-        // The best sample: contention from other processes only lowers
-        // a sample, never raises it.
-        best.into_iter().fold(0.0, f64::max)
-    };
+    // SAFETY: peak_loop returned f only for an ISA this CPU supports.
+    let per_thread = |_: usize| unsafe { best_rate(f, 2_000_000, 15) };
     let total: f64 = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads.max(1))
             .map(|t| s.spawn(move || per_thread(t)))
@@ -346,6 +335,22 @@ pub fn measure_peak(isa: Isa, threads: usize) -> Option<Peak> {
 }
 
 type PeakFn = unsafe fn(u64) -> f64;
+
+/// The best of `samples` runs of the peak loop `f` over `iters`
+/// iterations, FLOP/s: contention from other processes only lowers a
+/// sample, never raises it.
+///
+/// # Safety
+/// The CPU runs `f`'s instructions.
+unsafe fn best_rate(f: PeakFn, iters: u64, samples: usize) -> f64 {
+    (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            let flops = f(iters);
+            flops / t.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
 
 fn peak_loop(isa: Isa) -> Option<PeakFn> {
     if !isa.is_available() {
@@ -702,15 +707,8 @@ pub fn bf16_peak() -> Option<f64> {
 fn bf16_peak_of(iters: u64, samples: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     if super::bf16::Bf16Kernel::Avx512Bf16.is_available() {
-        let best = (0..samples)
-            .map(|_| {
-                let t = Instant::now();
-                // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked).
-                let flops = unsafe { peak::avx512bf16(iters) };
-                flops / t.elapsed().as_secs_f64()
-            })
-            .fold(0.0, f64::max);
-        return Some(best / 1e9);
+        // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked).
+        return Some(unsafe { best_rate(peak::avx512bf16, iters, samples) } / 1e9);
     }
     let _ = (iters, samples);
     None
@@ -723,13 +721,7 @@ fn bf16_peak_of(iters: u64, samples: usize) -> Option<f64> {
 pub fn bf16_against_f32(isa: Isa) -> Option<(f64, f64)> {
     let bf16 = bf16_peak_of(100_000, 5)?;
     let f = peak_loop(isa)?;
-    let f32 = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            // SAFETY: peak_loop returned f only for an ISA this CPU supports.
-            let flops = unsafe { f(100_000) };
-            flops / t.elapsed().as_secs_f64()
-        })
-        .fold(0.0, f64::max);
+    // SAFETY: peak_loop returned f only for an ISA this CPU supports.
+    let f32 = unsafe { best_rate(f, 100_000, 5) };
     Some((bf16, f32 / 1e9))
 }
