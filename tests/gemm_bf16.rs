@@ -107,6 +107,20 @@ fn every_bf16_kernel_matches_the_f64_product_of_the_rounded_inputs() {
     }
 }
 
+/// Whether the kernel lists a CPU flag in `/proc/cpuinfo`; `None` (and
+/// `what` reported as skipped) where there is no such file.
+fn cpuinfo_flags(what: &str) -> Option<impl Fn(&str) -> bool> {
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        report::skipped(what, "no /proc/cpuinfo");
+        return None;
+    };
+    let flags = (cpuinfo.lines())
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("")
+        .to_string();
+    Some(move |name: &str| flags.split_whitespace().any(|f| f == name))
+}
+
 /// Independently of the detection the kernels use: where the kernel
 /// reports its CPU flags (`/proc/cpuinfo`), a CPU listing `avx512_bf16`
 /// makes the AVX512-BF16 kernel available, so every test here that runs
@@ -114,16 +128,10 @@ fn every_bf16_kernel_matches_the_f64_product_of_the_rounded_inputs() {
 /// missed it.
 #[test]
 fn a_cpu_with_avx512_bf16_runs_its_kernel() {
-    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
-        report::skipped("the /proc/cpuinfo check of AVX512-BF16", "no /proc/cpuinfo");
+    let Some(has) = cpuinfo_flags("the /proc/cpuinfo check of AVX512-BF16") else {
         return;
     };
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .unwrap_or("");
-    let listed = flags.split_whitespace().any(|f| f == "avx512_bf16");
-    let avx512f = flags.split_whitespace().any(|f| f == "avx512f");
+    let (listed, avx512f) = (has("avx512_bf16"), has("avx512f"));
     assert_eq!(
         Bf16Kernel::Avx512Bf16.is_available(),
         listed && avx512f,
@@ -138,15 +146,9 @@ fn a_cpu_with_avx512_bf16_runs_its_kernel() {
 /// (`amx_tile`, `amx_bf16`), so `--dry-run` tells the truth about AMX.
 #[test]
 fn amx_detection_agrees_with_proc_cpuinfo() {
-    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
-        report::skipped("the /proc/cpuinfo check of AMX", "no /proc/cpuinfo");
+    let Some(has) = cpuinfo_flags("the /proc/cpuinfo check of AMX") else {
         return;
     };
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .unwrap_or("");
-    let has = |name: &str| flags.split_whitespace().any(|f| f == name);
     let f = fastnn::cpu::features();
     assert_eq!(
         (f.amx_tile, f.amx_bf16),

@@ -989,22 +989,18 @@ fn bf16_steps_keep_the_copies_and_the_bits_on_any_thread_count() {
                         .zip(&runs[0].1)
                         .all(|(a, b)| a.to_bits() == b.to_bits()));
                 }
-                // Mixed precision changed the step: it is not the f32 one.
-                let mut f32_mlp = start.clone();
-                let mut ws = Workspace::new(&f32_mlp, batch, Parallelism::Single);
-                ws.x.copy_from_slice(&ws0.x);
-                ws.labels.copy_from_slice(&ws0.labels);
-                f32_mlp.forward_train(&mut ws, batch, None);
-                let f32_logits = ws.logits().to_vec();
-                let mut bf16_mlp = start.clone();
-                ws.use_bf16(&bf16_mlp, kernel);
-                bf16_mlp.forward_train(&mut ws, batch, None);
-                assert_ne!(
-                    ws.logits(),
-                    &f32_logits[..],
-                    "the bf16 forward pass is not f32's"
-                );
             }
+            // Mixed precision changed the step: it is not the f32 one.
+            let (mut mlp, mut ws, _, _) = problem((dims, batch), Act::Relu, Loss::Xent, 0.0, 11);
+            mlp.forward_train(&mut ws, batch, None);
+            let f32_logits = ws.logits().to_vec();
+            ws.use_bf16(&mlp, kernel);
+            mlp.forward_train(&mut ws, batch, None);
+            assert_ne!(
+                ws.logits(),
+                &f32_logits[..],
+                "the bf16 forward pass is not f32's"
+            );
         }
     }
 }
