@@ -304,13 +304,16 @@ impl Workspace {
         for p in step_products(&self.gemm, &mlp.cfg.dims, self.max_batch) {
             packing.reserve(p.m, p.k, p.n);
         }
+        let mut weights = Bf16Weights::new(&mlp.cfg.dims);
+        for (l, slot) in mlp.layout.layers.iter().enumerate() {
+            weights.write_layer(l, &mlp.params[slot.w.clone()]);
+        }
         self.bf16 = Some(MixedPrecision {
             kernel,
             packing,
-            weights: Bf16Weights::new(&mlp.cfg.dims),
+            weights,
             evaluation: false,
         });
-        self.write_bf16_copies(mlp);
     }
 
     /// Runs the evaluation passes in bf16 too (inference: `fastnn eval
@@ -320,16 +323,6 @@ impl Workspace {
             .as_mut()
             .expect("evaluation in bf16 needs Workspace::use_bf16 first")
             .evaluation = true;
-    }
-
-    /// Rewrites the weights' bf16 copies from `mlp`'s master weights, after
-    /// they changed outside a step (nothing in f32).
-    pub fn write_bf16_copies(&mut self, mlp: &Mlp) {
-        if let Some(b) = &mut self.bf16 {
-            for (l, slot) in mlp.layout.layers.iter().enumerate() {
-                b.weights.write_layer(l, &mlp.params[slot.w.clone()]);
-            }
-        }
     }
 
     /// The bf16 kernel of the training passes (`None`: f32).
