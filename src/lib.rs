@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod distributed;
 pub mod gemm;
 pub mod model;
 pub mod net;

@@ -86,6 +86,9 @@ pub struct Phases {
     /// The optimiser's passes that are not fused: the biases, and the
     /// weights of a product that does not carry the update.
     pub update: f64,
+    /// Summing the gradients and the step's totals over the ranks of a
+    /// distributed run (and waiting for the slowest rank).
+    pub all_reduce: f64,
     /// Of the phases above, the time the calling thread waited for the
     /// team's other threads to finish their parts (load imbalance and the
     /// hand-off); not part of [`Phases::total`].
@@ -103,6 +106,7 @@ impl Phases {
             + self.backward_data
             + self.weight_gradient
             + self.update
+            + self.all_reduce
     }
 }
 
@@ -114,6 +118,7 @@ impl std::ops::AddAssign for Phases {
         self.backward_data += o.backward_data;
         self.weight_gradient += o.weight_gradient;
         self.update += o.update;
+        self.all_reduce += o.all_reduce;
         self.wait += o.wait;
         self.steps += o.steps;
     }
@@ -385,9 +390,20 @@ impl Workspace {
 enum Pass<'a> {
     Eval,
     /// Training: draw the factors from this generator (`None`: no dropout).
-    Train(Option<&'a mut Rng>),
+    Train(Option<DropoutDraws<'a>>),
     /// Training: use the factors already in the workspace.
     TrainFixedMasks,
+}
+
+/// Where a training pass draws its dropout factors: `rng`, read in row
+/// order, layer after layer. A pass over rows of a larger batch (one rank's
+/// shard, module `distributed`) skips the draws of the `rows_before` rows
+/// before its own and the `rows_after` after them in each layer, so every
+/// sample gets the factors it gets when one process runs the whole batch.
+pub struct DropoutDraws<'a> {
+    pub rng: &'a mut Rng,
+    pub rows_before: usize,
+    pub rows_after: usize,
 }
 
 /// Input of layer `l`: the batch for the first layer, else the previous
@@ -416,7 +432,23 @@ impl Mlp {
         batch: usize,
         dropout_rng: Option<&mut Rng>,
     ) {
-        self.forward_inner(ws, batch, Pass::Train(dropout_rng));
+        let draws = dropout_rng.map(|rng| DropoutDraws {
+            rng,
+            rows_before: 0,
+            rows_after: 0,
+        });
+        self.forward_rows(ws, batch, draws);
+    }
+
+    /// As [`Mlp::forward_train`] on `batch` rows that are part of a larger
+    /// batch, whose dropout factors `draws` places.
+    pub fn forward_rows(
+        &mut self,
+        ws: &mut Workspace,
+        batch: usize,
+        draws: Option<DropoutDraws<'_>>,
+    ) {
+        self.forward_inner(ws, batch, Pass::Train(draws));
         self.track_running_stats(ws, batch);
     }
 
@@ -552,8 +584,10 @@ impl Mlp {
                 let mask = &mut mask[..batch * fan_out];
                 match &mut pass {
                     Pass::Eval | Pass::Train(None) => {}
-                    Pass::Train(Some(rng)) => {
-                        ops::dropout_forward(out, mask, self.cfg.dropout, rng)
+                    Pass::Train(Some(d)) => {
+                        d.rng.skip(d.rows_before * fan_out);
+                        ops::dropout_forward(out, mask, self.cfg.dropout, d.rng);
+                        d.rng.skip(d.rows_after * fan_out);
                     }
                     Pass::TrainFixedMasks => {
                         out.iter_mut().zip(mask.iter()).for_each(|(h, &m)| *h *= m)
@@ -630,13 +664,25 @@ impl Mlp {
     /// smoothing of the configuration) and, in `ws`, its gradient with
     /// respect to the logits.
     pub fn loss_and_dlogits(&self, ws: &mut Workspace, batch: usize) -> LossOut {
+        self.loss_share_and_dlogits(ws, batch, batch)
+    }
+
+    /// As [`Mlp::loss_and_dlogits`] for `batch` rows of a batch of
+    /// `mean_over` samples: the gradient of their share of its mean loss.
+    pub fn loss_share_and_dlogits(
+        &self,
+        ws: &mut Workspace,
+        batch: usize,
+        mean_over: usize,
+    ) -> LossOut {
         let classes = self.cfg.classes();
         let last = self.cfg.layers() - 1;
-        ops::loss_forward_backward(
+        ops::loss_share_forward_backward(
             &mut ws.dz[last],
             &ws.h[last],
             &ws.labels[..batch],
             batch,
+            mean_over,
             classes,
             self.cfg.loss,
             self.cfg.label_smoothing,

@@ -120,8 +120,29 @@ pub fn loss_forward_backward(
     loss: Loss,
     smoothing: f32,
 ) -> LossOut {
+    let mean_over = batch;
+    loss_share_forward_backward(
+        dlogits, logits, labels, batch, mean_over, classes, loss, smoothing,
+    )
+}
+
+/// As [`loss_forward_backward`] for `batch` rows of a batch of `mean_over`
+/// samples (one rank's shard): `dlogits` is the gradient of these rows'
+/// share of the batch-mean loss, each row's the same as when the whole batch
+/// is computed at once.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_share_forward_backward(
+    dlogits: &mut [f32],
+    logits: &[f32],
+    labels: &[u8],
+    batch: usize,
+    mean_over: usize,
+    classes: usize,
+    loss: Loss,
+    smoothing: f32,
+) -> LossOut {
     let mut out = LossOut::default();
-    let inv_b = 1.0 / batch as f32;
+    let inv_b = 1.0 / mean_over as f32;
     let rows = logits[..batch * classes].chunks_exact(classes);
     let drows = dlogits[..batch * classes].chunks_exact_mut(classes);
     for ((z, dz), &y) in rows.zip(drows).zip(labels) {

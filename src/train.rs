@@ -13,6 +13,12 @@
 //! Every random choice is derived from `(seed, purpose, epoch or step)`, so
 //! a run resumed from an epoch's checkpoint continues bit for bit as the
 //! uninterrupted run would have.
+//!
+//! Over several ranks ([`crate::distributed`]), every rank runs this loop
+//! on the same global batches: it gathers, computes and back-propagates its
+//! shard of each, the ranks sum the gradients and the step's loss, and every
+//! rank takes the same step. Validation and test are split the same way and
+//! their totals summed. Only the rank given an output folder writes.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,9 +29,10 @@ use crate::buf::AlignedBuf;
 use crate::checkpoint::{self, Checkpoint, EarlyStopState};
 pub use crate::config::{Precision, TrainConfig};
 use crate::data::{Augment, Dataset, Geometry, Normalizer, SplitView};
+use crate::distributed::{shard, OneProcess, Ranks};
 use crate::gemm::Parallelism;
 use crate::model::{Mlp, MlpConfig, Norm};
-use crate::net::{Lap, Phases, Workspace};
+use crate::net::{DropoutDraws, Lap, Phases, Workspace};
 use crate::ops::LossOut;
 use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
@@ -129,6 +136,8 @@ impl Observer for Silent {}
 pub struct RunInfo {
     pub isa: &'static str,
     pub threads: usize,
+    /// Ranks of a distributed run (1: one process); `threads` is per rank.
+    pub ranks: usize,
     pub dims: Vec<usize>,
     pub parameters: usize,
     pub flops_per_step: u64,
@@ -157,6 +166,9 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// The ranks of a distributed run disagree.
+    #[error("{0}")]
+    Ranks(String),
     /// `FASTNN_ISA` is unknown or names a kernel this CPU lacks.
     #[error(transparent)]
     Isa(#[from] crate::cpu::IsaError),
@@ -207,6 +219,31 @@ pub fn evaluate(
     view: &SplitView<'_>,
     indices: &mut Vec<usize>,
 ) -> EvalResult {
+    let (total, confusion) = evaluate_totals(mlp, ws, norm, view, indices);
+    EvalResult::from_totals(view.len(), total, confusion)
+}
+
+impl EvalResult {
+    /// Means from the totals over `samples` samples.
+    fn from_totals(samples: usize, total: LossOut, confusion: Vec<usize>) -> EvalResult {
+        let n = samples.max(1) as f64;
+        EvalResult {
+            samples,
+            loss: total.loss_sum / n,
+            accuracy: total.correct as f64 / n,
+            confusion,
+        }
+    }
+}
+
+/// The loss sum, correct count and confusion matrix of `mlp` on `view`.
+fn evaluate_totals(
+    mlp: &Mlp,
+    ws: &mut Workspace,
+    norm: &Normalizer,
+    view: &SplitView<'_>,
+    indices: &mut Vec<usize>,
+) -> (LossOut, Vec<usize>) {
     // BatchNorm folded into the Linear before it: one product per layer.
     let folded = mlp.fold_batch_norm();
     let mlp = folded.as_ref().unwrap_or(mlp);
@@ -230,13 +267,7 @@ pub fn evaluate(
         }
         start += n;
     }
-    let samples = view.len().max(1) as f64;
-    EvalResult {
-        samples: view.len(),
-        loss: total.loss_sum / samples,
-        accuracy: total.correct as f64 / samples,
-        confusion,
-    }
+    (total, confusion)
 }
 
 /// Runs (or, with `resume`, continues) training on `data`, writing model
@@ -255,7 +286,22 @@ pub fn train(
     resume: Option<Checkpoint>,
     observer: &mut (dyn Observer + Send),
 ) -> Result<(Mlp, Summary), TrainError> {
-    let mut trainer = Trainer::new(data, cfg, out_dir.map(PathBuf::as_path), resume)?;
+    train_on(data, cfg, out_dir, resume, observer, Box::new(OneProcess))
+}
+
+/// [`train`] as one of `ranks` (data parallelism: see [`crate::distributed`]).
+/// Every rank calls it with the same data, configuration and checkpoint; only
+/// the one given `out_dir` writes, and its observer is the one to show.
+pub fn train_on<'d>(
+    data: &'d Dataset,
+    cfg: &'d TrainConfig,
+    out_dir: Option<&'d PathBuf>,
+    resume: Option<Checkpoint>,
+    observer: &mut (dyn Observer + Send),
+    ranks: Box<dyn Ranks + 'd>,
+) -> Result<(Mlp, Summary), TrainError> {
+    let out_dir = out_dir.map(PathBuf::as_path);
+    let mut trainer = Trainer::with_ranks(data, cfg, out_dir, resume, ranks)?;
     observer.start(&trainer.info());
     let interrupted = trainer.run(observer)?;
     let test = trainer.test();
@@ -325,6 +371,14 @@ pub struct Trainer<'d> {
     augments: Vec<Augment>,
     /// Scratch for evaluation batches.
     eval_indices: Vec<usize>,
+    /// The run's ranks ([`OneProcess`] unless distributed).
+    ranks: Box<dyn Ranks + 'd>,
+    /// Scratch for the totals the ranks sum.
+    totals: Vec<f64>,
+    /// Over several ranks: this rank wants to stop (not yet shared), and
+    /// the ranks agreed to stop after the last step.
+    stop_wish: bool,
+    stop_agreed: bool,
     epochs_done: usize,
     clock: Instant,
     train_seconds: f64,
@@ -340,6 +394,17 @@ impl<'d> Trainer<'d> {
         cfg: &'d TrainConfig,
         out_dir: Option<&'d Path>,
         resume: Option<Checkpoint>,
+    ) -> Result<Trainer<'d>, TrainError> {
+        Trainer::with_ranks(data, cfg, out_dir, resume, Box::new(OneProcess))
+    }
+
+    /// As [`Trainer::new`], as one of `ranks`.
+    pub fn with_ranks(
+        data: &'d Dataset,
+        cfg: &'d TrainConfig,
+        out_dir: Option<&'d Path>,
+        resume: Option<Checkpoint>,
+        ranks: Box<dyn Ranks + 'd>,
     ) -> Result<Trainer<'d>, TrainError> {
         if cfg.batch == 0 || cfg.epochs == 0 {
             return Err(TrainError::Config(
@@ -368,6 +433,18 @@ impl<'d> Trainer<'d> {
             return Err(TrainError::Config(
                 "BatchNorm needs at least 2 training samples".into(),
             ));
+        }
+        let size = ranks.size();
+        if size > 1 && mcfg.norm == Norm::Batch {
+            return Err(TrainError::Config(format!(
+                "--norm batch over {size} ranks: each rank would normalise its shard by its own statistics (synchronised BatchNorm is not implemented); use --norm layer or none"
+            )));
+        }
+        if size > cfg.batch {
+            return Err(TrainError::Config(format!(
+                "{size} ranks need a batch of at least {size} samples to share (--batch {})",
+                cfg.batch
+            )));
         }
         if cfg.early_stop.is_some() && val_view.is_empty() {
             return Err(TrainError::Config(
@@ -408,7 +485,9 @@ impl<'d> Trainer<'d> {
                 AlignedBuf::from_slice(&mlp.params),
             ),
         });
-        let mut ws = Workspace::try_new(&mlp, cfg.batch, Parallelism::threads(cfg.threads))?;
+        // A rank's workspace holds its shard of a batch.
+        let rows = cfg.batch.div_ceil(size);
+        let mut ws = Workspace::try_new(&mlp, rows, Parallelism::threads(cfg.threads))?;
         if cfg.precision == Precision::Bf16 {
             ws.use_bf16(&mlp, crate::cpu::try_selected_bf16()?);
         }
@@ -433,7 +512,11 @@ impl<'d> Trainer<'d> {
             early_stop,
             restored_epoch: None,
             augments: Vec::with_capacity(cfg.batch),
-            eval_indices: Vec::with_capacity(cfg.batch),
+            eval_indices: Vec::with_capacity(rows),
+            totals: Vec::new(),
+            stop_wish: false,
+            stop_agreed: false,
+            ranks,
             epochs_done: start.epoch,
             clock: Instant::now(),
             train_seconds: 0.0,
@@ -449,6 +532,7 @@ impl<'d> Trainer<'d> {
                 None => self.ws.gemm().isa().name(),
             },
             threads: self.cfg.threads,
+            ranks: self.ranks.size(),
             dims: self.mlp.cfg.dims.clone(),
             parameters: self.mlp.cfg.parameter_count(),
             flops_per_step: self.mlp.cfg.train_flops_per_sample() * self.cfg.batch as u64,
@@ -518,7 +602,9 @@ impl<'d> Trainer<'d> {
             });
             // A stop asked for inside an epoch (Ctrl-C) ends the run after
             // this step, with a checkpoint to resume from.
-            if s + 1 < self.steps_per_epoch && observer.stop_requested() {
+            let stop = self.stop_after_step(observer.stop_requested());
+            if s + 1 < self.steps_per_epoch && stop {
+                self.check_ranks_agree()?;
                 self.checkpoint(
                     Position {
                         epoch,
@@ -560,9 +646,11 @@ impl<'d> Trainer<'d> {
         if let Some(v) = &val {
             self.watch_validation_loss(epoch, v.loss);
         }
-        let stop = observer.stop_requested() || self.stopped_early();
+        let wish = observer.stop_requested() || self.stop_wish;
+        let stop = self.agree(wish) || self.stopped_early();
         let last = stop || epoch + 1 == self.cfg.epochs;
         if last || (epoch + 1).is_multiple_of(self.cfg.checkpoint_every.max(1)) {
+            self.check_ranks_agree()?;
             self.checkpoint(Position::epoch_start(epoch + 1), observer)?;
         }
         Ok(if stop { EpochEnd::Stop } else { EpochEnd::Done })
@@ -649,14 +737,17 @@ impl<'d> Trainer<'d> {
         let step = epoch * self.steps_per_epoch + s;
         let lr = self.lr_at(step);
         let first = s * cfg.batch;
-        let chunk = &self.order[first..first + self.batch_len(s)];
+        let len = self.batch_len(s);
+        // This rank's shard of the batch (all of it in one process).
+        let rows = shard(len, self.ranks.size(), self.ranks.rank());
+        let chunk = &self.order[first + rows.start..first + rows.end];
         let mut clock = Lap::start();
         let waited = self.ws.gemm().team_wait();
         let (x, labels, team) = self.ws.batch_mut();
         match self.augment {
             Some(geometry) => {
-                draw_augments(cfg, step, chunk.len(), &mut self.augments);
-                let augments = &self.augments;
+                draw_augments(cfg, step, len, &mut self.augments);
+                let augments = &self.augments[rows.clone()];
                 let view = &self.train_view;
                 self.norm
                     .gather_augmented(view, chunk, augments, geometry, x, labels, team);
@@ -665,17 +756,26 @@ impl<'d> Trainer<'d> {
         }
         clock.lap(&mut self.ws.phases.gather);
         let mut drop_rng = Rng::derive(cfg.seed, &[DROPOUT, step as u64]);
-        let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
-        let out = train_step(
-            &mut self.mlp,
-            &mut self.ws,
-            &mut self.grads,
-            &mut self.opt,
-            chunk.len(),
-            lr,
-            dropout,
-            cfg.clip_grad_norm,
-        );
+        let out = if self.ranks.size() == 1 {
+            let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
+            train_step(
+                &mut self.mlp,
+                &mut self.ws,
+                &mut self.grads,
+                &mut self.opt,
+                chunk.len(),
+                lr,
+                dropout,
+                cfg.clip_grad_norm,
+            )
+        } else {
+            let dropout = (cfg.dropout > 0.0).then_some(DropoutDraws {
+                rng: &mut drop_rng,
+                rows_before: rows.start,
+                rows_after: len - rows.end,
+            });
+            self.shard_step(rows.len(), len, lr, dropout)
+        };
         self.ws.phases.wait += self.ws.gemm().team_wait() - waited;
         if !out.loss_sum.is_finite() {
             let kept = match self.out_dir {
@@ -693,19 +793,145 @@ impl<'d> Trainer<'d> {
         Ok(out)
     }
 
+    /// One step as one of several ranks, on this rank's `rows` of a batch
+    /// of `len`: forward and backward on them, the gradients and the step's
+    /// totals summed over the ranks, then every rank's identical update.
+    /// The update is the optimiser's separate pass (the fused one would
+    /// move the weights before the other ranks' gradients are in), skipped
+    /// when the summed loss is not finite. The ranks' wishes to stop travel
+    /// with the totals ([`Trainer::stop_after_step`]).
+    fn shard_step(
+        &mut self,
+        rows: usize,
+        len: usize,
+        lr: f32,
+        dropout: Option<DropoutDraws<'_>>,
+    ) -> LossOut {
+        let mut clock = Lap::start();
+        let mine = if rows == 0 {
+            // A short last batch can leave a rank without samples.
+            self.grads.fill(0.0);
+            LossOut::default()
+        } else {
+            self.mlp.forward_rows(&mut self.ws, rows, dropout);
+            clock.lap(&mut self.ws.phases.forward);
+            let out = self.mlp.loss_share_and_dlogits(&mut self.ws, rows, len);
+            clock.lap(&mut self.ws.phases.loss);
+            self.mlp.backward(&mut self.ws, &mut self.grads, rows);
+            clock = Lap::start();
+            out
+        };
+        self.ranks.sum_f32(&mut self.grads);
+        self.totals.clear();
+        let wish = f64::from(u8::from(self.stop_wish));
+        self.totals
+            .extend([mine.loss_sum, mine.correct as f64, wish]);
+        self.ranks.sum_f64(&mut self.totals);
+        clock.lap(&mut self.ws.phases.all_reduce);
+        let out = LossOut {
+            loss_sum: self.totals[0],
+            correct: self.totals[1] as usize,
+        };
+        if out.loss_sum.is_finite() {
+            if let Some(max_norm) = self.cfg.clip_grad_norm {
+                optim::clip_grad_norm(&mut self.grads, max_norm);
+            }
+            self.mlp
+                .update(&mut self.ws, &self.grads, &mut self.opt, lr);
+            clock.lap(&mut self.ws.phases.update);
+        }
+        self.ws.phases.steps += 1;
+        self.stop_agreed = self.totals[2] > 0.0;
+        out
+    }
+
+    /// Whether the run stops after the step just taken, given whether this
+    /// process wants it to (`mine`: Ctrl-C). One process stops at once.
+    /// Ranks must stop after the same step, so a wish travels with the next
+    /// step's totals and every rank stops after that step (or at the end of
+    /// the epoch, whichever comes first), without a sum of its own.
+    fn stop_after_step(&mut self, mine: bool) -> bool {
+        if self.ranks.size() == 1 {
+            return mine;
+        }
+        self.stop_wish |= mine;
+        self.stop_agreed
+    }
+
+    /// True on every rank when `mine` is true on any (one small sum over
+    /// several ranks).
+    fn agree(&mut self, mine: bool) -> bool {
+        if self.ranks.size() == 1 {
+            return mine;
+        }
+        let mut any = [f64::from(u8::from(mine))];
+        self.ranks.sum_f64(&mut any);
+        any[0] > 0.0
+    }
+
+    /// Over several ranks, before a checkpoint: every rank must hold the
+    /// same parameters (the sums make them so; this checks it, from a CRC
+    /// of each rank's parameters, gathered by a sum with one slot a rank).
+    fn check_ranks_agree(&mut self) -> Result<(), TrainError> {
+        let size = self.ranks.size();
+        if size == 1 {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = self
+            .mlp
+            .params
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        self.totals.clear();
+        self.totals.resize(size, 0.0);
+        self.totals[self.ranks.rank()] = f64::from(crc32fast::hash(&bytes));
+        self.ranks.sum_f64(&mut self.totals);
+        match self.totals.iter().position(|&c| c != self.totals[0]) {
+            None => Ok(()),
+            Some(r) => Err(TrainError::Ranks(format!(
+                "the parameters of rank {r} differ from rank 0's (CRC {:08x} against {:08x})",
+                self.totals[r] as u32, self.totals[0] as u32
+            ))),
+        }
+    }
+
+    /// Loss and accuracy of the model on `view`, each rank evaluating its
+    /// shard of it and the ranks summing the totals.
+    fn evaluate_split(&mut self, view: SplitView<'d>) -> EvalResult {
+        let (size, rank) = (self.ranks.size(), self.ranks.rank());
+        let mine = view.slice(shard(view.len(), size, rank));
+        let (mut total, mut confusion) = evaluate_totals(
+            &self.mlp,
+            &mut self.ws,
+            &self.norm,
+            &mine,
+            &mut self.eval_indices,
+        );
+        if size > 1 {
+            self.totals.clear();
+            self.totals.push(total.loss_sum);
+            self.totals.push(total.correct as f64);
+            self.totals.extend(confusion.iter().map(|&c| c as f64));
+            self.ranks.sum_f64(&mut self.totals);
+            total = LossOut {
+                loss_sum: self.totals[0],
+                correct: self.totals[1] as usize,
+            };
+            for (c, &t) in confusion.iter_mut().zip(&self.totals[2..]) {
+                *c = t as usize;
+            }
+        }
+        EvalResult::from_totals(view.len(), total, confusion)
+    }
+
     /// Loss and accuracy on the held-out validation samples (`None` when
     /// none are held out); remembers the best epoch.
     fn validate(&mut self, epoch: usize) -> Option<EvalResult> {
         if self.val_view.is_empty() {
             return None;
         }
-        let v = evaluate(
-            &self.mlp,
-            &mut self.ws,
-            &self.norm,
-            &self.val_view,
-            &mut self.eval_indices,
-        );
+        let v = self.evaluate_split(self.val_view);
         if self.best.is_none_or(|(_, acc)| v.accuracy > acc) {
             self.best = Some((epoch + 1, v.accuracy));
         }
@@ -715,13 +941,7 @@ impl<'d> Trainer<'d> {
     /// Loss and accuracy on the test split (`None` without one).
     pub fn test(&mut self) -> Option<EvalResult> {
         let view = self.test_view?;
-        Some(evaluate(
-            &self.mlp,
-            &mut self.ws,
-            &self.norm,
-            &view,
-            &mut self.eval_indices,
-        ))
+        Some(self.evaluate_split(view))
     }
 
     /// Writes the model and a checkpoint at `at` into the output folder,

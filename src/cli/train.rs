@@ -140,12 +140,16 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
+    /// Train as one rank of an MPI job: `mpirun -np R fastnn train --distributed …`. Each batch is split across the ranks and their gradients summed; rank 0 alone prints and writes. Needs a fastnn built with `--features mpi`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub distributed: bool,
 }
 
 /// Takes each option from the flags, else from the file.
 fn merge(flags: TrainArgs, file: TrainArgs) -> TrainArgs {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainArgs { $($f: flags.$f.or(file.$f),)* config: flags.config, resume: flags.resume, quiet: flags.quiet, json: flags.json, dry_run: flags.dry_run, print_config: flags.print_config } };
+        ($($f:ident),*) => { TrainArgs { $($f: flags.$f.or(file.$f),)* config: flags.config, resume: flags.resume, quiet: flags.quiet, json: flags.json, dry_run: flags.dry_run, print_config: flags.print_config, distributed: flags.distributed } };
     }
     pick!(
         data,
@@ -276,7 +280,50 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if !args.distributed {
+        return run_as(args, &mut fastnn::distributed::OneProcess);
+    }
+    run_distributed(args)
+}
+
+/// `--distributed`: this process is one rank of an MPI job. An error on
+/// one rank ends them all (`MPI_Abort`): the others would wait for it in
+/// the next sum forever.
+#[cfg(feature = "mpi")]
+fn run_distributed(mut args: TrainArgs) -> Result<()> {
+    use fastnn::distributed::{MpiRanks, Ranks};
+    let mut ranks = MpiRanks::init().map_err(|e| anyhow::anyhow!("cannot start MPI: {e}"))?;
+    // The ranks on one machine share its cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    args.threads
+        .get_or_insert((cores / ranks.local_size()).max(1));
+    let result = run_as(args, &mut ranks);
+    if let (Err(err), true) = (&result, ranks.size() > 1) {
+        eprintln!(
+            "fastnn: error: rank {} of {}: {err:#}",
+            ranks.rank(),
+            ranks.size()
+        );
+        ranks.abort(1);
+    }
+    result
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_distributed(_: TrainArgs) -> Result<()> {
+    bail!(
+        "--distributed needs a fastnn built with MPI: cargo build --release --features mpi (with an MPI library, e.g. Debian's libopenmpi-dev and openmpi-bin, and libclang-dev)"
+    )
+}
+
+/// A run as one of `ranks`: every rank trains, rank 0 alone prints and
+/// writes.
+fn run_as(args: TrainArgs, ranks: &mut dyn fastnn::distributed::Ranks) -> Result<()> {
+    let lead = ranks.rank() == 0;
     if args.print_config {
+        if !lead {
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
         out.write_all(CONFIG_TEMPLATE.as_bytes())?;
         return Ok(());
@@ -297,8 +344,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     // A resumed run keeps its configuration; only the epoch count may grow.
     let cfg = match &resume {
+        // The thread count does not change a bit of the result.
         Some(ck) => TrainConfig {
             epochs: args.epochs.unwrap_or(ck.config.epochs),
+            threads: args.threads.unwrap_or(ck.config.threads),
             ..ck.config.clone()
         },
         None => resolve(&args)?,
@@ -306,9 +355,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let out = args.out.clone().or_else(|| args.resume.clone());
     let data = super::open_data(args.data.as_deref())?;
     if args.dry_run {
-        return dry_run(&cfg, &data);
+        return match lead {
+            true => dry_run(&cfg, &data, ranks.size()),
+            false => Ok(()),
+        };
     }
-    let metrics = match &args.metrics {
+    let out = out.filter(|_| lead);
+    let metrics = match args.metrics.as_ref().filter(|_| lead) {
         Some(p) => Some(BufWriter::new(
             File::options()
                 .create(true)
@@ -318,12 +371,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )),
         None => None,
     };
-    if cfg.precision == Precision::Bf16 {
+    if cfg.precision == Precision::Bf16 && lead {
         warn_where_bf16_does_not_pay()?;
     }
-    let mut progress = Progress::new(args.quiet, data.path(), metrics, cfg.epochs);
+    let quiet = args.quiet || !lead;
+    let mut progress = Progress::new(quiet, data.path(), metrics, cfg.epochs);
     progress.activation = cfg.act.to_string();
-    let (_, summary) = train::train(&data, &cfg, out.as_ref(), resume, &mut progress)?;
+    let ranks = Box::new(ranks);
+    let (_, summary) = train::train_on(&data, &cfg, out.as_ref(), resume, &mut progress, ranks)?;
+    if !lead {
+        return Ok(());
+    }
     progress.finish(&summary, args.json, out.as_deref())
 }
 
@@ -513,7 +571,12 @@ impl Observer for Progress {
             info.test_samples,
             info.isa,
             info.threads,
-            if info.threads == 1 { "" } else { "s" },
+            match (info.threads, info.ranks) {
+                (1, 1) => String::new(),
+                (_, 1) => "s".to_string(),
+                (1, r) => format!(" on each of {r} ranks"),
+                (_, r) => format!("s on each of {r} ranks"),
+            },
             if info.start_epoch > 0 { format!(", resuming after epoch {}", info.start_epoch) } else { String::new() }
         );
     }
@@ -610,7 +673,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# fastnn train configuration. Every key is 
 "#;
 
 /// `--dry-run`: the resolved configuration and the layer table.
-fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
+fn dry_run(cfg: &TrainConfig, data: &Dataset, ranks: usize) -> Result<()> {
     let mcfg = cfg.network(data.dim(), data.classes().len());
     mcfg.validate().map_err(anyhow::Error::msg)?;
     let dims = &mcfg.dims;
@@ -677,6 +740,15 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
         }
     };
     writeln!(out, "matrix products: {kernel}")?;
+    if ranks > 1 {
+        let rows = cfg.batch.div_ceil(ranks);
+        let mib = (4 * mcfg.parameter_count()) as f64 / (1u64 << 20) as f64;
+        writeln!(
+            out,
+            "distributed: {ranks} ranks, at most {rows} samples of each batch of {} per rank, {mib:.1} MiB of gradients summed over MPI per step",
+            cfg.batch
+        )?;
+    }
     Ok(())
 }
 

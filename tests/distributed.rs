@@ -1,0 +1,347 @@
+//! Data parallelism without an MPI library: ranks that are threads of this
+//! process ([`ThreadRanks`]) run the training loop as MPI ranks do, so the
+//! sharding, the sums, the agreement of the ranks and resuming across rank
+//! counts are tested by the default `cargo test`. (`tests/mpi.rs` runs the
+//! same runs under `mpirun`, with the `mpi` feature.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use fastnn::checkpoint;
+use fastnn::data::{Dataset, Holdout, Normalize};
+use fastnn::distributed::{Ranks, ThreadRanks};
+use fastnn::model::{Act, Loss, Mlp, Norm};
+use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::train::{
+    evaluate, train, train_on, Observer, Silent, StepProgress, Summary, TrainConfig, TrainError,
+};
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        hidden: vec![96, 48],
+        act: Act::Relu,
+        loss: Loss::Xent,
+        dropout: 0.1,
+        clip_grad_norm: None,
+        early_stop: None,
+        label_smoothing: 0.0,
+        norm: Norm::None,
+        precision: Default::default(),
+        optim: OptimConfig {
+            kind: OptimKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            l2: 1e-4,
+            weight_decay: 0.0,
+        },
+        lr: 0.02,
+        schedule: Schedule::Cosine,
+        warmup: 3,
+        epochs: 2,
+        batch: 64,
+        seed: 7,
+        threads: 1,
+        normalize: Normalize::Feature,
+        holdout: Holdout::Count(150),
+        checkpoint_every: 1,
+        test_every_epoch: false,
+        flip: false,
+        translate: 0,
+    }
+}
+
+fn dataset(dir: &Path) -> Dataset {
+    // 1,050 images of 1 × 8 × 8: 900 to train after the holdout.
+    Dataset::open(common::synthetic_with_shape(
+        dir,
+        1050,
+        200,
+        &[1, 8, 8],
+        5,
+        3,
+    ))
+    .unwrap()
+}
+
+/// How far R ranks may drift from one process. Each step's summed gradient
+/// differs from one process's only in the order of its sums over the
+/// batch, (rows of rank 0) + (rows of rank 1) + … against one pass over all
+/// rows, a few f32 roundings; over these runs' few dozen steps that moved
+/// the largest difference to 8.7e-8 of the largest parameter (measured on
+/// 2 and 3 ranks). A wrong share of the loss (1/shard for 1/batch), a
+/// sample trained twice or another rank's dropout factors move it by 1e-3
+/// and more.
+const DRIFT: f64 = 1e-6;
+
+/// Trains on `size` thread ranks (rank 0 writes into `out`), resuming from
+/// `out`'s checkpoint when `resume`; every rank's model and summary.
+fn train_ranks(
+    data: &Dataset,
+    cfg: &TrainConfig,
+    size: usize,
+    out: Option<&PathBuf>,
+    resume: bool,
+) -> Vec<Result<(Mlp, Summary), TrainError>> {
+    train_observed(data, cfg, size, out, resume, |_| Box::new(Silent))
+}
+
+/// As [`train_ranks`], each rank with the observer `observer(rank)`.
+fn train_observed(
+    data: &Dataset,
+    cfg: &TrainConfig,
+    size: usize,
+    out: Option<&PathBuf>,
+    resume: bool,
+    observer: impl Fn(usize) -> Box<dyn Observer + Send> + Sync,
+) -> Vec<Result<(Mlp, Summary), TrainError>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadRanks::group(size)
+            .into_iter()
+            .map(|ranks| {
+                let observer = &observer;
+                s.spawn(move || {
+                    let rank = ranks.rank();
+                    let ck = resume.then(|| checkpoint::load(out.unwrap()).unwrap());
+                    let out = out.filter(|_| rank == 0);
+                    let mut obs = observer(rank);
+                    train_on(data, cfg, out, ck, &mut *obs, Box::new(ranks))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// The ranks' models, checked to hold the same bits on every rank.
+fn agreed_model(runs: Vec<Result<(Mlp, Summary), TrainError>>) -> (Mlp, Summary) {
+    let mut runs = runs.into_iter().map(Result::unwrap);
+    let first = runs.next().unwrap();
+    for (r, (mlp, _)) in runs.enumerate() {
+        assert!(
+            same_bits(&mlp.params, &first.0.params),
+            "rank {} holds other parameters than rank 0",
+            r + 1
+        );
+    }
+    first
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The largest difference between two parameter slabs, relative to the
+/// largest parameter.
+fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
+    let scale = a.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    diff / scale
+}
+
+fn assert_follows(one: &Mlp, many: &Mlp, what: &str) {
+    let d = relative_difference(&one.params, &many.params);
+    assert!(
+        d < DRIFT,
+        "{what}: {d:e} of the largest parameter from one process"
+    );
+}
+
+#[test]
+fn ranks_hold_the_same_parameters_and_follow_one_process() {
+    // Dropout, flips and translations: each rank must use its own
+    // samples' factors and augmentations out of the batch's.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = TrainConfig {
+        flip: true,
+        translate: 1,
+        ..config()
+    };
+    let (one, one_summary) = train(&data, &cfg, None, None, &mut Silent).unwrap();
+    for size in [2, 3] {
+        let (many, summary) = agreed_model(train_ranks(&data, &cfg, size, None, false));
+        assert_follows(&one, &many, &format!("{size} ranks"));
+        // Validation and test are summed over the ranks' shards.
+        let (a, b) = (one_summary.test_accuracy, summary.test_accuracy);
+        assert!(
+            (a.unwrap() - b.unwrap()).abs() <= 1.0 / 200.0,
+            "{a:?} {b:?}"
+        );
+        assert_eq!(one_summary.best_val_epoch, summary.best_val_epoch);
+    }
+}
+
+#[test]
+fn the_test_score_of_the_ranks_is_the_models_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = config();
+    let (mlp, summary) = agreed_model(train_ranks(&data, &cfg, 3, None, false));
+    let mut ws = fastnn::net::Workspace::new(&mlp, 64, fastnn::gemm::Parallelism::Single);
+    let norm = fastnn::data::Normalizer::new(cfg.normalize, &data.stats(), data.dim());
+    let test = data.split("test").unwrap();
+    let r = evaluate(&mlp, &mut ws, &norm, &test, &mut Vec::new());
+    assert_eq!(summary.test_accuracy, Some(r.accuracy));
+    let loss = summary.test_loss.unwrap();
+    assert!((loss - r.loss).abs() <= 1e-6 * r.loss, "{loss} {}", r.loss);
+}
+
+#[test]
+fn a_last_batch_shorter_than_the_ranks_leaves_some_without_samples() {
+    // 900 samples in batches of 899: the second holds one sample, so two
+    // of three ranks have none to compute.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = TrainConfig {
+        batch: 899,
+        epochs: 3,
+        ..config()
+    };
+    let (one, _) = train(&data, &cfg, None, None, &mut Silent).unwrap();
+    let (many, _) = agreed_model(train_ranks(&data, &cfg, 3, None, false));
+    assert_follows(&one, &many, "3 ranks, one sample in the last batch");
+}
+
+#[test]
+fn clipping_layer_norm_and_adam_over_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = TrainConfig {
+        clip_grad_norm: Some(0.5),
+        norm: Norm::Layer,
+        optim: OptimConfig {
+            kind: OptimKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            l2: 0.0,
+            weight_decay: 0.01,
+        },
+        lr: 1e-3,
+        ..config()
+    };
+    let (one, _) = train(&data, &cfg, None, None, &mut Silent).unwrap();
+    let (many, _) = agreed_model(train_ranks(&data, &cfg, 2, None, false));
+    assert_follows(&one, &many, "clipped, LayerNorm, AdamW");
+}
+
+#[test]
+fn mixed_precision_over_ranks() {
+    // bf16 products: the ranks still agree bit for bit, and they learn.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = TrainConfig {
+        precision: fastnn::train::Precision::Bf16,
+        ..config()
+    };
+    let (_, summary) = agreed_model(train_ranks(&data, &cfg, 2, None, false));
+    let acc = summary.test_accuracy.unwrap();
+    assert!(acc > 0.9, "test accuracy {acc}");
+}
+
+#[test]
+fn refused_over_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let batch_norm = TrainConfig {
+        norm: Norm::Batch,
+        ..config()
+    };
+    let tiny_batch = TrainConfig {
+        batch: 2,
+        ..config()
+    };
+    for (cfg, says) in [
+        (batch_norm, "--norm batch"),
+        (tiny_batch, "3 ranks need a batch"),
+    ] {
+        for run in train_ranks(&data, &cfg, 3, None, false) {
+            match run {
+                Err(TrainError::Config(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!(
+                    "expected a refusal naming {says}, got {:?}",
+                    other.map(|r| r.1)
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn resumes_on_the_same_or_another_number_of_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = config();
+    let (whole, _) = agreed_model(train_ranks(&data, &cfg, 2, None, false));
+    for (before, after) in [(2, 2), (2, 1), (1, 2), (3, 2)] {
+        let out = dir.path().join(format!("run-{before}-{after}"));
+        // Stopped after the first epoch (15 steps of 64 samples), as by Ctrl-C.
+        let stop_after_epoch =
+            |_| -> Box<dyn Observer + Send> { Box::new(StopAfter { after: 15, seen: 0 }) };
+        let (_, first) = agreed_model(train_observed(
+            &data,
+            &cfg,
+            before,
+            Some(&out),
+            false,
+            stop_after_epoch,
+        ));
+        assert_eq!(first.epochs, 1);
+        let (resumed, summary) = agreed_model(train_ranks(&data, &cfg, after, Some(&out), true));
+        assert_eq!(summary.epochs, 2);
+        if before == 2 && after == 2 {
+            assert!(
+                same_bits(&resumed.params, &whole.params),
+                "2 ranks resumed on 2 differ from the uninterrupted run"
+            );
+        } else {
+            assert_follows(
+                &whole,
+                &resumed,
+                &format!("{before} ranks resumed on {after}"),
+            );
+        }
+        // The checkpoint rank 0 wrote holds the final model.
+        let ck = checkpoint::load(&out).unwrap();
+        assert!(same_bits(&ck.mlp.params, &resumed.params));
+    }
+}
+
+/// Asks to stop after `after` steps (on one rank only).
+struct StopAfter {
+    after: usize,
+    seen: usize,
+}
+
+impl Observer for StopAfter {
+    fn step(&mut self, _: &StepProgress) {
+        self.seen += 1;
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.seen >= self.after
+    }
+}
+
+#[test]
+fn a_stop_asked_on_one_rank_stops_every_rank_after_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = config();
+    let out = dir.path().join("run");
+    let runs = train_observed(&data, &cfg, 2, Some(&out), false, |rank| {
+        let after = if rank == 1 { 5 } else { usize::MAX };
+        Box::new(StopAfter { after, seen: 0 })
+    });
+    let (mlp, summary) = agreed_model(runs);
+    assert!(summary.interrupted);
+    // Rank 1's wish after step 5 travels with step 6's sums.
+    let ck = checkpoint::load(&out).unwrap();
+    assert_eq!((ck.epochs_done, ck.steps_in_epoch), (0, 6));
+    assert!(same_bits(&ck.mlp.params, &mlp.params));
+}
