@@ -28,6 +28,7 @@
 
 use std::env::VarError;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Once, OnceLock};
 
 use crate::gemm::bf16::Bf16Kernel;
@@ -364,9 +365,20 @@ pub fn try_selected() -> Result<Isa, IsaError> {
     static LOGGED: Once = Once::new();
     let choice = check_env().map(|(isa, _)| isa);
     if let Ok(isa) = &choice {
-        LOGGED.call_once(|| eprintln!("fastnn: gemm kernel {isa} (detected: {})", features()));
+        if !QUIET.load(Ordering::Relaxed) {
+            LOGGED.call_once(|| eprintln!("fastnn: gemm kernel {isa} (detected: {})", features()));
+        }
     }
     choice
+}
+
+/// Set by [`quiet`].
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// No log line of the kernel choice from this process (the ranks of a
+/// distributed run but the first, which speaks for all).
+pub fn quiet() {
+    QUIET.store(true, Ordering::Relaxed);
 }
 
 /// Like [`try_selected`], but panics with the refusal message. For tests and

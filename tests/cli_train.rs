@@ -662,3 +662,15 @@ fn eval_and_predict_run_in_bf16() {
     ]);
     assert_refused(&bad, "unknown precision", "eval --precision fp8");
 }
+
+/// Without the `mpi` feature, `--distributed` is refused in one line that
+/// says how to build with it, before any work.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_needs_a_build_with_mpi() {
+    let out = fastnn(&["train", "--distributed", "--epochs", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--features mpi"), "{err}");
+}

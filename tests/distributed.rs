@@ -6,16 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::ranks::{agreed_model, same_bits, train_observed, train_ranks};
 use fastnn::checkpoint;
 use fastnn::data::{Dataset, Holdout, Normalize};
-use fastnn::distributed::{Ranks, ThreadRanks};
 use fastnn::model::{Act, Loss, Mlp, Norm};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
-use fastnn::train::{
-    evaluate, train, train_on, Observer, Silent, StepProgress, Summary, TrainConfig, TrainError,
-};
+use fastnn::train::{evaluate, train, Observer, Silent, StepProgress, TrainConfig, TrainError};
 
 fn config() -> TrainConfig {
     TrainConfig {
@@ -74,63 +72,6 @@ fn dataset(dir: &Path) -> Dataset {
 /// sample trained twice or another rank's dropout factors move it by 1e-3
 /// and more.
 const DRIFT: f64 = 1e-6;
-
-/// Trains on `size` thread ranks (rank 0 writes into `out`), resuming from
-/// `out`'s checkpoint when `resume`; every rank's model and summary.
-fn train_ranks(
-    data: &Dataset,
-    cfg: &TrainConfig,
-    size: usize,
-    out: Option<&PathBuf>,
-    resume: bool,
-) -> Vec<Result<(Mlp, Summary), TrainError>> {
-    train_observed(data, cfg, size, out, resume, |_| Box::new(Silent))
-}
-
-/// As [`train_ranks`], each rank with the observer `observer(rank)`.
-fn train_observed(
-    data: &Dataset,
-    cfg: &TrainConfig,
-    size: usize,
-    out: Option<&PathBuf>,
-    resume: bool,
-    observer: impl Fn(usize) -> Box<dyn Observer + Send> + Sync,
-) -> Vec<Result<(Mlp, Summary), TrainError>> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadRanks::group(size)
-            .into_iter()
-            .map(|ranks| {
-                let observer = &observer;
-                s.spawn(move || {
-                    let rank = ranks.rank();
-                    let ck = resume.then(|| checkpoint::load(out.unwrap()).unwrap());
-                    let out = out.filter(|_| rank == 0);
-                    let mut obs = observer(rank);
-                    train_on(data, cfg, out, ck, &mut *obs, Box::new(ranks))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
-
-/// The ranks' models, checked to hold the same bits on every rank.
-fn agreed_model(runs: Vec<Result<(Mlp, Summary), TrainError>>) -> (Mlp, Summary) {
-    let mut runs = runs.into_iter().map(Result::unwrap);
-    let first = runs.next().unwrap();
-    for (r, (mlp, _)) in runs.enumerate() {
-        assert!(
-            same_bits(&mlp.params, &first.0.params),
-            "rank {} holds other parameters than rank 0",
-            r + 1
-        );
-    }
-    first
-}
-
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
 
 /// The largest difference between two parameter slabs, relative to the
 /// largest parameter.

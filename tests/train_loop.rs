@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::ranks::same_bits;
+
 use std::path::PathBuf;
 
 use fastnn::checkpoint::{self, load_model};
@@ -46,11 +48,6 @@ fn config(threads: usize) -> TrainConfig {
         flip: false,
         translate: 0,
     }
-}
-
-/// True when two parameter slabs hold the same bits.
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 fn dataset(dir: &tempfile::TempDir) -> Dataset {

@@ -299,11 +299,18 @@ fn run_distributed(mut args: TrainArgs) -> Result<()> {
         .get_or_insert((cores / ranks.local_size()).max(1));
     let result = run_as(args, &mut ranks);
     if let (Err(err), true) = (&result, ranks.size() > 1) {
-        eprintln!(
-            "fastnn: error: rank {} of {}: {err:#}",
-            ranks.rank(),
-            ranks.size()
-        );
+        // A refused configuration is refused by every rank alike: rank 0
+        // says it for all. Any other error may be this rank's alone.
+        let everyone = matches!(err.downcast_ref(), Some(train::TrainError::Config(_)));
+        if ranks.rank() == 0 || !everyone {
+            // One write, so the ranks' lines do not interleave.
+            let line = format!(
+                "fastnn: error: rank {} of {}: {err:#}\n",
+                ranks.rank(),
+                ranks.size()
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
         ranks.abort(1);
     }
     result
@@ -320,6 +327,9 @@ fn run_distributed(_: TrainArgs) -> Result<()> {
 /// writes.
 fn run_as(args: TrainArgs, ranks: &mut dyn fastnn::distributed::Ranks) -> Result<()> {
     let lead = ranks.rank() == 0;
+    if !lead {
+        fastnn::cpu::quiet();
+    }
     if args.print_config {
         if !lead {
             return Ok(());

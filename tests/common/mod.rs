@@ -1,6 +1,7 @@
 //! Helpers shared by the training tests.
 #![allow(dead_code)]
 
+pub mod ranks;
 pub mod report;
 
 use std::path::{Path, PathBuf};
