@@ -17,6 +17,11 @@ use anyhow::{bail, Result};
 use fastnn::data::{embedded, Dataset};
 use fastnn::model::Loss;
 
+/// Why `--distributed` and `bench allreduce` refuse to run in a build
+/// without the `mpi` feature.
+#[cfg_attr(feature = "mpi", allow(dead_code))]
+pub const NEEDS_MPI: &str = "this needs a fastnn built with MPI: cargo build --release --features mpi (with an MPI library, e.g. Debian's libopenmpi-dev and openmpi-bin, and libclang-dev)";
+
 /// Opens the dataset file `path`, or the embedded Fashion-MNIST (converted
 /// into the user's cache folder on first use, which is said on stderr).
 pub fn open_data(path: Option<&Path>) -> Result<Dataset> {

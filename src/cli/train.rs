@@ -318,9 +318,7 @@ fn run_distributed(mut args: TrainArgs) -> Result<()> {
 
 #[cfg(not(feature = "mpi"))]
 fn run_distributed(_: TrainArgs) -> Result<()> {
-    bail!(
-        "--distributed needs a fastnn built with MPI: cargo build --release --features mpi (with an MPI library, e.g. Debian's libopenmpi-dev and openmpi-bin, and libclang-dev)"
-    )
+    bail!("--distributed: {}", super::NEEDS_MPI)
 }
 
 /// A run as one of `ranks`: every rank trains, rank 0 alone prints and
