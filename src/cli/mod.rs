@@ -1,6 +1,7 @@
 //! One module per subcommand: clap arguments → validated library calls.
 
 pub mod bench;
+pub mod bench_scaling;
 pub mod bench_train;
 pub mod data;
 pub mod eval;
@@ -17,8 +18,7 @@ use anyhow::{bail, Result};
 use fastnn::data::{embedded, Dataset};
 use fastnn::model::Loss;
 
-/// Why `--distributed` and `bench allreduce` refuse to run in a build
-/// without the `mpi` feature.
+/// Why `--distributed` refuses to run in a build without the `mpi` feature.
 #[cfg_attr(feature = "mpi", allow(dead_code))]
 pub const NEEDS_MPI: &str = "this needs a fastnn built with MPI: cargo build --release --features mpi (with an MPI library, e.g. Debian's libopenmpi-dev and openmpi-bin, and libclang-dev)";
 
