@@ -116,6 +116,9 @@ fn ranks() -> Result<fastnn::distributed::OneProcess> {
 
 pub fn run(args: ScalingArgs) -> Result<()> {
     let mut ranks = ranks()?;
+    if ranks.rank() != 0 {
+        fastnn::cpu::quiet();
+    }
     let mut shards: Vec<usize> = args
         .batches
         .iter()
