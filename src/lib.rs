@@ -10,7 +10,8 @@
 //!   step (forward, fused loss, backward) on the GEMM engine.
 //! - [`optim`]: SGD and Adam over flat parameter slabs; [`rng`]: the seeded
 //!   generator.
-//! - [`train`]: the epoch loop, running a [`config::TrainConfig`];
+//! - [`train`]: the epoch loop, running a [`config::TrainConfig`], in one
+//!   process or as one of the ranks of [`distributed`] data parallelism;
 //!   [`checkpoint`]: model files and checkpoints;
 //!   [`workload`]: the benchmark workloads; [`plot`]: pictures.
 //! - [`data`]: the dataset file (a safetensors file, memory-mapped) and the
