@@ -297,6 +297,9 @@ fn run_distributed(mut args: TrainArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     args.threads
         .get_or_insert((cores / ranks.local_size()).max(1));
+    if ranks.size() > 1 {
+        say_why_on_sigterm(ranks.rank(), ranks.size())?;
+    }
     let result = run_as(args, &mut ranks);
     if let (Err(err), true) = (&result, ranks.size() > 1) {
         // A refused configuration is refused by every rank alike: rank 0
@@ -314,6 +317,26 @@ fn run_distributed(mut args: TrainArgs) -> Result<()> {
         ranks.abort(1);
     }
     result
+}
+
+/// `mpirun` ends a job whose rank died (or that was cancelled, Ctrl-C) by
+/// sending SIGTERM to the other ranks before it kills them: a rank says so
+/// in one line and exits at once, without MPI's finalisation, which would
+/// wait for the dead rank. (Checkpoints are written whole or not at all, so
+/// the last one resumes.)
+#[cfg(feature = "mpi")]
+fn say_why_on_sigterm(rank: usize, size: usize) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let line = format!(
+                "fastnn: rank {rank} of {size}: stopped: the MPI job is ending (a rank failed, or the job was cancelled)\n"
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            signal_hook::low_level::exit(1);
+        }
+    });
+    Ok(())
 }
 
 #[cfg(not(feature = "mpi"))]
