@@ -8,10 +8,10 @@ mod common;
 
 use std::path::Path;
 
-use common::ranks::{agreed_model, same_bits, train_observed, train_ranks};
+use common::ranks::{agreed_model, assert_follows, same_bits, train_observed, train_ranks};
 use fastnn::checkpoint;
 use fastnn::data::{Dataset, Holdout, Normalize};
-use fastnn::model::{Act, Loss, Mlp, Norm};
+use fastnn::model::{Act, Loss, Norm};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::train::{evaluate, train, Observer, Silent, StepProgress, TrainConfig, TrainError};
 
@@ -61,35 +61,6 @@ fn dataset(dir: &Path) -> Dataset {
         3,
     ))
     .unwrap()
-}
-
-/// How far R ranks may drift from one process. Each step's summed gradient
-/// differs from one process's only in the order of its sums over the
-/// batch, (rows of rank 0) + (rows of rank 1) + … against one pass over all
-/// rows, a few f32 roundings; over these runs' few dozen steps that moved
-/// the largest difference to 8.7e-8 of the largest parameter (measured on
-/// 2 and 3 ranks). A wrong share of the loss (1/shard for 1/batch), a
-/// sample trained twice or another rank's dropout factors move it by 1e-3
-/// and more.
-const DRIFT: f64 = 1e-6;
-
-/// The largest difference between two parameter slabs, relative to the
-/// largest parameter.
-fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
-    let scale = a.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
-    diff / scale
-}
-
-fn assert_follows(one: &Mlp, many: &Mlp, what: &str) {
-    let d = relative_difference(&one.params, &many.params);
-    assert!(
-        d < DRIFT,
-        "{what}: {d:e} of the largest parameter from one process"
-    );
 }
 
 #[test]

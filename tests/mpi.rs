@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::ranks::{agreed_model, same_bits, train_ranks};
+use common::ranks::{agreed_model, assert_follows, same_bits, train_ranks};
 use common::{ok, report, s};
 use fastnn::checkpoint::{self, load_model};
 use fastnn::data::Dataset;
@@ -78,8 +78,8 @@ fn params(dir: &Path) -> Vec<f32> {
 }
 
 #[test]
-fn ranks_under_mpirun_give_the_bits_of_as_many_thread_ranks() {
-    if !have_mpirun("2 and 4 MPI ranks against thread ranks") {
+fn ranks_under_mpirun_give_the_bits_of_as_many_thread_ranks_and_follow_one_process() {
+    if !have_mpirun("2 and 4 MPI ranks against thread ranks and one process") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -100,6 +100,29 @@ fn ranks_under_mpirun_give_the_bits_of_as_many_thread_ranks() {
         let data = Dataset::open(&data).unwrap();
         let (mlp, _) = agreed_model(train_ranks(&data, &cfg, ranks, None, false));
         assert!(same_bits(&params(&out), &mlp.params), "{ranks} ranks");
+    }
+    // And one process, within the drift of a sum split over the ranks.
+    let one = dir.path().join("one");
+    let args = [
+        "train",
+        "--quiet",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--epochs",
+        "2",
+    ];
+    ok(&common::bin()
+        .args(args)
+        .args(["--out", s(&one)])
+        .args(RUN)
+        .output()
+        .unwrap());
+    let one = load_model(&one.join(checkpoint::MODEL_FILE)).unwrap().mlp;
+    for ranks in [2, 4] {
+        let mpi = load_model(&dir.path().join(format!("mpi-{ranks}/model.safetensors"))).unwrap();
+        assert_follows(&one, &mpi.mlp, &format!("{ranks} MPI ranks"));
     }
 }
 
