@@ -330,3 +330,20 @@ fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes() {
         ck.epochs_done + 1
     );
 }
+
+#[test]
+fn the_dry_run_of_ranks_says_how_each_batch_is_split_once() {
+    if !have_mpirun("--dry-run under mpirun") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = ok(
+        &mpirun(3, &["--data", s(&data), "--batch", "100", "--dry-run"])
+            .output()
+            .unwrap(),
+    );
+    let said = "distributed: 3 ranks, at most 34 samples of each batch of 100 per rank";
+    assert_eq!(out.matches(said).count(), 1, "{out}");
+    assert_eq!(out.matches("# resolved configuration").count(), 1, "{out}");
+}
