@@ -34,6 +34,16 @@ fn mpirun(ranks: usize, args: &[&str]) -> Command {
     cmd
 }
 
+/// `fastnn train` of [`RUN`] for 2 epochs in this process alone, one
+/// thread, into `out`.
+fn one_process(data: &Path, out: &Path) -> Command {
+    let mut cmd = common::bin();
+    cmd.args(["train", "--quiet", "--threads", "1", "--epochs", "2"])
+        .args(["--data", s(data), "--out", s(out)])
+        .args(RUN);
+    cmd
+}
+
 /// True when `mpirun` runs here; otherwise the test reports itself skipped.
 fn have_mpirun(what: &str) -> bool {
     let found = Command::new("mpirun")
@@ -103,22 +113,7 @@ fn ranks_under_mpirun_give_the_bits_of_as_many_thread_ranks_and_follow_one_proce
     }
     // And one process, within the drift of a sum split over the ranks.
     let one = dir.path().join("one");
-    let args = [
-        "train",
-        "--quiet",
-        "--threads",
-        "1",
-        "--data",
-        s(&data),
-        "--epochs",
-        "2",
-    ];
-    ok(&common::bin()
-        .args(args)
-        .args(["--out", s(&one)])
-        .args(RUN)
-        .output()
-        .unwrap());
+    ok(&one_process(&data, &one).output().unwrap());
     let one = load_model(&one.join(checkpoint::MODEL_FILE)).unwrap().mlp;
     for ranks in [2, 4] {
         let mpi = load_model(&dir.path().join(format!("mpi-{ranks}/model.safetensors"))).unwrap();
@@ -132,20 +127,8 @@ fn distributed_without_mpirun_is_one_rank_and_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path());
     let (single, plain) = (dir.path().join("single"), dir.path().join("plain"));
-    let common = [
-        "train",
-        "--quiet",
-        "--threads",
-        "1",
-        "--data",
-        s(&data),
-        "--epochs",
-        "2",
-    ];
-    let singleton = common::bin()
-        .args(common)
-        .args(["--distributed", "--out", s(&single)])
-        .args(RUN)
+    let singleton = one_process(&data, &single)
+        .arg("--distributed")
         .output()
         .unwrap();
     if !singleton.status.success() {
@@ -158,12 +141,7 @@ fn distributed_without_mpirun_is_one_rank_and_one_process() {
         return;
     }
     report::ran("MPI singleton start");
-    ok(&common::bin()
-        .args(common)
-        .args(["--out", s(&plain)])
-        .args(RUN)
-        .output()
-        .unwrap());
+    ok(&one_process(&data, &plain).output().unwrap());
     assert!(same_bits(&params(&single), &params(&plain)));
 }
 
