@@ -19,7 +19,9 @@ pub mod pickle;
 
 pub use batch::{Augment, Geometry, Normalize, Normalizer};
 pub use error::DataError;
-pub use file::{Dataset, FeatureView, Holdout, SourceInfo, SplitView};
+pub use file::{
+    Dataset, FeatureSource, FeatureView, Holdout, MemorySplit, SourceInfo, SplitView, Stats,
+};
 
 /// Feature storage of one split: bytes for images, f32 for CSV tables.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +45,14 @@ impl Features {
     /// True when no value is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The values, borrowed.
+    pub fn view(&self) -> FeatureView<'_> {
+        match self {
+            Features::U8(v) => FeatureView::U8(v),
+            Features::F32(v) => FeatureView::F32(v),
+        }
     }
 }
 
