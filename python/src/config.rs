@@ -51,7 +51,6 @@ pub fn train_config(d: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
             )))
         }
     };
-    let validation: f64 = get(d, "validation")?;
     Ok(TrainConfig {
         hidden: get(d, "hidden")?,
         act: parse::<Act>(d, "activation")?,
@@ -75,7 +74,8 @@ pub fn train_config(d: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
         seed: get(d, "seed")?,
         threads: get(d, "threads")?,
         normalize: parse::<Normalize>(d, "normalize")?,
-        holdout: Holdout::Fraction(validation),
+        // A count: the estimator picks the held-out samples itself.
+        holdout: Holdout::Count(get(d, "validation")?),
         // Checkpoints are written only into an output folder, which an
         // estimator trained in memory does not have.
         checkpoint_every: 1,
