@@ -322,9 +322,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         ``classes`` (every label that will ever appear) is required on the
         first call. The normalisation statistics are those of the first
         call's samples."""
-        first = not hasattr(self, "_model") or not self._model.can_train_further
+        first = not hasattr(self, "_model")
         if first and classes is None:
             raise ValueError("classes must be given on the first call to partial_fit")
+        if not first and not self._model.can_train_further:
+            raise ValueError(
+                "this model has no optimiser state to train further "
+                "(it was loaded from a model file): use fit"
+            )
         X, y = self._check_X_y(X, y, reset=first)
         if first:
             self.classes_ = np.unique(column_or_1d(classes))
@@ -393,7 +398,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         state = self.__dict__.copy()
         model = state.pop("_model", None)
         if model is not None:
-            state["_model_file"] = model.to_bytes()
+            # The model file, and what partial_fit needs to go on.
+            state["_model_file"] = (model.to_bytes(), model.train_state())
         return state
 
     def __setstate__(self, state):
@@ -401,7 +407,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         model_file = state.pop("_model_file", None)
         self.__dict__.update(state)
         if model_file is not None:
-            self._model = _native.Model.from_bytes(model_file)
+            self._model = _native.Model.from_bytes(*model_file)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use fastnn::data::file::write_dataset as write_file;
-use fastnn::data::{Dataset, FeatureSource, FeatureView, Features, RawDataset, RawSplit};
 use fastnn::data::SourceInfo;
+use fastnn::data::{Dataset, FeatureSource, FeatureView, Features, RawDataset, RawSplit};
 use numpy::PyReadonlyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

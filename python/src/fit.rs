@@ -79,7 +79,9 @@ pub fn fit(
     on_epoch: Option<Py<PyAny>>,
 ) -> PyResult<(Model, Vec<f64>, Vec<Option<f64>>, Option<PyErr>)> {
     let features = NumpyFeatures::borrow(x)?;
-    let labels = y.as_slice().map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let labels = y
+        .as_slice()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     if labels.len() != features.rows() {
         return Err(PyValueError::new_err(format!(
             "X has {} samples, y has {}",

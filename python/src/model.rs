@@ -21,6 +21,9 @@ use crate::arrays::NumpyFeatures;
 /// products efficient, small enough that the activations stay in cache.
 const INFERENCE_BATCH: usize = 1024;
 
+/// The four vectors of [`Stats`], as Python sees them.
+type StatsTuple = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// What training further needs besides the weights (`partial_fit`).
 #[derive(Clone)]
 pub struct TrainState {
@@ -66,12 +69,70 @@ impl Model {
             .map_err(io_err)
     }
 
-    /// A model from the bytes of a model file.
+    /// A model from the bytes of a model file and, to train further, the
+    /// `(checkpoint bytes, statistics)` of [`Model::train_state`].
     #[staticmethod]
-    fn from_bytes(bytes: &[u8]) -> PyResult<Model> {
-        checkpoint::load_model_bytes(Path::new("(model bytes)"), bytes.to_vec())
+    #[pyo3(signature = (model, state=None))]
+    fn from_bytes(model: &[u8], state: Option<(Vec<u8>, StatsTuple)>) -> PyResult<Model> {
+        let value_err = |e: fastnn::data::DataError| PyValueError::new_err(e.to_string());
+        let mut m = checkpoint::load_model_bytes(Path::new("(model bytes)"), model.to_vec())
             .map(Model::from_file)
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+            .map_err(value_err)?;
+        if let Some((bytes, (feature_mean, feature_std, channel_mean, channel_std))) = state {
+            let ck = checkpoint::load_bytes(Path::new("(training state bytes)"), bytes)
+                .map_err(value_err)?;
+            m.state = Some(TrainState {
+                optimizer: ck.optimizer,
+                stats: Stats {
+                    feature_mean,
+                    feature_std,
+                    channel_mean,
+                    channel_std,
+                },
+                epochs_done: ck.epochs_done,
+                config: ck.config,
+            });
+        }
+        Ok(m)
+    }
+
+    /// What training further needs besides the model file, as bytes and
+    /// lists (for pickling): the checkpoint file of the library (weights,
+    /// optimiser state, epochs, settings) and the normalisation statistics.
+    /// None for a model loaded from a model file.
+    fn train_state<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, StatsTuple)>> {
+        let Some(state) = &self.state else {
+            return Ok(None);
+        };
+        let dir = tempfile::tempdir().map_err(io_err)?;
+        checkpoint::save(
+            dir.path(),
+            &checkpoint::CheckpointRef {
+                mlp: &self.mlp,
+                optimizer: &state.optimizer,
+                epochs_done: state.epochs_done,
+                steps_in_epoch: 0,
+                partial: Default::default(),
+                best: None,
+                early_stop: None,
+                config: &state.config,
+                classes: &self.classes,
+                normalizer: &self.normalizer,
+            },
+        )
+        .map_err(io_err)?;
+        let bytes = std::fs::read(dir.path().join(checkpoint::CHECKPOINT_FILE)).map_err(io_err)?;
+        let s = &state.stats;
+        let stats = (
+            s.feature_mean.clone(),
+            s.feature_std.clone(),
+            s.channel_mean.clone(),
+            s.channel_std.clone(),
+        );
+        Ok(Some((PyBytes::new(py, &bytes), stats)))
     }
 
     /// Writes the model file (atomically) that `fastnn eval` and PyTorch read.
@@ -133,7 +194,8 @@ impl Model {
         (0..mlp.cfg.layers())
             .map(|l| {
                 let slot = &mlp.layout.layers[l];
-                let w = PyArray1::from_vec(py, mlp.weight(l)).reshape([slot.fan_out, slot.fan_in])?;
+                let w =
+                    PyArray1::from_vec(py, mlp.weight(l)).reshape([slot.fan_out, slot.fan_in])?;
                 let b = if slot.b.is_empty() {
                     vec![0.0; slot.fan_out]
                 } else {

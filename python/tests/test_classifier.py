@@ -115,6 +115,7 @@ def test_a_dataframe_gives_feature_names(digits):
         (np.zeros((300, 2)), np.arange(300), "300 classes; fastnn trains at most 256"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:The number of unique classes:UserWarning")
 def test_bad_input_is_refused_with_a_clear_error(X, y, message):
     with pytest.raises(ValueError, match=message):
         MLPClassifier(**SMALL).fit(X, y)
@@ -183,7 +184,13 @@ def test_pipeline_cross_validation_and_grid_search(digits):
     assert grid.score(Xte, yte) > 0.9
 
 
-def test_partial_fit_goes_on_from_where_it_stopped(digits):
+def _saved(clf, tmp_path):
+    path = tmp_path / "model.safetensors"
+    clf.save(path)
+    return path
+
+
+def test_partial_fit_goes_on_from_where_it_stopped(digits, tmp_path):
     Xtr, Xte, ytr, yte = digits
     params = dict(SMALL, schedule="constant")
     clf = MLPClassifier(**params)
@@ -203,6 +210,15 @@ def test_partial_fit_goes_on_from_where_it_stopped(digits):
         for h in halves:
             again.partial_fit(Xtr[h], ytr[h], classes=np.arange(10))
     assert same_weights(clf, again)
+    # A pickled estimator goes on as the original does.
+    back = pickle.loads(pickle.dumps(clf))
+    clf.partial_fit(Xtr, ytr)
+    back.partial_fit(Xtr, ytr)
+    assert same_weights(clf, back)
+    # A model loaded from a model file has no optimiser state to go on from.
+    loaded = fastnn.load_model(_saved(clf, tmp_path))
+    with pytest.raises(ValueError, match="no optimiser state"):
+        loaded.partial_fit(Xtr, ytr)
     with pytest.raises(ValueError, match="not in classes"):
         clf.partial_fit(Xtr[:5], np.full(5, 11))
     with pytest.raises(ValueError, match="features"):
