@@ -21,6 +21,9 @@ use crate::arrays::NumpyFeatures;
 /// products efficient, small enough that the activations stay in cache.
 const INFERENCE_BATCH: usize = 1024;
 
+/// One layer's weight `[out, in]` and bias `[out]` as numpy arrays.
+type LayerArrays<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<f32>>);
+
 /// The four vectors of [`Stats`], as Python sees them.
 type StatsTuple = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
 
@@ -188,7 +191,7 @@ impl Model {
     fn weights<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<Vec<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<f32>>)>> {
+    ) -> PyResult<Vec<LayerArrays<'py>>> {
         let folded = self.mlp.fold_batch_norm();
         let mlp = folded.as_ref().unwrap_or(&self.mlp);
         (0..mlp.cfg.layers())
