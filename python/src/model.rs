@@ -188,10 +188,7 @@ impl Model {
 
     /// Each Linear layer's `(weight [out, in], bias [out])`, BatchNorm
     /// folded in (as inference runs); a layer without bias gives zeros.
-    fn weights<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Vec<LayerArrays<'py>>> {
+    fn weights<'py>(&self, py: Python<'py>) -> PyResult<Vec<LayerArrays<'py>>> {
         let folded = self.mlp.fold_batch_norm();
         let mlp = folded.as_ref().unwrap_or(&self.mlp);
         (0..mlp.cfg.layers())
