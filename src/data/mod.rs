@@ -3,7 +3,9 @@
 //! Converters (`cifar`, `idx`, `csv`) read a source format into a
 //! [`RawDataset`] held in memory; [`file`](mod@file) writes it as a safetensors file
 //! whose tensors are 64-byte aligned, and maps such a file back, validated,
-//! handing out zero-copy views of each split.
+//! handing out zero-copy views of each split. A [`Dataset`] can also be
+//! made over samples already in memory ([`Dataset::from_memory`]: the
+//! Python package's numpy arrays), read in place just the same.
 
 pub mod batch;
 pub mod cache;
