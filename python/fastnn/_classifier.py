@@ -360,15 +360,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         return self._model.logits(X, self._threads())
 
     def predict_proba(self, X):
-        """Class probabilities, (n_samples, n_classes), in ``classes_`` order."""
-        z = self._logits(X).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z
+        """Class probabilities, (n_samples, n_classes), in ``classes_`` order:
+        the softmax of the network's outputs, in float64."""
+        return np.exp(self.predict_log_proba(X))
 
     def predict_log_proba(self, X):
-        return np.log(self.predict_proba(X))
+        """Logarithms of the class probabilities (a log-softmax, which stays
+        finite where a probability underflows)."""
+        z = self._logits(X).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return z
 
     def predict(self, X):
         """The most probable class of each sample."""
@@ -408,11 +410,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.__dict__.update(state)
         if model_file is not None:
             self._model = _native.Model.from_bytes(*model_file)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        return tags
 
 
 def _one_of(name, value, allowed):

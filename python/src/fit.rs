@@ -60,8 +60,9 @@ fn train_err(e: TrainError) -> PyErr {
 /// place) and the class indices `y` (uint8 `[n]`) of `classes`, with the
 /// settings `settings` (see `config.rs`). With `resume`, training goes on
 /// from that model's weights and optimiser state for `settings["epochs"]`
-/// more epochs, normalised with its statistics. `stats` gives the
-/// statistics for a fresh run (None: those of `x`).
+/// more epochs, normalised with its statistics; a fresh run normalises with
+/// those of `x`. `on_epoch(epoch, loss, val_loss, val_accuracy, seconds)`
+/// is called after each epoch.
 ///
 /// Returns `(model, losses, validation accuracies, error)`: `error` is the
 /// exception (KeyboardInterrupt) that stopped the run early, or None; the

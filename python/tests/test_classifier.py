@@ -42,6 +42,9 @@ def test_the_default_estimator_learns_digits(digits):
     proba = clf.predict_proba(Xte)
     assert proba.shape == (len(Xte), 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    log_proba = clf.predict_log_proba(Xte)
+    assert np.all(np.isfinite(log_proba))
+    np.testing.assert_allclose(np.exp(log_proba), proba, rtol=1e-12)
     assert np.array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(Xte))
     assert [w.shape for w in clf.coefs_] == [(64, 512), (512, 256), (256, 10)]
     assert [b.shape for b in clf.intercepts_] == [(512,), (256,), (10,)]
