@@ -274,9 +274,10 @@ def test_training_releases_the_gil():
     t.join()
     during = [x for x in ticks if start < x < start + elapsed]
     # A thread waiting for the GIL through the whole fit would tick about
-    # once; a free one ticks up to 1000 times a second (sleeps of 1 ms).
+    # once; a free one ticks up to 1000 times a second (sleeps of 1 ms),
+    # and at least 20 a second on a machine busy with other work.
     assert elapsed > 0.2, elapsed
-    assert len(during) > 100 * elapsed, (len(during), elapsed)
+    assert len(during) > 20 * elapsed, (len(during), elapsed)
 
 
 CTRL_C = textwrap.dedent(
