@@ -52,7 +52,18 @@ impl Observer for Watch {
 fn train_err(e: TrainError) -> PyErr {
     match e {
         TrainError::Config(_) | TrainError::Data(_) => PyValueError::new_err(e.to_string()),
-        TrainError::Diverged { .. } | TrainError::Isa(_) => PyRuntimeError::new_err(e.to_string()),
+        // The library's message names the CLI's flag; this one the
+        // estimator's parameter.
+        TrainError::Diverged {
+            epoch,
+            step,
+            value,
+            lr,
+            ..
+        } => PyRuntimeError::new_err(format!(
+            "training diverged: the loss became {value} at epoch {epoch}, step {step} (learning rate {lr}); try a lower learning_rate"
+        )),
+        TrainError::Isa(_) => PyRuntimeError::new_err(e.to_string()),
     }
 }
 

@@ -124,6 +124,13 @@ def test_bad_input_is_refused_with_a_clear_error(X, y, message):
         MLPClassifier(**SMALL).fit(X, y)
 
 
+def test_a_diverging_run_says_what_to_change(digits):
+    Xtr, _, ytr, _ = digits
+    clf = MLPClassifier(**dict(SMALL, learning_rate=1e9))
+    with pytest.raises(RuntimeError, match=r"training diverged: .*try a lower learning_rate$"):
+        clf.fit(Xtr * 1e30, ytr)
+
+
 @pytest.mark.parametrize(
     "param, value, message",
     [
@@ -134,7 +141,7 @@ def test_bad_input_is_refused_with_a_clear_error(X, y, message):
         ("dropout", 1.0, "dropout must be in"),
         ("batch_size", 0, "batch_size must be an integer >= 1"),
         ("epochs", 2.5, "epochs must be an integer >= 1"),
-        ("schedule", "linear", "unknown schedule|schedule"),
+        ("schedule", "linear", "unknown schedule \"linear\" \\(constant, cosine or step"),
         ("norm", "group", "norm must be one of"),
     ],
 )
