@@ -11,8 +11,10 @@ feature with the training statistics (fastnn and the PyTorch loop do it
 themselves, scikit-learn is given the standardised array). scikit-learn runs
 every epoch (its convergence test is turned off), its BLAS limited to
 --threads threads; PyTorch runs with torch.set_num_threads(--threads). Each
-time covers fit alone. A last row per dataset is fastnn's default estimator
-(512-256, SGD with momentum, cosine schedule, 12 epochs).
+time covers fit alone. scikit-learn runs twice: on float32 arrays (as the
+others) and on float64 ones (what `X / 255.0` gives, and then it computes
+in float64). A last row per dataset is fastnn's default estimator (512-256,
+SGD with momentum, cosine schedule, 12 epochs).
 
     python3 tools/compare/sklearn_compare.py [--threads 2] [--epochs-fashion 20]
         [--torch-python PYTHON] [--out target/compare]
@@ -93,8 +95,9 @@ def run_fastnn_default(data, threads):
     return {"accuracy": clf.score(x_test, y_test), "seconds": seconds}
 
 
-def run_sklearn(data, epochs, threads):
+def run_sklearn(data, epochs, threads, dtype=np.float32):
     x_train, y_train, x_test, y_test = data
+    x_train, x_test = x_train.astype(dtype), x_test.astype(dtype)
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std[std == 0] = 1
     clf = SkMLP(
@@ -144,6 +147,9 @@ def main():
         for peer, run in (
             ("fastnn.MLPClassifier", lambda: run_fastnn(data, epochs, a.threads)),
             ("sklearn MLPClassifier", lambda: run_sklearn(data, epochs, a.threads)),
+            # What `X / 255.0` gives: scikit-learn then trains in float64.
+            ("sklearn MLPClassifier, float64 input",
+             lambda: run_sklearn(data, epochs, a.threads, np.float64)),
             ("PyTorch loop", lambda: run_torch(data, epochs, a.threads, a.torch_python)),
             ("fastnn.MLPClassifier() defaults", lambda: run_fastnn_default(data, a.threads)),
         ):
@@ -161,7 +167,7 @@ def main():
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        sk = next(s for s in rows if s["dataset"] == r["dataset"] and s["peer"].startswith("sklearn"))
+        sk = next(s for s in rows if s["dataset"] == r["dataset"] and s["peer"] == "sklearn MLPClassifier")
         if "unavailable" in r:
             lines.append(f"| {r['dataset']} | {r['peer']} | {r['settings']} | unavailable: {r['unavailable']} | | |")
             continue
