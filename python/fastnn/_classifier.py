@@ -305,6 +305,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self.validation_scores_ = [v for v in val if v is not None]
             if self.validation_scores_:
                 self.best_validation_score_ = max(self.validation_scores_)
+        elif not append:
+            # A refit without early stopping keeps nothing of an earlier one.
+            for stale in ("validation_scores_", "best_validation_score_"):
+                self.__dict__.pop(stale, None)
         if err is not None:
             raise err
 

@@ -250,6 +250,9 @@ def test_early_stopping_holds_out_a_stratified_validation_set(digits):
     assert len(clf.validation_scores_) == clf.n_iter_
     assert clf.best_validation_score_ > 0.9
     assert clf.score(Xte, yte) > 0.9
+    clf.set_params(early_stopping=False).fit(Xtr, ytr)
+    assert not hasattr(clf, "validation_scores_")
+    assert not hasattr(clf, "best_validation_score_")
 
 
 def test_verbose_prints_one_line_per_epoch(digits, capsys):
