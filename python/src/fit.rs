@@ -63,7 +63,8 @@ fn train_err(e: TrainError) -> PyErr {
         } => PyRuntimeError::new_err(format!(
             "training diverged: the loss became {value} at epoch {epoch}, step {step} (learning rate {lr}); try a lower learning_rate"
         )),
-        TrainError::Isa(_) => PyRuntimeError::new_err(e.to_string()),
+        // The kernels (FASTNN_ISA), and whatever else stops a run.
+        other => PyRuntimeError::new_err(other.to_string()),
     }
 }
 
