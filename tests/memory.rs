@@ -7,7 +7,7 @@ mod common;
 use fastnn::data::file::write_dataset;
 use fastnn::data::{
     Dataset, FeatureSource, FeatureView, Features, Holdout, MemorySplit, Normalize, RawDataset,
-    RawSplit, SourceInfo, Stats,
+    RawSplit, SourceInfo, SplitView, Stats,
 };
 use fastnn::model::{Act, Loss};
 use fastnn::optim::{OptimConfig, OptimKind, Schedule};
@@ -247,4 +247,24 @@ fn byte_features_in_memory_match_their_statistics_on_file() {
     )
     .unwrap();
     assert_eq!(memory.stats(), file.stats());
+}
+
+#[test]
+fn a_split_view_over_caller_arrays_slices_like_a_dataset_split() {
+    let (x, y) = samples(6, 6);
+    let view = SplitView::new("X", DIM, FeatureView::F32(&x), &y);
+    assert_eq!(view.len(), 6);
+    let tail = view.slice(4..6);
+    let FeatureView::F32(values) = tail.features() else {
+        panic!("f32 features became bytes")
+    };
+    assert_eq!(values, &x[4 * DIM..]);
+    assert_eq!(tail.labels(), &y[4..]);
+}
+
+#[test]
+#[should_panic(expected = "feature values for 6 samples of 12 features")]
+fn a_split_view_refuses_features_that_do_not_fill_its_samples() {
+    let (x, y) = samples(6, 7);
+    SplitView::new("X", DIM, FeatureView::F32(&x[1..]), &y);
 }
