@@ -15,7 +15,8 @@
 //!   [`checkpoint`]: model files and checkpoints;
 //!   [`workload`]: the benchmark workloads; [`plot`]: pictures.
 //! - [`data`]: the dataset file (a safetensors file, memory-mapped) and the
-//!   converters that produce it from CIFAR tarballs, IDX files and CSV tables.
+//!   converters that produce it from CIFAR tarballs, IDX files and CSV tables;
+//!   datasets over samples held in memory (the Python package's arrays).
 //! - [`reference`](mod@reference) and [`autograd`]: two independent f64 oracles for the
 //!   gradients, written to be read.
 //!

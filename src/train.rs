@@ -548,6 +548,16 @@ impl<'d> Trainer<'d> {
         &self.mlp
     }
 
+    /// The optimiser's state as it stands (to train the model further).
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.opt
+    }
+
+    /// The input normalisation of the run (the model file records it).
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.norm
+    }
+
     /// Training steps in one epoch (the last one may be short).
     pub fn steps_per_epoch(&self) -> usize {
         self.steps_per_epoch

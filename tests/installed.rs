@@ -8,6 +8,7 @@ mod common;
 use common::{ok, s};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::RwLock;
 
 use fastnn::data::convert::{convert, ConvertOptions};
 use fastnn::data::idx::FASHION_CLASSES;
@@ -21,10 +22,18 @@ struct Installed {
     home: TempDir,
 }
 
+/// Copies of the binary are written under the write lock and run under the
+/// read lock. A child forked by one test while another test's copy is still
+/// open for writing inherits that descriptor until it execs, and the copy
+/// then fails to run with "Text file busy" (ETXTBSY).
+static EXEC: RwLock<()> = RwLock::new(());
+
 impl Installed {
     fn new() -> Self {
         let bin_dir = tempfile::tempdir().unwrap();
+        let copying = EXEC.write().unwrap_or_else(|e| e.into_inner());
         std::fs::copy(env!("CARGO_BIN_EXE_fastnn"), bin_dir.path().join("fastnn")).unwrap();
+        drop(copying);
         Installed {
             bin_dir,
             cwd: tempfile::tempdir().unwrap(),
@@ -36,6 +45,7 @@ impl Installed {
     /// no cache variable but those of `env`, and `home` replaced by
     /// `HOME=""` when `env` says so.
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let _running = EXEC.read().unwrap_or_else(|e| e.into_inner());
         Command::new(self.bin_dir.path().join("fastnn"))
             .args(args)
             .current_dir(self.cwd.path())

@@ -71,6 +71,11 @@ impl Stats {
     /// Statistics of `n` rows of `d` features laid out as `channels` planes
     /// (d = channels · plane size).
     pub fn compute(features: &Features, d: usize, channels: usize) -> Stats {
+        Stats::compute_view(features.view(), d, channels)
+    }
+
+    /// [`Stats::compute`] over a zero-copy view of the features.
+    pub fn compute_view(features: FeatureView<'_>, d: usize, channels: usize) -> Stats {
         let n = features.len().checked_div(d).unwrap_or(0);
         let mut sum = vec![0f64; d];
         let mut sum_sq = vec![0f64; d];
@@ -81,10 +86,10 @@ impl Stats {
             }
         };
         match features {
-            Features::U8(v) => v
+            FeatureView::U8(v) => v
                 .chunks_exact(d.max(1))
                 .for_each(|r| add_row(&mut r.iter().map(|&x| x as f64))),
-            Features::F32(v) => v
+            FeatureView::F32(v) => v
                 .chunks_exact(d.max(1))
                 .for_each(|r| add_row(&mut r.iter().map(|&x| x as f64))),
         }
@@ -247,6 +252,21 @@ pub enum FeatureView<'a> {
     F32(&'a [f32]),
 }
 
+impl FeatureView<'_> {
+    /// Number of values (samples · features).
+    pub fn len(&self) -> usize {
+        match self {
+            FeatureView::U8(v) => v.len(),
+            FeatureView::F32(v) => v.len(),
+        }
+    }
+
+    /// True when the view holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Zero-copy view of `len` consecutive samples of one split.
 #[derive(Debug, Clone, Copy)]
 pub struct SplitView<'a> {
@@ -260,6 +280,27 @@ pub struct SplitView<'a> {
 }
 
 impl<'a> SplitView<'a> {
+    /// A view of `labels.len()` samples of `dim` features each, for samples
+    /// that do not come from a [`Dataset`] (inference on caller's arrays).
+    ///
+    /// Panics if `features` does not hold `labels.len() · dim` values.
+    pub fn new(name: &'a str, dim: usize, features: FeatureView<'a>, labels: &'a [u8]) -> Self {
+        assert_eq!(
+            Some(features.len()),
+            labels.len().checked_mul(dim),
+            "{} feature values for {} samples of {dim} features",
+            features.len(),
+            labels.len()
+        );
+        SplitView {
+            name,
+            dim,
+            features,
+            labels,
+            coarse_labels: None,
+        }
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -330,13 +371,55 @@ impl Holdout {
     }
 }
 
-/// A dataset file mapped into memory and fully validated.
-pub struct Dataset {
-    path: PathBuf,
+/// Features a caller keeps in memory and lends to a [`Dataset`] (see
+/// [`Dataset::from_memory`]): owned vectors ([`Features`]), or an array of
+/// another runtime kept alive by the implementor for as long as the dataset
+/// lives, so that its values are read in place.
+pub trait FeatureSource: Send + Sync {
+    /// The `[n, d]` features, row-major.
+    fn view(&self) -> FeatureView<'_>;
+}
+
+impl FeatureSource for Features {
+    fn view(&self) -> FeatureView<'_> {
+        Features::view(self)
+    }
+}
+
+/// One split of a dataset held in memory.
+pub struct MemorySplit {
+    /// `"train"` or `"test"`.
+    pub name: String,
+    /// `[n, d]` features, row-major.
+    pub features: Box<dyn FeatureSource>,
+    /// `[n]` class indices.
+    pub labels: Vec<u8>,
+}
+
+/// Where the samples of a [`Dataset`] live.
+enum Storage {
+    /// A dataset file, mapped.
+    File(FileStorage),
+    /// Splits held in memory, with the training statistics.
+    Memory {
+        splits: Vec<MemorySplit>,
+        stats: Stats,
+    },
+}
+
+struct FileStorage {
     map: Mmap,
     /// Offset of the data section (what the CRC covers).
     data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
+}
+
+/// A dataset, fully validated: a dataset file mapped into memory
+/// ([`Dataset::open`]), or samples held in memory ([`Dataset::from_memory`]).
+/// Either way, splits are handed out as zero-copy views.
+pub struct Dataset {
+    path: PathBuf,
+    storage: Storage,
     metadata: BTreeMap<String, String>,
     classes: Vec<String>,
     coarse_classes: Option<Vec<String>>,
@@ -373,9 +456,11 @@ impl Dataset {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, "cannot map", e))?;
         let mut ds = Dataset {
             path: path.to_path_buf(),
-            map,
-            data_start: 0,
-            tensors: BTreeMap::new(),
+            storage: Storage::File(FileStorage {
+                map,
+                data_start: 0,
+                tensors: BTreeMap::new(),
+            }),
             metadata: BTreeMap::new(),
             classes: Vec::new(),
             coarse_classes: None,
@@ -389,15 +474,115 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// A dataset over samples held in memory, checked as a file is: the
+    /// classes (1 to 256), the sample `shape`, a `train` split, each split's
+    /// feature count against its labels, and the labels against the classes.
+    /// Nothing is copied: each split's features are read in place for as
+    /// long as the dataset lives. The normalisation statistics are `stats`
+    /// when given (a model trained further on new samples keeps the
+    /// statistics it started with), else those of the `train` split,
+    /// computed exactly as [`write_dataset`] computes them, so a dataset in
+    /// memory and the file written from the same samples train alike.
+    pub fn from_memory(
+        shape: Vec<usize>,
+        classes: Vec<String>,
+        splits: Vec<MemorySplit>,
+        stats: Option<Stats>,
+    ) -> Result<Dataset> {
+        let path = PathBuf::from("(samples in memory)");
+        let err = |problem: String| DataError::new(&path, problem);
+        let Some(d) = shape.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) else {
+            return Err(err(format!(
+                "sample shape {shape:?} has more features than memory can address"
+            )));
+        };
+        if classes.is_empty() || classes.len() > 256 {
+            return Err(err(format!("{} classes: expected 1 to 256", classes.len())));
+        }
+        for (i, s) in splits.iter().enumerate() {
+            if splits[..i].iter().any(|t| t.name == s.name) {
+                return Err(err(format!("two splits are named {:?}", s.name)));
+            }
+            let values = s.features.view().len();
+            if Some(values) != s.labels.len().checked_mul(d) {
+                return Err(err(format!(
+                    "split {}: {values} feature values for {} labels of samples with {d} features",
+                    s.name,
+                    s.labels.len()
+                )));
+            }
+            if let Some((i, &bad)) = s
+                .labels
+                .iter()
+                .enumerate()
+                .find(|(_, &l)| l as usize >= classes.len())
+            {
+                return Err(err(format!(
+                    "{}.labels[{i}] = {bad} is out of range for {} classes",
+                    s.name,
+                    classes.len()
+                )));
+            }
+        }
+        let Some(train) = splits.iter().find(|s| s.name == "train") else {
+            return Err(err("there is no train split".into()));
+        };
+        let channels = channel_count(&shape);
+        let stats = match stats {
+            None => Stats::compute_view(train.features.view(), d, channels),
+            Some(s) => {
+                let lengths = [
+                    s.feature_mean.len(),
+                    s.feature_std.len(),
+                    s.channel_mean.len(),
+                    s.channel_std.len(),
+                ];
+                if lengths != [d, d, channels, channels] {
+                    return Err(err(format!(
+                        "statistics of lengths {lengths:?} for samples of shape {shape:?} (expected [{d}, {d}, {channels}, {channels}])"
+                    )));
+                }
+                s
+            }
+        };
+        let names: Vec<String> = splits.iter().map(|s| s.name.clone()).collect();
+        let mut metadata = BTreeMap::new();
+        metadata.insert("fastnn.format".into(), FORMAT_NAME.into());
+        metadata.insert("fastnn.version".into(), FORMAT_VERSION.to_string());
+        metadata.insert("classes".into(), json!(classes).to_string());
+        let dims: Vec<String> = shape.iter().map(|x| x.to_string()).collect();
+        metadata.insert("shape".into(), dims.join(","));
+        metadata.insert("splits".into(), names.join(","));
+        Ok(Dataset {
+            path,
+            storage: Storage::Memory { splits, stats },
+            metadata,
+            classes,
+            coarse_classes: None,
+            shape,
+            splits: names,
+        })
+    }
+
     fn err(&self, problem: impl Into<String>) -> DataError {
         DataError::new(&self.path, problem)
     }
 
+    /// The mapped file; only the checks of [`Dataset::open`] ask for it.
+    fn file(&self) -> &FileStorage {
+        match &self.storage {
+            Storage::File(f) => f,
+            Storage::Memory { .. } => unreachable!("a dataset in memory has no file to check"),
+        }
+    }
+
     fn parse_header(&mut self) -> Result<()> {
-        let header = tensorfile::parse(&self.map).map_err(|p| self.err(p))?;
-        self.tensors = header.tensors;
+        let header = tensorfile::parse(&self.file().map).map_err(|p| self.err(p))?;
         self.metadata = header.metadata;
-        self.data_start = header.data_start;
+        if let Storage::File(f) = &mut self.storage {
+            f.tensors = header.tensors;
+            f.data_start = header.data_start;
+        }
         Ok(())
     }
 
@@ -466,6 +651,7 @@ impl Dataset {
     }
 
     fn check_tensors(&self) -> Result<()> {
+        let file = self.file();
         let d: usize = self.shape.iter().product();
         let c = channel_count(&self.shape);
         for split in &self.splits {
@@ -488,7 +674,7 @@ impl Dataset {
                 ("coarse_labels", None),
             ] {
                 let name = format!("{split}.{labels_name}");
-                let Some(labels) = self.tensors.get(&name) else {
+                let Some(labels) = file.tensors.get(&name) else {
                     if labels_name == "labels" {
                         return Err(self.err(format!("missing tensor {name}")));
                     }
@@ -503,7 +689,7 @@ impl Dataset {
                 let limit = count
                     .or(self.coarse_classes.as_ref().map(Vec::len))
                     .unwrap_or(256);
-                if let Some((i, &bad)) = self.map[labels.bytes.clone()]
+                if let Some((i, &bad)) = file.map[labels.bytes.clone()]
                     .iter()
                     .enumerate()
                     .find(|(_, &l)| l as usize >= limit)
@@ -538,7 +724,8 @@ impl Dataset {
         let Some(expected) = self.metadata.get("data_crc32") else {
             return Err(self.err("metadata has no data_crc32"));
         };
-        let actual = format!("{:08x}", crc32fast::hash(&self.map[self.data_start..]));
+        let file = self.file();
+        let actual = format!("{:08x}", crc32fast::hash(&file.map[file.data_start..]));
         if &actual != expected {
             return Err(self.err(format!(
                 "corrupted: the data checksum is {actual}, the header recorded {expected}; convert the source again"
@@ -548,14 +735,10 @@ impl Dataset {
     }
 
     fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensors
+        self.file()
+            .tensors
             .get(name)
             .ok_or_else(|| self.err(format!("missing tensor {name}")))
-    }
-
-    fn f32_tensor(&self, name: &str) -> &[f32] {
-        let t = &self.tensors[name];
-        cast_f32(&self.map[t.bytes.clone()])
     }
 
     /// The path the dataset was opened from.
@@ -601,18 +784,27 @@ impl Dataset {
                 self.splits.join(", ")
             )));
         };
-        let images = &self.tensors[&format!("{name}.images")];
-        let bytes = &self.map[images.bytes.clone()];
-        let features = match images.dtype {
-            Dtype::U8 => FeatureView::U8(bytes),
-            Dtype::F32 => FeatureView::F32(cast_f32(bytes)),
-            Dtype::I64 => unreachable!("refused when the file was opened"),
+        let (features, labels, coarse_labels) = match &self.storage {
+            Storage::File(file) => {
+                let images = &file.tensors[&format!("{name}.images")];
+                let bytes = &file.map[images.bytes.clone()];
+                let features = match images.dtype {
+                    Dtype::U8 => FeatureView::U8(bytes),
+                    Dtype::F32 => FeatureView::F32(cast_f32(bytes)),
+                    Dtype::I64 => unreachable!("refused when the file was opened"),
+                };
+                let labels = &file.map[file.tensors[&format!("{name}.labels")].bytes.clone()];
+                let coarse_labels = file
+                    .tensors
+                    .get(&format!("{name}.coarse_labels"))
+                    .map(|t| &file.map[t.bytes.clone()]);
+                (features, labels, coarse_labels)
+            }
+            Storage::Memory { splits, .. } => {
+                let s = splits.iter().find(|s| s.name == *name).expect("checked");
+                (s.features.view(), &s.labels[..], None)
+            }
         };
-        let labels = &self.map[self.tensors[&format!("{name}.labels")].bytes.clone()];
-        let coarse_labels = self
-            .tensors
-            .get(&format!("{name}.coarse_labels"))
-            .map(|t| &self.map[t.bytes.clone()]);
         Ok(SplitView {
             name: split,
             dim: self.dim(),
@@ -639,11 +831,20 @@ impl Dataset {
 
     /// Training-split statistics, in the units the features are stored in.
     pub fn stats(&self) -> Stats {
-        Stats {
-            feature_mean: self.f32_tensor("stats.feature_mean").to_vec(),
-            feature_std: self.f32_tensor("stats.feature_std").to_vec(),
-            channel_mean: self.f32_tensor("stats.channel_mean").to_vec(),
-            channel_std: self.f32_tensor("stats.channel_std").to_vec(),
+        match &self.storage {
+            Storage::File(file) => {
+                let f32_tensor = |name: &str| {
+                    let t = &file.tensors[name];
+                    cast_f32(&file.map[t.bytes.clone()]).to_vec()
+                };
+                Stats {
+                    feature_mean: f32_tensor("stats.feature_mean"),
+                    feature_std: f32_tensor("stats.feature_std"),
+                    channel_mean: f32_tensor("stats.channel_mean"),
+                    channel_std: f32_tensor("stats.channel_std"),
+                }
+            }
+            Storage::Memory { stats, .. } => stats.clone(),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Converters (`cifar`, `idx`, `csv`) read a source format into a
 //! [`RawDataset`] held in memory; [`file`](mod@file) writes it as a safetensors file
 //! whose tensors are 64-byte aligned, and maps such a file back, validated,
-//! handing out zero-copy views of each split.
+//! handing out zero-copy views of each split. A [`Dataset`] can also be
+//! made over samples already in memory ([`Dataset::from_memory`]: the
+//! Python package's numpy arrays), read in place just the same.
 
 pub mod batch;
 pub mod cache;
@@ -19,7 +21,9 @@ pub mod pickle;
 
 pub use batch::{Augment, Geometry, Normalize, Normalizer};
 pub use error::DataError;
-pub use file::{Dataset, FeatureView, Holdout, SourceInfo, SplitView};
+pub use file::{
+    Dataset, FeatureSource, FeatureView, Holdout, MemorySplit, SourceInfo, SplitView, Stats,
+};
 
 /// Feature storage of one split: bytes for images, f32 for CSV tables.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +47,14 @@ impl Features {
     /// True when no value is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The values, borrowed.
+    pub fn view(&self) -> FeatureView<'_> {
+        match self {
+            Features::U8(v) => FeatureView::U8(v),
+            Features::F32(v) => FeatureView::F32(v),
+        }
     }
 }
 
