@@ -10,43 +10,17 @@ use std::path::Path;
 
 use common::ranks::{agreed_model, assert_follows, same_bits, train_observed, train_ranks};
 use fastnn::checkpoint;
-use fastnn::data::{Dataset, Holdout, Normalize};
-use fastnn::model::{Act, Loss, Norm};
-use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::data::{Dataset, Holdout};
+use fastnn::model::Norm;
+use fastnn::optim::{OptimConfig, OptimKind};
 use fastnn::train::{evaluate, train, Observer, Silent, StepProgress, TrainConfig, TrainError};
 
 fn config() -> TrainConfig {
     TrainConfig {
         hidden: vec![96, 48],
-        act: Act::Relu,
-        loss: Loss::Xent,
-        dropout: 0.1,
-        clip_grad_norm: None,
-        early_stop: None,
-        label_smoothing: 0.0,
-        norm: Norm::None,
-        precision: Default::default(),
-        optim: OptimConfig {
-            kind: OptimKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            l2: 1e-4,
-            weight_decay: 0.0,
-        },
-        lr: 0.02,
-        schedule: Schedule::Cosine,
         warmup: 3,
-        epochs: 2,
-        batch: 64,
-        seed: 7,
-        threads: 1,
-        normalize: Normalize::Feature,
         holdout: Holdout::Count(150),
-        checkpoint_every: 1,
-        test_every_epoch: false,
-        flip: false,
-        translate: 0,
+        ..common::small_run()
     }
 }
 

@@ -6,11 +6,10 @@ mod common;
 
 use fastnn::data::file::write_dataset;
 use fastnn::data::{
-    Dataset, FeatureSource, FeatureView, Features, Holdout, MemorySplit, Normalize, RawDataset,
-    RawSplit, SourceInfo, SplitView, Stats,
+    Dataset, FeatureSource, FeatureView, Features, Holdout, MemorySplit, RawDataset, RawSplit,
+    SourceInfo, SplitView, Stats,
 };
-use fastnn::model::{Act, Loss};
-use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::optim::{OptimConfig, OptimKind};
 use fastnn::rng::Rng;
 use fastnn::train::{train, Silent, TrainConfig};
 
@@ -19,15 +18,6 @@ const CLASSES: usize = 3;
 
 fn config() -> TrainConfig {
     TrainConfig {
-        hidden: vec![16],
-        act: Act::Relu,
-        loss: Loss::Xent,
-        dropout: 0.1,
-        clip_grad_norm: None,
-        early_stop: None,
-        label_smoothing: 0.0,
-        norm: Default::default(),
-        precision: Default::default(),
         optim: OptimConfig {
             kind: OptimKind::Sgd {
                 momentum: 0.9,
@@ -37,18 +27,11 @@ fn config() -> TrainConfig {
             weight_decay: 0.0,
         },
         lr: 0.05,
-        schedule: Schedule::Cosine,
-        warmup: 0,
         epochs: 3,
         batch: 16,
-        seed: 7,
         threads: 2,
-        normalize: Normalize::Feature,
         holdout: Holdout::Fraction(0.1),
-        checkpoint_every: 1,
-        test_every_epoch: false,
-        flip: false,
-        translate: 0,
+        ..common::small_run()
     }
 }
 

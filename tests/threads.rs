@@ -7,11 +7,11 @@
 
 mod common;
 
-use fastnn::data::{Dataset, Holdout, Normalize};
+use fastnn::data::Dataset;
 use fastnn::gemm::{GemmCtx, Parallelism, Plan};
-use fastnn::model::{Act, Loss, Norm};
+use fastnn::model::Norm;
 use fastnn::net::step_products;
-use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::optim::{OptimConfig, OptimKind};
 use fastnn::train::{train, Silent, TrainConfig};
 
 const BATCH: usize = 128;
@@ -46,28 +46,14 @@ fn optimisers() -> [(&'static str, OptimConfig); 5] {
 fn config(hidden: &[usize], optim: OptimConfig, threads: usize) -> TrainConfig {
     TrainConfig {
         hidden: hidden.to_vec(),
-        act: Act::Relu,
-        loss: Loss::Xent,
-        dropout: 0.1,
-        clip_grad_norm: None,
-        early_stop: None,
-        label_smoothing: 0.0,
-        norm: Default::default(),
-        precision: Default::default(),
         optim,
         lr: 0.01,
-        schedule: Schedule::Cosine,
         warmup: 1,
         epochs: 1,
         batch: BATCH,
         seed: 5,
         threads,
-        normalize: Normalize::Feature,
-        holdout: Holdout::Count(0),
-        checkpoint_every: 1,
-        test_every_epoch: false,
-        flip: false,
-        translate: 0,
+        ..common::small_run()
     }
 }
 

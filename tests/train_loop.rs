@@ -8,45 +8,22 @@ use common::ranks::same_bits;
 use std::path::PathBuf;
 
 use fastnn::checkpoint::{self, load_model};
-use fastnn::data::{Dataset, Holdout, Normalize};
+use fastnn::data::{Dataset, Holdout};
 use fastnn::gemm::Parallelism;
-use fastnn::model::{Act, Loss, Norm};
+use fastnn::model::Norm;
 use fastnn::net::Workspace;
-use fastnn::optim::{OptimConfig, OptimKind, Schedule};
+use fastnn::optim::Schedule;
 use fastnn::train::{evaluate, train, Precision, Silent, TrainConfig, TrainError, Trainer};
 
 fn config(threads: usize) -> TrainConfig {
     TrainConfig {
         hidden: vec![192, 64],
-        act: Act::Relu,
-        loss: Loss::Xent,
-        dropout: 0.1,
-        clip_grad_norm: None,
-        early_stop: None,
-        label_smoothing: 0.0,
-        norm: Default::default(),
-        precision: Default::default(),
-        optim: OptimConfig {
-            kind: OptimKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            l2: 1e-4,
-            weight_decay: 0.0,
-        },
-        lr: 0.02,
-        schedule: Schedule::Cosine,
         warmup: 5,
         epochs: 4,
-        batch: 64,
         seed: 42,
         threads,
-        normalize: Normalize::Feature,
         holdout: Holdout::Count(200),
-        checkpoint_every: 1,
-        test_every_epoch: false,
-        flip: false,
-        translate: 0,
+        ..common::small_run()
     }
 }
 

@@ -7,8 +7,11 @@ pub mod report;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use fastnn::data::{Features, RawDataset, RawSplit, SourceInfo};
+use fastnn::data::{Features, Holdout, Normalize, RawDataset, RawSplit, SourceInfo};
+use fastnn::model::{Act, Loss, Norm};
+use fastnn::optim::{OptimConfig, OptimKind, Schedule};
 use fastnn::rng::Rng;
+use fastnn::train::TrainConfig;
 
 /// A learnable synthetic dataset: each class has a random prototype of
 /// `dim` bytes, and samples are prototypes plus noise. Written as a dataset
@@ -100,4 +103,43 @@ pub fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A small run the training tests vary: ReLU, cross-entropy, dropout 0.1,
+/// SGD with Nesterov momentum 0.9 and L2 1e-4, a cosine schedule, features
+/// standardised, no validation split, one checkpoint per epoch. Each test
+/// overrides what it is about (`TrainConfig { hidden, …, ..small_run() }`).
+pub fn small_run() -> TrainConfig {
+    TrainConfig {
+        hidden: vec![16],
+        act: Act::Relu,
+        loss: Loss::Xent,
+        dropout: 0.1,
+        clip_grad_norm: None,
+        early_stop: None,
+        label_smoothing: 0.0,
+        norm: Norm::None,
+        precision: Default::default(),
+        optim: OptimConfig {
+            kind: OptimKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            l2: 1e-4,
+            weight_decay: 0.0,
+        },
+        lr: 0.02,
+        schedule: Schedule::Cosine,
+        warmup: 0,
+        epochs: 2,
+        batch: 64,
+        seed: 7,
+        threads: 1,
+        normalize: Normalize::Feature,
+        holdout: Holdout::Count(0),
+        checkpoint_every: 1,
+        test_every_epoch: false,
+        flip: false,
+        translate: 0,
+    }
 }
