@@ -11,9 +11,12 @@ use std::path::Path;
 use common::ranks::{agreed_model, assert_follows, same_bits, train_observed, train_ranks};
 use fastnn::checkpoint;
 use fastnn::data::{Dataset, Holdout};
+use fastnn::distributed::{Ranks, ThreadRanks};
 use fastnn::model::Norm;
 use fastnn::optim::{OptimConfig, OptimKind};
-use fastnn::train::{evaluate, train, Observer, Silent, StepProgress, TrainConfig, TrainError};
+use fastnn::train::{
+    evaluate, train, train_on, Observer, Silent, StepProgress, TrainConfig, TrainError,
+};
 
 fn config() -> TrainConfig {
     TrainConfig {
@@ -230,4 +233,59 @@ fn a_stop_asked_on_one_rank_stops_every_rank_after_the_same_step() {
     let ck = checkpoint::load(&out).unwrap();
     assert_eq!((ck.epochs_done, ck.steps_in_epoch), (0, 6));
     assert!(same_bits(&ck.mlp.params, &mlp.params));
+}
+
+/// Thread ranks whose rank 1 adds a little to every gradient sum it gets,
+/// as a rank with a broken reduction would.
+struct Skewed(ThreadRanks);
+
+impl Ranks for Skewed {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+    fn sum_f32(&mut self, values: &mut [f32]) {
+        self.0.sum_f32(values);
+        if self.0.rank() == 1 {
+            values[0] += 1e-3;
+        }
+    }
+    fn sum_f64(&mut self, values: &mut [f64]) {
+        self.0.sum_f64(values)
+    }
+}
+
+#[test]
+fn ranks_whose_parameters_drift_apart_are_stopped_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = config();
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadRanks::group(2)
+            .into_iter()
+            .map(|ranks| {
+                let (data, cfg) = (&data, &cfg);
+                s.spawn(move || {
+                    train_on(data, cfg, None, None, &mut Silent, Box::new(Skewed(ranks)))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for run in runs {
+        match run {
+            Err(TrainError::Ranks(m)) => {
+                assert!(
+                    m.contains("the parameters of rank 1 differ from rank 0's"),
+                    "{m}"
+                )
+            }
+            other => panic!(
+                "expected the ranks' disagreement, got {:?}",
+                other.map(|r| r.1)
+            ),
+        }
+    }
 }

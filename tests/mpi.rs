@@ -325,3 +325,20 @@ fn the_dry_run_of_ranks_says_how_each_batch_is_split_once() {
     assert_eq!(out.matches(said).count(), 1, "{out}");
     assert_eq!(out.matches("# resolved configuration").count(), 1, "{out}");
 }
+
+#[test]
+fn a_configuration_every_rank_refuses_is_said_once_and_ends_the_job() {
+    if !have_mpirun("a refused configuration under mpirun") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let run = mpirun(3, &["--data", s(&data), "--batch", "2"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let said = "fastnn: error: rank 0 of 3: invalid configuration: 3 ranks need a batch of at least 3 samples to share (--batch 2)";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("fastnn: error").count(), 1, "{stderr}");
+}

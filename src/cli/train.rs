@@ -313,6 +313,10 @@ fn run_distributed(mut args: TrainArgs) -> Result<()> {
                 ranks.size()
             );
             let _ = std::io::stderr().write_all(line.as_bytes());
+        } else {
+            // Rank 0 says it and ends the job; should it not, this rank
+            // does, a moment later.
+            std::thread::sleep(std::time::Duration::from_secs(5));
         }
         ranks.abort(1);
     }
