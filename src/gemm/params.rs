@@ -59,20 +59,30 @@ pub(crate) fn block_bound(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
     )
 }
 
-/// AVX-512F: 12×32 tile (24 zmm accumulators).
+/// AVX-512F: 8×32 tile (16 zmm accumulators).
 ///
-/// Alternatives measured (`fastnn bench gemm --best`, 1 thread, load ≈ 3-4,
-/// GFLOP/s on 128×3072×1024 NT / 128×1024×3072 NN / 1024×128×3072 TN /
-/// 128×784×512 NT / 128×512×256 NT / 1024³):
-/// 12×32: 143 / 143 / 173 / 152 / 155 / 185; 6×64: 141 / 138 / 176 / 150 /
-/// 152 / 176; 8×48: 150 / 116 / 178 / 159 / 149 / 171. Within noise of each
-/// other; 12×32 keeps the A panel smallest and wastes ≤ 3 % at m = 128.
-/// NC = 384 (with or without prefetching the next B block) was not faster.
-/// Ã micro-panel 12×512×4 B = 24 KiB (half of L1d); B̃ block 512×768×4 B =
-/// 1.5 MiB (L2); Ã block up to 1536×512×4 B = 3 MiB, streamed one micro-panel
-/// at a time from L3 (LOOP 2), so it need not fit L2.
+/// On the Intel Xeon the tables were first tuned on (L1d 48 KiB), 12×32,
+/// 6×64 and 8×48 measured within noise of each other (`fastnn bench gemm
+/// --best`, 1 thread, GFLOP/s on 128×3072×1024 NT / 128×1024×3072 NN /
+/// 1024×128×3072 TN / 128×784×512 NT / 128×512×256 NT / 1024³; 12×32: 143 /
+/// 143 / 173 / 152 / 155 / 185), and 12×32 was kept. On AMD Zen 4 (L1d
+/// 32 KiB) 8×32 is ahead: its Ã micro-panel is 8×512×4 B = 16 KiB, half of
+/// L1d, where 12×32's 24 KiB left only 8 KiB for the B̃ lines streaming
+/// through; and m = 128 (the batch) is 16 micro-panels with no partial one.
+/// `fastnn bench gemm --panels`, 1 thread, two alternating runs each, % of
+/// the measured FMA peak, 12×32 → 8×32: 128×512×1024 NN 80-83 → 86-87;
+/// 128×784×512 NT 87-88 → 93; 128×512×256 NT 86-87 → 93; 128×256×512 NN
+/// 81-82 → 87; 784×128×512 TN 85 → 86-87; 1024³ 86-87 → 89; 128×3072×1024
+/// NT and 3072×128×1024 TN within noise (82-87 both). Per k step 8×32 loads
+/// 2 vectors and 8 broadcasts for 16 FMAs: within the two load ports of
+/// either CPU at one (Zen 4) or two (Xeon) 512-bit FMAs per cycle.
+/// NC = 384 (B̃ 768 KiB, inside Zen 4's 1 MiB L2) and KC = 256 measured no
+/// faster with 8×32 (KC = 256 slower on the NN shapes).
+/// B̃ block 512×768×4 B = 1.5 MiB (L2); Ã block up to 1536×512×4 B = 3 MiB,
+/// streamed one micro-panel at a time from L3 (LOOP 2), so it need not fit
+/// L2.
 pub(crate) const AVX512: Params = Params {
-    mr: 12,
+    mr: 8,
     nv: 2,
     nr: 32,
     mc: 1536,

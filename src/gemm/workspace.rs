@@ -2,7 +2,8 @@
 
 use crate::buf::AlignedBuf;
 
-/// Largest microkernel tile, in floats (12×32 = 384).
+/// Room for the edge-tile scratch, in floats: at least every kernel's MR·NR
+/// (the largest, AVX-512's 8×32, is 256; the assertions below keep it so).
 const TILE_MAX: usize = 512;
 
 // Every kernel's edge tile fits the scratch buffer.

@@ -1,5 +1,5 @@
-//! AVX-512F kernels (x86-64): 16-lane `__m512`, a 12×32 tile (24 zmm
-//! accumulators, 2 for B, A broadcast from memory: ≤ 27 of 32 registers).
+//! AVX-512F kernels (x86-64): 16-lane `__m512`, an 8×32 tile (16 zmm
+//! accumulators, 2 for B, A broadcast from memory: ≤ 19 of 32 registers).
 
 use std::arch::x86_64::*;
 
@@ -65,7 +65,7 @@ impl Simd for Avx512 {
     }
 }
 
-/// The packed loop nest with the 12×32 AVX-512 kernel.
+/// The packed loop nest with the 8×32 AVX-512 kernel.
 ///
 /// # Safety
 /// The CPU supports AVX-512F; `args` satisfies `gemm::sgemm_raw`'s contract.
