@@ -273,6 +273,13 @@ impl<'a, T> SharedMut<'a, T> {
         self.ptr.wrapping_add(i)
     }
 
+    /// The address of element 0, for a writer that keeps to the contract
+    /// of [`SharedMut::piece`]: only its own elements, none of another
+    /// part's.
+    pub fn as_mut_ptr(&self) -> *mut T {
+        self.ptr
+    }
+
     /// The elements in `range` (panics if it is out of bounds).
     ///
     /// # Safety

@@ -36,6 +36,7 @@
 use crate::buf::AlignedBuf;
 
 use super::bf16_weights::CopyWriter;
+use super::epilogue::{Epi, StepEpi};
 use super::mat::{Panels, PANEL};
 use super::{Epilogue, MatMut, MatRef};
 use crate::optim::Rule;
@@ -408,8 +409,8 @@ fn tile_portable(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
 /// The CPU has AVX-512F and AVX512-BF16; `a` holds `kp·MR` words and `b`
 /// `kp·NR`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile_avx512bf16(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
+#[inline(always)]
+unsafe fn sums_avx512bf16(a: &[u32], b: &[u32], kp: usize) -> [[std::arch::x86_64::__m512; 2]; MR] {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
@@ -426,10 +427,35 @@ unsafe fn tile_avx512bf16(a: &[u32], b: &[u32], kp: usize, out: &mut Tile) {
             acc[1] = _mm512_dpbf16_ps(acc[1], w, b1);
         }
     }
-    for (row, acc) in out.iter_mut().zip(&acc) {
-        _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
-        _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
-    }
+    acc
+}
+
+/// One AVX512-BF16 tile, stored by the f32 AVX-512 kernels' store
+/// ([`super::kernels::store_tile`]): from the registers through `epi` (a
+/// bias, an activation, act', or the optimiser's rule) into the
+/// `rows × cols` tile of C at `c` (strides `rs`, `cs`). Those are the
+/// operations of [`finish`] and of `optim::update`, in the same order, so
+/// the bits are the scalar store's. A partial tile goes through `scratch`.
+///
+/// # Safety
+/// As [`sums_avx512bf16`]; C, `epi` and `scratch` as `store_tile` asks
+/// (the tile lies inside C, `epi` is offset to its (0, 0), `scratch` holds
+/// MR·NR floats).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512bf16(
+    (a, b, kp): (&[u32], &[u32], usize),
+    (rows, cols): (usize, usize),
+    c: *mut f32,
+    (rs, cs): (isize, isize),
+    epi: &Epi,
+    scratch: *mut f32,
+) {
+    let acc = sums_avx512bf16(a, b, kp);
+    super::kernels::store_tile::<super::kernels::avx512::Avx512, MR, 2>(
+        &acc, rows, cols, 1.0, 0.0, c, rs, cs, epi, scratch,
+    );
 }
 
 /// What the store of a product does with each tile.
@@ -468,6 +494,11 @@ impl TileRun<'_> {
     fn run(&self, at: &[u32], bt: &[u32], dest: &Dest, panels: std::ops::Range<usize>) {
         let (m, n, kp) = (self.m, self.n, self.kp);
         let mut tile: Tile = [[0.0; NR]; MR];
+        let mut scratch: Tile = [[0.0; NR]; MR];
+        let vector = match self.kernel {
+            Bf16Kernel::Avx512Bf16 => self.vector_epi(),
+            Bf16Kernel::Portable => None,
+        };
         for jb in panels {
             let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
             let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
@@ -476,16 +507,35 @@ impl TileRun<'_> {
                     self.prefetch_update(ib + 1, jb, dest, mom, v);
                 }
                 let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
+                let (i0, rows) = (ib * MR, MR.min(m - ib * MR));
+                let sums = (ap, bp, kp);
+                if let Some(epi) = &vector {
+                    // SAFETY: the kernel is available (the product asserts
+                    // it); rows i0..i0 + rows and columns j0..j0 + cols lie
+                    // inside C, and column panel jb is this part's alone.
+                    unsafe {
+                        self.tile_vector(sums, (i0, rows), (j0, cols), dest, epi, &mut scratch)
+                    };
+                    continue;
+                }
                 match self.kernel {
                     Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the kernel is available (the product asserts
-                    // it); the panels hold kp·MR and kp·NR words.
-                    Bf16Kernel::Avx512Bf16 => unsafe { tile_avx512bf16(ap, bp, kp, &mut tile) },
+                    // SAFETY: as above; the destination is the whole of
+                    // `tile` (MR rows of NR, dense), `scratch` MR·NR floats.
+                    Bf16Kernel::Avx512Bf16 => unsafe {
+                        tile_avx512bf16(
+                            sums,
+                            (MR, NR),
+                            tile.as_mut_ptr().cast(),
+                            (NR as isize, 1),
+                            &Epi::NONE,
+                            scratch.as_mut_ptr().cast(),
+                        )
+                    },
                     #[cfg(not(target_arch = "x86_64"))]
-                    Bf16Kernel::Avx512Bf16 => unreachable!("not available"),
+                    Bf16Kernel::Avx512Bf16 => unreachable!("AVX512-BF16 is x86-64 only"),
                 }
-                let (i0, rows) = (ib * MR, MR.min(m - ib * MR));
                 // SAFETY (both arms): rows i0..i0 + rows and columns
                 // j0..j0 + cols lie inside C, and column panel jb is this
                 // part's alone.
@@ -500,6 +550,78 @@ impl TileRun<'_> {
                     },
                 }
             }
+        }
+    }
+
+    /// The raw epilogue an AVX512-BF16 tile is stored through: the
+    /// product's epilogue, or for a fused update the optimiser's rule on
+    /// the moments (in C's layout, column stride 1). None where C's or Z's
+    /// elements are not at `i·rs + j·cs` from a tile's first (row panels):
+    /// those tiles go through the scalar store.
+    fn vector_epi(&self) -> Option<Epi> {
+        match self.store {
+            _ if matches!(self.layout, Panels::Rows(_)) => None,
+            Store::Epilogue(Epilogue::ActGrad(z, _)) if z.layout() != Panels::None => None,
+            Store::Epilogue(e) => Some(e.raw()),
+            Store::Update { rule, m, v, .. } => Some(Epi {
+                step: Some(StepEpi {
+                    rule,
+                    m: m.as_mut_ptr(),
+                    v: if v.is_empty() {
+                        std::ptr::null_mut()
+                    } else {
+                        v.as_mut_ptr()
+                    },
+                    rs: self.rs,
+                    panels: self.layout,
+                }),
+                ..Epi::NONE
+            }),
+        }
+    }
+
+    /// One tile by AVX512-BF16, stored through `epi` (from
+    /// [`TileRun::vector_epi`]); after a fused update, the tile's rows of
+    /// the weights' bf16 copies are written.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16; the panels hold kp·MR and kp·NR words; the
+    /// tile lies inside C and its column panel is this part's alone.
+    unsafe fn tile_vector(
+        &self,
+        sums: (&[u32], &[u32], usize),
+        (i0, rows): (usize, usize),
+        (j0, cols): (usize, usize),
+        dest: &Dest,
+        epi: &Epi,
+        scratch: &mut Tile,
+    ) {
+        // A tile is one column panel wide, so from its first element (i, j)
+        // is `i·rs + j·cs` away whether C is dense or in column panels.
+        let first = self.layout.offset(i0, j0, self.rs, self.cs);
+        #[cfg(target_arch = "x86_64")]
+        {
+            tile_avx512bf16(
+                sums,
+                (rows, cols),
+                dest.0.offset(first),
+                (self.rs, self.cs),
+                &epi.at(i0, j0),
+                scratch.as_mut_ptr().cast(),
+            );
+            if let Store::Update {
+                copies: Some(copies),
+                ..
+            } = self.store
+            {
+                // The tile's rows of one panel are consecutive, PANEL apart.
+                copies.write(first as usize, dest.slice(first, rows * PANEL));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (sums, rows, cols, dest, epi, first, scratch);
+            unreachable!("AVX512-BF16 is x86-64 only");
         }
     }
 

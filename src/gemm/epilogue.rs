@@ -226,6 +226,7 @@ impl Epi {
     }
 
     /// True when the epilogue does nothing.
+    #[inline(always)]
     pub fn is_none(&self) -> bool {
         self.bias.is_null()
             && self.z.is_null()

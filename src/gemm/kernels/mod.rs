@@ -315,6 +315,27 @@ unsafe fn grad_vec<S: Simd>(act: super::Activation, z: S::V, v: S::V) -> S::V {
     }
 }
 
+/// [`finish_vec`] over a whole tile whose rows of C (and Z) are runs.
+///
+/// # Safety
+/// As [`store_tile`] for a full tile with `csc == 1` and `epi.vector_ok()`.
+#[inline(always)]
+unsafe fn finish_full<S: Simd, const MR: usize, const NV: usize>(
+    acc: &[[S::V; NV]; MR],
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    epi: &Epi,
+) {
+    for (i, row) in acc.iter().enumerate() {
+        let ci = c.offset(i as isize * rsc);
+        for (v, x) in row.iter().enumerate() {
+            finish_vec::<S>(*x, alpha, beta, ci.add(v * S::LANES), epi, i, v * S::LANES);
+        }
+    }
+}
+
 /// Stores one MR×NR tile of products: straight from registers into C when the
 /// tile is full and rows of C (and Z) are contiguous, else through `tile`
 /// (an aligned scratch of at least MR·NR floats) and the scalar finish, which
@@ -339,12 +360,36 @@ pub(crate) unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
     tile: *mut f32,
 ) {
     let nr_full = NV * S::LANES;
-    if mr == MR && nr == nr_full && csc == 1 && epi.vector_ok() {
+    let full = mr == MR && nr == nr_full && csc == 1;
+    if full && alpha == 1.0 && beta == 0.0 && epi.is_none() {
+        // A plain product: the sums as they are. (Decided once per tile:
+        // through `finish_vec` the compiler re-tests the epilogue for
+        // every vector, which costs a K = 128 product ~10 %.)
         for (i, row) in acc.iter().enumerate() {
             let ci = c.offset(i as isize * rsc);
             for (v, x) in row.iter().enumerate() {
-                finish_vec::<S>(*x, alpha, beta, ci.add(v * S::LANES), epi, i, v * S::LANES);
+                S::store(ci.add(v * S::LANES), *x);
             }
+        }
+    } else if full && epi.vector_ok() {
+        // The training step's activations as constants, one arm each, so
+        // that the compiler drops `finish_vec`'s dispatch on them from the
+        // loop over the vectors. (A function, not a closure: an outlined
+        // closure would lose the caller's target features.)
+        use super::Activation::{Identity, Relu};
+        let finish = finish_full::<S, MR, NV>;
+        match (epi.act, epi.zact) {
+            (Relu, Identity) => finish(acc, alpha, beta, c, rsc, &Epi { act: Relu, ..*epi }),
+            (Identity, Relu) => finish(acc, alpha, beta, c, rsc, &Epi { zact: Relu, ..*epi }),
+            (Identity, Identity) => {
+                let epi = Epi {
+                    act: Identity,
+                    zact: Identity,
+                    ..*epi
+                };
+                finish(acc, alpha, beta, c, rsc, &epi)
+            }
+            _ => finish(acc, alpha, beta, c, rsc, epi),
         }
     } else {
         for (i, row) in acc.iter().enumerate() {
