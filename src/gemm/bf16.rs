@@ -443,7 +443,6 @@ unsafe fn sums_avx512bf16(a: &[u32], b: &[u32], kp: usize) -> [[std::arch::x86_6
 /// MR·NR floats).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx512bf16(
     (a, b, kp): (&[u32], &[u32], usize),
     (rows, cols): (usize, usize),

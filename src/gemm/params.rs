@@ -74,8 +74,9 @@ pub(crate) fn block_bound(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
 /// 128×784×512 NT 87-88 → 93; 128×512×256 NT 86-87 → 93; 128×256×512 NN
 /// 81-82 → 87; 784×128×512 TN 85 → 86-87; 1024³ 86-87 → 89; 128×3072×1024
 /// NT and 3072×128×1024 TN within noise (82-87 both). Per k step 8×32 loads
-/// 2 vectors and 8 broadcasts for 16 FMAs: within the two load ports of
-/// either CPU at one (Zen 4) or two (Xeon) 512-bit FMAs per cycle.
+/// 2 vectors and 8 broadcasts for 16 FMAs, within the load ports of either
+/// CPU at one (Zen 4) or two (Xeon) 512-bit FMAs a cycle; 8×32 has not been
+/// measured on the Xeon.
 /// NC = 384 (B̃ 768 KiB, inside Zen 4's 1 MiB L2) and KC = 256 measured no
 /// faster with 8×32 (KC = 256 slower on the NN shapes).
 /// B̃ block 512×768×4 B = 1.5 MiB (L2); Ã block up to 1536×512×4 B = 3 MiB,
