@@ -501,6 +501,13 @@ impl TileRun<'_> {
         for jb in panels {
             let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
             let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
+            if let Some(epi) = &vector {
+                // SAFETY: the kernel is available (the product asserts it);
+                // columns j0..j0 + cols lie inside C, and column panel jb
+                // is this part's alone.
+                unsafe { self.column_vector(at, bp, (j0, cols), dest, epi, &mut scratch) };
+                continue;
+            }
             for ib in 0..m.div_ceil(MR) {
                 if let Store::Update { m: mom, v, .. } = self.store {
                     self.prefetch_update(ib + 1, jb, dest, mom, v);
@@ -508,15 +515,6 @@ impl TileRun<'_> {
                 let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
                 let (i0, rows) = (ib * MR, MR.min(m - ib * MR));
                 let sums = (ap, bp, kp);
-                if let Some(epi) = &vector {
-                    // SAFETY: the kernel is available (the product asserts
-                    // it); rows i0..i0 + rows and columns j0..j0 + cols lie
-                    // inside C, and column panel jb is this part's alone.
-                    unsafe {
-                        self.tile_vector(sums, (i0, rows), (j0, cols), dest, epi, &mut scratch)
-                    };
-                    continue;
-                }
                 match self.kernel {
                     Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
                     #[cfg(target_arch = "x86_64")]
@@ -579,49 +577,75 @@ impl TileRun<'_> {
         }
     }
 
-    /// One tile by AVX512-BF16, stored through `epi` (from
-    /// [`TileRun::vector_epi`]); after a fused update, the tile's rows of
-    /// the weights' bf16 copies are written.
+    /// Every tile of one column panel (all of C's rows) by AVX512-BF16,
+    /// stored through `epi` (from [`TileRun::vector_epi`]); after a fused
+    /// update, each tile's rows of the weights' bf16 copies are written.
+    /// The loop over the tiles is inside the function that has the target
+    /// features, so that the sums and the store inline into it: a call per
+    /// tile cost 5 % of a K = 128 product (its prologue and the tile's
+    /// arguments through memory).
     ///
     /// # Safety
-    /// The CPU has AVX512-BF16; the panels hold kp·MR and kp·NR words; the
-    /// tile lies inside C and its column panel is this part's alone.
-    unsafe fn tile_vector(
+    /// The CPU has AVX512-BF16; `at` holds every Ã panel (kp·MR words
+    /// each) and `bp` one B̃ panel (kp·NR words); columns j0..j0 + cols
+    /// lie inside C and are this part's alone.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    unsafe fn column_vector(
         &self,
-        sums: (&[u32], &[u32], usize),
-        (i0, rows): (usize, usize),
+        at: &[u32],
+        bp: &[u32],
         (j0, cols): (usize, usize),
         dest: &Dest,
         epi: &Epi,
         scratch: &mut Tile,
     ) {
-        // A tile is one column panel wide, so from its first element (i, j)
-        // is `i·rs + j·cs` away whether C is dense or in column panels.
-        let first = self.layout.offset(i0, j0, self.rs, self.cs);
-        #[cfg(target_arch = "x86_64")]
-        {
-            tile_avx512bf16(
-                sums,
-                (rows, cols),
+        let (m, kp) = (self.m, self.kp);
+        let update = match self.store {
+            Store::Update { m, v, copies, .. } => Some((m, v, copies)),
+            Store::Epilogue(_) => None,
+        };
+        for ib in 0..m.div_ceil(MR) {
+            if let Some((mom, v, _)) = update {
+                self.prefetch_update(ib + 1, j0 / NR, dest, mom, v);
+            }
+            let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
+            let (i0, rows) = (ib * MR, MR.min(m - ib * MR));
+            // A tile is one column panel wide, so from its first element
+            // (i, j) is `i·rs + j·cs` away whether C is dense or in column
+            // panels.
+            let first = self.layout.offset(i0, j0, self.rs, self.cs);
+            let acc = sums_avx512bf16(ap, bp, kp);
+            super::kernels::store_tile::<super::kernels::avx512::Avx512, MR, 2>(
+                &acc,
+                rows,
+                cols,
+                1.0,
+                0.0,
                 dest.0.offset(first),
-                (self.rs, self.cs),
+                self.rs,
+                self.cs,
                 &epi.at(i0, j0),
                 scratch.as_mut_ptr().cast(),
             );
-            if let Store::Update {
-                copies: Some(copies),
-                ..
-            } = self.store
-            {
+            if let Some((_, _, Some(copies))) = update {
                 // The tile's rows of one panel are consecutive, PANEL apart.
                 copies.write(first as usize, dest.slice(first, rows * PANEL));
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (sums, rows, cols, dest, epi, first, scratch);
-            unreachable!("AVX512-BF16 is x86-64 only");
-        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn column_vector(
+        &self,
+        _: &[u32],
+        _: &[u32],
+        _: (usize, usize),
+        _: &Dest,
+        _: &Epi,
+        _: &mut Tile,
+    ) {
+        unreachable!("AVX512-BF16 is x86-64 only")
     }
 
     /// Asks for tile (ib, jb)'s weights and moments in L2 while the current
