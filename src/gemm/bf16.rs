@@ -216,8 +216,14 @@ fn pack_a_panels(a: &MatRef<'_>, words: &mut [u32], first: usize) {
         let r0 = (first + idx) * MR;
         if down_columns && vector && r0 + 2 * MR <= m {
             if let Some((_, next)) = panels.next() {
+                // SAFETY: rows r0..r0 + 16 exist and are contiguous in every
+                // column (unit row stride); each panel holds kp·MR words;
+                // the CPU has AVX512-BF16.
+                let done = unsafe {
+                    pack_two_panels_avx512bf16(a.as_ptr().add(r0), a.cs(), k, words, next)
+                };
                 let mut sixteen = [0u32; 2 * MR];
-                for q in 0..kp {
+                for q in done..kp {
                     if 2 * q + 1 < k {
                         // SAFETY: rows r0..r0 + 16 of columns 2q and 2q + 1
                         // exist and are contiguous (unit row stride); the
@@ -262,6 +268,55 @@ fn pack_a_panels(a: &MatRef<'_>, words: &mut [u32], first: usize) {
             }
         }
     }
+}
+
+/// Two Ã panels (16 rows) of a column-major A: `col` points at A's
+/// element (r0, 0), columns `cs` apart, each holding rows r0..r0 + 16
+/// contiguously. Eight pairs of columns at a time are interleaved into
+/// words, one vector of 16 rows' words per pair, and two 8×8 transposes
+/// turn them into eight words of each row's run. Returns the pairs done
+/// (a multiple of 8, every one complete); the caller packs the rest.
+///
+/// # Safety
+/// Columns 0..k of rows r0..r0 + 16 are readable at `col`; `first` and
+/// `second` hold `pairs(k)·MR` words; the CPU has AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx2")]
+unsafe fn pack_two_panels_avx512bf16(
+    col: *const f32,
+    cs: usize,
+    k: usize,
+    first: &mut [u32],
+    second: &mut [u32],
+) -> usize {
+    let kp = pairs(k);
+    assert!(first.len() >= kp * MR && second.len() >= kp * MR);
+    let mut block = [[0u32; 2 * MR]; 8];
+    let mut q0 = 0;
+    while q0 + 8 <= k / 2 {
+        for (t, words) in block.iter_mut().enumerate() {
+            let q = q0 + t;
+            interleave_avx512bf16(col.add(2 * q * cs), col.add((2 * q + 1) * cs), words);
+        }
+        // Row r's words q0..q0 + 8 go to r·kp + q0: inside its run, as
+        // q0 + 8 ≤ kp.
+        let rows = block.as_ptr().cast::<f32>();
+        super::kernels::transpose8_avx(rows, 16, first.as_mut_ptr().add(q0).cast(), kp);
+        super::kernels::transpose8_avx(rows.add(MR), 16, second.as_mut_ptr().add(q0).cast(), kp);
+        q0 += 8;
+    }
+    q0
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_two_panels_avx512bf16(
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: &mut [u32],
+    _: &mut [u32],
+) -> usize {
+    unreachable!("AVX512-BF16 is x86-64 only")
 }
 
 /// `row[q] = (values[2q], values[2q + 1])` as bf16, an odd tail padded with
