@@ -170,7 +170,7 @@ impl CopyWriter<'_> {
     /// # Safety
     /// As [`CopyWriter::write`]; the CPU has AVX-512F and AVX512-BF16.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bf16,avx2")]
     unsafe fn write_avx512bf16(&self, offset: usize, values: &[f32]) {
         self.write_rows::<true>(offset, values)
     }
@@ -217,14 +217,60 @@ impl CopyWriter<'_> {
                     *halves.add(half_index(word + c, i % 2)) = to_bf16(x);
                 }
             }
-            self.write_backward::<VECTOR>(p, i, v, valid, kp_out);
-            if pair_here {
-                self.write_backward::<VECTOR>(p, i + 1, row(t + 1), valid, kp_out);
-                t += 2;
+            t += if pair_here { 2 } else { 1 };
+        }
+        if self.backward.is_null() {
+            return;
+        }
+        // Backward: eight rows of a full panel at a time where they are
+        // here, else row by row.
+        let mut t = 0;
+        while t < count {
+            let g = first + t;
+            let (p, i) = (g / fan_in, g % fan_in);
+            let valid = PANEL.min(fan_out - p * PANEL);
+            if VECTOR && valid == PANEL && i % 8 == 0 && i + 8 <= fan_in && t + 8 <= count {
+                self.write_backward8(p, i, &values[t * PANEL..(t + 8) * PANEL], kp_out);
+                t += 8;
             } else {
+                self.write_backward::<VECTOR>(p, i, row(t), valid, kp_out);
                 t += 1;
             }
         }
+    }
+
+    /// Rows i..i + 8 of full master panel p (`v`, 8·PANEL values, i a
+    /// multiple of 8) into the backward copy. Row i + r's word q goes to
+    /// `[i/32][16p + q][i%32 + r]`: the eight rows' words q are eight
+    /// consecutive words, so two 8×8 transposes of the rows' pairs store
+    /// them as 16 runs (where one row at a time would store 16 words 128
+    /// bytes apart, which the compiler makes a scatter).
+    ///
+    /// # Safety
+    /// As [`CopyWriter::write`]; rows (p, i..i + 8) are the caller's; only
+    /// from a function built for AVX-512F, AVX2 and AVX512-BF16.
+    #[inline(always)]
+    unsafe fn write_backward8(&self, p: usize, i: usize, v: &[f32], kp_out: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(v.len() == 8 * PANEL && i.is_multiple_of(8) && i + 8 <= self.fan_in);
+            let mut block = [[0u32; PANEL / 2]; 8];
+            for (r, words) in block.iter_mut().enumerate() {
+                pairs_avx512bf16(&v[r * PANEL..(r + 1) * PANEL], words);
+            }
+            // Pairs 16p..16p + 16 < kp_out (panel p is full) of column
+            // panel i/32, columns i%32..i%32 + 8 (i%32 ≤ 24): inside the
+            // backward copy, and these rows' alone.
+            let base = ((i / NR) * kp_out + p * PANEL / 2) * NR + i % NR;
+            let (src, dst) = (
+                block.as_ptr().cast::<f32>(),
+                self.backward.add(base).cast::<f32>(),
+            );
+            crate::gemm::kernels::transpose8_avx(src, 16, dst, NR);
+            crate::gemm::kernels::transpose8_avx(src.add(8), 16, dst.add(8 * NR), NR);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("AVX512-BF16 is x86-64 only: {p} {i} {} {kp_out}", v.len())
     }
 
     /// Row i of master panel p (its first `valid` values) into the
@@ -310,9 +356,10 @@ mod tests {
         for (fan_in, fan_out) in [(1, 1), (7, 33), (33, 7), (64, 32), (65, 70), (2, 100)] {
             let w = master(fan_in, fan_out, (fan_in * 1000 + fan_out) as u64);
             let rows = panel_len(fan_in, fan_out) / PANEL;
-            // Blocks of 1, 2, 3 and all rows: odd blocks split pairs. The
+            // Blocks of 1, 2, 3, 8, 11 and all rows: odd blocks split
+            // pairs, and 11 the eight-row runs of the backward copy. The
             // CPU's conversions, and the portable ones.
-            for (block, portable) in [1, 2, 3, rows]
+            for (block, portable) in [1, 2, 3, 8, 11, rows]
                 .into_iter()
                 .flat_map(|b| [(b, false), (b, true)])
             {
