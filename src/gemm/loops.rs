@@ -12,7 +12,10 @@
 //!
 //! This is BLIS's nest with A and B exchanged (BLIS computes row-stored C as
 //! Cᵀ = BᵀAᵀ): our kernel is row-preferred, its small operand is the MR-row
-//! Ã micro-panel, which therefore sits in L1 while B̃ streams.
+//! Ã micro-panel, which therefore sits in L1 while B̃ streams. Where C is
+//! in column panels (the weight gradients), loops 2 and 1 trade places, so
+//! that the tiles, and a fused update's weights and moments, are visited
+//! in the order they lie in memory (see `next`).
 //!
 //! Every element of C is summed in one fixed order (p = 0..K, KC blocks in
 //! order, each block added to C as `α·ab + c`), whatever part of C a thread
@@ -218,6 +221,29 @@ fn prefetch_row(row: *const f32, len: usize) {
     prefetch_l2(row.wrapping_add(len - 1));
 }
 
+/// The tile after `(ti, tj)` of a block of `tiles` (rows, columns of
+/// tiles): down the column (`down`) or along the row, then on to the next
+/// column or row; None after the last.
+#[inline(always)]
+fn next(
+    (ti, tj): (usize, usize),
+    (rows, cols): (usize, usize),
+    down: bool,
+) -> Option<(usize, usize)> {
+    let (ti, tj) = if down {
+        if ti + 1 < rows {
+            (ti + 1, tj)
+        } else {
+            (0, tj + 1)
+        }
+    } else if tj + 1 < cols {
+        (ti, tj + 1)
+    } else {
+        (ti + 1, 0)
+    };
+    (ti < rows && tj < cols).then_some((ti, tj))
+}
+
 /// Runs the whole nest for `args` with kernel `S`, MR×(NV·LANES); with
 /// `shared`, Ã is packed together with the product's other parts.
 ///
@@ -245,6 +271,15 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
     let mut block = 0;
+
+    // The order of a block's tiles. With C in column panels (a weight
+    // gradient, whose fused update reads and writes the weights and their
+    // moments in C's layout), down each panel: consecutive tiles are then
+    // consecutive in memory, a stream the hardware prefetcher follows
+    // (W1's weight gradients with the update, one thread: 10.5 → 10.2 ms).
+    // Else along each MR-row micro-panel of Ã, which stays in L1 while the
+    // micro-panels of B̃ stream from L2.
+    let down_panels = matches!(args.cp, Panels::Cols(_));
 
     // LOOP 5 (IC): split M by MC.
     for ic in (0..m).step_by(mc_step) {
@@ -286,34 +321,34 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                     }
                 };
                 let ldb = if in_place { ldb } else { nr };
-                // LOOP 2 (IR): MR-row micro-panels of Ã.
-                for ir in (0..mc).step_by(MR) {
-                    let mr = MR.min(mc - ir);
-                    let ap = apack.add(ir * kc);
-                    let i = ic + ir;
-                    // LOOP 1 (JR): NR-wide micro-panels of B̃.
-                    for jr in (0..nc).step_by(nr) {
-                        let nrv = nr.min(nc - jr);
-                        let j = jc + jr;
-                        let cij = args.c_at(i, j);
-                        let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
-                        // The C tile is read (β ≠ 0, a later KC block or a
-                        // fused update) and written after the k loop, as are
-                        // a fused update's moments: fetch the next tile's
-                        // while this one computes (and this one's, if first).
-                        if ir == 0 && jr == 0 {
-                            prefetch_tile(args, last, i, j, mr, nrv);
-                        }
-                        if jr + nr < nc {
-                            prefetch_tile(args, last, i, j + nr, mr, nr.min(nc - jr - nr));
-                        } else if ir + MR < mc {
-                            prefetch_tile(args, last, i + MR, jc, MR.min(mc - ir - MR), nr.min(nc));
-                        }
-                        let acc = microkernel::<S, MR, NV>(kc, ap, b_panel(jr), ldb);
-                        store_tile::<S, MR, NV>(
-                            &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
-                        );
+                // LOOPS 2 and 1: the MR×NR tiles of the block, in the
+                // order `next` gives.
+                let tiles = (mc.div_ceil(MR), nc.div_ceil(nr));
+                let tile_at = |(ti, tj): (usize, usize)| {
+                    let (ir, jr) = (ti * MR, tj * nr);
+                    (ic + ir, jc + jr, MR.min(mc - ir), nr.min(nc - jr))
+                };
+                // The C tile is read (β ≠ 0, a later KC block or a fused
+                // update) and written after the k loop, as are a fused
+                // update's moments: fetch the next tile's while this one
+                // computes (and the first one's before it).
+                let (i, j, mr, nrv) = tile_at((0, 0));
+                prefetch_tile(args, last, i, j, mr, nrv);
+                let mut at = Some((0, 0));
+                while let Some(here) = at {
+                    at = next(here, tiles, down_panels);
+                    if let Some(following) = at {
+                        let (i, j, mr, nrv) = tile_at(following);
+                        prefetch_tile(args, last, i, j, mr, nrv);
                     }
+                    let (i, j, mr, nrv) = tile_at(here);
+                    let ap = apack.add((i - ic) * kc);
+                    let cij = args.c_at(i, j);
+                    let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
+                    let acc = microkernel::<S, MR, NV>(kc, ap, b_panel(j - jc), ldb);
+                    store_tile::<S, MR, NV>(
+                        &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
+                    );
                 }
             }
         }
