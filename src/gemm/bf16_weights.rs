@@ -220,6 +220,7 @@ impl CopyWriter<'_> {
             t += if pair_here { 2 } else { 1 };
         }
         if self.backward.is_null() {
+            // The first layer: no input gradient, no backward copy.
             return;
         }
         // Backward: eight rows of a full panel at a time where they are
@@ -247,8 +248,9 @@ impl CopyWriter<'_> {
     /// bytes apart, which the compiler makes a scatter).
     ///
     /// # Safety
-    /// As [`CopyWriter::write`]; rows (p, i..i + 8) are the caller's; only
-    /// from a function built for AVX-512F, AVX2 and AVX512-BF16.
+    /// As [`CopyWriter::write`]; rows (p, i..i + 8) are the caller's; the
+    /// layer has a backward copy; only from a function built for AVX-512F,
+    /// AVX2 and AVX512-BF16.
     #[inline(always)]
     unsafe fn write_backward8(&self, p: usize, i: usize, v: &[f32], kp_out: usize) {
         #[cfg(target_arch = "x86_64")]
@@ -278,7 +280,8 @@ impl CopyWriter<'_> {
     /// words `[i/32][q][i%32]`.
     ///
     /// # Safety
-    /// As [`CopyWriter::write`]; row (p, i) is the caller's.
+    /// As [`CopyWriter::write`]; row (p, i) is the caller's; the layer has
+    /// a backward copy.
     #[inline(always)]
     unsafe fn write_backward<const VECTOR: bool>(
         &self,
@@ -288,9 +291,6 @@ impl CopyWriter<'_> {
         valid: usize,
         kp_out: usize,
     ) {
-        if self.backward.is_null() {
-            return;
-        }
         let mut words = [0u32; PANEL / 2];
         let n = valid.div_ceil(2);
         if VECTOR && valid == PANEL {
