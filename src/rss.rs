@@ -9,14 +9,19 @@ pub struct ResidentMemory {
     pub file: u64,
     /// High-water mark of the whole resident set.
     pub peak: u64,
+    /// The part of `anon` in transparent huge pages (see `crate::buf`);
+    /// `None` where the kernel does not say.
+    pub anon_huge: Option<u64>,
 }
 
 impl ResidentMemory {
-    /// From `/proc/self/status` (Linux); `None` elsewhere.
+    /// From `/proc/self/status` and `/proc/self/smaps_rollup` (Linux);
+    /// `None` elsewhere.
     pub fn read() -> Option<ResidentMemory> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let field = |name: &str| -> Option<u64> {
-            let line = status.lines().find(|l| l.starts_with(name))?;
+        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        let field_of = |text: &str, name: &str| -> Option<u64> {
+            let line = text.lines().find(|l| l.starts_with(name))?;
             let kib: u64 = line[name.len()..]
                 .trim()
                 .trim_end_matches("kB")
@@ -25,10 +30,12 @@ impl ResidentMemory {
                 .ok()?;
             Some(kib * 1024)
         };
+        let field = |name: &str| field_of(&status, name);
         Some(ResidentMemory {
             anon: field("RssAnon:")?,
             file: field("RssFile:")?,
             peak: field("VmHWM:")?,
+            anon_huge: field_of(&rollup, "AnonHugePages:"),
         })
     }
 }

@@ -132,6 +132,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "rss_peak_bytes": t.memory.map(|m| m.peak),
             "rss_anon_bytes": t.memory.map(|m| m.anon),
             "rss_file_bytes": t.memory.map(|m| m.file),
+            "rss_anon_huge_bytes": t.memory.and_then(|m| m.anon_huge),
             "phases": phase_rows(&t, args.batch).iter().map(|r| serde_json::json!({
                 "phase": r.name,
                 "ms_per_step": r.seconds_per_step * 1e3,
@@ -180,9 +181,13 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     )?;
     if let Some(m) = t.memory {
         const MB: f64 = 1e6;
+        let huge = match m.anon_huge {
+            Some(h) => format!(" ({:.0} MB of it in 2 MiB pages)", h as f64 / MB),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "  resident memory: {:.0} MB anonymous + {:.0} MB file-backed (the mapped dataset and the binary); peak {:.0} MB",
+            "  resident memory: {:.0} MB anonymous{huge} + {:.0} MB file-backed (the mapped dataset and the binary); peak {:.0} MB",
             m.anon as f64 / MB,
             m.file as f64 / MB,
             m.peak as f64 / MB
