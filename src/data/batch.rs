@@ -249,12 +249,18 @@ impl Normalizer {
     ) {
         let d = self.dim();
         let all_labels = split.labels();
+        for &i in indices.iter().take(ROWS_AHEAD) {
+            prefetch_sample(split.features(), i, d);
+        }
         for (r, ((row, &i), label)) in out
             .chunks_exact_mut(d.max(1))
             .zip(indices)
             .zip(labels.iter_mut())
             .enumerate()
         {
+            if let Some(&ahead) = indices.get(r + ROWS_AHEAD) {
+                prefetch_sample(split.features(), ahead, d);
+            }
             *label = all_labels[i];
             let moved = augments
                 .map(|(a, g)| (a[r], g))
@@ -342,6 +348,26 @@ fn affine<T: Copy + Into<f32>>(row: &mut [f32], src: &[T], scale: &[f32], shift:
         // FMA target, `mul_add` is a slow library call, and a fused
         // multiply-add would round differently from the other paths.
         row[i] = src[i].into() * scale[i] + shift[i];
+    }
+}
+
+/// How many samples ahead of the one it normalises
+/// [`Normalizer::gather_part`] asks for. A batch's samples lie at random
+/// places of a file larger than the caches; asked for early, each one's
+/// lines arrive while the earlier ones are converted. Measured (`fastnn
+/// bench train --workload w2 --threads 1 --phases`, Fashion-MNIST's 784
+/// bytes a sample, three alternating runs): gather 0.081-0.093 ms a step
+/// without, 0.050-0.057 with 4 ahead, 0.057-0.061 with 8.
+const ROWS_AHEAD: usize = 4;
+
+/// Asks for the cache lines of sample `i` (`d` features) of `features`.
+fn prefetch_sample(features: FeatureView<'_>, i: usize, d: usize) {
+    let (start, bytes) = match features {
+        FeatureView::U8(v) => (v[i * d..].as_ptr(), d),
+        FeatureView::F32(v) => (v[i * d..].as_ptr().cast::<u8>(), 4 * d),
+    };
+    for line in (0..bytes).step_by(64) {
+        crate::gemm::prefetch(start.wrapping_add(line).cast());
     }
 }
 

@@ -56,6 +56,7 @@ pub use mat::{panel_len, MatMut, MatRef, PANEL};
 use mat::Panels;
 pub use workspace::GemmWorkspace;
 
+pub(crate) use kernels::prefetch;
 pub(crate) use loops::Args;
 use loops::SharedA;
 pub(crate) use workspace::PartWs;
