@@ -9,11 +9,12 @@
 //! pages (`madvise(MADV_HUGEPAGE)`) before its first touch. A training step
 //! streams the weights and their moments (W1: 2 × 12.6 MB) through the
 //! products; in 4 KiB pages that is more pages than the second-level TLB
-//! holds (Zen 4: 3,072 entries, 12 MiB), so a page walk every 64 cache
-//! lines. Measured on AMD EPYC (Zen 4), `fastnn bench train --workload w1
-//! --phases`, alternating runs: one thread 80/80/80 → 84/83/84 % of the
-//! FMA limit (forward 85-87 → 89-90 %, weight gradients 77 → 81-83 %); two
-//! threads 70/75/68/78 → 78/80/68/80 %. The advice is only advice: where
+//! holds (Zen 4: 3,072 entries, 12 MiB), so a page walk can come every 64
+//! cache lines. Measured on AMD EPYC (Zen 4), `fastnn bench train
+//! --workload w1 --phases`, alternating runs: one thread 80/80/80 →
+//! 84/83/84 % of the FMA limit (forward 85-87 → 89-90 %, weight gradients
+//! 77 → 81-83 %); two threads, eight pairs, median 69 → 72 % (the host's
+//! noise spans 65-80 % either way). The advice is only advice: where
 //! the kernel has no transparent huge pages, or none to give, the buffer
 //! is the same, in small pages.
 
