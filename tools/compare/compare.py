@@ -125,29 +125,40 @@ def peer_env(threads):
 
 
 def train_runs(args, peers, results):
-    for workload in args.workloads:
-        for batch in args.batches:
-            for threads in args.threads:
-                data = None
-                for peer in peers.available:
-                    if peer != "fastnn" and data is None:
-                        continue  # the dataset file comes from fastnn's run
-                    cmd = peers.command(peer, workload, data, batch, threads, args.epochs)
-                    print(f"  {workload} batch {batch:>3} threads {threads}  {peer:<12}", end=" ", flush=True)
-                    code, out, err, rss = run(cmd, env=peer_env(threads))
-                    row = {"workload": workload, "batch": batch, "threads": threads, "peer": peer, "peak_rss_bytes": rss}
-                    if code != 0:
-                        row["error"] = (err.strip().splitlines() or [f"exit {code}"])[-1]
-                        print(f"failed: {row['error']}")
-                    else:
-                        row.update(last_json_line(out))
-                        row["peak_rss_bytes"] = rss
-                        row["peer"] = peer  # torch_train.py says "pytorch" at either precision
-                        if peer == "fastnn":
-                            data = row["dataset"]
-                        print(f"{row['images_per_sec']:>9,.0f} images/s  loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}  peak RSS {rss / 1e6:,.0f} MB")
-                    results["train"].append(row)
-                    save(args, results)
+    # Round after round of every configuration and peer, so that a slow
+    # minute of the machine falls on every peer of one round alike.
+    for round_ in range(args.rounds):
+        if args.rounds > 1:
+            print(f" round {round_ + 1} of {args.rounds}")
+        for workload in args.workloads:
+            for batch in args.batches:
+                for threads in args.threads:
+                    train_configuration(args, peers, results, round_, (workload, batch, threads))
+
+
+def train_configuration(args, peers, results, round_, configuration):
+    """Every peer once on one workload, batch size and thread count."""
+    workload, batch, threads = configuration
+    data = None
+    for peer in peers.available:
+        if peer != "fastnn" and data is None:
+            continue  # the dataset file comes from fastnn's run
+        cmd = peers.command(peer, workload, data, batch, threads, args.epochs)
+        print(f"  {workload} batch {batch:>3} threads {threads}  {peer:<12}", end=" ", flush=True)
+        code, out, err, rss = run(cmd, env=peer_env(threads))
+        row = {"workload": workload, "batch": batch, "threads": threads, "peer": peer, "round": round_, "peak_rss_bytes": rss}
+        if code != 0:
+            row["error"] = (err.strip().splitlines() or [f"exit {code}"])[-1]
+            print(f"failed: {row['error']}")
+        else:
+            row.update(last_json_line(out))
+            row["peak_rss_bytes"] = rss
+            row["peer"] = peer  # torch_train.py says "pytorch" at either precision
+            if peer == "fastnn":
+                data = row["dataset"]
+            print(f"{row['images_per_sec']:>9,.0f} images/s  loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}  peak RSS {rss / 1e6:,.0f} MB")
+        results["train"].append(row)
+        save(args, results)
 
 
 def gemm_runs(args, peers, results):
@@ -236,10 +247,50 @@ def run_peaks(results):
     return {t: statistics.median(v) for t, v in found.items()}
 
 
+def medians(train):
+    """One row per workload, batch size, thread count and peer: the run with
+    the median images/s over the rounds (the lower middle one of an even
+    count), its "rounds" the images/s of every round. A configuration that
+    failed in every round keeps its failed row."""
+    groups = {}
+    for r in train:
+        groups.setdefault((r["workload"], r["batch"], r["threads"], r["peer"]), []).append(r)
+    out = []
+    for rows in groups.values():
+        good = sorted((r for r in rows if "error" not in r), key=lambda r: r["images_per_sec"])
+        if not good:
+            out.append(rows[0])
+            continue
+        middle = dict(good[(len(good) - 1) // 2])
+        middle["rounds"] = [r["images_per_sec"] for r in good]
+        out.append(middle)
+    return out
+
+
+def speedup(train, a, b):
+    """a's images/s over b's (each a (workload, batch, threads, peer) key),
+    paired by round: (median, lowest, highest) over the rounds that ran
+    both, or None."""
+    per_round = {}
+    for r in train:
+        key = (r["workload"], r["batch"], r["threads"], r["peer"])
+        if "error" not in r and key in (a, b):
+            per_round.setdefault(r.get("round", 0), {})[key] = r["images_per_sec"]
+    ratios = sorted(d[a] / d[b] for d in per_round.values() if a in d and b in d)
+    return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
+
+
+def fmt_ratio(ratio):
+    median, low, high = ratio
+    return f"{median:.2f}×" if low == high else f"{median:.2f}×, {low:.2f}–{high:.2f}"
+
+
 def markdown(results):
     """The tables of BENCHMARKS.md."""
     lines = []
-    train = results["train"]
+    runs = results["train"]
+    train = medians(runs)
+    rounds = 1 + max((r.get("round", 0) for r in runs), default=0)
     peers = [p for p in PEERS if any(r["peer"] == p for r in train)] or PEERS
     missing = results.get("missing", {})
     peaks = run_peaks(results)
@@ -255,12 +306,18 @@ def markdown(results):
         bf16_note = "; the bf16 columns' ratios are in the next table" if any(p in BF16_PEERS for p in peers) else ""
         lines.append(f"Training throughput, images/s (median of the epochs after a warm-up); in brackets fastnn's speed-up over the f32 peer{bf16_note}.")
         lines.append("")
+        if rounds > 1:
+            lines.append(
+                f"Each figure is the median of {rounds} rounds run one after another, every peer once a round; "
+                "a speed-up is the median of the rounds' own ratios (each round's runs are minutes apart), "
+                "then the lowest and the highest of them."
+            )
+            lines.append("")
         lines.append("| workload | batch | threads | " + " | ".join(TITLES[p] for p in peers) + " | loss falls |")
         lines.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | --- |")
         keys = sorted({(r["workload"], r["batch"], r["threads"]) for r in train})
         for w, b, t in keys:
             rows = {r["peer"]: r for r in train if (r["workload"], r["batch"], r["threads"]) == (w, b, t)}
-            ours = rows.get("fastnn", {}).get("images_per_sec")
             cells, learners = [], []
             for p in peers:
                 r = rows.get(p)
@@ -271,19 +328,19 @@ def markdown(results):
                 else:
                     v = r["images_per_sec"]
                     like = p != "fastnn" and p not in BF16_PEERS
-                    cells.append(f"{fmt_int(v)} ({ours / v:.2f}×)" if like and ours else fmt_int(v))
+                    ratio = like and speedup(runs, (w, b, t, "fastnn"), (w, b, t, p))
+                    cells.append(f"{fmt_int(v)} ({fmt_ratio(ratio)})" if ratio else fmt_int(v))
                     learners.append(r["loss_last"] < r["loss_first"])
             falls = "yes" if learners and all(learners) else "**no**"
             lines.append(f"| {w.upper()} | {b} | {t} | " + " | ".join(cells) + f" | {falls} |")
         lines.append("")
-        lines += bf16_table(train, keys)
+        lines += bf16_table(train, runs, keys)
         scaling = []
         for w in sorted({r["workload"] for r in train}):
             for b in sorted({r["batch"] for r in train}):
-                one = [r for r in train if (r["workload"], r["batch"], r["threads"], r["peer"]) == (w, b, 1, "fastnn") and "error" not in r]
-                two = [r for r in train if (r["workload"], r["batch"], r["threads"], r["peer"]) == (w, b, 2, "fastnn") and "error" not in r]
-                if one and two:
-                    scaling.append(f"{w.upper()} batch {b}: {two[0]['images_per_sec'] / one[0]['images_per_sec']:.2f}×")
+                ratio = speedup(runs, (w, b, 2, "fastnn"), (w, b, 1, "fastnn"))
+                if ratio:
+                    scaling.append(f"{w.upper()} batch {b}: {fmt_ratio(ratio)}")
         if scaling:
             lines.append("fastnn's scaling from 1 to 2 threads: " + ", ".join(scaling) + ".")
             lines.append("")
@@ -322,8 +379,9 @@ def markdown(results):
     return "\n".join(lines)
 
 
-def bf16_table(train, keys):
-    """fastnn bf16 against fastnn f32, PyTorch eager and PyTorch bf16 autocast."""
+def bf16_table(train, runs, keys):
+    """fastnn bf16 against fastnn f32, PyTorch eager and PyTorch bf16
+    autocast: `train` one row per peer (`medians`), `runs` every round's."""
     if not any(r["peer"] == "fastnn-bf16" for r in train):
         return []
     against = {"fastnn": "fastnn f32", "pytorch": "PyTorch eager (f32)", "pytorch-bf16": "PyTorch bf16 autocast"}
@@ -341,8 +399,8 @@ def bf16_table(train, keys):
             failed = any(r["peer"] == "fastnn-bf16" for r in here)
             cells = ["failed" if failed else "—"] + ["—" for _ in against] + ["—"]
         else:
-            v = ours["images_per_sec"]
-            cells = [fmt_int(v)] + [f"{v / rows[p]['images_per_sec']:.2f}×" if p in rows else "—" for p in against]
+            ratios = [speedup(runs, (w, b, t, "fastnn-bf16"), (w, b, t, p)) for p in against]
+            cells = [fmt_int(ours["images_per_sec"])] + [fmt_ratio(r) if r else "—" for r in ratios]
             f32_loss = f"{rows['fastnn']['loss_last']:.3f}" if "fastnn" in rows else "—"
             cells.append(f"{f32_loss} / {ours['loss_last']:.3f}")
         lines.append(f"| {w.upper()} | {b} | {t} | " + " | ".join(cells) + " |")
@@ -413,6 +471,12 @@ def main():
     ap.add_argument("--batches", default="32,128,512")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run, the first a warm-up")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every configuration and peer this many times, round after round; the tables give medians",
+    )
     ap.add_argument(
         "--peers",
         default=",".join(PEERS),
