@@ -250,8 +250,8 @@ def run_peaks(results):
 def medians(train):
     """One row per workload, batch size, thread count and peer: the run with
     the median images/s over the rounds (the lower middle one of an even
-    count), its "rounds" the images/s of every round. A configuration that
-    failed in every round keeps its failed row."""
+    count). A configuration that failed in every round keeps its failed
+    row."""
     groups = {}
     for r in train:
         groups.setdefault((r["workload"], r["batch"], r["threads"], r["peer"]), []).append(r)
@@ -261,9 +261,7 @@ def medians(train):
         if not good:
             out.append(rows[0])
             continue
-        middle = dict(good[(len(good) - 1) // 2])
-        middle["rounds"] = [r["images_per_sec"] for r in good]
-        out.append(middle)
+        out.append(good[(len(good) - 1) // 2])
     return out
 
 
