@@ -407,40 +407,32 @@ pub(crate) unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
             }
         }
     } else if let (true, 1.0, Some(step)) = (full, alpha, epi.step) {
-        // A fused update: one arm per kind of rule (see `step_full`).
+        // A fused update: one call per kind of rule, each with the rule
+        // rebuilt with its kind spelt out (see `step_full`).
         let run = step_full::<S, MR, NV>;
         match step.rule {
             Rule::Sgd {
                 lr,
                 mu,
-                nesterov: false,
+                nesterov,
                 l2,
                 wd,
             } => {
-                let rule = Rule::Sgd {
-                    lr,
-                    mu,
-                    nesterov: false,
-                    l2,
-                    wd,
+                let sgd = |nesterov| StepEpi {
+                    rule: Rule::Sgd {
+                        lr,
+                        mu,
+                        nesterov,
+                        l2,
+                        wd,
+                    },
+                    ..step
                 };
-                run(acc, c, rsc, StepEpi { rule, ..step })
-            }
-            Rule::Sgd {
-                lr,
-                mu,
-                nesterov: true,
-                l2,
-                wd,
-            } => {
-                let rule = Rule::Sgd {
-                    lr,
-                    mu,
-                    nesterov: true,
-                    l2,
-                    wd,
-                };
-                run(acc, c, rsc, StepEpi { rule, ..step })
+                if nesterov {
+                    run(acc, c, rsc, sgd(true))
+                } else {
+                    run(acc, c, rsc, sgd(false))
+                }
             }
             Rule::Adam { .. } => run(acc, c, rsc, step),
         }
