@@ -192,7 +192,7 @@ pub struct Features {
     pub avx2: bool,
     pub fma: bool,
     /// AMX's tiles and its bf16 tile product (CPUID leaf 7, EDX bits 24
-    /// and 22). Reported, not yet used: fastnn has no AMX kernel.
+    /// and 22): the `amx-bf16` kernel's ([`crate::gemm::amx`]).
     pub amx_tile: bool,
     pub amx_bf16: bool,
 }

@@ -157,13 +157,42 @@ fn amx_detection_agrees_with_proc_cpuinfo() {
     );
 }
 
-/// The detected kernel is the fastest this CPU has: on a CPU with
-/// AVX512-BF16 the tests above ran it.
+/// Where the kernel reports its CPU flags (`/proc/cpuinfo`), a CPU listing
+/// `amx_tile`, `amx_bf16` and `avx512_bf16` makes the AMX kernel available
+/// (Linux grants its tiles, as every kernel since 5.16 does), so every
+/// test here that runs "each kernel this CPU runs" exercised it; fails if
+/// the detection or the permission missed it. Elsewhere its program ran
+/// on the tile model (`amx-emulated`) and the hardware is reported
+/// skipped.
+#[test]
+fn a_cpu_with_amx_runs_its_kernel() {
+    let Some(has) = cpuinfo_flags("the /proc/cpuinfo check of AMX's kernel") else {
+        return;
+    };
+    let listed = has("amx_tile") && has("amx_bf16") && has("avx512_bf16");
+    assert_eq!(
+        Bf16Kernel::Amx.is_available(),
+        listed,
+        "/proc/cpuinfo lists AMX with AVX512-BF16: {listed}"
+    );
+    if !listed {
+        report::skipped("the amx-bf16 kernel on AMX's tiles", "this CPU lacks AMX");
+    }
+}
+
+/// The detected kernel is the fastest this CPU has: AMX where it runs (and
+/// passes its probe product: a failing probe fails this test), else
+/// AVX512-BF16, else the portable kernel; never the tile model.
 #[test]
 fn the_cpu_s_bf16_kernel_is_the_one_detected() {
-    let has = Bf16Kernel::Avx512Bf16.is_available();
-    let detected = Bf16Kernel::detect();
-    assert_eq!(detected == Bf16Kernel::Avx512Bf16, has);
+    let want = if Bf16Kernel::Amx.is_available() {
+        Bf16Kernel::Amx
+    } else if Bf16Kernel::Avx512Bf16.is_available() {
+        Bf16Kernel::Avx512Bf16
+    } else {
+        Bf16Kernel::Portable
+    };
+    assert_eq!(Bf16Kernel::detect(), want);
 }
 
 /// Rounding matters: a kernel that kept A and B in f32 would not give the

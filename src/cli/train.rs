@@ -420,23 +420,28 @@ fn run_as(args: TrainArgs, ranks: &mut dyn fastnn::distributed::Ranks) -> Result
     progress.finish(&summary, args.json, out.as_deref())
 }
 
-/// Says on stderr when `--precision bf16` will run slower than f32: on the
-/// portable kernel (bf16 emulated in f32 arithmetic), or where the CPU's
-/// `vdpbf16ps` is slower than its f32 FMA (measured, about 10 ms).
+/// Says on stderr when `--precision bf16` will run slower than f32: on a
+/// software kernel (the portable one, or the model of AMX's tiles), or,
+/// without AMX, where the CPU's `vdpbf16ps` is slower than its f32 FMA
+/// (measured, about 10 ms).
 fn warn_where_bf16_does_not_pay() -> Result<()> {
     use fastnn::gemm::bf16::Bf16Kernel;
     let (isa, kernel) = fastnn::cpu::check_env()?;
-    if kernel == Bf16Kernel::Portable {
+    if kernel.is_software() {
         eprintln!(
-            "fastnn: warning: --precision bf16 on the portable bf16 kernel (this CPU has no \
-             AVX512-BF16, or FASTNN_ISA asks for it) emulates bf16 in f32 arithmetic: slower than f32"
+            "fastnn: warning: --precision bf16 on the {} bf16 kernel, which computes in software \
+             (this CPU has no AVX512-BF16, or FASTNN_ISA asks for it): slower than f32",
+            kernel.name()
         );
-    } else if let Some((bf16, f32)) = fastnn::gemm::bench::bf16_against_f32(isa) {
-        if bf16 < f32 {
-            eprintln!(
-                "fastnn: warning: this CPU's bf16 dot products ({bf16:.0} GFLOP/s a core) are slower \
-                 than its f32 FMA ({f32:.0} GFLOP/s): --precision bf16 will train slower than f32"
-            );
+    } else if kernel != Bf16Kernel::Amx {
+        // AMX's tiles outrun the FMA units; vdpbf16ps may not.
+        if let Some((bf16, f32)) = fastnn::gemm::bench::bf16_against_f32(isa) {
+            if bf16 < f32 {
+                eprintln!(
+                    "fastnn: warning: this CPU's bf16 dot products ({bf16:.0} GFLOP/s a core) are slower \
+                     than its f32 FMA ({f32:.0} GFLOP/s): --precision bf16 will train slower than f32"
+                );
+            }
         }
     }
     Ok(())
@@ -764,15 +769,11 @@ fn dry_run(cfg: &TrainConfig, data: &Dataset, ranks: usize) -> Result<()> {
     let (isa, bf16) = fastnn::cpu::check_env()?;
     let kernel = match cfg.precision {
         Precision::F32 => format!("f32 on the {isa} gemm kernel"),
-        Precision::Bf16 => {
-            let f = fastnn::cpu::features();
-            let amx = if f.amx_tile && f.amx_bf16 {
-                "this CPU has AMX, which fastnn does not drive yet"
-            } else {
-                "no AMX on this CPU"
-            };
-            format!("bf16 (f32 sums) on the {} kernel ({amx})", bf16.name())
-        }
+        Precision::Bf16 => format!(
+            "bf16 (f32 sums) on the {} kernel ({})",
+            bf16.name(),
+            fastnn::gemm::bf16::amx_report()
+        ),
     };
     writeln!(out, "matrix products: {kernel}")?;
     if ranks > 1 {

@@ -426,6 +426,29 @@ mod peak {
         iters as f64 * 24.0 * 16.0 * 4.0
     }
 
+    /// Four independent `tdpbf16ps` chains on tiles that stay in the
+    /// registers (the AMX kernel's block: tmm0–3 += tmm4–5 · tmm6–7);
+    /// returns the FLOPs done.
+    ///
+    /// # Safety
+    /// AMX is ready ([`crate::gemm::amx::amx_ready`]).
+    pub unsafe fn amx(iters: u64) -> f64 {
+        use crate::gemm::amx::{Amx, TileUnit};
+        let mut unit = Amx;
+        unit.prepare();
+        unit.zero::<4>();
+        unit.zero::<5>();
+        unit.zero::<6>();
+        unit.zero::<7>();
+        for _ in 0..iters {
+            unit.dot::<0, 4, 6>();
+            unit.dot::<1, 4, 7>();
+            unit.dot::<2, 5, 6>();
+            unit.dot::<3, 5, 7>();
+        }
+        iters as f64 * 4.0 * 16.0 * 16.0 * 32.0 * 2.0
+    }
+
     /// 12 independent ymm FMA chains; returns the FLOPs done.
     ///
     /// # Safety
@@ -706,19 +729,28 @@ impl std::fmt::Display for Bf16Report {
     }
 }
 
-/// The register-resident `vdpbf16ps` peak of one thread (the report
-/// scales it by the thread count, as an upper bound): 24 independent
-/// accumulators, each instruction 64 flops (16 lanes × 2 pairs × multiply
-/// and add). None without AVX512-BF16.
+/// The bf16 peak of one thread for the process-wide bf16 kernel (the
+/// report scales it by the thread count, as an upper bound): with AMX,
+/// four register-resident `tdpbf16ps` chains, each instruction 16,384
+/// flops (16×16 sums of 32 products, multiply and add); else 24
+/// independent `vdpbf16ps` accumulators, each instruction 64 flops (16
+/// lanes × 2 pairs × multiply and add). None for the software kernels.
 pub fn bf16_peak() -> Option<f64> {
-    bf16_peak_of(2_000_000, 15)
+    let kernel = cpu::try_selected_bf16().unwrap_or_else(|_| Bf16Kernel::detect());
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the kernel is available, so AMX is and Linux granted it.
+        Bf16Kernel::Amx => Some(unsafe { best_rate(peak::amx, 100_000, 15) } / 1e9),
+        Bf16Kernel::Avx512Bf16 => bf16_peak_of(2_000_000, 15),
+        _ => None,
+    }
 }
 
 /// The best of `samples` runs of `iters` iterations of the `vdpbf16ps`
 /// peak loop, GFLOP/s (None without AVX512-BF16).
 fn bf16_peak_of(iters: u64, samples: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
-    if super::bf16::Bf16Kernel::Avx512Bf16.is_available() {
+    if Bf16Kernel::Avx512Bf16.is_available() {
         // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked).
         return Some(unsafe { best_rate(peak::avx512bf16, iters, samples) } / 1e9);
     }

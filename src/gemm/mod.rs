@@ -36,6 +36,7 @@
 //! assert_eq!(h, [6.0, 0.0, 0.0, 7.0, 15.0, 8.0, 0.0, 16.0]);
 //! ```
 
+pub mod amx;
 pub mod bench;
 pub mod bf16;
 pub mod bf16_weights;
