@@ -255,6 +255,13 @@ fn a_bf16_kernel_this_cpu_lacks() -> Option<&'static str> {
         if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
             return Some("avx512-bf16");
         }
+        // std has no stable AMX names: the kernel's own list of flags.
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let listed = |f: &str| flags.split_whitespace().any(|w| w == f);
+        let amx = listed("amx_tile") && listed("amx_bf16");
+        if !flags.is_empty() && !amx {
+            return Some("amx-bf16");
+        }
         None
     }
     #[cfg(not(target_arch = "x86_64"))]
