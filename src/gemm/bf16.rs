@@ -650,7 +650,7 @@ impl TileRun<'_> {
         let (m, n, kp) = (self.m, self.n, self.kp);
         let mut tile: Tile = [[0.0; NR]; MR];
         let mut scratch: Tile = [[0.0; NR]; MR];
-        let mut block = Block::new();
+        let mut blocks = [Block::new(), Block::new()];
         let mut model = (self.kernel == Bf16Kernel::AmxEmulated).then(TileModel::new);
         let vector = match self.kernel {
             Bf16Kernel::Portable => None,
@@ -668,11 +668,11 @@ impl TileRun<'_> {
                 unsafe {
                     match (self.kernel, model.as_mut()) {
                         (Bf16Kernel::Amx, _) => {
-                            let (out, scratch) = (&mut block, &mut scratch);
+                            let (out, scratch) = (&mut blocks, &mut scratch);
                             self.column_tiles(&mut Amx, at, bp, columns, dest, epi, out, scratch)
                         }
                         (Bf16Kernel::AmxEmulated, Some(unit)) => {
-                            let (out, scratch) = (&mut block, &mut scratch);
+                            let (out, scratch) = (&mut blocks, &mut scratch);
                             self.column_tiles(unit, at, bp, columns, dest, epi, out, scratch)
                         }
                         _ => self.column_vector(at, bp, columns, dest, epi, &mut scratch),
@@ -845,8 +845,9 @@ impl TileRun<'_> {
 
     /// Every tile of one column panel on the tile unit `unit`: per block
     /// of 32 rows, the sums over whole steps of 16 pairs on the tiles
-    /// ([`block_sums`], into `block`), then per 8 rows of it the last
-    /// pairs by `vdpbf16ps` and the store of [`TileRun::column_vector`].
+    /// ([`block_sums`], into one of `blocks` while the other's rows are
+    /// stored), then per 8 rows of it the last pairs by `vdpbf16ps` and
+    /// the store of [`TileRun::column_vector`].
     ///
     /// # Safety
     /// As [`TileRun::column_vector`], with Ã padded to whole blocks of
@@ -863,7 +864,7 @@ impl TileRun<'_> {
         (j0, cols): (usize, usize),
         dest: &Dest,
         epi: &Epi,
-        block: &mut Block,
+        blocks: &mut [Block; 2],
         scratch: &mut Tile,
     ) {
         use std::arch::x86_64::*;
@@ -873,18 +874,26 @@ impl TileRun<'_> {
         let copies = update.and_then(|(_, _, c)| c);
         assert!(at.len() >= m.next_multiple_of(BLOCK_ROWS) * kp && bp.len() >= kp * NR);
         unit.prepare();
-        for i0 in (0..m).step_by(BLOCK_ROWS) {
-            // SAFETY: rows i0..i0 + 32 of Ã exist (asserted), each a run
-            // of kp ≥ whole words; the panel holds kp·NR words.
-            block_sums(
-                unit,
-                at.as_ptr().add(i0 * kp),
-                kp,
-                bp.as_ptr(),
-                whole,
-                block,
-            );
-            for (g, sums) in block.0.chunks_exact(MR).enumerate() {
+        // SAFETY (both calls): rows i0..i0 + 32 of Ã exist (asserted), each
+        // a run of kp ≥ whole words; the panel holds kp·NR words.
+        let sums = |unit: &mut U, i0: usize, out: &mut Block| {
+            block_sums(unit, at.as_ptr().add(i0 * kp), kp, bp.as_ptr(), whole, out)
+        };
+        sums(unit, 0, &mut blocks[0]);
+        for (n, i0) in (0..m).step_by(BLOCK_ROWS).enumerate() {
+            // The next block's products are issued before this block's
+            // store: the tile unit works through them while the vector
+            // units store (two buffers, so neither waits for the other).
+            let [this, next] = blocks;
+            let (this, next) = if n % 2 == 0 {
+                (this, next)
+            } else {
+                (next, this)
+            };
+            if i0 + BLOCK_ROWS < m {
+                sums(unit, i0 + BLOCK_ROWS, next);
+            }
+            for (g, rows) in this.0.chunks_exact(MR).enumerate() {
                 let i = i0 + g * MR;
                 if i >= m {
                     break;
@@ -893,20 +902,13 @@ impl TileRun<'_> {
                     self.prefetch_update(i / MR + 1, j0 / NR, dest, mom, v);
                 }
                 let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-                for (acc, row) in acc.iter_mut().zip(sums) {
+                for (acc, row) in acc.iter_mut().zip(rows) {
                     acc[0] = _mm512_loadu_ps(row.as_ptr());
                     acc[1] = _mm512_loadu_ps(row.as_ptr().add(16));
                 }
                 add_sums_avx512bf16(&mut acc, &at[i * kp..(i + MR) * kp], bp, kp, whole);
-                self.store_vector(
-                    &acc,
-                    (i, MR.min(m - i)),
-                    (j0, cols),
-                    dest,
-                    epi,
-                    scratch,
-                    copies,
-                );
+                let rows = (i, MR.min(m - i));
+                self.store_vector(&acc, rows, (j0, cols), dest, epi, scratch, copies);
             }
         }
     }
@@ -921,7 +923,7 @@ impl TileRun<'_> {
         _: (usize, usize),
         _: &Dest,
         _: &Epi,
-        _: &mut Block,
+        _: &mut [Block; 2],
         _: &mut Tile,
     ) {
         unreachable!("AMX is x86-64 only")
