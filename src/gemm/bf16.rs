@@ -873,6 +873,9 @@ impl TileRun<'_> {
         let update = self.update_state();
         let copies = update.and_then(|(_, _, c)| c);
         assert!(at.len() >= m.next_multiple_of(BLOCK_ROWS) * kp && bp.len() >= kp * NR);
+        if m == 0 {
+            return;
+        }
         unit.prepare();
         // SAFETY (both calls): rows i0..i0 + 32 of Ã exist (asserted), each
         // a run of kp ≥ whole words; the panel holds kp·NR words.
