@@ -314,8 +314,15 @@ CTRL_C = textwrap.dedent(
 
 
 def test_ctrl_c_stops_training_cleanly_and_keeps_the_model():
+    # As from a terminal or a notebook: SIGINT at its default, whatever this
+    # process inherited (a shell's background job ignores it, and Python
+    # then installs no KeyboardInterrupt handler).
     proc = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", CTRL_C],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first = proc.stdout.readline()
