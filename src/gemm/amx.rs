@@ -32,7 +32,7 @@
 
 use std::sync::OnceLock;
 
-use super::bf16::NR;
+use super::bf16::{from_bf16, NR};
 
 /// Rows of one AMX block (two tiles of A), and the multiple of rows Ã
 /// is padded to for the AMX kernels.
@@ -236,13 +236,16 @@ impl TileUnit for TileModel {
 
     unsafe fn dot<const C: u8, const A: u8, const B: u8>(&mut self) {
         let (a, b) = (self.tiles[A as usize], self.tiles[B as usize]);
-        let half = |w: u32, hi: bool| f32::from_bits(if hi { w & 0xFFFF_0000 } else { w << 16 });
+        let (lo, hi) = (
+            |w: u32| from_bf16(w as u16),
+            |w: u32| from_bf16((w >> 16) as u16),
+        );
         for (m, row) in self.tiles[C as usize].iter_mut().enumerate() {
             for (n, c) in row.iter_mut().enumerate() {
                 let mut sum = f32::from_bits(*c);
                 for k in 0..16 {
-                    sum += half(a[m][k], false) * half(b[k][n], false);
-                    sum += half(a[m][k], true) * half(b[k][n], true);
+                    sum += lo(a[m][k]) * lo(b[k][n]);
+                    sum += hi(a[m][k]) * hi(b[k][n]);
                 }
                 *c = sum.to_bits();
             }
@@ -324,8 +327,10 @@ mod tests {
         let mut unit = TileModel::new();
         // SAFETY: a has 32 rows of kp ≥ whole words; b has kp·NR words.
         unsafe { block_sums(&mut unit, a.as_ptr(), kp, b.as_ptr(), whole, &mut out) };
-        let lo = |w: u32| f32::from_bits(w << 16);
-        let hi = |w: u32| f32::from_bits(w & 0xFFFF_0000);
+        let (lo, hi) = (
+            |w: u32| from_bf16(w as u16),
+            |w: u32| from_bf16((w >> 16) as u16),
+        );
         for r in 0..BLOCK_ROWS {
             for c in 0..NR {
                 let want: f32 = (0..whole)
@@ -343,7 +348,7 @@ mod tests {
     fn the_tile_configuration_is_palette_1_with_16_rows_of_64_bytes() {
         #[cfg(target_arch = "x86_64")]
         {
-            let c = hardware_config();
+            let c = super::hardware::CONFIG;
             assert_eq!(c[0], 1);
             for t in 0..8 {
                 assert_eq!(u16::from_le_bytes([c[16 + 2 * t], c[17 + 2 * t]]), 64);
@@ -355,10 +360,5 @@ mod tests {
                 .chain(&c[56..])
                 .all(|&b| b == 0));
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn hardware_config() -> [u8; 64] {
-        super::hardware::CONFIG
     }
 }

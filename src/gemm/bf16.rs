@@ -104,7 +104,7 @@ impl Bf16Kernel {
     /// grants its tiles and it gives the exact sums of [`amx_probe`]; else
     /// AVX512-BF16; else the portable kernel.
     pub fn detect() -> Bf16Kernel {
-        if Bf16Kernel::Amx.is_available() && amx_probe() {
+        if amx_probe() {
             Bf16Kernel::Amx
         } else if Bf16Kernel::Avx512Bf16.is_available() {
             Bf16Kernel::Avx512Bf16
@@ -658,7 +658,9 @@ impl TileRun<'_> {
         let (m, n, kp) = (self.m, self.n, self.kp);
         let mut tile: Tile = [[0.0; NR]; MR];
         let mut scratch: Tile = [[0.0; NR]; MR];
-        let mut blocks = [Block::new(), Block::new()];
+        // The tile kernels' block buffers (and the model's tiles): 8 KiB
+        // each, zeroed only where they are used.
+        let mut blocks = self.kernel.on_tiles().then(|| [Block::new(), Block::new()]);
         let mut model = (self.kernel == Bf16Kernel::AmxEmulated).then(TileModel::new);
         let vector = match self.kernel {
             Bf16Kernel::Portable => None,
@@ -674,14 +676,19 @@ impl TileRun<'_> {
                 // j0..j0 + cols lie inside C, and column panel jb is this
                 // part's alone.
                 unsafe {
-                    match (self.kernel, model.as_mut()) {
-                        (Bf16Kernel::Amx, _) => {
-                            let (out, scratch) = (&mut blocks, &mut scratch);
-                            self.column_tiles(&mut Amx, at, bp, columns, dest, epi, out, scratch)
-                        }
-                        (Bf16Kernel::AmxEmulated, Some(unit)) => {
-                            let (out, scratch) = (&mut blocks, &mut scratch);
-                            self.column_tiles(unit, at, bp, columns, dest, epi, out, scratch)
+                    match (self.kernel, model.as_mut(), blocks.as_mut()) {
+                        (Bf16Kernel::Amx, _, Some(out)) => self.column_tiles(
+                            &mut Amx,
+                            at,
+                            bp,
+                            columns,
+                            dest,
+                            epi,
+                            out,
+                            &mut scratch,
+                        ),
+                        (Bf16Kernel::AmxEmulated, Some(unit), Some(out)) => {
+                            self.column_tiles(unit, at, bp, columns, dest, epi, out, &mut scratch)
                         }
                         _ => self.column_vector(at, bp, columns, dest, epi, &mut scratch),
                     }
@@ -798,13 +805,13 @@ impl TileRun<'_> {
     ) {
         let (m, kp) = (self.m, self.kp);
         let update = self.update_state();
+        let copies = update.and_then(|(_, _, c)| c);
         for ib in 0..m.div_ceil(MR) {
             if let Some((mom, v, _)) = update {
                 self.prefetch_update(ib + 1, j0 / NR, dest, mom, v);
             }
             let ap = &at[ib * kp * MR..(ib + 1) * kp * MR];
             let acc = sums_avx512bf16(ap, bp, kp);
-            let copies = update.and_then(|(_, _, c)| c);
             let rows = (ib * MR, MR.min(m - ib * MR));
             self.store_vector(&acc, rows, (j0, cols), dest, epi, scratch, copies);
         }
