@@ -19,7 +19,8 @@ use common::report;
 use fastnn::buf::AlignedBuf;
 use fastnn::cpu::Isa;
 use fastnn::gemm::{
-    panel_len, reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Strategy,
+    panel_len, reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan,
+    Strategy,
 };
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer, Rule};
 
@@ -77,7 +78,8 @@ fn report_missing(isa: Isa) {
     report::skipped(&format!("gemm kernel {isa}"), &reason);
 }
 
-/// Contexts for every kernel family this CPU has, × both strategies.
+/// Contexts for every kernel family this CPU has, × the three strategies
+/// (the strip kernel computes any width, strip by strip).
 /// Missing kernels are reported, not silently passed; the test
 /// `every_kernel_this_cpu_has_is_exercised` fails if one the CPU has is
 /// missing here.
@@ -89,7 +91,7 @@ fn contexts(par: Parallelism) -> Vec<(String, GemmCtx)> {
                 let strategies: &[Strategy] = if isa == Isa::MatrixMultiply {
                     &[Strategy::Auto]
                 } else {
-                    &[Strategy::Packed, Strategy::Small]
+                    &[Strategy::Packed, Strategy::Small, Strategy::Narrow]
                 };
                 for &s in strategies {
                     let ctx = GemmCtx::with_isa(isa, par).unwrap().with_strategy(s);
@@ -747,10 +749,13 @@ fn fused_update_equals_product_then_update_bitwise() {
 }
 
 /// 1 thread vs 2, 3 and 4 threads: bit-identical C, on shapes split along N
-/// and along M.
+/// and along M, by the packed nest and by the strip kernel (which splits M
+/// only).
 #[test]
 fn threads_do_not_change_bits() {
     let mut rng = Rng(6);
+    // Runs that really were split, by strategy.
+    let mut split_runs = [0; 2];
     for isa in Isa::ALL {
         if isa.check().is_err() {
             report_missing(isa);
@@ -778,33 +783,42 @@ fn threads_do_not_change_bits() {
             } else {
                 MatRef::row_major(&bv, k, n)
             };
-            let run = |par: Parallelism| {
-                let mut ctx = GemmCtx::with_isa(isa, par)
-                    .unwrap()
-                    .with_strategy(Strategy::Packed);
-                let mut c = vec![f32::NAN; m * n];
-                ctx.gemm(
-                    1.0,
-                    a,
-                    b,
-                    0.0,
-                    MatMut::row_major(&mut c, m, n),
-                    Epilogue::BiasAct(&bias, Activation::Relu),
-                );
-                c
-            };
-            let one = run(Parallelism::Single);
-            for threads in [1, 2, 3, 4] {
-                let c = run(Parallelism::Threads(threads));
-                let what = format!("{threads} threads");
-                let same = one
-                    .iter()
-                    .zip(c.iter())
-                    .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{isa} {m}×{k}×{n}: {what} differs from 1 thread");
+            for (s, strategy) in [Strategy::Packed, Strategy::Narrow].into_iter().enumerate() {
+                let ctx = |par| GemmCtx::with_isa(isa, par).unwrap().with_strategy(strategy);
+                let run = |mut ctx: GemmCtx| {
+                    let mut c = vec![f32::NAN; m * n];
+                    ctx.gemm(
+                        1.0,
+                        a,
+                        b,
+                        0.0,
+                        MatMut::row_major(&mut c, m, n),
+                        Epilogue::BiasAct(&bias, Activation::Relu),
+                    );
+                    c
+                };
+                let one = run(ctx(Parallelism::Single));
+                for threads in [1, 2, 3, 4] {
+                    let ctx = ctx(Parallelism::Threads(threads));
+                    let plan = ctx.plan(m, k, n);
+                    if let Plan::Packed { threads: 2.. } | Plan::Narrow { threads: 2.. } = plan {
+                        split_runs[s] += 1;
+                    }
+                    let c = run(ctx);
+                    let what = format!("{threads} threads ({plan:?})");
+                    let same = one
+                        .iter()
+                        .zip(c.iter())
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{isa} {m}×{k}×{n}: {what} differs from 1 thread");
+                }
             }
         }
     }
+    assert!(
+        split_runs.iter().all(|&runs| runs > 0),
+        "runs split between threads (packed, strip): {split_runs:?}"
+    );
 }
 
 #[test]
@@ -1005,7 +1019,12 @@ fn warm_calls_do_not_allocate() {
             report_missing(isa);
             continue;
         }
-        for s in [Strategy::Auto, Strategy::Packed, Strategy::Small] {
+        for s in [
+            Strategy::Auto,
+            Strategy::Packed,
+            Strategy::Small,
+            Strategy::Narrow,
+        ] {
             let mut ctx = GemmCtx::with_isa(isa, Parallelism::Single)
                 .unwrap()
                 .with_strategy(s);
@@ -1038,12 +1057,13 @@ fn warm_calls_do_not_allocate() {
     }
 }
 
-/// The fused update needs the whole of K in one pass: a product whose K
-/// spans several KC blocks is refused, not computed wrong.
+/// The fused update needs the whole of K in one pass: a product of the
+/// packed nest (C wider than the strip kernel's 16 columns) whose K spans
+/// several KC blocks is refused, not computed wrong.
 #[test]
 #[should_panic(expected = "not computed in one pass over K")]
 fn fused_update_refuses_a_product_over_several_k_blocks() {
-    let (m, k, n) = (4, 600, 4);
+    let (m, k, n) = (8, 600, 40);
     let (x, dz) = (vec![0f32; k * m], vec![0f32; k * n]);
     let (mut w, mut mm) = (vec![0f32; m * n], vec![0f32; m * n]);
     let mut ctx = GemmCtx::with_isa(Isa::Scalar, Parallelism::Single).unwrap();

@@ -4,13 +4,15 @@
 //! AdamW steps; with BatchNorm and LayerNorm also γ, β, the running
 //! statistics and the evaluation logits (unfolded and folded); each within
 //! 1e-5 (largest difference over a tensor,
-//! relative to the tensor's largest value). Every product takes the packed
-//! kernels, which read and update the weights in their panels (checked
-//! here): the small cases are all edge tiles, the "_packed" cases also have
-//! full tiles, through the vector stores and their fused epilogues.
+//! relative to the tensor's largest value). Every case runs twice, every
+//! product on one kernel (checked here), both of which read and update the
+//! weights in their panels: the packed nest (the small cases are all edge
+//! tiles, the "_packed" cases also have full tiles, through the vector
+//! stores and their fused epilogues), then the strip kernel the output
+//! layer takes, strip by strip on the wider layers.
 
 use fastnn::buf::AlignedBuf;
-use fastnn::gemm::{Parallelism, Plan};
+use fastnn::gemm::{GemmCtx, Parallelism, Plan, Strategy};
 use fastnn::model::{Act, LayerSlots, Loss, Mlp, MlpConfig, Norm};
 use fastnn::net::{step_products, Workspace};
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer};
@@ -74,9 +76,32 @@ fn check(what: &str, fast: &[f32], golden: &[f64]) -> f64 {
     rel
 }
 
+/// The kernels every product of a case runs on, in turn, and the plan
+/// that makes them take.
+const KERNELS: [(Strategy, Plan); 2] = [
+    (Strategy::Packed, Plan::Packed { threads: 1 }),
+    (Strategy::Narrow, Plan::Narrow { threads: 1 }),
+];
+
+/// Each case once per kernel.
+fn every_case_on_every_kernel(cases: &Value) -> Vec<(&String, &Value, (Strategy, Plan))> {
+    let cases = cases.as_object().unwrap();
+    KERNELS
+        .iter()
+        .flat_map(|&kernel| cases.iter().map(move |(case, spec)| (case, spec, kernel)))
+        .collect()
+}
+
 /// The network of `case` with the golden initial weights, the batch in its
-/// workspace, and the dropout masks (if any) in place.
-fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
+/// workspace, and the dropout masks (if any) in place; every product on
+/// the kernel of `strategy`, which takes `plan`.
+fn setup(
+    g: &Golden,
+    case: &str,
+    spec: &Value,
+    (strategy, plan): (Strategy, Plan),
+) -> (Mlp, Workspace) {
+    println!("{case}, every product on the {strategy:?} kernel:");
     let dims: Vec<usize> = serde_json::from_value(spec["dims"].clone()).unwrap();
     let cfg = MlpConfig {
         dims: dims.clone(),
@@ -103,9 +128,10 @@ fn setup(g: &Golden, case: &str, spec: &Value) -> (Mlp, Workspace) {
             mlp.params[range].copy_from_slice(&f32s(&format!("{}.{name}", idx + 1)));
         }
     }
-    let mut ws = Workspace::new(&mlp, batch, Parallelism::Single);
+    let gemm = GemmCtx::new(Parallelism::Single).with_strategy(strategy);
+    let mut ws = Workspace::with_gemm(&mlp, batch, gemm);
     for p in step_products(ws.gemm(), &dims, batch) {
-        assert_eq!(p.plan, Plan::Packed { threads: 1 }, "{case}: {p:?}");
+        assert_eq!(p.plan, plan, "{case}: {p:?}");
     }
     for (dst, &x) in ws.x.iter_mut().zip(&g.f64s(&format!("{case}.x"))) {
         *dst = x as f32;
@@ -180,8 +206,8 @@ fn forward_and_backward_match_pytorch() {
     let cases = g.cases();
     let mut worst: f64 = 0.0;
     let mut checked_norms = 0;
-    for (case, spec) in cases.as_object().unwrap() {
-        let (mut mlp, mut ws) = setup(&g, case, spec);
+    for (case, spec, kernel) in every_case_on_every_kernel(&cases) {
+        let (mut mlp, mut ws) = setup(&g, case, spec, kernel);
         let batch = spec["batch"].as_u64().unwrap() as usize;
         let l2 = spec["l2"].as_f64().unwrap();
         forward(&mut mlp, &mut ws, batch);
@@ -232,7 +258,10 @@ fn forward_and_backward_match_pytorch() {
             checked_norms += 1;
         }
     }
-    assert_eq!(checked_norms, 6, "the BatchNorm and LayerNorm cases");
+    assert_eq!(
+        checked_norms, 12,
+        "the BatchNorm and LayerNorm cases, on each kernel"
+    );
     assert!(
         worst <= TOL,
         "worst relative difference {worst:e} > {TOL:e}"
@@ -247,9 +276,9 @@ fn optimiser_steps_match_pytorch() {
     let cases = g.cases();
     let mut checked = 0;
     let mut worst: f64 = 0.0;
-    for (case, spec) in cases.as_object().unwrap() {
+    for (case, spec, kernel) in every_case_on_every_kernel(&cases) {
         for (name, o) in spec["optimizers"].as_object().unwrap() {
-            let (mut mlp, mut ws) = setup(&g, case, spec);
+            let (mut mlp, mut ws) = setup(&g, case, spec, kernel);
             let batch = spec["batch"].as_u64().unwrap() as usize;
             let f = |k: &str| o[k].as_f64().unwrap() as f32;
             let kind = match o["kind"].as_str().unwrap() {
@@ -310,8 +339,8 @@ fn optimiser_steps_match_pytorch() {
         }
     }
     assert_eq!(
-        checked, 12,
-        "sgd, sgd_nesterov_wd and adamw runs of relu_xent, relu_xent_packed and the two packed normalised cases expected"
+        checked, 24,
+        "sgd, sgd_nesterov_wd and adamw runs of relu_xent, relu_xent_packed and the two packed normalised cases, on each kernel"
     );
     assert!(
         worst <= TOL,

@@ -2,15 +2,15 @@
 //! users train at (W2's 784-512-256-10 and W1's 3072-1024-512-10, batch
 //! 128), for every optimiser. The products split C's rows or columns between
 //! threads, never the summation, so every element is summed in one order.
-//! The test first checks that the hidden layers' products really are split
-//! at these sizes, so that it cannot pass vacuously.
+//! The test first checks that the products really are split at these
+//! sizes, so that it cannot pass vacuously.
 
 mod common;
 
 use fastnn::data::Dataset;
 use fastnn::gemm::{GemmCtx, Parallelism, Plan};
 use fastnn::model::Norm;
-use fastnn::net::step_products;
+use fastnn::net::{step_products, Product};
 use fastnn::optim::{OptimConfig, OptimKind};
 use fastnn::train::{train, Silent, TrainConfig};
 
@@ -59,19 +59,24 @@ fn config(hidden: &[usize], optim: OptimConfig, threads: usize) -> TrainConfig {
 
 /// Every product of the hidden layers (forward, weight gradient, input
 /// gradient) is shared by `threads` threads, at a full and at the short
-/// batch; the output layer's 10-wide products are too small to split.
-fn assert_hidden_products_split(dims: &[usize], threads: usize) {
+/// batch; so are the output layer's 10-wide forward product and weight
+/// gradient (the strip kernel's rows) at the full batch.
+fn assert_products_split(dims: &[usize], threads: usize) {
     let ctx = GemmCtx::new(Parallelism::threads(threads));
     let hidden_layers = dims.len() - 2;
     for batch in [BATCH, TRAIN % BATCH] {
         for p in step_products(&ctx, dims, batch) {
-            if p.layer < hidden_layers {
-                assert_eq!(
-                    p.plan,
-                    Plan::Packed { threads },
-                    "{dims:?} at batch {batch}: {p:?} is not split {threads} ways"
-                );
-            }
+            let want = if p.layer < hidden_layers {
+                Plan::Packed { threads }
+            } else if p.product != Product::InputGradient && batch == BATCH {
+                Plan::Narrow { threads }
+            } else {
+                continue;
+            };
+            assert_eq!(
+                p.plan, want,
+                "{dims:?} at batch {batch}: {p:?} is not split {threads} ways"
+            );
         }
     }
 }
@@ -94,7 +99,7 @@ fn check_with(
     dims.extend(hidden);
     dims.push(CLASSES);
     for threads in [2, 3] {
-        assert_hidden_products_split(&dims, threads);
+        assert_products_split(&dims, threads);
     }
     for &(name, optim) in optims {
         let run = |threads| {

@@ -49,7 +49,7 @@ pub struct GemmArgs {
     /// Kernel family: avx512, avx2, scalar, matrixmultiply (default: FASTNN_ISA or the best available).
     #[arg(long)]
     isa: Option<String>,
-    /// Algorithm: auto, packed (Goto/BLIS loop nest) or small (no-pack path).
+    /// Algorithm: auto, packed (Goto/BLIS loop nest), small (no-pack path) or narrow (strip kernel, A in place).
     #[arg(long, default_value = "auto")]
     strategy: String,
     /// Timed samples per measurement (the median is reported).
@@ -97,7 +97,8 @@ fn gemm(args: GemmArgs) -> anyhow::Result<()> {
         "auto" => Strategy::Auto,
         "packed" => Strategy::Packed,
         "small" => Strategy::Small,
-        other => bail!("--strategy {other:?}: expected auto, packed or small"),
+        "narrow" => Strategy::Narrow,
+        other => bail!("--strategy {other:?}: expected auto, packed, small or narrow"),
     };
     if args.precision == "bf16" {
         let report = bench::run_bf16(&shapes, args.threads, args.samples, args.best)?;

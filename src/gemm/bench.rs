@@ -252,13 +252,15 @@ impl Operands {
                 )
             }
         };
+        // A dense m×n C: the front of the buffer, which is longer where the
+        // TN shapes keep C in panels and n is not a multiple of the panel.
+        let c = &mut self.c[..m * n];
         match pool {
-            None => rows(0, &mut self.c),
+            None => rows(0, c),
             Some(pool) => {
                 let chunk = m.div_ceil(pool.current_num_threads()) * n;
                 pool.install(|| {
-                    self.c
-                        .par_chunks_mut(chunk)
+                    c.par_chunks_mut(chunk)
                         .enumerate()
                         .for_each(|(t, c)| rows(t * chunk / n, c))
                 })
@@ -768,4 +770,33 @@ pub fn bf16_against_f32(isa: Isa) -> Option<(f64, f64)> {
     // SAFETY: peak_loop returned f only for an ISA this CPU supports.
     let f32 = unsafe { best_rate(f, 100_000, 5) };
     Some((bf16, f32 / 1e9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weight-gradient shape whose width is not a multiple of the panel
+    /// (the output layer's): C is then longer in panels than m·n, and the
+    /// dense peers must use only its front (they once ran past A's rows).
+    #[test]
+    fn a_narrow_panelled_weight_gradient_runs_for_every_peer() {
+        for threads in [1, 2] {
+            let cfg = BenchConfig {
+                shapes: vec![Shape::new(512, 128, 10, Trans::TN).in_panels()],
+                threads,
+                isa: None,
+                samples: 1,
+                min_sample: Duration::ZERO,
+                best: false,
+                strategy: Strategy::Auto,
+            };
+            let report = run(&cfg).unwrap();
+            let r = &report.results[0];
+            assert!(
+                r.fastnn_gflops > 0.0 && r.matrixmultiply_gflops > 0.0,
+                "{r:?}"
+            );
+        }
+    }
 }

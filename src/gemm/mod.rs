@@ -44,6 +44,7 @@ mod epilogue;
 mod kernels;
 mod loops;
 mod mat;
+mod narrow;
 mod pack;
 mod params;
 pub mod reference;
@@ -107,6 +108,9 @@ pub enum Strategy {
     Packed,
     /// Always the no-pack single-thread path.
     Small,
+    /// Always the strip kernel (`narrow.rs`), meant for C at most
+    /// [`narrow::STRIP`] columns wide; wider ones go strip by strip.
+    Narrow,
 }
 
 impl Strategy {
@@ -131,6 +135,9 @@ pub enum Plan {
     Fallback,
     /// The no-pack single-thread path (small and skinny products).
     NoPack,
+    /// The strip kernel: C at most 16 columns wide (the output layer), A
+    /// read in place, its rows cut into this many parts, one per thread.
+    Narrow { threads: usize },
     /// The packed loop nest, C cut into this many parts, one per thread.
     Packed { threads: usize },
 }
@@ -380,14 +387,15 @@ impl GemmCtx {
 
     /// True when an m×k×n product can carry a fused optimiser step
     /// ([`GemmCtx::gemm_update`]): its kernel must sum the whole of K before
-    /// it stores a tile, which the packed nest does when K fits one KC
-    /// block. The answer does not depend on W's layout: a panelled W takes
-    /// the packed nest whatever the shape, so a shape the no-pack path would
-    /// take counts as packed too. Never with `matrixmultiply`, which stores
-    /// C before the epilogue runs.
+    /// it stores a tile, which the strip kernel always does and the packed
+    /// nest when K fits one KC block. The answer does not depend on W's
+    /// layout: it is the answer for a panelled W, and a row-major W takes
+    /// the same path or the no-pack one, which sums all of K in one pass
+    /// too. Never with `matrixmultiply`,
+    /// which stores C before the epilogue runs.
     pub fn fuses_update(&self, m: usize, k: usize, n: usize) -> bool {
-        match self.plan(m, k, n) {
-            Plan::Empty => true,
+        match self.plan_panelled(m, k, n, true) {
+            Plan::Empty | Plan::Narrow { .. } => true,
             Plan::Fallback => false,
             Plan::NoPack | Plan::Packed { .. } => {
                 params::block_steps(&params_of(self.isa), m, k, n).1 >= k
@@ -407,10 +415,19 @@ impl GemmCtx {
     /// halves, m = MC is one block), so reserving the exact steps of m×k×n
     /// would not cover it.
     pub fn reserve(&mut self, m: usize, k: usize, n: usize) {
-        // Only the packed loop nest uses the workspace, and a product with
-        // panelled operands takes it whatever its shape.
-        if !matches!(self.plan_panelled(m, k, n, false), Plan::Packed { .. }) {
-            return;
+        // Only the packed loop nest and the strip kernel use the
+        // workspace; a product with panelled operands takes one of them
+        // whatever its shape.
+        match self.plan_panelled(m, k, n, false) {
+            Plan::Packed { .. } => {}
+            Plan::Narrow { threads } => {
+                self.ws.ensure_parts(threads);
+                for part in &mut self.ws.parts[..threads] {
+                    part.reserve(0, narrow::strip_len(k));
+                }
+                return;
+            }
+            Plan::Empty | Plan::Fallback | Plan::NoPack => return,
         }
         let p = params_of(self.isa);
         let (mc, kc, nc) = params::block_bound(&p, m, k, n);
@@ -423,12 +440,30 @@ impl GemmCtx {
         }
     }
 
-    /// True when an m×k×n product skips packing (the no-pack path).
-    fn takes_small_path(&self, m: usize, k: usize, n: usize) -> bool {
+    /// The path of an m×k×n product whose operands are all strided
+    /// (`panelled`: B or C in panels, which the no-pack path cannot
+    /// address).
+    fn path(&self, m: usize, k: usize, n: usize, panelled: bool) -> Path {
         match self.strategy {
-            Strategy::Small => true,
-            Strategy::Packed => false,
-            Strategy::Auto => Strategy::small_wins(m, k, n),
+            Strategy::Small if !panelled => Path::NoPack,
+            Strategy::Narrow => Path::Narrow,
+            Strategy::Packed | Strategy::Small => Path::Packed,
+            Strategy::Auto if n <= narrow::STRIP => Path::Narrow,
+            Strategy::Auto if !panelled && Strategy::small_wins(m, k, n) => Path::NoPack,
+            Strategy::Auto => Path::Packed,
+        }
+    }
+
+    /// The plan of a product with m, n, k > 0 on a kernel of our own.
+    fn plan_of(&self, m: usize, k: usize, n: usize, panelled: bool, column_panels: bool) -> Plan {
+        match self.path(m, k, n, panelled) {
+            Path::NoPack => Plan::NoPack,
+            Path::Narrow => Plan::Narrow {
+                threads: self.narrow_parts(m, k, n),
+            },
+            Path::Packed => Plan::Packed {
+                threads: self.packed_split(m, k, n, column_panels).parts(),
+            },
         }
     }
 
@@ -446,6 +481,18 @@ impl GemmCtx {
         threads::split(m, n, &p, threads, n_unit)
     }
 
+    /// How many threads share the rows of an m×k×n product of the strip
+    /// kernel: each a run of whole MR-row blocks, and only where every
+    /// thread gets enough work to pay for waking it.
+    fn narrow_parts(&self, m: usize, k: usize, n: usize) -> usize {
+        let work = m
+            .saturating_mul(k)
+            .saturating_mul(n.div_ceil(narrow::STRIP) * narrow::STRIP);
+        let by_work = work / params::NARROW_THREAD_MIN_MKN;
+        let by_rows = m.div_ceil(narrow::ROWS);
+        self.par.count().min(by_work).min(by_rows).max(1)
+    }
+
     /// How this context computes an m×k×n product. (Tests use it to check
     /// that a shape really takes the path they mean to test.)
     pub fn plan(&self, m: usize, k: usize, n: usize) -> Plan {
@@ -453,30 +500,24 @@ impl GemmCtx {
             Plan::Empty
         } else if self.isa == Isa::MatrixMultiply {
             Plan::Fallback
-        } else if self.takes_small_path(m, k, n) {
-            Plan::NoPack
         } else {
-            Plan::Packed {
-                threads: self.packed_split(m, k, n, false).parts(),
-            }
+            self.plan_of(m, k, n, false, false)
         }
     }
 
     /// How this context computes an m×k×n product whose B or C is
     /// panelled: in column panels (`column_panels`: the forward product's
     /// B, the weight gradient's C) or B in row panels (the input
-    /// gradient's). Such products always take the packed nest, whatever
-    /// their shape: B in column panels needs no packing, and the other
-    /// operands only the nest can address.
+    /// gradient's). Such products take the strip kernel if C is narrow,
+    /// else the packed nest, whatever their shape: B in column panels needs
+    /// no packing, and the no-pack path cannot address panels.
     pub fn plan_panelled(&self, m: usize, k: usize, n: usize, column_panels: bool) -> Plan {
         if m == 0 || n == 0 || k == 0 {
             Plan::Empty
         } else if self.isa == Isa::MatrixMultiply {
             Plan::Fallback
         } else {
-            Plan::Packed {
-                threads: self.packed_split(m, k, n, column_panels).parts(),
-            }
+            self.plan_of(m, k, n, true, column_panels)
         }
     }
 
@@ -501,8 +542,10 @@ impl GemmCtx {
             return fallback(args);
         }
         let panelled = args.bp != Panels::None || args.cp != Panels::None;
-        if !panelled && self.takes_small_path(m, k, n) {
-            return run_small(self.isa, args);
+        match self.path(m, k, n, panelled) {
+            Path::NoPack => return run_small(self.isa, args),
+            Path::Narrow => return self.run_narrow_parts(args),
+            Path::Packed => {}
         }
         let split = self.packed_split(m, k, n, args.column_panels());
         self.ws.ensure_parts(split.parts());
@@ -548,6 +591,54 @@ impl GemmCtx {
             }
         });
     }
+}
+
+impl GemmCtx {
+    /// The strip kernel, its rows cut between [`GemmCtx::narrow_parts`]
+    /// threads.
+    ///
+    /// # Safety
+    /// `args` satisfies [`GemmCtx::gemm_raw`]'s contract, m, n, k > 0.
+    unsafe fn run_narrow_parts(&mut self, args: &Args) {
+        let count = self.narrow_parts(args.m, args.k, args.n);
+        self.ws.ensure_parts(count);
+        let isa = self.isa;
+        if count == 1 {
+            return run_narrow(isa, args, &mut self.ws.parts[0]);
+        }
+        let rows = args.m.div_ceil(narrow::ROWS).div_ceil(count) * narrow::ROWS;
+        let parts = SharedMut::new(&mut self.ws.parts[..count]);
+        let team = self
+            .team
+            .as_mut()
+            .expect("a context of several threads has a team");
+        team.run(count, &|t| {
+            let i0 = (t * rows).min(args.m);
+            let pm = rows.min(args.m - i0);
+            if pm == 0 {
+                return;
+            }
+            // SAFETY: the team calls each t < count once, so each thread
+            // has its own PartWs; the parts are disjoint runs of C's rows
+            // (with all of its columns), so each writes only its own.
+            unsafe {
+                run_narrow(
+                    isa,
+                    &args.part(i0, pm, 0, args.n),
+                    &mut parts.piece(t..t + 1)[0],
+                )
+            }
+        });
+    }
+}
+
+/// The kernel a product takes (its threads aside): [`Plan`] without the
+/// empty and fallback cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    NoPack,
+    Narrow,
+    Packed,
 }
 
 /// The shared Ã buffers, handed to the team.
@@ -597,6 +688,19 @@ unsafe fn run_small(isa: Isa, args: &Args) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => kernels::avx2::small(args),
         Isa::Scalar => kernels::scalar::small(args),
+        _ => unreachable!("gemm kernel {isa} is not available on this target"),
+    }
+}
+
+/// # Safety
+/// As [`run_packed`], without `shared`.
+unsafe fn run_narrow(isa: Isa, args: &Args, ws: &mut PartWs) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => kernels::avx512::narrow(args, ws),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => kernels::avx2::narrow(args, ws),
+        Isa::Scalar => kernels::scalar::narrow(args, ws),
         _ => unreachable!("gemm kernel {isa} is not available on this target"),
     }
 }

@@ -112,6 +112,24 @@ pub(crate) const SCALAR: Params = Params {
     nc: 512,
 };
 
+/// Rows of the strip kernel's tile (`narrow.rs`, C at most 16 columns
+/// wide), per family: one accumulator per row and vector of the strip,
+/// with the strip's row in the registers left (A is broadcast from
+/// memory). For AVX-512, 8, 12 and 16 rows measured within noise of each
+/// other on the output layer's products (`fastnn bench gemm --panels`, one
+/// thread, two runs each, GFLOP/s for 8 / 12 / 16 rows: 128×256×10 NT
+/// 50-51 / 51-52 / 51; 256×128×10 TN 39-43 / 47 / 45; 512×512×10 NT 61 /
+/// 61-62 / 61; 512×512×10 TN 59-61 / 59-62 / 60-60): 12, whose row
+/// pointers fit the general registers (16 rows spill some to the stack).
+pub(crate) const AVX512_NARROW_MR: usize = 12;
+pub(crate) const AVX2_NARROW_MR: usize = 6;
+pub(crate) const SCALAR_NARROW_MR: usize = 4;
+
+/// Products of the strip kernel share their rows between threads only
+/// from this many multiply-adds per thread (m·k·16 for C up to 16 columns
+/// wide): below it, waking the second thread costs more than it saves.
+pub(crate) const NARROW_THREAD_MIN_MKN: usize = 1 << 16;
+
 /// Products with fewer multiply-adds (m·k·n) than this run single-threaded:
 /// waking a second thread and packing Ã twice do not pay below it.
 /// Measured (`fastnn bench gemm --trans NT --threads 1|2 --best`, AVX-512,
@@ -142,6 +160,16 @@ pub(crate) const SMALL_MAX_N: usize = 16;
 pub(crate) const SMALL_MAX_M: usize = 4;
 /// No-pack path when m·k·n is at most this.
 pub(crate) const SMALL_MAX_MKN: usize = 32 * 32 * 32;
+
+// A thread's share of the strip kernel's rows is whole tiles of every family.
+const _: () = {
+    use super::narrow::ROWS;
+    assert!(
+        ROWS.is_multiple_of(AVX512_NARROW_MR)
+            && ROWS.is_multiple_of(AVX2_NARROW_MR)
+            && ROWS.is_multiple_of(SCALAR_NARROW_MR)
+    );
+};
 
 // NR = nv · LANES for every table (LANES: 16 for AVX-512, 8 for AVX2 and portable).
 const _: () = {

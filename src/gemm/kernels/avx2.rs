@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::Simd;
 use crate::gemm::loops::SharedA;
-use crate::gemm::{loops, params, small, Args, PartWs};
+use crate::gemm::{loops, narrow, params, small, Args, PartWs};
 
 /// Token type for AVX2+FMA; only used after `Isa::Avx2.check()` succeeded.
 #[derive(Clone, Copy)]
@@ -81,4 +81,13 @@ pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs, shared: Option<&Shared
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn small(args: &Args) {
     small::small::<Avx2>(args)
+}
+
+/// The strip kernel (`narrow.rs`).
+///
+/// # Safety
+/// As [`packed`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn narrow(args: &Args, ws: &mut PartWs) {
+    narrow::narrow::<Avx2, { params::AVX2_NARROW_MR }, 2>(args, ws)
 }

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::Simd;
 use crate::gemm::loops::SharedA;
-use crate::gemm::{loops, params, small, Args, PartWs};
+use crate::gemm::{loops, narrow, params, small, Args, PartWs};
 
 /// Token type for AVX-512F; only used after `Isa::Avx512.check()` succeeded.
 #[derive(Clone, Copy)]
@@ -86,4 +86,13 @@ pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs, shared: Option<&Shared
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(crate) unsafe fn small(args: &Args) {
     small::small::<Avx512>(args)
+}
+
+/// The strip kernel (`narrow.rs`).
+///
+/// # Safety
+/// As [`packed`].
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn narrow(args: &Args, ws: &mut PartWs) {
+    narrow::narrow::<Avx512, { params::AVX512_NARROW_MR }, 1>(args, ws)
 }

@@ -4,7 +4,7 @@
 
 use super::Simd;
 use crate::gemm::loops::SharedA;
-use crate::gemm::{loops, params, small, Args, PartWs};
+use crate::gemm::{loops, narrow, params, small, Args, PartWs};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Portable;
@@ -81,4 +81,12 @@ pub(crate) unsafe fn packed(args: &Args, ws: &mut PartWs, shared: Option<&Shared
 /// As [`packed`].
 pub(crate) unsafe fn small(args: &Args) {
     small::small::<Portable>(args)
+}
+
+/// The strip kernel (`narrow.rs`).
+///
+/// # Safety
+/// As [`packed`].
+pub(crate) unsafe fn narrow(args: &Args, ws: &mut PartWs) {
+    narrow::narrow::<Portable, { params::SCALAR_NARROW_MR }, 2>(args, ws)
 }
