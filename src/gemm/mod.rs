@@ -391,8 +391,8 @@ impl GemmCtx {
     /// nest when K fits one KC block. The answer does not depend on W's
     /// layout: it is the answer for a panelled W, and a row-major W takes
     /// the same path or the no-pack one, which sums all of K in one pass
-    /// too. Never with `matrixmultiply`,
-    /// which stores C before the epilogue runs.
+    /// too. Never with `matrixmultiply`, which stores C before the
+    /// epilogue runs.
     pub fn fuses_update(&self, m: usize, k: usize, n: usize) -> bool {
         match self.plan_panelled(m, k, n, true) {
             Plan::Empty | Plan::Narrow { .. } => true,
@@ -440,9 +440,8 @@ impl GemmCtx {
         }
     }
 
-    /// The path of an m×k×n product whose operands are all strided
-    /// (`panelled`: B or C in panels, which the no-pack path cannot
-    /// address).
+    /// The kernel an m×k×n product takes; `panelled`: B or C is in
+    /// panels, which the no-pack path cannot address.
     fn path(&self, m: usize, k: usize, n: usize, panelled: bool) -> Path {
         match self.strategy {
             Strategy::Small if !panelled => Path::NoPack,
@@ -591,9 +590,7 @@ impl GemmCtx {
             }
         });
     }
-}
 
-impl GemmCtx {
     /// The strip kernel, its rows cut between [`GemmCtx::narrow_parts`]
     /// threads.
     ///
