@@ -447,7 +447,9 @@ impl GemmCtx {
             Strategy::Small if !panelled => Path::NoPack,
             Strategy::Narrow => Path::Narrow,
             Strategy::Packed | Strategy::Small => Path::Packed,
-            Strategy::Auto if n <= narrow::STRIP => Path::Narrow,
+            Strategy::Auto if n <= narrow::STRIP && (panelled || m >= params::NARROW_MIN_M) => {
+                Path::Narrow
+            }
             Strategy::Auto if !panelled && Strategy::small_wins(m, k, n) => Path::NoPack,
             Strategy::Auto => Path::Packed,
         }

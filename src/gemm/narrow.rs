@@ -5,8 +5,9 @@
 //! In the packed nest such a product wastes most of its work: the 8×32
 //! tile computes 32 columns for 10, and packing Ã costs about as much as
 //! the product itself, since each element of A meets only n columns of B.
-//! Here A is read in place, MR rows at a time, and B is copied into a
-//! strip of k×NR floats (NR = NV·LANES, zero past column n), which stays in
+//! Here A is read in place, MR rows at a time, and B is a strip of k×NR
+//! floats (NR = NV·LANES): the weights' column panel itself for the
+//! forward product, else a copy, zero past column n. The strip stays in
 //! L1 while the rows of A stream past it. Each step over k is one load of
 //! the strip's row and MR broadcasts of A, each feeding one multiply-add of
 //! NR columns:
@@ -22,6 +23,7 @@
 
 use super::kernels::{store_tile, Simd};
 use super::loops::Args;
+use super::mat::Panels;
 use super::workspace::PartWs;
 
 /// Columns of the strip, the same for every kernel family (one AVX-512
@@ -57,12 +59,24 @@ pub(crate) unsafe fn narrow<S: Simd, const MR: usize, const NV: usize>(
     let nr = NV * S::LANES;
     debug_assert_eq!(nr, STRIP);
     let Args { m, k, n, .. } = *args;
-    ws.reserve(0, strip_len(k));
-    let strip = ws.b.as_mut_ptr();
+    // B in column panels (the forward product's Wᵀ) is a strip already:
+    // its rows are PANEL floats apart, a strip never straddles two panels,
+    // and the lanes past column n read the panel's padding, whose sums
+    // are not stored.
+    let in_place = matches!(args.bp, Panels::Cols(_)) && args.csb == 1;
+    if !in_place {
+        ws.reserve(0, strip_len(k));
+    }
+    let copy = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
     for j in (0..n).step_by(nr) {
         let cols = nr.min(n - j);
-        copy_strip(args, j, cols, nr, strip);
+        let strip = if in_place {
+            (args.b_at(0, j), args.rsb as usize)
+        } else {
+            copy_strip(args, j, cols, nr, copy);
+            (copy as *const f32, nr)
+        };
         for i in (0..m).step_by(MR) {
             let rows = MR.min(m - i);
             let acc = rows_times_strip::<S, MR, NV>(args, i, strip);
@@ -100,18 +114,18 @@ unsafe fn copy_strip(args: &Args, j: usize, cols: usize, nr: usize, strip: *mut 
     }
 }
 
-/// The MR×NR sums of rows i.. of A with the strip. Rows past the last
-/// (a short last block) repeat the last row, so every read stays inside
-/// A; their sums are not stored.
+/// The MR×NR sums of rows i.. of A with the strip (its rows `ld` floats
+/// apart). Rows past the last (a short last block) repeat the last row, so
+/// every read stays inside A; their sums are not stored.
 ///
 /// # Safety
-/// Row i lies inside A; `strip` holds k rows of NV·LANES floats; the CPU
-/// supports `S`.
+/// Row i lies inside A; `strip` holds k rows of NV·LANES floats, `ld`
+/// apart; the CPU supports `S`.
 #[inline(always)]
 unsafe fn rows_times_strip<S: Simd, const MR: usize, const NV: usize>(
     args: &Args,
     i: usize,
-    strip: *const f32,
+    (strip, ld): (*const f32, usize),
 ) -> [[S::V; NV]; MR] {
     let row = |r: usize| args.a.offset((i + r).min(args.m - 1) as isize * args.rsa);
     let rows: [*const f32; MR] = std::array::from_fn(row);
@@ -129,7 +143,8 @@ unsafe fn rows_times_strip<S: Simd, const MR: usize, const NV: usize>(
                 *x = S::fma(a, bv[v], *x);
             }
         }
-        b = b.add(NV * S::LANES);
+        // Wrapping: after the last row this lies past B; it is never read.
+        b = b.wrapping_add(ld);
         at += args.csa;
     }
     acc

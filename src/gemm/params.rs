@@ -125,6 +125,24 @@ pub(crate) const AVX512_NARROW_MR: usize = 12;
 pub(crate) const AVX2_NARROW_MR: usize = 6;
 pub(crate) const SCALAR_NARROW_MR: usize = 4;
 
+/// The strip kernel takes every product whose C is at most 16 columns
+/// wide and whose B or C is panelled (the step's), and the others from
+/// this many rows on. Measured with `fastnn bench gemm --strategy ...`,
+/// one thread, GFLOP/s:
+///
+/// - W in panels, strip / packed nest: m×784×10 NT (the forward, the
+///   strip read in place) m = 1: 5.9 / 1.8, 4: 23.0 / 8.3, 8: 44.5 / 26.8,
+///   16: 43.6 / 28.0, 32: 59.3 / 28.6, 128: 64.3 / 26.2; m×128×10 TN (the
+///   weight gradient, B copied into the strip) m = 8: 16.4 / 11.1, 16:
+///   22.3 / 15.0; 4×128×3 TN 2.4 / 1.8.
+/// - Dense operands, strip (B copied) / no-pack path: m×784×10 NT m = 4:
+///   8.7 / 47.6, 8: 17.3 / 43.1, 16: 22.8 / 50.1, 24: 36.6 / 48.8; 128×256×10
+///   NT 51.3 / 43.5; 256×128×10 TN 46.4 / 1.9 (the no-pack path takes a
+///   transposed A element by element); 128×10×16 NN 51.3 / 25.2. Below 16
+///   rows the copy of B (k×16 floats) is not repaid; up to about 64 rows
+///   the no-pack path's dot products stay ahead on the NT layout alone.
+pub(crate) const NARROW_MIN_M: usize = 16;
+
 /// Products of the strip kernel share their rows between threads only
 /// from this many multiply-adds per thread (m·k·16 for C up to 16 columns
 /// wide): below it, waking the second thread costs more than it saves.
