@@ -170,6 +170,12 @@ fn amx_probe() -> bool {
     *EXACT.get_or_init(|| Bf16Kernel::Amx.is_available() && exact_on_probe(Bf16Kernel::Amx))
 }
 
+/// The probe's i-th value: a multiple of 1/16 between −3 and 3, which
+/// repeats every 97.
+fn probe_value(i: usize) -> f32 {
+    ((i * 37 % 97) as f32 - 48.0) / 16.0
+}
+
 /// Whether `kernel` gives the exact sums of a 40×70·70×40 product whose
 /// values (multiples of 1/16 up to 3, exact in bf16) make every sum exact
 /// in f32, whatever its order: for the tile kernels two blocks of rows,
@@ -177,9 +183,8 @@ fn amx_probe() -> bool {
 /// pairs after them.
 fn exact_on_probe(kernel: Bf16Kernel) -> bool {
     let (m, k, n) = (40, 70, 40);
-    let value = |i: usize| ((i * 37 % 97) as f32 - 48.0) / 16.0;
-    let a: Vec<f32> = (0..m * k).map(value).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| value(i + 11)).collect();
+    let a: Vec<f32> = (0..m * k).map(probe_value).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| probe_value(i + 11)).collect();
     let mut c = vec![f32::NAN; m * n];
     gemm_bf16(
         kernel,
@@ -1321,8 +1326,7 @@ mod tests {
         for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.is_available()) {
             assert!(exact_on_probe(kernel), "{}", kernel.name());
         }
-        let value = |i: usize| ((i * 37 % 97) as f32 - 48.0) / 16.0;
-        assert!((0..97).all(|i| round_bf16(value(i)) == value(i)));
+        assert!((0..97).all(|i| round_bf16(probe_value(i)) == probe_value(i)));
     }
 
     #[test]
