@@ -307,7 +307,7 @@ impl Workspace {
         );
         let mut packing = Bf16Workspace::default();
         for p in step_products(&self.gemm, &mlp.cfg.dims, self.max_batch) {
-            packing.reserve(p.m, p.k, p.n);
+            packing.reserve(kernel, p.m, p.k, p.n);
         }
         let mut weights = Bf16Weights::new(&mlp.cfg.dims);
         for (l, slot) in mlp.layout.layers.iter().enumerate() {

@@ -7,7 +7,8 @@ mod common;
 use common::report;
 use fastnn::buf::AlignedBuf;
 use fastnn::gemm::bf16::{
-    gemm_bf16, gemm_bf16_packed, pack_b, round_bf16, Bf16Kernel, Bf16Workspace, PackedB, MR, NR,
+    dot_outruns_fma, gemm_bf16, gemm_bf16_packed, pack_b, round_bf16, Bf16Kernel, Bf16Workspace,
+    PackedB, MR, NR,
 };
 use fastnn::gemm::{panel_len, Activation, Epilogue, MatMut, MatRef};
 use fastnn::rng::Rng;
@@ -182,17 +183,76 @@ fn a_cpu_with_amx_runs_its_kernel() {
 
 /// The detected kernel is the fastest this CPU has: AMX where it runs (and
 /// passes its probe product: a failing probe fails this test), else
-/// AVX512-BF16, else the portable kernel; never the tile model.
+/// AVX512-BF16 where `vdpbf16ps` outruns the FMA units, else the FMA
+/// kernel on AVX-512F, else the portable kernel; never the tile model.
 #[test]
 fn the_cpu_s_bf16_kernel_is_the_one_detected() {
     let want = if Bf16Kernel::Amx.is_available() {
         Bf16Kernel::Amx
-    } else if Bf16Kernel::Avx512Bf16.is_available() {
+    } else if Bf16Kernel::Avx512Bf16.is_available() && dot_outruns_fma() {
         Bf16Kernel::Avx512Bf16
+    } else if Bf16Kernel::Avx512Fma.is_available() {
+        Bf16Kernel::Avx512Fma
     } else {
         Bf16Kernel::Portable
     };
     assert_eq!(Bf16Kernel::detect(), want);
+    println!(
+        "detected {}; vdpbf16ps outruns the FMA units: {}",
+        want.name(),
+        dot_outruns_fma()
+    );
+}
+
+/// The FMA kernel adds the same exact products in the same order as the
+/// portable kernel (high halves, then low, pair by pair), so its sums are
+/// the portable kernel's bits, on every shape and transpose of the
+/// reference test and on a weight-gradient shape whose Ã it runs in
+/// blocks of rows (4096×600: 4.8 MiB widened).
+#[test]
+fn the_fma_kernel_gives_the_portable_kernel_s_bits() {
+    if !Bf16Kernel::Avx512Fma.is_available() {
+        report::skipped(
+            "the avx512-fma bf16 kernel against the portable one",
+            "this CPU lacks AVX-512F",
+        );
+        return;
+    }
+    let mut rng = Rng::new(29);
+    let mut shapes = SHAPES.to_vec();
+    shapes.push((4096, 600, 40));
+    for (m, k, n) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+        for (ta, tb) in [(false, false), (true, true)] {
+            fn op(data: &[f32], rows: usize, cols: usize, t: bool) -> MatRef<'_> {
+                if t {
+                    MatRef::row_major(data, cols, rows).t()
+                } else {
+                    MatRef::row_major(data, rows, cols)
+                }
+            }
+            let run = |kernel: Bf16Kernel| {
+                let mut c = vec![f32::NAN; m * n];
+                gemm_bf16(
+                    kernel,
+                    op(&a, m, k, ta),
+                    op(&b, k, n, tb),
+                    MatMut::row_major(&mut c, m, n),
+                    &mut Bf16Workspace::default(),
+                    Some(&mut Team::new(2)),
+                );
+                c
+            };
+            let (fma, portable) = (run(Bf16Kernel::Avx512Fma), run(Bf16Kernel::Portable));
+            let same = fma
+                .iter()
+                .zip(&portable)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{m}×{k}×{n}, transposes {ta} {tb}");
+        }
+    }
+    report::ran("the avx512-fma bf16 kernel against the portable one");
 }
 
 /// Rounding matters: a kernel that kept A and B in f32 would not give the

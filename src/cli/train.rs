@@ -420,29 +420,37 @@ fn run_as(args: TrainArgs, ranks: &mut dyn fastnn::distributed::Ranks) -> Result
     progress.finish(&summary, args.json, out.as_deref())
 }
 
-/// Says on stderr when `--precision bf16` will run slower than f32: on a
-/// software kernel (the portable one, or the model of AMX's tiles), or,
-/// without AMX, where the CPU's `vdpbf16ps` is slower than its f32 FMA
-/// (measured, about 10 ms).
+/// Says on stderr when `--precision bf16` will not run faster than f32:
+/// on a software kernel (the portable one, or the model of AMX's tiles);
+/// on the FMA kernel (no AMX, and `vdpbf16ps` slower than the FMA units or
+/// absent: the products then run on the FMA units, a little slower than
+/// f32's); or on AVX512-BF16 where the CPU's `vdpbf16ps` is slower than
+/// its f32 FMA (measured, about 10 ms: only when `FASTNN_ISA` asks for it).
 fn warn_where_bf16_does_not_pay() -> Result<()> {
     use fastnn::gemm::bf16::Bf16Kernel;
     let (isa, kernel) = fastnn::cpu::check_env()?;
-    if kernel.is_software() {
-        eprintln!(
+    match kernel {
+        _ if kernel.is_software() => eprintln!(
             "fastnn: warning: --precision bf16 on the {} bf16 kernel, which computes in software \
              (this CPU has no AVX512-BF16, or FASTNN_ISA asks for it): slower than f32",
             kernel.name()
-        );
-    } else if kernel != Bf16Kernel::Amx {
-        // AMX's tiles outrun the FMA units; vdpbf16ps may not.
-        if let Some((bf16, f32)) = fastnn::gemm::bench::bf16_against_f32(isa) {
-            if bf16 < f32 {
-                eprintln!(
-                    "fastnn: warning: this CPU's bf16 dot products ({bf16:.0} GFLOP/s a core) are slower \
-                     than its f32 FMA ({f32:.0} GFLOP/s): --precision bf16 will train slower than f32"
-                );
+        ),
+        Bf16Kernel::Avx512Fma => eprintln!(
+            "fastnn: warning: --precision bf16 on the avx512-fma kernel: this CPU has no AMX and its \
+             vdpbf16ps (if any) is slower than its FMA, so the bf16 products run on the f32 FMA \
+             units, a little slower than f32 itself"
+        ),
+        Bf16Kernel::Avx512Bf16 => {
+            if let Some((bf16, f32)) = fastnn::gemm::bench::bf16_against_f32(isa) {
+                if bf16 < f32 {
+                    eprintln!(
+                        "fastnn: warning: this CPU's bf16 dot products ({bf16:.0} GFLOP/s a core) are slower \
+                         than its f32 FMA ({f32:.0} GFLOP/s): --precision bf16 will train slower than f32"
+                    );
+                }
             }
         }
+        _ => {}
     }
     Ok(())
 }

@@ -736,7 +736,8 @@ impl std::fmt::Display for Bf16Report {
 /// four register-resident `tdpbf16ps` chains, each instruction 16,384
 /// flops (16×16 sums of 32 products, multiply and add); else 24
 /// independent `vdpbf16ps` accumulators, each instruction 64 flops (16
-/// lanes × 2 pairs × multiply and add). None for the software kernels.
+/// lanes × 2 pairs × multiply and add); for the FMA kernel, the AVX-512
+/// FMA peak. None for the software kernels.
 pub fn bf16_peak() -> Option<f64> {
     let kernel = cpu::try_selected_bf16().unwrap_or_else(|_| Bf16Kernel::detect());
     match kernel {
@@ -744,6 +745,7 @@ pub fn bf16_peak() -> Option<f64> {
         // SAFETY: the kernel is available, so AMX is and Linux granted it.
         Bf16Kernel::Amx => Some(unsafe { best_rate(peak::amx, 100_000, 15) } / 1e9),
         Bf16Kernel::Avx512Bf16 => bf16_peak_of(2_000_000, 15),
+        Bf16Kernel::Avx512Fma => measure_peak(Isa::Avx512, 1).map(|p| p.gflops),
         _ => None,
     }
 }

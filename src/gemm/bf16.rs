@@ -90,27 +90,40 @@ pub enum Bf16Kernel {
     /// the test twin of [`Bf16Kernel::Amx`] on CPUs with AVX512-BF16 and
     /// no AMX. Never detected; chosen only by name.
     AmxEmulated,
+    /// The pairs widened to f32 and summed by AVX-512F FMAs in
+    /// `vdpbf16ps`'s order (high halves, then low): for CPUs whose
+    /// `vdpbf16ps` is slower than their FMA units (Intel's, without AMX)
+    /// or which lack AVX512-BF16. Its sums are the portable kernel's bits.
+    Avx512Fma,
 }
 
 impl Bf16Kernel {
-    pub const ALL: [Bf16Kernel; 4] = [
+    pub const ALL: [Bf16Kernel; 5] = [
         Bf16Kernel::Portable,
         Bf16Kernel::Avx512Bf16,
         Bf16Kernel::Amx,
         Bf16Kernel::AmxEmulated,
+        Bf16Kernel::Avx512Fma,
     ];
 
     /// The fastest kernel this CPU runs: AMX where the CPU has it, Linux
     /// grants its tiles and it gives the exact sums of [`amx_probe`]; else
-    /// AVX512-BF16; else the portable kernel.
+    /// AVX512-BF16 where `vdpbf16ps` outruns the FMA units
+    /// ([`dot_outruns_fma`]: Zen 4); else the FMA kernel on AVX-512F; else
+    /// the portable kernel. Decided once per process.
     pub fn detect() -> Bf16Kernel {
-        if amx_probe() {
-            Bf16Kernel::Amx
-        } else if Bf16Kernel::Avx512Bf16.is_available() {
-            Bf16Kernel::Avx512Bf16
-        } else {
-            Bf16Kernel::Portable
-        }
+        static DETECTED: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if amx_probe() {
+                Bf16Kernel::Amx
+            } else if Bf16Kernel::Avx512Bf16.is_available() && dot_outruns_fma() {
+                Bf16Kernel::Avx512Bf16
+            } else if Bf16Kernel::Avx512Fma.is_available() {
+                Bf16Kernel::Avx512Fma
+            } else {
+                Bf16Kernel::Portable
+            }
+        })
     }
 
     pub fn is_available(self) -> bool {
@@ -123,6 +136,7 @@ impl Bf16Kernel {
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Kernel::Avx512Bf16 | Bf16Kernel::AmxEmulated => false,
             Bf16Kernel::Amx => super::amx::amx_ready(),
+            Bf16Kernel::Avx512Fma => crate::cpu::Isa::Avx512.is_available(),
         }
     }
 
@@ -132,6 +146,7 @@ impl Bf16Kernel {
             Bf16Kernel::Avx512Bf16 => "avx512-bf16",
             Bf16Kernel::Amx => "amx-bf16",
             Bf16Kernel::AmxEmulated => "amx-emulated",
+            Bf16Kernel::Avx512Fma => "avx512-fma",
         }
     }
 
@@ -161,6 +176,18 @@ pub fn amx_report() -> &'static str {
     } else {
         "this CPU has AMX"
     }
+}
+
+/// Whether this CPU's `vdpbf16ps` does more flops a second than its f32
+/// FMA (measured once, about 10 ms, one thread): twice on Zen 4, half on
+/// Sapphire Rapids and its successors, whose bf16 speed is in AMX. False
+/// without AVX512-BF16.
+pub fn dot_outruns_fma() -> bool {
+    static OUTRUNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OUTRUNS.get_or_init(|| {
+        super::bench::bf16_against_f32(crate::cpu::Isa::Avx512)
+            .is_some_and(|(bf16, f32)| bf16 > f32)
+    })
 }
 
 /// Whether the AMX kernel, on a CPU that has it, passes [`exact_on_probe`].
@@ -208,21 +235,38 @@ fn exact_on_probe(kernel: Bf16Kernel) -> bool {
 pub struct Bf16Workspace {
     a: AlignedBuf<u32>,
     b: AlignedBuf<u32>,
+    /// Ã widened to f32, two floats a word ([`widen`]), for
+    /// [`Bf16Kernel::Avx512Fma`].
+    a_wide: AlignedBuf<f32>,
 }
 
 impl Bf16Workspace {
-    /// Reserves the packing buffers for products up to m×k·k×n, so that
-    /// no later product of that size allocates.
-    pub fn reserve(&mut self, m: usize, k: usize, n: usize) {
+    /// Reserves the packing buffers `kernel` needs for products up to
+    /// m×k·k×n, so that no later product of that size allocates.
+    pub fn reserve(&mut self, kernel: Bf16Kernel, m: usize, k: usize, n: usize) {
         // Rows padded for the AMX kernels' whole blocks.
         let a = packed_a_len(m.next_multiple_of(BLOCK_ROWS), k);
         if self.a.len() < a {
             self.a = AlignedBuf::zeroed(a);
         }
+        if kernel == Bf16Kernel::Avx512Fma && self.a_wide.len() < 2 * a {
+            self.a_wide = AlignedBuf::zeroed(2 * a);
+        }
         let b = packed_b_len(k, n);
         if self.b.len() < b {
             self.b = AlignedBuf::zeroed(b);
         }
+    }
+}
+
+/// Ã's words as f32 for [`Bf16Kernel::Avx512Fma`]: word i becomes floats
+/// 2i (its high half) and 2i + 1 (its low half), so each row's run of
+/// pairs becomes a run of twice as many floats, in the order the kernel
+/// adds them. (A bf16 value is the high half of its f32: exact.)
+fn widen(words: &[u32], wide: &mut [f32]) {
+    for (&w, out) in words.iter().zip(wide.chunks_exact_mut(2)) {
+        out[0] = f32::from_bits(w & 0xFFFF_0000);
+        out[1] = f32::from_bits(w << 16);
     }
 }
 
@@ -626,6 +670,68 @@ unsafe fn tile_avx512bf16(
     );
 }
 
+/// The FMA kernel's sums of one tile: per pair, the high halves' products
+/// added, then the low halves', as `vdpbf16ps` orders them, by FMAs on f32
+/// values (exact products of two bf16 values, so the portable kernel's
+/// bits). Ã comes widened (`a`, [`widen`]: a row's floats are broadcast
+/// from memory); B̃'s words are widened in the registers, two operations
+/// per vector shared by the tile's MR rows.
+///
+/// # Safety
+/// The CPU has AVX-512F; `a` holds `2·kp·MR` floats and `b` `kp·NR` words.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn sums_avx512fma(a: &[f32], b: &[u32], kp: usize) -> [[std::arch::x86_64::__m512; 2]; MR] {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= 2 * kp * MR && b.len() >= kp * NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for q in 0..kp {
+        // SAFETY: q < kp, so both vectors of B̃ (at q·NR) and each row's
+        // floats 2q, 2q + 1 (at r·2kp) are within the slices.
+        let words = [
+            _mm512_loadu_si512(b.add(q * NR).cast()),
+            _mm512_loadu_si512(b.add(q * NR + 16).cast()),
+        ];
+        let hi = words.map(|w| _mm512_castsi512_ps(_mm512_and_si512(w, high)));
+        let lo = words.map(|w| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w)));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let run = a.add(r * 2 * kp + 2 * q);
+            let (ahi, alo) = (_mm512_set1_ps(*run), _mm512_set1_ps(*run.add(1)));
+            for v in 0..2 {
+                acc[v] = _mm512_fmadd_ps(ahi, hi[v], acc[v]);
+                acc[v] = _mm512_fmadd_ps(alo, lo[v], acc[v]);
+            }
+        }
+    }
+    acc
+}
+
+/// One FMA-kernel tile through the f32 store, as [`tile_avx512bf16`].
+///
+/// # Safety
+/// As [`sums_avx512fma`], and C, `epi`, `scratch` as [`tile_avx512bf16`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tile_avx512fma(
+    (a, b, kp): (&[f32], &[u32], usize),
+    (rows, cols): (usize, usize),
+    c: *mut f32,
+    (rs, cs): (isize, isize),
+    epi: &Epi,
+    scratch: *mut f32,
+) {
+    let acc = sums_avx512fma(a, b, kp);
+    super::kernels::store_tile::<super::kernels::avx512::Avx512, MR, 2>(
+        &acc, rows, cols, 1.0, 0.0, c, rs, cs, epi, scratch,
+    );
+}
+
+/// The bytes of widened Ã the FMA kernel runs against each B̃ panel
+/// before it moves to the next rows ([`TileRun::panels_fma`]).
+const FMA_A_BLOCK: usize = 1 << 20;
+
 /// What the store of a product does with each tile.
 #[derive(Clone, Copy)]
 enum Store<'e> {
@@ -647,6 +753,8 @@ enum Store<'e> {
 /// The tiles of one product, for [`TileRun::run`].
 struct TileRun<'e> {
     kernel: Bf16Kernel,
+    /// Ã widened ([`widen`]) for [`Bf16Kernel::Avx512Fma`], else empty.
+    a_wide: &'e [f32],
     m: usize,
     n: usize,
     kp: usize,
@@ -671,6 +779,12 @@ impl TileRun<'_> {
             Bf16Kernel::Portable => None,
             _ => self.vector_epi(),
         };
+        if let (Bf16Kernel::Avx512Fma, Some(epi)) = (self.kernel, &vector) {
+            // SAFETY: the kernel is available (the product asserts it) and
+            // widened Ã; the panels' columns lie inside C and are this
+            // part's alone.
+            return unsafe { self.panels_fma(bt, panels, dest, epi, &mut scratch) };
+        }
         for jb in panels {
             let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
             let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
@@ -723,8 +837,22 @@ impl TileRun<'_> {
                             scratch.as_mut_ptr().cast(),
                         )
                     },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above; Ã's widened panel ib holds
+                    // 2·kp·MR floats.
+                    Bf16Kernel::Avx512Fma => unsafe {
+                        let wide = &self.a_wide[2 * ib * kp * MR..2 * (ib + 1) * kp * MR];
+                        tile_avx512fma(
+                            (wide, bp, kp),
+                            (MR, NR),
+                            tile.as_mut_ptr().cast(),
+                            (NR as isize, 1),
+                            &Epi::NONE,
+                            scratch.as_mut_ptr().cast(),
+                        )
+                    },
                     #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!("AVX512-BF16 and AMX are x86-64 only"),
+                    _ => unreachable!("AVX-512 and AMX are x86-64 only"),
                 }
                 // SAFETY (both arms): rows i0..i0 + rows and columns
                 // j0..j0 + cols lie inside C, and column panel jb is this
@@ -820,6 +948,71 @@ impl TileRun<'_> {
             let rows = (ib * MR, MR.min(m - ib * MR));
             self.store_vector(&acc, rows, (j0, cols), dest, epi, scratch, copies);
         }
+    }
+
+    /// Every tile of the B̃ panels `panels` by the FMA kernel, stored as
+    /// [`TileRun::column_vector`] stores them. Ã widened is twice the size
+    /// of its words: where it outgrows [`FMA_A_BLOCK`] bytes (the weight
+    /// gradients' Ã: W1's 3072 rows are 3 MiB), its rows go in blocks of
+    /// that size, each against every panel, so that a block stays in L2
+    /// while the panels stream past it.
+    ///
+    /// # Safety
+    /// As [`TileRun::column_vector`], with the CPU having AVX-512F and
+    /// `self.a_wide` holding every widened Ã panel (2·kp·MR floats each).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn panels_fma(
+        &self,
+        bt: &[u32],
+        panels: std::ops::Range<usize>,
+        dest: &Dest,
+        epi: &Epi,
+        scratch: &mut Tile,
+    ) {
+        let (m, n, kp) = (self.m, self.n, self.kp);
+        let update = self.update_state();
+        let copies = update.and_then(|(_, _, c)| c);
+        let row_panels = m.div_ceil(MR);
+        let wide_panel = 2 * kp * MR;
+        let block = (FMA_A_BLOCK / (wide_panel * 4)).max(1);
+        for first in (0..row_panels).step_by(block) {
+            let last = row_panels.min(first + block);
+            for jb in panels.clone() {
+                let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
+                let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
+                for ib in first..last {
+                    if let Some((mom, v, _)) = update {
+                        // The next tile: down this panel, else the block's
+                        // first in the next panel.
+                        let (ni, nj) = if ib + 1 < last {
+                            (ib + 1, jb)
+                        } else {
+                            (first, jb + 1)
+                        };
+                        if nj < panels.end {
+                            self.prefetch_update(ni, nj, dest, mom, v);
+                        }
+                    }
+                    let wide = &self.a_wide[ib * wide_panel..(ib + 1) * wide_panel];
+                    let acc = sums_avx512fma(wide, bp, kp);
+                    let rows = (ib * MR, MR.min(m - ib * MR));
+                    self.store_vector(&acc, rows, (j0, cols), dest, epi, scratch, copies);
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn panels_fma(
+        &self,
+        _: &[u32],
+        _: std::ops::Range<usize>,
+        _: &Dest,
+        _: &Epi,
+        _: &mut Tile,
+    ) {
+        unreachable!("AVX-512 is x86-64 only")
     }
 
     /// One tile's sums `acc` (rows i0..i0 + rows, columns j0..j0 + cols of
@@ -1140,7 +1333,7 @@ pub fn gemm_bf16(
         b,
         c,
         Store::Epilogue(Epilogue::None),
-        &mut ws.a,
+        (&mut ws.a, &mut ws.a_wide),
         team,
     );
 }
@@ -1160,7 +1353,8 @@ pub fn gemm_bf16_packed(
 ) {
     epilogue.check(a.rows(), b.n);
     let b = Operand::Packed(b);
-    product(kernel, a, b, c, Store::Epilogue(epilogue), &mut ws.a, team);
+    let bufs = (&mut ws.a, &mut ws.a_wide);
+    product(kernel, a, b, c, Store::Epilogue(epilogue), bufs, team);
 }
 
 /// A weight-gradient product that updates the weights: with `w` a weight
@@ -1200,7 +1394,7 @@ pub fn gemm_bf16_update(
         v: &v,
         copies,
     };
-    product(kernel, a, b, w, store, &mut ws.a, team);
+    product(kernel, a, b, w, store, (&mut ws.a, &mut ws.a_wide), team);
 }
 
 /// B of a product: packed already, or to be packed into a buffer.
@@ -1210,16 +1404,17 @@ enum Operand<'b, 'w> {
 }
 
 /// The product of [`gemm_bf16`], [`gemm_bf16_packed`] and
-/// [`gemm_bf16_update`], with A's packing buffer `a_buf`. The team packs
-/// A (and B if it comes unpacked) first, each thread its share of the
-/// panels, then computes C's tiles split by column panels.
+/// [`gemm_bf16_update`], with A's packing buffers `a_buf` (and `wide`,
+/// for the FMA kernel's widened Ã). The team packs A (and B if it comes
+/// unpacked) first, each thread its share of the panels, then computes
+/// C's tiles split by column panels.
 fn product(
     kernel: Bf16Kernel,
     a: MatRef<'_>,
     b: Operand<'_, '_>,
     mut c: MatMut<'_>,
     store: Store<'_>,
-    a_buf: &mut AlignedBuf<u32>,
+    (a_buf, wide): (&mut AlignedBuf<u32>, &mut AlignedBuf<f32>),
     mut team: Option<&mut Team>,
 ) {
     let (m, k) = (a.rows(), a.cols());
@@ -1257,12 +1452,25 @@ fn product(
         let per = panels.div_ceil(threads);
         (t * per).min(panels)..((t + 1) * per).min(panels)
     };
+    let wide_len = if kernel == Bf16Kernel::Avx512Fma {
+        2 * a_len
+    } else {
+        0
+    };
+    if wide.len() < wide_len {
+        *wide = AlignedBuf::zeroed(wide_len);
+    }
     let a_words = SharedMut::new(&mut a_buf[..a_len]);
+    let a_wide = SharedMut::new(&mut wide[..wide_len]);
     let pack_a = |t: usize| {
         let r = share(rows.div_ceil(MR), t);
-        // SAFETY: the threads' shares of panels are disjoint.
-        let words = unsafe { a_words.piece(r.start * kp * MR..r.end * kp * MR) };
+        let (from, to) = (r.start * kp * MR, r.end * kp * MR);
+        // SAFETY (both): the threads' shares of panels are disjoint.
+        let words = unsafe { a_words.piece(from..to) };
         pack_a_panels(&a, words, r.start);
+        if wide_len > 0 {
+            widen(words, unsafe { a_wide.piece(2 * from..2 * to) });
+        }
     };
     let mut on_team = |work: &(dyn Fn(usize) + Sync)| match team.as_deref_mut() {
         Some(team) if threads > 1 => team.run(threads, work),
@@ -1291,6 +1499,7 @@ fn product(
     };
     let shape = TileRun {
         kernel,
+        a_wide: &wide[..wide_len],
         m,
         n,
         kp,
