@@ -23,12 +23,16 @@
 //! operands, each thread its share of the panels, then splits the tiles by
 //! column panels.
 //!
-//! Two microkernels compute a tile: AVX512-BF16 (`_mm512_dpbf16_ps`, two
-//! 16-lane accumulators per row) and a portable one, which runs the same
-//! products and additions in the same order with f32 arithmetic (the test
-//! twin, and the kernel of every other CPU). The hardware flushes denormal
-//! inputs and results to zero; the portable kernel does not, so the two
-//! agree to the rounding bound the tests use, not to the bit. On such a
+//! Three microkernels compute a tile (beside AMX's, in `amx.rs`):
+//! AVX512-BF16 (`_mm512_dpbf16_ps`, two 16-lane accumulators per row); an
+//! AVX-512 FMA one, for CPUs whose `vdpbf16ps` is slower than their FMA
+//! units (Intel's: half the rate), which widens each pair to two f32 and
+//! adds them by FMAs; and a portable one, which runs the same products and
+//! additions in the same order with f32 arithmetic (the test twin, and the
+//! kernel of every other CPU). The FMA kernel and the portable one give
+//! the same bits. The hardware's `vdpbf16ps` flushes denormal inputs and
+//! results to zero; the others do not, so they agree with it to the
+//! rounding bound the tests use, not to the bit. On such a
 //! CPU the packing of a row-major operand converts 16 or 32 values at a
 //! time (`vcvtne2ps2bf16`, `vcvtneps2bf16`: the same rounding, with
 //! denormal inputs read as zero).
