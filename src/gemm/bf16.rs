@@ -712,26 +712,6 @@ unsafe fn sums_avx512fma(a: &[f32], b: &[u32], kp: usize) -> [[std::arch::x86_64
     acc
 }
 
-/// One FMA-kernel tile through the f32 store, as [`tile_avx512bf16`].
-///
-/// # Safety
-/// As [`sums_avx512fma`], and C, `epi`, `scratch` as [`tile_avx512bf16`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tile_avx512fma(
-    (a, b, kp): (&[f32], &[u32], usize),
-    (rows, cols): (usize, usize),
-    c: *mut f32,
-    (rs, cs): (isize, isize),
-    epi: &Epi,
-    scratch: *mut f32,
-) {
-    let acc = sums_avx512fma(a, b, kp);
-    super::kernels::store_tile::<super::kernels::avx512::Avx512, MR, 2>(
-        &acc, rows, cols, 1.0, 0.0, c, rs, cs, epi, scratch,
-    );
-}
-
 /// The bytes of widened Ã the FMA kernel runs against each B̃ panel
 /// before it moves to the next rows ([`TileRun::panels_fma`]).
 const FMA_A_BLOCK: usize = 1 << 20;
@@ -826,7 +806,11 @@ impl TileRun<'_> {
                 let (i0, rows) = (ib * MR, MR.min(m - ib * MR));
                 let sums = (ap, bp, kp);
                 match self.kernel {
-                    Bf16Kernel::Portable => tile_portable(ap, bp, kp, &mut tile),
+                    // The FMA kernel's sums are the portable kernel's
+                    // bits; this path (C or Z in row panels) is rare.
+                    Bf16Kernel::Portable | Bf16Kernel::Avx512Fma => {
+                        tile_portable(ap, bp, kp, &mut tile)
+                    }
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above; the destination is the whole of
                     // `tile` (MR rows of NR, dense), `scratch` MR·NR floats.
@@ -841,22 +825,8 @@ impl TileRun<'_> {
                             scratch.as_mut_ptr().cast(),
                         )
                     },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above; Ã's widened panel ib holds
-                    // 2·kp·MR floats.
-                    Bf16Kernel::Avx512Fma => unsafe {
-                        let wide = &self.a_wide[2 * ib * kp * MR..2 * (ib + 1) * kp * MR];
-                        tile_avx512fma(
-                            (wide, bp, kp),
-                            (MR, NR),
-                            tile.as_mut_ptr().cast(),
-                            (NR as isize, 1),
-                            &Epi::NONE,
-                            scratch.as_mut_ptr().cast(),
-                        )
-                    },
                     #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!("AVX-512 and AMX are x86-64 only"),
+                    _ => unreachable!("AVX512-BF16 and AMX are x86-64 only"),
                 }
                 // SAFETY (both arms): rows i0..i0 + rows and columns
                 // j0..j0 + cols lie inside C, and column panel jb is this
