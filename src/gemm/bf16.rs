@@ -1408,6 +1408,8 @@ fn product(
         "{} is not supported by this CPU",
         kernel.name()
     );
+    // (A layer has at least one input and a batch one sample.)
+    assert!(k > 0, "a bf16 product needs K ≥ 1");
     let kp = pairs(k);
     // The tile kernels read Ã in whole blocks of rows (zero past m).
     let rows = if kernel.on_tiles() {
