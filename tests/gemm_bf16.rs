@@ -380,3 +380,19 @@ fn packed_operand_epilogues_and_panelled_c_give_the_plain_bits() {
         }
     }
 }
+
+/// A product with K = 0 is refused with a message (a layer has at least
+/// one input and a batch one sample), not a division by zero in packing.
+#[test]
+#[should_panic(expected = "a bf16 product needs K ≥ 1")]
+fn an_empty_inner_dimension_is_refused() {
+    let mut c = [f32::NAN; 6];
+    gemm_bf16(
+        Bf16Kernel::Portable,
+        MatRef::row_major(&[], 2, 0),
+        MatRef::row_major(&[], 0, 3),
+        MatMut::row_major(&mut c, 2, 3),
+        &mut Bf16Workspace::default(),
+        None,
+    );
+}
