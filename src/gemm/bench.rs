@@ -2,6 +2,7 @@
 //! this machine's measured FMA peak, for `fastnn bench gemm` (the binary
 //! only parses arguments and prints) and `benches/gemm.rs`.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -766,12 +767,18 @@ fn bf16_peak_of(iters: u64, samples: usize) -> Option<f64> {
 /// against the f32 FMA peak of `isa`, GFLOP/s: whether bf16 products can
 /// beat f32 ones on this CPU (twice on Zen 4; half on Sapphire Rapids,
 /// whose bf16 speed is in its matrix engine). None without AVX512-BF16.
+/// Measured once per process and ISA: the bf16 kernel's detection and
+/// `fastnn train`'s warning ask the same question.
 pub fn bf16_against_f32(isa: Isa) -> Option<(f64, f64)> {
-    let bf16 = bf16_peak_of(100_000, 5)?;
-    let f = peak_loop(isa)?;
-    // SAFETY: peak_loop returned f only for an ISA this CPU supports.
-    let f32 = unsafe { best_rate(f, 100_000, 5) };
-    Some((bf16, f32 / 1e9))
+    const ISAS: usize = Isa::ALL.len();
+    static MEASURED: [OnceLock<Option<(f64, f64)>>; ISAS] = [const { OnceLock::new() }; ISAS];
+    *MEASURED[isa as usize].get_or_init(|| {
+        let bf16 = bf16_peak_of(100_000, 5)?;
+        let f = peak_loop(isa)?;
+        // SAFETY: peak_loop returned f only for an ISA this CPU supports.
+        let f32 = unsafe { best_rate(f, 100_000, 5) };
+        Some((bf16, f32 / 1e9))
+    })
 }
 
 #[cfg(test)]

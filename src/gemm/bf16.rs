@@ -183,15 +183,11 @@ pub fn amx_report() -> &'static str {
 }
 
 /// Whether this CPU's `vdpbf16ps` does more flops a second than its f32
-/// FMA (measured once, about 10 ms, one thread): twice on Zen 4, half on
-/// Sapphire Rapids and its successors, whose bf16 speed is in AMX. False
-/// without AVX512-BF16.
+/// AVX-512 FMA (measured once, about 10 ms, one thread): twice on Zen 4,
+/// half on Sapphire Rapids and its successors, whose bf16 speed is in
+/// AMX. False without AVX512-BF16.
 pub fn dot_outruns_fma() -> bool {
-    static OUTRUNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OUTRUNS.get_or_init(|| {
-        super::bench::bf16_against_f32(crate::cpu::Isa::Avx512)
-            .is_some_and(|(bf16, f32)| bf16 > f32)
-    })
+    super::bench::bf16_against_f32(crate::cpu::Isa::Avx512).is_some_and(|(bf16, f32)| bf16 > f32)
 }
 
 /// Whether the AMX kernel, on a CPU that has it, passes [`exact_on_probe`].
