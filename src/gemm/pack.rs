@@ -67,7 +67,13 @@ unsafe fn pack_panels<S: Simd>(
             let group = if wv.is_multiple_of(16) { 16 } else { 8 };
             for i0 in (0..wv).step_by(group) {
                 let si = s.offset(i0 as isize * rs);
-                for p0 in (0..pv).step_by(8) {
+                // Whole 16×16 blocks where the group is 16 rows (AVX-512
+                // transposes them in registers), then 8×8 ones.
+                let p16 = if group == 16 { depth / 16 * 16 } else { 0 };
+                for p0 in (0..p16).step_by(16) {
+                    S::transpose16(si.add(p0), rs, dst.add(p0 * w + i0), w);
+                }
+                for p0 in (p16..pv).step_by(8) {
                     for g in (0..group).step_by(8) {
                         S::transpose8(
                             si.offset(g as isize * rs).add(p0),
@@ -212,6 +218,10 @@ mod tests {
             (16, 19, 8),
             (13, 9, 16),
             (32, 17, 32),
+            // 16×16 blocks, an 8×8 one and a last depth step, at both
+            // widths of 16 rows' groups.
+            (64, 41, 32),
+            (16, 35, 16),
         ] {
             panels_case::<crate::gemm::kernels::scalar::Portable>(len, depth, w);
             #[cfg(target_arch = "x86_64")]
@@ -219,6 +229,12 @@ mod tests {
                 panels_case::<crate::gemm::kernels::avx2::Avx2>(len, depth, w);
             } else {
                 println!("SKIPPED avx2 packing: CPU lacks avx2/fma");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::Isa::Avx512.is_available() {
+                panels_case::<crate::gemm::kernels::avx512::Avx512>(len, depth, w);
+            } else {
+                println!("SKIPPED avx512 packing: CPU lacks avx512f");
             }
         }
     }
@@ -239,7 +255,7 @@ mod tests {
             let panels = len.div_ceil(w);
             let mut dst = vec![f32::NAN; panels * w * depth];
             // SAFETY: src covers every (i, p) offset; dst holds all panels;
-            // Avx2 is only used after the CPU check above.
+            // the x86 kernels are only used after the CPU checks above.
             unsafe {
                 pack_panels::<S>(
                     w,

@@ -63,6 +63,10 @@ impl Simd for Avx512 {
     unsafe fn transpose8(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
         super::transpose8_avx(src, rs, dst, w)
     }
+    #[inline(always)]
+    unsafe fn transpose16(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
+        super::transpose16_avx512(src, rs, dst, w)
+    }
 }
 
 /// The packed loop nest with the 8×32 AVX-512 kernel.

@@ -60,6 +60,22 @@ pub(crate) trait Simd: Copy {
             }
         }
     }
+
+    /// Transposes a 16×16 block as [`Simd::transpose8`] does an 8×8 one:
+    /// `dst[q·w + r] = src[r·rs + q]` for r, q < 16. The default is four
+    /// 8×8 blocks; AVX-512 shuffles whole 16-float rows, so that each
+    /// store fills a 64-byte line of the panel.
+    #[inline(always)]
+    unsafe fn transpose16(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
+        for (r, q) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+            Self::transpose8(
+                src.offset(r as isize * rs).add(q),
+                rs,
+                dst.add(q * w + r),
+                w,
+            );
+        }
+    }
 }
 
 /// 8×8 transpose with AVX shuffles (24 shuffles per 64 floats).
@@ -100,6 +116,62 @@ pub(crate) unsafe fn transpose8_avx(src: *const f32, rs: isize, dst: *mut f32, w
     ];
     for (q, v) in out.into_iter().enumerate() {
         _mm256_storeu_ps(dst.add(q * w), v);
+    }
+}
+
+/// 16×16 transpose with AVX-512 shuffles (64 shuffles per 256 floats):
+/// in-lane unpacks and shuffles give each 128-bit lane a 4×4 block, then
+/// two rounds of lane shuffles gather each output row's four lanes.
+///
+/// # Safety
+/// As [`Simd::transpose16`]; the CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn transpose16_avx512(src: *const f32, rs: isize, dst: *mut f32, w: usize) {
+    use std::arch::x86_64::*;
+    // Plain loops over arrays, no closures: a closure is a function of its
+    // own, without this caller's target features, and its intrinsics would
+    // not inline.
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (i, row) in r.iter_mut().enumerate() {
+        *row = _mm512_loadu_ps(src.offset(i as isize * rs));
+    }
+    // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved (the low and the
+    // high pairs of each lane).
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4g + c], lane L: column 4L + c of rows 4g..4g + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let t = &t[4 * g..4 * g + 4];
+        u[4 * g] = _mm512_shuffle_ps::<0x44>(t[0], t[2]);
+        u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t[0], t[2]);
+        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t[1], t[3]);
+        u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t[1], t[3]);
+    }
+    for c in 0..4 {
+        // Lanes 0, 1 (lo) or 2, 3 (hi) of rows 0..8 and of rows 8..16.
+        let x_lo = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+        let x_hi = _mm512_shuffle_f32x4::<0xEE>(u[c], u[4 + c]);
+        let y_lo = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+        let y_hi = _mm512_shuffle_f32x4::<0xEE>(u[8 + c], u[12 + c]);
+        // Output row 4·lane + c: column 4·lane + c of all 16 rows.
+        _mm512_storeu_ps(dst.add(c * w), _mm512_shuffle_f32x4::<0x88>(x_lo, y_lo));
+        _mm512_storeu_ps(
+            dst.add((4 + c) * w),
+            _mm512_shuffle_f32x4::<0xDD>(x_lo, y_lo),
+        );
+        _mm512_storeu_ps(
+            dst.add((8 + c) * w),
+            _mm512_shuffle_f32x4::<0x88>(x_hi, y_hi),
+        );
+        _mm512_storeu_ps(
+            dst.add((12 + c) * w),
+            _mm512_shuffle_f32x4::<0xDD>(x_hi, y_hi),
+        );
     }
 }
 
