@@ -191,9 +191,21 @@ pub(crate) fn prefetch(p: *const f32) {
     let _ = p;
 }
 
-/// Hints the cache line holding `p` into L2 (no-op off x86-64): for data
-/// needed a whole tile later, without taking L1's few miss buffers from
-/// the operand the microkernel streams.
+/// Hints the cache line holding `p`, which a tile's store reads after the
+/// current tile, into L1 or L2 as [`crate::cpu::prefetch_stores_into_l1`]
+/// says.
+#[inline(always)]
+pub(crate) fn prefetch_for_store(p: *const f32) {
+    if crate::cpu::prefetch_stores_into_l1() {
+        prefetch(p)
+    } else {
+        prefetch_l2(p)
+    }
+}
+
+/// Hints the cache line holding `p` into L2 (no-op off x86-64): for the
+/// packs, whose next lines of a transposed operand are needed only after
+/// a pass over the panels.
 #[inline(always)]
 pub(crate) fn prefetch_l2(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
