@@ -133,6 +133,7 @@ impl std::fmt::Display for Norm {
 // ---------------------------------------------------------------------------
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buf::AlignedBuf;
 use crate::gemm::{panel_len, PANEL};
@@ -508,17 +509,74 @@ impl Layout {
 pub struct Mlp {
     pub cfg: MlpConfig,
     pub layout: Layout,
-    pub params: AlignedBuf<f32>,
+    pub params: Params,
     /// Training forward passes that updated BatchNorm's running statistics
     /// (PyTorch's `num_batches_tracked`).
     pub batches_tracked: u64,
+}
+
+/// The parameters' slab with a version: every mutable borrow gives it a
+/// new one, unique in the process. A training workspace keeps copies of
+/// the weights in the layouts its products read (the f32 input gradient's
+/// `W`, the bf16 copies); it remembers the version its copies were made
+/// from and rewrites them when the slab has a different one, so that
+/// weights set between steps (loaded, restored, perturbed by a test) are
+/// never read through a stale copy. A borrow that writes nothing still
+/// counts: one rewrite too many, never one too few.
+#[derive(Clone)]
+pub struct Params {
+    buf: AlignedBuf<f32>,
+    version: u64,
+}
+
+/// The source of [`Params`] versions.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+fn new_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Params {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Params {
+        Params {
+            buf: AlignedBuf::zeroed(len),
+            version: new_version(),
+        }
+    }
+
+    /// The version of the values: equal versions, equal values.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A mutable borrow that keeps the version, for values no copy is made
+    /// of: BatchNorm's running statistics, which the training forward pass
+    /// updates between a step's check of the copies and its backward pass.
+    pub(crate) fn uncopied_mut(&mut self, range: Range<usize>) -> &mut [f32] {
+        &mut self.buf[range]
+    }
+}
+
+impl std::ops::Deref for Params {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Params {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.version = new_version();
+        &mut self.buf
+    }
 }
 
 impl Mlp {
     /// A network with zero parameters (to be loaded or initialised).
     pub fn zeros(cfg: MlpConfig) -> Mlp {
         let layout = Layout::new(&cfg.dims, cfg.norm);
-        let params = AlignedBuf::zeroed(layout.len);
+        let params = Params::zeroed(layout.len);
         Mlp {
             cfg,
             layout,

@@ -16,8 +16,12 @@
 //! Weights are kept as `Wᵀ [in, out]` in the GEMM's column panels
 //! ([`crate::model::Layout`]): the forward product reads them in place as
 //! its packed B̃, the weight-gradient product `dWᵀ = Xᵀ·dZ` writes (or
-//! updates) them in place, and no step packs them; `X` and `dZ` are read
-//! transposed through strides, never through a copy.
+//! updates) them in place; the input gradient reads `W [out, in]` from a
+//! copy in its own column panels ([`crate::gemm::backward_weights`]),
+//! which the update writes with the weights. No step packs them; `X` and
+//! `dZ` are read transposed through strides, never through a copy. The
+//! workspace rewrites its copies whole only when the weights changed
+//! outside its steps ([`crate::model::Params`]' version).
 //! Every buffer a step touches is allocated when the [`Workspace`] is built:
 //! a step allocates nothing.
 //!
@@ -33,13 +37,14 @@ use std::time::Instant;
 
 use crate::buf::AlignedBuf;
 use crate::cpu::IsaError;
+use crate::gemm::backward_weights::BackwardWeights;
 use crate::gemm::bf16::{gemm_bf16, gemm_bf16_packed, gemm_bf16_update, Bf16Kernel, Bf16Workspace};
 use crate::gemm::bf16_weights::Bf16Weights;
 use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan};
 use crate::model::{Act, Mlp, Norm, BN_MOMENTUM, LEAKY_SLOPE};
 use crate::norm::{self, BatchStats};
 use crate::ops::{self, LossOut};
-use crate::optim::{Optimizer, Rule};
+use crate::optim::{Optimizer, Rule, WeightCopies};
 use crate::rng::Rng;
 use crate::team::Team;
 
@@ -219,9 +224,16 @@ pub struct Workspace {
     batch_mean: Vec<AlignedBuf<f32>>,
     batch_var: Vec<AlignedBuf<f32>>,
     gemm: GemmCtx,
+    /// f32: the weights `W [out, in]` as the input gradients read them
+    /// (`None` in mixed precision, whose copies are bf16).
+    backward_weights: Option<BackwardWeights>,
     /// Mixed precision: the training passes' products in bf16 (`None`:
     /// f32).
     bf16: Option<MixedPrecision>,
+    /// The [`crate::model::Params`] version the weights' copies (f32 or
+    /// bf16) hold, and how many times they were rewritten whole.
+    copies_version: u64,
+    copies_rewritten: usize,
     /// Time of the training steps, by phase.
     pub phases: Phases,
 }
@@ -288,7 +300,10 @@ impl Workspace {
                 Vec::new()
             },
             gemm,
+            backward_weights: Some(BackwardWeights::new(&mlp.cfg.dims)),
             bf16: None,
+            copies_version: 0,
+            copies_rewritten: 0,
             phases: Phases::default(),
         }
     }
@@ -319,6 +334,50 @@ impl Workspace {
             weights,
             evaluation: false,
         });
+        self.backward_weights = None;
+        self.copies_version = mlp.params.version();
+    }
+
+    /// Rewrites the weights' copies from `mlp` unless they hold its
+    /// version already: at the start of every pass that reads them, so that
+    /// weights set outside the steps (loaded, restored, perturbed) are
+    /// never read stale. A step's own updates write the copies as they go
+    /// and then record the version ([`Workspace::copies_written`]).
+    fn sync_copies(&mut self, mlp: &Mlp) {
+        let version = mlp.params.version();
+        if self.copies_version == version {
+            return;
+        }
+        for (l, slot) in mlp.layout.layers.iter().enumerate() {
+            let w = &mlp.params[slot.w.clone()];
+            if let Some(copies) = &mut self.backward_weights {
+                copies.write_layer(l, w);
+            }
+            if let Some(b) = &mut self.bf16 {
+                b.weights.write_layer(l, w);
+            }
+        }
+        self.copies_version = version;
+        self.copies_rewritten += 1;
+    }
+
+    /// How many times the weights' copies were rewritten whole from the
+    /// master weights (the first pass, and after every change made outside
+    /// the steps): steps alone leave it unchanged.
+    pub fn copies_rewritten(&self) -> usize {
+        self.copies_rewritten
+    }
+
+    /// After an update that wrote every weight's copies as it wrote the
+    /// weight (and began from copies in sync): they hold `mlp`'s version.
+    fn copies_written(&mut self, mlp: &Mlp) {
+        self.copies_version = mlp.params.version();
+    }
+
+    /// Layer `l`'s f32 backward copy, `W [out, in]` in column panels
+    /// (`None` for the first layer, or in mixed precision). For tests.
+    pub fn f32_backward_copy(&self, l: usize) -> Option<MatRef<'_>> {
+        self.backward_weights.as_ref()?.view(l)
     }
 
     /// Runs the evaluation passes in bf16 too (inference: `fastnn eval
@@ -477,6 +536,12 @@ impl Mlp {
             "BatchNorm needs at least 2 samples per training batch"
         );
         let layers = self.cfg.layers();
+        // Mixed precision is for training passes; evaluation stays f32
+        // unless asked for.
+        let in_bf16 = ws.bf16.as_ref().is_some_and(|b| training || b.evaluation);
+        if in_bf16 {
+            ws.sync_copies(self);
+        }
         let Workspace {
             x,
             h,
@@ -489,9 +554,7 @@ impl Mlp {
             bf16,
             ..
         } = ws;
-        // Mixed precision is for training passes; evaluation stays f32
-        // unless asked for.
-        let mut bf16 = bf16.as_mut().filter(|b| training || b.evaluation);
+        let mut bf16 = bf16.as_mut().filter(|_| in_bf16);
         for (l, slot) in self.layout.layers.iter().enumerate() {
             let (fan_in, fan_out) = (slot.fan_in, slot.fan_out);
             let (before, rest) = h.split_at_mut(l);
@@ -607,11 +670,13 @@ impl Mlp {
         let unbiased = batch as f32 / (batch - 1) as f32;
         for (l, slot) in self.layout.layers.iter().enumerate() {
             let Some(n) = &slot.norm else { continue };
-            let mean = &mut self.params[n.running_mean.clone()];
+            // No copy is made of the running statistics: their update
+            // keeps the parameters' version (see `Params`).
+            let mean = self.params.uncopied_mut(n.running_mean.clone());
             mean.iter_mut()
                 .zip(ws.batch_mean[l].iter())
                 .for_each(|(r, &b)| *r = (1.0 - m) * *r + m * b);
-            let var = &mut self.params[n.running_var.clone()];
+            let var = self.params.uncopied_mut(n.running_var.clone());
             var.iter_mut()
                 .zip(ws.batch_var[l].iter())
                 .for_each(|(r, &b)| *r = (1.0 - m) * *r + m * b * unbiased);
@@ -694,6 +759,7 @@ impl Mlp {
     /// accumulated). Needs the forward pass (with the same dropout masks)
     /// and [`Mlp::loss_and_dlogits`] first.
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], batch: usize) {
+        ws.sync_copies(self);
         let mut clock = Lap::start();
         for (l, slot) in self.layout.layers.iter().enumerate().rev() {
             self.norm_backward(ws, grads, l, batch);
@@ -727,6 +793,7 @@ impl Mlp {
         lr: f32,
         batch: usize,
     ) {
+        ws.sync_copies(self);
         let rules = opt.begin_step(lr);
         let mut clock = Lap::start();
         for l in (0..self.layout.layers.len()).rev() {
@@ -747,6 +814,7 @@ impl Mlp {
                     dz,
                     gemm,
                     bf16,
+                    backward_weights,
                     ..
                 } = &mut *ws;
                 let dz_l = &dz[l][..batch * fan_out];
@@ -777,7 +845,12 @@ impl Mlp {
                             team,
                         );
                     }
-                    None => gemm.gemm_update(1.0, xt, dzb, w, m, v, rules.weights),
+                    None => {
+                        // Layers ≥ 1: W's copy for the next step's input
+                        // gradient, written with the new weights.
+                        let copy = backward_weights.as_mut().and_then(|c| c.view_mut(l));
+                        gemm.gemm_update(1.0, xt, dzb, w, m, v, rules.weights, copy)
+                    }
                 }
             } else {
                 let dw = MatMut::panels(&mut grads[slot.w.clone()], fan_in, fan_out);
@@ -796,12 +869,14 @@ impl Mlp {
             }
             clock.lap(&mut ws.phases.update);
         }
+        ws.copies_written(self);
     }
 
     /// The optimiser's step of every parameter with the gradients in
     /// `grads` at learning rate `lr`: [`Optimizer::step`], writing the
     /// weights' bf16 copies as it goes in mixed precision.
     pub fn update(&mut self, ws: &mut Workspace, grads: &[f32], opt: &mut Optimizer, lr: f32) {
+        ws.sync_copies(self);
         let rules = opt.begin_step(lr);
         for l in 0..self.layout.layers.len() {
             self.update_weights(ws, grads, opt, rules.weights, l);
@@ -809,11 +884,12 @@ impl Mlp {
                 opt.update(rules.biases, range, &mut self.params, grads, None);
             }
         }
+        ws.copies_written(self);
     }
 
     /// Layer `l`'s weights updated by `rule` with their gradients in
-    /// `grads`, split across the team, and their bf16 copies written in
-    /// the same pass in mixed precision.
+    /// `grads`, split across the team, and their copies (f32 `W`, or bf16)
+    /// written in the same pass.
     fn update_weights(
         &mut self,
         ws: &mut Workspace,
@@ -823,16 +899,20 @@ impl Mlp {
         l: usize,
     ) {
         let range = self.layout.layers[l].w.clone();
-        let Workspace { gemm, bf16, .. } = ws;
-        let writer = bf16.as_mut().map(|b| b.weights.writer(l));
-        opt.update_writing(
-            rule,
-            range,
-            &mut self.params,
-            grads,
-            gemm.team(),
-            writer.as_ref(),
-        );
+        let Workspace {
+            gemm,
+            bf16,
+            backward_weights,
+            ..
+        } = ws;
+        let bf16_writer = bf16.as_mut().map(|b| b.weights.writer(l));
+        let f32_writer = backward_weights.as_mut().and_then(|c| c.writer(l));
+        let writer: Option<&dyn WeightCopies> = match (&bf16_writer, &f32_writer) {
+            (Some(w), _) => Some(w),
+            (None, Some(w)) => Some(w),
+            (None, None) => None,
+        };
+        opt.update_writing(rule, range, &mut self.params, grads, gemm.team(), writer);
     }
 
     /// The input gradient of layer `l > 0`, `dZ_{l−1} = (dZ_l·W_l) ⊙
@@ -850,6 +930,7 @@ impl Mlp {
             masks,
             gemm,
             bf16,
+            backward_weights,
             ..
         } = ws;
         let (dz_before, dz_rest) = dz.split_at_mut(l);
@@ -882,10 +963,12 @@ impl Mlp {
                     gemm.team(),
                 );
             }
-            // W [out, in]: the transpose of the panels, packed by the
-            // product.
+            // W [out, in]: its f32 copy in column panels, read in place.
             None => {
-                let w = MatRef::panels(&self.params[slot.w.clone()], fan_in, fan_out).t();
+                let w = backward_weights
+                    .as_ref()
+                    .and_then(|c| c.view(l))
+                    .expect("f32 layers ≥ 1 have a backward copy");
                 gemm.gemm(1.0, dzm, w, 0.0, dest, epilogue);
             }
         }

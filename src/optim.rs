@@ -13,7 +13,6 @@
 use std::ops::{Add, Div, Mul, Range, Sub};
 
 use crate::buf::AlignedBuf;
-use crate::gemm::bf16_weights::CopyWriter;
 use crate::model::Layout;
 use crate::team::{SharedMut, Team};
 
@@ -146,8 +145,8 @@ impl Optimizer {
     }
 
     /// As [`Optimizer::update`] for one weight matrix (`range`), and with
-    /// `copies` also writes its bf16 copies: block by block, each block's
-    /// new weights while they are still in L1.
+    /// `copies` also writes its copies: block by block, each block's new
+    /// weights while they are still in L1.
     pub fn update_writing(
         &mut self,
         rule: Rule,
@@ -155,7 +154,7 @@ impl Optimizer {
         params: &mut [f32],
         grads: &[f32],
         team: Option<&mut Team>,
-        copies: Option<&CopyWriter<'_>>,
+        copies: Option<&dyn WeightCopies>,
     ) {
         let p = &mut params[range.clone()];
         let g = &grads[range.clone()];
@@ -184,13 +183,25 @@ impl Optimizer {
     }
 }
 
-/// Elements per block of an update that writes bf16 copies: the block's
+/// Copies of a weight matrix in other layouts (the bf16 copies, the f32
+/// input gradient's `W`), written from its new values by the update.
+pub trait WeightCopies: Sync {
+    /// Writes the copies of the master weights `values`, which start
+    /// `offset` floats into the matrix's panels (whole rows of them: a
+    /// multiple of [`crate::gemm::PANEL`], as every update's blocks are).
+    ///
+    /// # Safety
+    /// No other call on elements of `values` runs at the same time.
+    unsafe fn write(&self, offset: usize, values: &[f32]);
+}
+
+/// Elements per block of an update that writes copies: the block's
 /// weights, gradients and moments (16 KiB) stay in L1 until its copies are
 /// written. Whole rows of the weights' panels, and whole pairs of rows.
 const COPY_BLOCK: usize = 1024;
 
 /// One thread's piece of an update, starting `start` elements into its
-/// tensor, with the tensor's bf16 copies if there are any.
+/// tensor, with the tensor's copies if there are any.
 fn update_piece(
     rule: Rule,
     p: &mut [f32],
@@ -198,7 +209,7 @@ fn update_piece(
     m: &mut [f32],
     v: &mut [f32],
     start: usize,
-    copies: Option<&CopyWriter<'_>>,
+    copies: Option<&dyn WeightCopies>,
 ) {
     let Some(copies) = copies else {
         return update(rule, p, g, m, v);

@@ -20,7 +20,7 @@ use fastnn::buf::AlignedBuf;
 use fastnn::cpu::Isa;
 use fastnn::gemm::{
     panel_len, reference, Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan,
-    Strategy,
+    Strategy, PANEL,
 };
 use fastnn::optim::{OptimConfig, OptimKind, Optimizer, Rule};
 
@@ -665,8 +665,10 @@ fn rules() -> [Rule; 3] {
 /// its store) gives the bits of the product into a gradient buffer followed
 /// by `Optimizer::update`, for every kernel and strategy, on 1 and 2
 /// threads, on the training layout `dW = dZᵀ·X` and awkward shapes (edge
-/// tiles, K = 1, products split across threads). Shapes whose kernel cannot
-/// fuse (K over one block, matrixmultiply) must say so.
+/// tiles, K = 1, products split across threads), and writes every new
+/// weight into the transposed copy when given one (and nothing else).
+/// Shapes whose kernel cannot fuse (K over one block, matrixmultiply) must
+/// say so.
 #[test]
 fn fused_update_equals_product_then_update_bitwise() {
     let mut rng = Rng(17);
@@ -696,10 +698,12 @@ fn fused_update_equals_product_then_update_bitwise() {
                 let w0 = rng.vec(m * n);
                 let m0 = rng.vec(m * n);
                 let v0: Vec<f32> = rng.vec(m * n).iter().map(|x| x * x).collect();
-                for rule in rules() {
+                // α = 1 (the training step's) takes the tile store's own
+                // update path, any other α the general one.
+                for (rule, alpha) in rules().into_iter().flat_map(|r| [(r, 1.0), (r, 0.25)]) {
                     let mut grads = vec![f32::NAN; m * n];
                     ctx.gemm(
-                        0.25,
+                        alpha,
                         a,
                         b,
                         0.0,
@@ -723,25 +727,44 @@ fn fused_update_equals_product_then_update_bitwise() {
                     opt.update(rule, 0..m * n, &mut want, &grads, None);
 
                     let (mut w, mut mm, mut vv) = (w0.clone(), m0.clone(), v0.clone());
+                    let mut copy = vec![f32::NAN; panel_len(n, m)];
                     ctx.gemm_update(
-                        0.25,
+                        alpha,
                         a,
                         b,
                         MatMut::row_major(&mut w, m, n),
                         &mut mm,
                         &mut vv,
                         rule,
+                        Some(MatMut::panels(&mut copy, n, m)),
                     );
                     let same = |x: &[f32], y: &[f32]| {
                         x.iter()
                             .zip(y)
                             .position(|(p, q)| p.to_bits() != q.to_bits())
                     };
-                    let what = format!("{name} {par:?} {m}×{k}×{n} {rule:?}");
+                    let what = format!("{name} {par:?} {m}×{k}×{n} α = {alpha} {rule:?}");
                     assert_eq!(same(&w, &want), None, "{what}: weights");
                     assert_eq!(same(&mm, &opt.m), None, "{what}: first moment");
                     assert_eq!(same(&vv, &opt.v), None, "{what}: second moment");
                     assert!(same(&w, &w0).is_some(), "{what}: the weights moved");
+                    // Wᵀ in column panels: (j, i) at (i/32)·n·32 + j·32 + i%32;
+                    // the padding past m untouched.
+                    for i in 0..m.div_ceil(PANEL) * PANEL {
+                        for j in 0..n {
+                            let at = (i / PANEL) * n * PANEL + j * PANEL + i % PANEL;
+                            if i < m {
+                                let (got, want) = (copy[at], w[i * n + j]);
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{what}: copy ({j}, {i})"
+                                );
+                            } else {
+                                assert!(copy[at].is_nan(), "{what}: padding ({j}, {i}) written");
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1076,6 +1099,7 @@ fn fused_update_refuses_a_product_over_several_k_blocks() {
         &mut mm,
         &mut [],
         rules()[0],
+        None,
     );
 }
 
@@ -1094,5 +1118,6 @@ fn fused_update_refuses_moments_of_another_length() {
         &mut mm,
         &mut [],
         rules()[0],
+        None,
     );
 }

@@ -593,11 +593,106 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
                     assert_eq!(differ(&fused.params, &plain.params), 0, "{what}: weights");
                     assert_eq!(differ(&opt_fused.m, &opt_plain.m), 0, "{what}: moments");
                     assert_eq!(differ(&opt_fused.v, &opt_plain.v), 0, "{what}: moments");
-                    if bf16.is_some() {
-                        assert_copies_are_the_rounded_master(&fused, &ws_fused, &what);
+                    match bf16 {
+                        Some(_) => assert_copies_are_the_rounded_master(&fused, &ws_fused, &what),
+                        None => assert_f32_copies_are_the_master(&fused, &ws_fused, &what),
                     }
                 }
             }
+        }
+    }
+}
+
+/// The f32 input gradients' copies in `ws` hold `W [out, in]` bit for bit
+/// (layers ≥ 1; the first has none).
+fn assert_f32_copies_are_the_master(mlp: &Mlp, ws: &Workspace, what: &str) {
+    assert!(
+        ws.f32_backward_copy(0).is_none(),
+        "{what}: a first-layer copy"
+    );
+    for (l, slot) in mlp.layout.layers.iter().enumerate().skip(1) {
+        let copy = ws.f32_backward_copy(l).expect("an f32 workspace");
+        let w = mlp.weight(l);
+        for o in 0..slot.fan_out {
+            for i in 0..slot.fan_in {
+                let (got, want) = (copy.at(o, i), w[o * slot.fan_in + i]);
+                assert!(
+                    got.to_bits() == want.to_bits(),
+                    "{what}: layer {l}'s copy at ({o}, {i}): {got} for {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Weights set between steps (loaded, restored, perturbed) are the ones
+/// the next step reads, not the workspace's copies of the old ones: after
+/// two steps, every layer's weights are replaced, and a step on the same
+/// workspace then gives the bits of a step on a fresh one, in f32 and on
+/// every bf16 kernel, with BatchNorm (whose running statistics the forward
+/// pass moves between the check of the copies and the backward pass) and
+/// without. Steps alone never rewrite the copies (no step packs the
+/// weights); the change does, once.
+#[test]
+fn weights_set_between_steps_reach_the_next_step() {
+    let precisions = [None].into_iter().chain(
+        bf16_kernels("weights set between bf16 steps")
+            .into_iter()
+            .map(Some),
+    );
+    for bf16 in precisions {
+        for norm in [Norm::None, Norm::Batch] {
+            let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
+            let (mut mlp, ws, _, _) =
+                problem_with_norm((dims, batch), Act::Relu, Loss::Xent, 0.0, norm, 11);
+            let optim = every_optimiser()[1].0;
+            let workspace = |mlp: &Mlp| {
+                let mut w = Workspace::new(mlp, batch, Parallelism::Single);
+                w.x.copy_from_slice(&ws.x);
+                w.labels.copy_from_slice(&ws.labels);
+                if let Some(kernel) = bf16 {
+                    w.use_bf16(mlp, kernel);
+                }
+                w
+            };
+            let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
+            let step =
+                |mlp: &mut Mlp, ws: &mut Workspace, opt: &mut Optimizer, grads: &mut [f32]| {
+                    fastnn::train::train_step(mlp, ws, grads, opt, batch, 0.05, None, None);
+                };
+            let what = format!("{bf16:?} {norm:?}");
+            let mut ws_old = workspace(&mlp);
+            let mut opt = Optimizer::new(optim, &mlp.layout);
+            step(&mut mlp, &mut ws_old, &mut opt, &mut grads);
+            let rewritten = ws_old.copies_rewritten();
+            step(&mut mlp, &mut ws_old, &mut opt, &mut grads);
+            assert_eq!(
+                ws_old.copies_rewritten(),
+                rewritten,
+                "{what}: a step rewrote the copies"
+            );
+            let mut rng = Rng::new(5);
+            for l in 0..mlp.cfg.layers() {
+                let w: Vec<f32> = mlp
+                    .weight(l)
+                    .iter()
+                    .map(|_| rng.normal() as f32 * 0.1)
+                    .collect();
+                mlp.set_weight(l, &w);
+            }
+            let (mut again, mut opt_again) = (mlp.clone(), opt.clone());
+            let mut ws_new = workspace(&again);
+            step(&mut mlp, &mut ws_old, &mut opt, &mut grads);
+            step(&mut again, &mut ws_new, &mut opt_again, &mut grads);
+            assert_eq!(
+                ws_old.copies_rewritten(),
+                rewritten + 1,
+                "{what}: after the change"
+            );
+            let differ = (mlp.params.iter().zip(again.params.iter()))
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{what}: weights after the step");
         }
     }
 }

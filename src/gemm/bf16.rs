@@ -44,7 +44,7 @@ use super::bf16_weights::CopyWriter;
 use super::epilogue::{Epi, StepEpi};
 use super::mat::{Panels, PANEL};
 use super::{Epilogue, MatMut, MatRef};
-use crate::optim::Rule;
+use crate::optim::{Rule, WeightCopies};
 use crate::team::{SharedMut, Team};
 
 /// Rows of a C tile (and of an Ã panel).
@@ -862,6 +862,12 @@ impl TileRun<'_> {
                     },
                     rs: self.rs,
                     panels: self.layout,
+                    // The bf16 copies are written by the update's own
+                    // writer (`bf16_weights`).
+                    copy: std::ptr::null_mut(),
+                    copy_rs: 0,
+                    copy_panels: Panels::None,
+                    at: (0, 0),
                 }),
                 ..Epi::NONE
             }),

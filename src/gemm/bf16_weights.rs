@@ -22,6 +22,7 @@ use std::marker::PhantomData;
 use super::bf16::{interleave_avx512bf16, pairs, to_bf16, Bf16Kernel, PackedB, NR};
 use super::mat::{panel_len, PANEL};
 use crate::buf::AlignedBuf;
+use crate::optim::WeightCopies;
 
 const _: () = assert!(PANEL == NR, "a master panel is one B̃ panel wide");
 
@@ -136,19 +137,14 @@ fn half_index(word: usize, half: usize) -> usize {
     }
 }
 
-impl CopyWriter<'_> {
-    /// Writes the copies of the master weights `values`, which start
-    /// `offset` floats into the layer's panels; both are whole rows (a
-    /// multiple of [`PANEL`]).
+impl WeightCopies for CopyWriter<'_> {
+    /// The bf16 copies of whole rows of the master.
     ///
     /// A forward word is shared by rows i and i + 1 (i even): when both are
     /// in `values` it is stored whole, else as the one row's half. A
     /// backward word belongs to one row. So two calls on disjoint rows
     /// never store to the same bytes.
-    ///
-    /// # Safety
-    /// No other call on rows of `values` runs at the same time.
-    pub unsafe fn write(&self, offset: usize, values: &[f32]) {
+    unsafe fn write(&self, offset: usize, values: &[f32]) {
         let (fan_in, fan_out) = (self.fan_in, self.fan_out);
         assert!(
             offset.is_multiple_of(PANEL)
@@ -164,7 +160,9 @@ impl CopyWriter<'_> {
         }
         self.write_rows::<false>(offset, values)
     }
+}
 
+impl CopyWriter<'_> {
     /// [`CopyWriter::write`] with the conversions in vectors, inlined.
     ///
     /// # Safety

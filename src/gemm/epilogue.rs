@@ -166,6 +166,15 @@ pub(crate) struct StepEpi {
     pub rs: isize,
     /// Their panels, as C's.
     pub panels: Panels,
+    /// A copy of the new weights in the transposed layout, or null: C's
+    /// element (i, j) goes to the copy's (j, i), at
+    /// `copy_panels.offset(j, i, copy_rs, 1)` from `copy` (the whole copy's
+    /// origin, never offset: `at` is where the tile lies in it).
+    pub copy: *mut f32,
+    pub copy_rs: isize,
+    pub copy_panels: Panels,
+    /// (i, j) of the tile's (0, 0) in the whole C.
+    pub at: (usize, usize),
 }
 
 impl StepEpi {
@@ -176,12 +185,20 @@ impl StepEpi {
     pub fn offset(&self, i: usize, j: usize) -> isize {
         self.panels.offset(i, j, self.rs, 1)
     }
+
+    /// Where the copy holds the tile's element (i, j).
+    #[inline(always)]
+    pub fn copy_offset(&self, i: usize, j: usize) -> isize {
+        let (i0, j0) = self.at;
+        self.copy_panels.offset(j0 + j, i0 + i, self.copy_rs, 1)
+    }
 }
 
 // SAFETY: Epi carries read-only pointers into data the caller keeps alive
 // and unmodified for the whole GEMM call (borrowed slices), and the moment
-// pointers of a fused step, which alias nothing else and are written only
-// at the offsets of C elements, each owned by exactly one thread.
+// and copy pointers of a fused step, which alias nothing else and are
+// written only at the places of C elements, each owned by exactly one
+// thread.
 unsafe impl Send for Epi {}
 unsafe impl Sync for Epi {}
 
@@ -215,6 +232,7 @@ impl Epi {
             if !s.v.is_null() {
                 s.v = s.v.offset(at);
             }
+            s.at = (s.at.0 + i, s.at.1 + j);
         }
         e
     }
@@ -236,9 +254,11 @@ impl Epi {
 
     /// Finishes one element: see the module docs for the order.
     ///
+    /// A fused step also writes the new weight into its copy.
+    ///
     /// # Safety
     /// `c` valid for reads if β ≠ 0 or for a fused step; bias/Z (and the
-    /// moments) valid at (i, j).
+    /// moments and the copy) valid at (i, j).
     #[inline(always)]
     pub unsafe fn finish1(
         &self,
@@ -253,14 +273,19 @@ impl Epi {
         if let Some(s) = &self.step {
             let at = s.offset(i, j);
             let m = s.m.offset(at);
-            if s.v.is_null() {
+            let w = if s.v.is_null() {
                 let (w, m_new, _) = s.rule.apply(*c, v, *m, 0.0);
                 *m = m_new;
-                return w;
+                w
+            } else {
+                let sv = s.v.offset(at);
+                let (w, m_new, v_new) = s.rule.apply(*c, v, *m, *sv);
+                (*m, *sv) = (m_new, v_new);
+                w
+            };
+            if !s.copy.is_null() {
+                *s.copy.offset(s.copy_offset(i, j)) = w;
             }
-            let sv = s.v.offset(at);
-            let (w, m_new, v_new) = s.rule.apply(*c, v, *m, *sv);
-            (*m, *sv) = (m_new, v_new);
             return w;
         }
         if beta != 0.0 {

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod amx;
+pub mod backward_weights;
 pub mod bench;
 pub mod bf16;
 pub mod bf16_weights;
@@ -326,6 +327,10 @@ impl GemmCtx {
     /// product into a gradient buffer followed by
     /// [`crate::optim::Optimizer::update`] with the same rule.
     ///
+    /// With `copy` (a view of `Wᵀ` in column panels, `n×m`), each new
+    /// weight is also written there, transposed, while its tile is in L1:
+    /// the training step keeps `W` so for its input gradient.
+    ///
     /// Panics unless [`GemmCtx::fuses_update`] holds for the shape, or if
     /// the shapes or lengths disagree.
     #[allow(clippy::too_many_arguments)]
@@ -338,6 +343,7 @@ impl GemmCtx {
         m: &mut [f32],
         v: &mut [f32],
         rule: Rule,
+        copy: Option<MatMut<'_>>,
     ) {
         let (rows, k, cols) = (a.rows(), a.cols(), b.cols());
         assert!(
@@ -364,6 +370,19 @@ impl GemmCtx {
             self.fuses_update(rows, k, cols),
             "gemm_update: a {rows}×{k}×{cols} product is not computed in one pass over K"
         );
+        let (copy, copy_rs, copy_panels) = match copy {
+            Some(mut t) => {
+                assert!(
+                    t.rows() == cols
+                        && t.cols() == rows
+                        && t.cs() == 1
+                        && matches!(t.layout(), Panels::Cols(_)),
+                    "gemm_update: the copy of a {rows}×{cols} W must be {cols}×{rows} in column panels"
+                );
+                (t.as_mut_ptr(), t.rs() as isize, t.layout())
+            }
+            None => (std::ptr::null_mut(), 0, Panels::None),
+        };
         let mut epi = Epi::NONE;
         epi.step = Some(StepEpi {
             rule,
@@ -375,11 +394,16 @@ impl GemmCtx {
             },
             rs: w.rs() as isize,
             panels: w.layout(),
+            copy,
+            copy_rs,
+            copy_panels,
+            at: (0, 0),
         });
         let args = Args::of_views(alpha, &a, &b, 0.0, &mut w, epi);
         // SAFETY: A and B are bounds-checked views; W is a unique,
         // non-overlapping view, and m and v unique borrows of W's length,
-        // addressed at W's offsets, so none aliases A, B or another; the
+        // addressed at W's offsets, the copy a unique view of W's shape
+        // transposed, so none aliases A, B or another; the
         // shape is computed in one pass over K (checked), so every element
         // of W is read once, as the old weight, before its one write.
         unsafe { self.run(&args) }
