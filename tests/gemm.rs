@@ -601,7 +601,8 @@ fn check_panelled(
 /// Products with the weights in panels, for every kernel, on 1 and 2
 /// threads: awkward shapes (1, 7, 33, edge tiles in every direction, K
 /// across two KC blocks whose boundary is not a panel boundary, N across
-/// several panels so that two threads split it).
+/// several panels so that two threads split it; a B read in place deep
+/// enough for its own KC, `params::DEEP_K`, in five blocks of 220).
 #[test]
 fn every_kernel_panelled_operands_match_reference() {
     let mut rng = Rng(23);
@@ -615,6 +616,7 @@ fn every_kernel_panelled_operands_match_reference() {
                 (12, 64, 96),
                 (5, 600, 70),
                 (128, 300, 100),
+                (37, 1100, 70),
             ] {
                 for case in [
                     PanelCase::ForwardB,

@@ -264,7 +264,9 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     let nr = NV * S::LANES;
     debug_assert!(p.mr == MR && p.nr == nr);
     let Args { m, k, n, .. } = *args;
-    let (mc_step, kc_step, nc_step) = block_steps(p, m, k, n);
+    let in_place = matches!(args.bp, Panels::Cols(_));
+    let deep_in_place = p.deep_in_place(k, in_place);
+    let (mc_step, kc_step, nc_step) = block_steps(&p.for_product(k, in_place), m, k, n);
     let own_a = if shared.is_some() {
         0
     } else {
@@ -282,8 +284,10 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     // (W1's weight gradients with the update, one thread: 10.3-10.5 →
     // 10.1-10.4 ms). Else along each MR-row micro-panel of Ã, which stays
     // in L1 while the micro-panels of B̃ stream from L2 (down the panels of
-    // an in-place B as well, the input gradients measured 5-10 % slower).
-    let down_panels = matches!(args.cp, Panels::Cols(_));
+    // an in-place B as well, the input gradients measured 5-10 % slower),
+    // except a deep in-place B, whose micro-panels of KC = 256 stay in L1
+    // (`Params::kc_deep_in_place`).
+    let down_panels = matches!(args.cp, Panels::Cols(_)) || deep_in_place;
 
     // LOOP 5 (IC): split M by MC.
     for ic in (0..m).step_by(mc_step) {
@@ -316,7 +320,6 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                     Panels::Cols(_) => {}
                 }
                 // Micro-panel jr of B̃ and the distance between its rows.
-                let (in_place, ldb) = (matches!(args.bp, Panels::Cols(_)), args.rsb as usize);
                 let b_panel = |jr: usize| {
                     if in_place {
                         args.b_at(pc, jc + jr)
@@ -324,7 +327,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                         bpack.add(jr * kc) as *const f32
                     }
                 };
-                let ldb = if in_place { ldb } else { nr };
+                let ldb = if in_place { args.rsb as usize } else { nr };
                 // LOOPS 2 and 1: the MR×NR tiles of the block, in the
                 // order `next` gives.
                 let tiles = (mc.div_ceil(MR), nc.div_ceil(nr));

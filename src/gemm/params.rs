@@ -27,6 +27,30 @@ pub(crate) struct Params {
     pub kc: usize,
     /// LOOP 3 (JC) step: columns of the packed block B̃ (KC×NC floats, one per thread), L2-resident.
     pub nc: usize,
+    /// KC for a product whose B is read in place (the forward's weights)
+    /// and at least [`DEEP_K`] deep, whose tiles then go down each column
+    /// panel (`loops::nest`); `None`: as any other product.
+    pub kc_deep_in_place: Option<usize>,
+}
+
+/// The depth from which a product with B in place takes
+/// [`Params::kc_deep_in_place`] (W1's first layer, K = 3,072).
+pub(crate) const DEEP_K: usize = 1024;
+
+impl Params {
+    /// The table for a product of depth `k`, B in column panels read in
+    /// place (`in_place`) or not.
+    pub fn for_product(&self, k: usize, in_place: bool) -> Params {
+        match self.kc_deep_in_place {
+            Some(kc) if in_place && k >= DEEP_K => Params { kc, ..*self },
+            _ => *self,
+        }
+    }
+
+    /// True when `for_product` changes the table.
+    pub fn deep_in_place(&self, k: usize, in_place: bool) -> bool {
+        self.kc_deep_in_place.is_some() && in_place && k >= DEEP_K
+    }
 }
 
 /// The block steps used for an m×k×n problem: the number of blocks along
@@ -82,6 +106,18 @@ pub(crate) fn block_bound(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
 /// B̃ block 512×768×4 B = 1.5 MiB (L2); Ã block up to 1536×512×4 B = 3 MiB,
 /// streamed one micro-panel at a time from L3 (LOOP 2), so it need not fit
 /// L2.
+///
+/// A deep product whose B is read in place (W1's forward, 128×3072×1024
+/// NT) takes KC = 256 and visits its tiles down each column panel: each
+/// 256×32 micro-panel of B (32 KiB) then stays in L1 while the Ã
+/// micro-panels stream from L2, where with KC = 512 and the tiles along
+/// the rows the 1 MiB block of B a thread reads overflowed L2 and came
+/// back from L3 once per row of tiles. `fastnn bench gemm --panels --m 128
+/// --k 3072 --n 1024 --trans NT`, two threads, two pairs: 75–76 → 80–81 %
+/// of the peak (one thread level, 90 %); W1's step on two threads, six
+/// alternating pairs: forward 2.07–2.37 → 2.03–2.24 ms, 24,591–27,537 →
+/// 25,653–28,047 images/s (Zen 5). Either change alone measured no faster
+/// there (KC = 256 everywhere slowed the other products).
 pub(crate) const AVX512: Params = Params {
     mr: 8,
     nv: 2,
@@ -89,6 +125,7 @@ pub(crate) const AVX512: Params = Params {
     mc: 1536,
     kc: 512,
     nc: 768,
+    kc_deep_in_place: Some(256),
 };
 
 /// AVX2+FMA: 6×16 tile (12 ymm accumulators).
@@ -100,6 +137,7 @@ pub(crate) const AVX2: Params = Params {
     mc: 1536,
     kc: 512,
     nc: 768,
+    kc_deep_in_place: None,
 };
 
 /// Portable: 4×8 tile.
@@ -110,6 +148,7 @@ pub(crate) const SCALAR: Params = Params {
     mc: 256,
     kc: 256,
     nc: 512,
+    kc_deep_in_place: None,
 };
 
 /// Rows of the strip kernel's tile (`narrow.rs`, C at most 16 columns
