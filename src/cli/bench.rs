@@ -40,7 +40,7 @@ pub struct GemmArgs {
     /// Transposes: NN, NT (B transposed: X·Wᵀ), TN (A transposed: dZᵀ·X), TT.
     #[arg(long, default_value = "NN")]
     trans: String,
-    /// The weights in fastnn's panels, as the training step keeps them: B = Wᵀ read in place (NT), B = W (NN) or C = dWᵀ (TN).
+    /// The weights in fastnn's panels, as the training step keeps them: B = Wᵀ read in place (NT), B = W read in place from its copy (NN) or C = dWᵀ (TN).
     #[arg(long)]
     panels: bool,
     /// Threads for fastnn (and for the split matrixmultiply baseline).

@@ -51,9 +51,10 @@ pub struct Shape {
     pub trans: Trans,
     /// The product as the training step runs it, the weights kept in
     /// column panels ([`super::MatRef::panels`]): B = Wᵀ read in place (NT,
-    /// the forward product), B = W their transpose (NN, the input
-    /// gradient), C = dWᵀ (TN, the weight gradient). Other peers compute the
-    /// same product on dense operands.
+    /// the forward product), B = W read in place from its copy in column
+    /// panels of its own (NN, the input gradient,
+    /// [`super::backward_weights`]), C = dWᵀ (TN, the weight gradient).
+    /// Other peers compute the same product on dense operands.
     pub panels: bool,
 }
 
@@ -132,8 +133,8 @@ impl Operands {
         };
         // Panels pad the weights' out dimension to whole panels.
         let (b_len, c_len) = match (shape.panels, shape.trans) {
-            (true, Trans::NT) => (panel_len(k, n), m * n),
-            (true, Trans::NN) => (panel_len(n, k), m * n),
+            // B in column panels: Wᵀ itself (NT) or W's copy (NN).
+            (true, Trans::NT | Trans::NN) => (panel_len(k, n), m * n),
             (true, _) => (k * n, panel_len(m, n)),
             (false, _) => (k * n, m * n),
         };
@@ -157,10 +158,9 @@ impl Operands {
     /// B as fastnn's product reads it (`dense`: as a dense peer does).
     fn b(&self, dense: bool) -> MatRef<'_> {
         let Shape { k, n, trans, .. } = self.shape;
-        match (self.shape.panels && !dense, trans) {
-            (true, Trans::NT) => return MatRef::panels(&self.b, k, n),
-            (true, Trans::NN) => return MatRef::panels(&self.b, n, k).t(),
-            _ => {}
+        // In column panels: Wᵀ itself (NT) or W's copy (NN).
+        if self.shape.panels && !dense && matches!(trans, Trans::NT | Trans::NN) {
+            return MatRef::panels(&self.b, k, n);
         }
         if trans.tb() {
             MatRef::row_major(&self.b, n, k).t()
