@@ -231,7 +231,8 @@ pub struct Workspace {
     /// f32).
     bf16: Option<MixedPrecision>,
     /// The [`crate::model::Params`] version the weights' copies (f32 or
-    /// bf16) hold, and how many times they were rewritten whole.
+    /// bf16) hold (0: none yet; versions start at 1), and how many times
+    /// they were rewritten whole.
     copies_version: u64,
     copies_rewritten: usize,
     /// Time of the training steps, by phase.
@@ -324,18 +325,15 @@ impl Workspace {
         for p in step_products(&self.gemm, &mlp.cfg.dims, self.max_batch) {
             packing.reserve(kernel, p.m, p.k, p.n);
         }
-        let mut weights = Bf16Weights::new(&mlp.cfg.dims);
-        for (l, slot) in mlp.layout.layers.iter().enumerate() {
-            weights.write_layer(l, &mlp.params[slot.w.clone()]);
-        }
         self.bf16 = Some(MixedPrecision {
             kernel,
             packing,
-            weights,
+            weights: Bf16Weights::new(&mlp.cfg.dims),
             evaluation: false,
         });
         self.backward_weights = None;
-        self.copies_version = mlp.params.version();
+        self.copies_version = 0;
+        self.sync_copies(mlp);
     }
 
     /// Rewrites the weights' copies from `mlp` unless they hold its
@@ -874,7 +872,7 @@ impl Mlp {
 
     /// The optimiser's step of every parameter with the gradients in
     /// `grads` at learning rate `lr`: [`Optimizer::step`], writing the
-    /// weights' bf16 copies as it goes in mixed precision.
+    /// weights' copies (f32 `W`, or bf16) as it goes.
     pub fn update(&mut self, ws: &mut Workspace, grads: &[f32], opt: &mut Optimizer, lr: f32) {
         ws.sync_copies(self);
         let rules = opt.begin_step(lr);

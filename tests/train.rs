@@ -523,12 +523,7 @@ const KINK: f64 = 1e-4;
 /// `Mlp::update`, which writes the bf16 copies too).
 #[test]
 fn fused_step_equals_backward_then_optimiser_bitwise() {
-    let precisions = [None].into_iter().chain(
-        bf16_kernels("the fused bf16 step against the unfused")
-            .into_iter()
-            .map(Some),
-    );
-    for bf16 in precisions {
+    for bf16 in precisions("the fused bf16 step against the unfused") {
         for (dims, batch, threads) in [
             (&PACKED_DIMS[..], PACKED_BATCH, 1),
             (&[784, 512, 256, 10][..], 128, 2),
@@ -538,15 +533,8 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
                 let (mut fused, ws, _, _) =
                     problem((dims, batch), Act::Relu, Loss::Xent, dropout, 7);
                 let mut plain = fused.clone();
-                let workspace = || {
-                    let mut w = Workspace::new(&fused, batch, Parallelism::threads(threads));
-                    w.x.copy_from_slice(&ws.x);
-                    w.labels.copy_from_slice(&ws.labels);
-                    if let Some(kernel) = bf16 {
-                        w.use_bf16(&fused, kernel);
-                    }
-                    w
-                };
+                let workspace =
+                    || workspace_with_batch(&fused, &ws, Parallelism::threads(threads), bf16);
                 let (mut ws_fused, mut ws_plain) = (workspace(), workspace());
                 for p in step_products(ws_fused.gemm(), dims, batch) {
                     if p.product == Product::WeightGradient && bf16.is_none() {
@@ -635,26 +623,13 @@ fn assert_f32_copies_are_the_master(mlp: &Mlp, ws: &Workspace, what: &str) {
 /// weights); the change does, once.
 #[test]
 fn weights_set_between_steps_reach_the_next_step() {
-    let precisions = [None].into_iter().chain(
-        bf16_kernels("weights set between bf16 steps")
-            .into_iter()
-            .map(Some),
-    );
-    for bf16 in precisions {
+    for bf16 in precisions("weights set between bf16 steps") {
         for norm in [Norm::None, Norm::Batch] {
             let (dims, batch) = (&PACKED_DIMS[..], PACKED_BATCH);
             let (mut mlp, ws, _, _) =
                 problem_with_norm((dims, batch), Act::Relu, Loss::Xent, 0.0, norm, 11);
             let optim = every_optimiser()[1].0;
-            let workspace = |mlp: &Mlp| {
-                let mut w = Workspace::new(mlp, batch, Parallelism::Single);
-                w.x.copy_from_slice(&ws.x);
-                w.labels.copy_from_slice(&ws.labels);
-                if let Some(kernel) = bf16 {
-                    w.use_bf16(mlp, kernel);
-                }
-                w
-            };
+            let workspace = |mlp: &Mlp| workspace_with_batch(mlp, &ws, Parallelism::Single, bf16);
             let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
             let step =
                 |mlp: &mut Mlp, ws: &mut Workspace, opt: &mut Optimizer, grads: &mut [f32]| {
@@ -917,6 +892,30 @@ fn bf16_kernels(what: &str) -> Vec<Bf16Kernel> {
             k.is_available()
         })
         .collect()
+}
+
+/// f32 (`None`), then every bf16 kernel this CPU runs, each reported as
+/// running `what` (and the others as skipped).
+fn precisions(what: &str) -> Vec<Option<Bf16Kernel>> {
+    let bf16 = bf16_kernels(what).into_iter().map(Some);
+    [None].into_iter().chain(bf16).collect()
+}
+
+/// A workspace for `mlp` with the batch of `ws` (all its rows), in mixed
+/// precision on `bf16` if given.
+fn workspace_with_batch(
+    mlp: &Mlp,
+    ws: &Workspace,
+    par: Parallelism,
+    bf16: Option<Bf16Kernel>,
+) -> Workspace {
+    let mut w = Workspace::new(mlp, ws.max_batch(), par);
+    w.x.copy_from_slice(&ws.x);
+    w.labels.copy_from_slice(&ws.labels);
+    if let Some(kernel) = bf16 {
+        w.use_bf16(mlp, kernel);
+    }
+    w
 }
 
 /// The weights' bf16 copies in `ws` are the master weights rounded, in the
