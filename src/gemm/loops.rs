@@ -265,8 +265,12 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     debug_assert!(p.mr == MR && p.nr == nr);
     let Args { m, k, n, .. } = *args;
     let in_place = matches!(args.bp, Panels::Cols(_));
-    let deep_in_place = p.deep_in_place(k, in_place);
-    let (mc_step, kc_step, nc_step) = block_steps(&p.for_product(k, in_place), m, k, n);
+    let deep_kc = p.deep_in_place_kc(k, in_place);
+    let table = Params {
+        kc: deep_kc.unwrap_or(p.kc),
+        ..*p
+    };
+    let (mc_step, kc_step, nc_step) = block_steps(&table, m, k, n);
     let own_a = if shared.is_some() {
         0
     } else {
@@ -287,7 +291,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     // an in-place B as well, the input gradients measured 5-10 % slower),
     // except a deep in-place B, whose micro-panels of KC = 256 stay in L1
     // (`Params::kc_deep_in_place`).
-    let down_panels = matches!(args.cp, Panels::Cols(_)) || deep_in_place;
+    let down_panels = matches!(args.cp, Panels::Cols(_)) || deep_kc.is_some();
 
     // LOOP 5 (IC): split M by MC.
     for ic in (0..m).step_by(mc_step) {

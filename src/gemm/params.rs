@@ -38,18 +38,10 @@ pub(crate) struct Params {
 pub(crate) const DEEP_K: usize = 1024;
 
 impl Params {
-    /// The table for a product of depth `k`, B in column panels read in
-    /// place (`in_place`) or not.
-    pub fn for_product(&self, k: usize, in_place: bool) -> Params {
-        match self.kc_deep_in_place {
-            Some(kc) if in_place && k >= DEEP_K => Params { kc, ..*self },
-            _ => *self,
-        }
-    }
-
-    /// True when `for_product` changes the table.
-    pub fn deep_in_place(&self, k: usize, in_place: bool) -> bool {
-        self.kc_deep_in_place.is_some() && in_place && k >= DEEP_K
+    /// The KC of a product of depth `k` whose B is in column panels read
+    /// in place (`in_place`) or not, if it differs from [`Params::kc`].
+    pub fn deep_in_place_kc(&self, k: usize, in_place: bool) -> Option<usize> {
+        self.kc_deep_in_place.filter(|_| in_place && k >= DEEP_K)
     }
 }
 

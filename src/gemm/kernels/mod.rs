@@ -339,15 +339,15 @@ unsafe fn step_vec<S: Simd>(g: S::V, c: *mut f32, s: &StepEpi, i: usize, j: usiz
 }
 
 /// Writes `len` new weights of row i of the tile, from column j, stored at
-/// `c`, into the step's copy, one by one: the vector store's way, outside
-/// the training step's (its whole tiles go as transposes, [`copy_tile`]).
-/// Out of line, so that the stores that never write a copy stay as they
-/// were: inlined into `finish_vec`, it made W1's forward product (128×3072
-/// ×1024 NT, one thread) 85–90 → 75–80 % of the peak.
+/// `c`, into the step's copy, one by one: the vector store's way, and the
+/// tiles' of the families other than AVX-512 (whose tiles go as
+/// transposes, [`copy_tile`]). Out of line, so that the stores that never
+/// write a copy stay as they were: inlined into `finish_vec`, it made W1's
+/// forward product (128×3072×1024 NT, one thread) 85–90 → 75–80 % of the
+/// peak.
 ///
 /// # Safety
 /// `c` and the copy valid for the run.
-#[cold]
 #[inline(never)]
 unsafe fn copy_run(c: *const f32, len: usize, s: &StepEpi, i: usize, j: usize) {
     for t in 0..len {
@@ -579,7 +579,7 @@ pub(crate) unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
 /// stride 1), just stored at `c`, into the step's transposed copy (in
 /// column panels, `gemm_update`): eight rows from a multiple of 8 (every
 /// AVX-512 tile) as 8×8 transposes, each of the copy's rows getting a run
-/// of 8 floats; the tiles of other families element by element. (The
+/// of 8 floats; the tiles of other families row by row, [`copy_run`]. (The
 /// scalar store, `finish1`, writes the copy of the elements it updates.)
 ///
 /// # Safety
@@ -601,9 +601,7 @@ unsafe fn copy_tile<S: Simd, const MR: usize, const NV: usize>(
         }
     } else {
         for i in 0..MR {
-            for j in 0..nr {
-                *s.copy.offset(s.copy_offset(i, j)) = *c.offset(i as isize * rsc).add(j);
-            }
+            copy_run(c.offset(i as isize * rsc), nr, s, i, 0);
         }
     }
 }
