@@ -122,6 +122,15 @@ pub(crate) const AVX512: Params = Params {
 
 /// AVX2+FMA: 6×16 tile (12 ymm accumulators).
 /// Ã micro-panel 6×512×4 B = 12 KiB; B̃ block 512×768×4 B = 1.5 MiB (L2).
+///
+/// A deep product with B in place takes KC = 256 and goes down the column
+/// panels, as with AVX-512 (W1's forward). On AMD Zen 3 (L1d 32 KiB, L2
+/// 512 KiB), `fastnn bench gemm --panels`, one thread, the two tables'
+/// samples interleaved in one process, % of the peak: 128×3072×1024 NT
+/// 52 → 67, 46 → 54, 47 → 55 in three runs; the other training shapes
+/// within the noise. KC = 128 or 192 there measured slower than 256
+/// (46–50 against 52–54), and NC = 192, 256 or 384 (a B̃ block inside
+/// Zen 3's L2) no faster than 768 on any training shape.
 pub(crate) const AVX2: Params = Params {
     mr: 6,
     nv: 2,
@@ -129,7 +138,7 @@ pub(crate) const AVX2: Params = Params {
     mc: 1536,
     kc: 512,
     nc: 768,
-    kc_deep_in_place: None,
+    kc_deep_in_place: Some(256),
 };
 
 /// Portable: 4×8 tile.
