@@ -602,7 +602,10 @@ fn check_panelled(
 /// threads: awkward shapes (1, 7, 33, edge tiles in every direction, K
 /// across two KC blocks whose boundary is not a panel boundary, N across
 /// several panels so that two threads split it; a B read in place deep
-/// enough for its own KC, `params::DEEP_K`, in five blocks of 220).
+/// enough for its own blocking, `params::DeepInPlace`: K = 600 and 1100 in
+/// one block for AVX-512, 1100 in five of 220 for AVX2, and 300×4200 in
+/// two blocks along M and two along K for AVX-512, seventeen along K for
+/// AVX2).
 #[test]
 fn every_kernel_panelled_operands_match_reference() {
     let mut rng = Rng(23);
@@ -617,6 +620,7 @@ fn every_kernel_panelled_operands_match_reference() {
                 (5, 600, 70),
                 (128, 300, 100),
                 (37, 1100, 70),
+                (300, 4200, 33),
             ] {
                 for case in [
                     PanelCase::ForwardB,

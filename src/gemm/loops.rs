@@ -265,18 +265,15 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     debug_assert!(p.mr == MR && p.nr == nr);
     let Args { m, k, n, .. } = *args;
     let in_place = matches!(args.bp, Panels::Cols(_));
-    let deep_kc = p.deep_in_place_kc(k, in_place);
-    let table = Params {
-        kc: deep_kc.unwrap_or(p.kc),
-        ..*p
-    };
+    let (table, deep) = p.for_product(k, in_place);
     let (mc_step, kc_step, nc_step) = block_steps(&table, m, k, n);
     let own_a = if shared.is_some() {
         0
     } else {
         mc_step * kc_step
     };
-    ws.reserve(own_a, kc_step * nc_step);
+    let own_b = if in_place { 0 } else { kc_step * nc_step };
+    ws.reserve(own_a, own_b);
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
     let mut block = 0;
@@ -289,9 +286,10 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     // 10.1-10.4 ms). Else along each MR-row micro-panel of Ã, which stays
     // in L1 while the micro-panels of B̃ stream from L2 (down the panels of
     // an in-place B as well, the input gradients measured 5-10 % slower),
-    // except a deep in-place B, whose micro-panels of KC = 256 stay in L1
-    // (`Params::kc_deep_in_place`).
-    let down_panels = matches!(args.cp, Panels::Cols(_)) || deep_kc.is_some();
+    // except a deep in-place B (`Params::deep_in_place`): its micro-panel
+    // then serves every tile of its column from L1 or L2, and is read from
+    // memory once.
+    let down_panels = matches!(args.cp, Panels::Cols(_)) || deep;
 
     // LOOP 5 (IC): split M by MC.
     for ic in (0..m).step_by(mc_step) {

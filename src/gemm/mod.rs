@@ -454,13 +454,14 @@ impl GemmCtx {
             Plan::Empty | Plan::Fallback | Plan::NoPack => return,
         }
         let p = params_of(self.isa);
-        let (mc, kc, nc) = params::block_bound(&p, m, k, n);
+        let (_, kc, nc) = params::block_bound(&p, m, k, n);
+        let a = params::a_block_bound(&p, m, k, n);
         self.ws.ensure_parts(self.par.count());
         for part in &mut self.ws.parts {
-            part.reserve(mc * kc, kc * nc);
+            part.reserve(a, kc * nc);
         }
         if self.par.count() > 1 {
-            self.ws.reserve_shared_a(mc * kc);
+            self.ws.reserve_shared_a(a);
         }
     }
 
@@ -582,8 +583,8 @@ impl GemmCtx {
         // Cut along N, the parts pack their common Ã together.
         let share_a = split.along_n();
         if share_a {
-            let (mc, kc, _) = params::block_bound(&params_of(isa), m, k, n);
-            self.ws.reserve_shared_a(mc * kc);
+            let a = params::a_block_bound(&params_of(isa), m, k, n);
+            self.ws.reserve_shared_a(a);
         }
         let [a0, a1] = &mut self.ws.shared_a;
         let bufs = SharedBufs([a0.as_mut_ptr(), a1.as_mut_ptr()]);

@@ -27,21 +27,38 @@ pub(crate) struct Params {
     pub kc: usize,
     /// LOOP 3 (JC) step: columns of the packed block B̃ (KC×NC floats, one per thread), L2-resident.
     pub nc: usize,
-    /// KC for a product whose B is read in place (the forward's weights)
-    /// and at least [`DEEP_K`] deep, whose tiles then go down each column
-    /// panel (`loops::nest`); `None`: as any other product.
-    pub kc_deep_in_place: Option<usize>,
+    /// The blocking of a deep product whose B is read in place (the
+    /// forward's weights); `None`: as any other product.
+    pub deep_in_place: Option<DeepInPlace>,
 }
 
-/// The depth from which a product with B in place takes
-/// [`Params::kc_deep_in_place`] (W1's first layer, K = 3,072).
-pub(crate) const DEEP_K: usize = 1024;
+/// The blocking of a product whose B is in column panels read in place
+/// and at least `from_k` deep: its tiles go down each column panel
+/// (`loops::nest`), in blocks of at most `mc` rows and `kc` deep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DeepInPlace {
+    pub from_k: usize,
+    pub mc: usize,
+    pub kc: usize,
+}
 
 impl Params {
-    /// The KC of a product of depth `k` whose B is in column panels read
-    /// in place (`in_place`) or not, if it differs from [`Params::kc`].
-    pub fn deep_in_place_kc(&self, k: usize, in_place: bool) -> Option<usize> {
-        self.kc_deep_in_place.filter(|_| in_place && k >= DEEP_K)
+    /// The table a product of depth `k` runs with: this one, or, for a
+    /// deep product whose B is in column panels read in place
+    /// (`in_place`), this one with the MC and KC of
+    /// [`Params::deep_in_place`]. The second value says which.
+    pub fn for_product(&self, k: usize, in_place: bool) -> (Params, bool) {
+        match self.deep_in_place {
+            Some(d) if in_place && k >= d.from_k => (
+                Params {
+                    mc: d.mc,
+                    kc: d.kc,
+                    ..*self
+                },
+                true,
+            ),
+            _ => (*self, false),
+        }
     }
 }
 
@@ -75,6 +92,21 @@ pub(crate) fn block_bound(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
     )
 }
 
+/// An upper bound on the floats of the Ã block (MC×KC) of every product
+/// of at most m×k×n, its B read in place or not: [`block_bound`]'s for the
+/// table, or for the table of a deep product with B in place if that is
+/// larger. (A deep product packs no B̃, so the table's KC×NC bounds that.)
+pub(crate) fn a_block_bound(p: &Params, m: usize, k: usize, n: usize) -> usize {
+    let (mc, kc, _) = block_bound(p, m, k, n);
+    let (deep, is_deep) = p.for_product(k, true);
+    let (deep_mc, deep_kc, _) = block_bound(&deep, m, k, n);
+    if is_deep {
+        (mc * kc).max(deep_mc * deep_kc)
+    } else {
+        mc * kc
+    }
+}
+
 /// AVX-512F: 8×32 tile (16 zmm accumulators).
 ///
 /// On the Intel Xeon the tables were first tuned on (L1d 48 KiB), 12×32,
@@ -99,17 +131,26 @@ pub(crate) fn block_bound(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
 /// streamed one micro-panel at a time from L3 (LOOP 2), so it need not fit
 /// L2.
 ///
-/// A deep product whose B is read in place (W1's forward, 128×3072×1024
-/// NT) takes KC = 256 and visits its tiles down each column panel: each
-/// 256×32 micro-panel of B (32 KiB) then stays in L1 while the Ã
-/// micro-panels stream from L2, where with KC = 512 and the tiles along
-/// the rows the 1 MiB block of B a thread reads overflowed L2 and came
-/// back from L3 once per row of tiles. `fastnn bench gemm --panels --m 128
-/// --k 3072 --n 1024 --trans NT`, two threads, two pairs: 75–76 → 80–81 %
-/// of the peak (one thread level, 90 %); W1's step on two threads, six
-/// alternating pairs: forward 2.07–2.37 → 2.03–2.24 ms, 24,591–27,537 →
-/// 25,653–28,047 images/s (Zen 5). Either change alone measured no faster
-/// there (KC = 256 everywhere slowed the other products).
+/// A product whose B is read in place and which KC = 512 would split
+/// along K (the forward's weights: W1's 3,072- and 1,024-deep layers,
+/// W2's 784-deep one) takes its whole depth in one block, up to 4,096, and
+/// visits its tiles down each column panel: the K×32 micro-panel of B then
+/// comes from memory once, as one long stream, and serves the column's
+/// other tiles from L2, and C is loaded and stored once instead of once
+/// per KC block. MC is then 256 rows, so that the Ã block, which streams
+/// from L3 once per column panel, stays near 3 MiB: 1024×3072×1024 NT with
+/// the table's MC (one 12 MiB block) fell to 48–55 % of the peak, and with
+/// MC = 64 the 128-row product lost 6–9 points to B read twice. `fastnn
+/// bench gemm --panels`, alternating runs, % of the peak, KC = 256 (the
+/// blocking before, measured against 512 on Zen 5: 75–76 → 80–81 % on two
+/// threads) → whole depth: 128×3072×1024 NT one thread 78–79 → 86–88 %
+/// (three pairs), two threads 81–85 → 90–92 %; 128×784×512 NT 88–91 →
+/// 93 %; 512×3072×1024 NT 86 → 90–92 %; 1024×3072×1024 NT level (82–85
+/// against 80–86); the products with K ≤ 512 level (Zen 5). In the training step, the two blockings
+/// alternating step by step in one process (W1, batch 128): forward 8–9 %
+/// faster on one thread, 3–9 % on two; 10–12 % at batch 32, 4–6 % at batch
+/// 512; W2's forward 3–5 %. The input gradients that follow run 3–8 %
+/// slower (W1, 0.02–0.04 ms a step).
 pub(crate) const AVX512: Params = Params {
     mr: 8,
     nv: 2,
@@ -117,14 +158,19 @@ pub(crate) const AVX512: Params = Params {
     mc: 1536,
     kc: 512,
     nc: 768,
-    kc_deep_in_place: Some(256),
+    // Every product that KC = 512 would split along K.
+    deep_in_place: Some(DeepInPlace {
+        from_k: 513,
+        mc: 256,
+        kc: 4096,
+    }),
 };
 
 /// AVX2+FMA: 6×16 tile (12 ymm accumulators).
 /// Ã micro-panel 6×512×4 B = 12 KiB; B̃ block 512×768×4 B = 1.5 MiB (L2).
 ///
-/// A deep product with B in place takes KC = 256 and goes down the column
-/// panels, as with AVX-512 (W1's forward). On AMD Zen 3 (L1d 32 KiB, L2
+/// A product with B in place and K ≥ 1,024 (W1's forward) takes KC = 256
+/// and goes down the column panels. On AMD Zen 3 (L1d 32 KiB, L2
 /// 512 KiB), `fastnn bench gemm --panels`, one thread, the two tables'
 /// samples interleaved in one process, % of the peak: 128×3072×1024 NT
 /// 52 → 67, 46 → 54, 47 → 55 in three runs; the other training shapes
@@ -138,7 +184,11 @@ pub(crate) const AVX2: Params = Params {
     mc: 1536,
     kc: 512,
     nc: 768,
-    kc_deep_in_place: Some(256),
+    deep_in_place: Some(DeepInPlace {
+        from_k: 1024,
+        mc: 1536,
+        kc: 256,
+    }),
 };
 
 /// Portable: 4×8 tile.
@@ -149,7 +199,7 @@ pub(crate) const SCALAR: Params = Params {
     mc: 256,
     kc: 256,
     nc: 512,
-    kc_deep_in_place: None,
+    deep_in_place: None,
 };
 
 /// Rows of the strip kernel's tile (`narrow.rs`, C at most 16 columns
@@ -256,5 +306,31 @@ mod tests {
             let shrinks = block_steps(&p, p.mc + 1, 1, 1).0 < block_steps(&p, p.mc, 1, 1).0;
             assert!(shrinks, "the case the bound exists for");
         }
+    }
+
+    /// `a_block_bound` covers the Ã block of every smaller product, its B
+    /// in place (deep products take their own MC and KC) or not.
+    #[test]
+    fn a_block_bound_covers_deep_products() {
+        let ms = [1, 7, 128, 256, 257, 1024, 1537, 3100];
+        let ks = [1, 512, 513, 784, 1023, 1024, 3072, 4096, 4097, 9000];
+        for p in [AVX512, AVX2, SCALAR] {
+            for &m in &ms {
+                for &k in &ks {
+                    let bound = a_block_bound(&p, m, k, 64);
+                    for &mm in ms.iter().filter(|&&x| x <= m) {
+                        for &kk in ks.iter().filter(|&&x| x <= k) {
+                            for in_place in [false, true] {
+                                let (table, _) = p.for_product(kk, in_place);
+                                let (mc, kc, _) = block_steps(&table, mm, kk, 64);
+                                assert!(mc * kc <= bound, "{p:?}: {mm}×{kk} in {m}×{k}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let (w1_forward, deep) = AVX512.for_product(3072, true);
+        assert!(deep && block_steps(&w1_forward, 128, 3072, 1024).1 == 3072);
     }
 }
