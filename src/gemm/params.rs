@@ -93,18 +93,15 @@ pub(crate) fn block_bound(p: &Params, m: usize, k: usize, n: usize) -> (usize, u
 }
 
 /// An upper bound on the floats of the Ã block (MC×KC) of every product
-/// of at most m×k×n, its B read in place or not: [`block_bound`]'s for the
-/// table, or for the table of a deep product with B in place if that is
-/// larger. (A deep product packs no B̃, so the table's KC×NC bounds that.)
+/// of at most m×k×n, its B read in place or not: the larger of
+/// [`block_bound`]'s for the table and for the table a deep product with B
+/// in place takes. (That product packs no B̃, so the table's KC×NC bounds
+/// B̃.)
 pub(crate) fn a_block_bound(p: &Params, m: usize, k: usize, n: usize) -> usize {
     let (mc, kc, _) = block_bound(p, m, k, n);
-    let (deep, is_deep) = p.for_product(k, true);
+    let (deep, _) = p.for_product(k, true);
     let (deep_mc, deep_kc, _) = block_bound(&deep, m, k, n);
-    if is_deep {
-        (mc * kc).max(deep_mc * deep_kc)
-    } else {
-        mc * kc
-    }
+    (mc * kc).max(deep_mc * deep_kc)
 }
 
 /// AVX-512F: 8×32 tile (16 zmm accumulators).
@@ -146,11 +143,11 @@ pub(crate) fn a_block_bound(p: &Params, m: usize, k: usize, n: usize) -> usize {
 /// threads) → whole depth: 128×3072×1024 NT one thread 78–79 → 86–88 %
 /// (three pairs), two threads 81–85 → 90–92 %; 128×784×512 NT 88–91 →
 /// 93 %; 512×3072×1024 NT 86 → 90–92 %; 1024×3072×1024 NT level (82–85
-/// against 80–86); the products with K ≤ 512 level (Zen 5). In the training step, the two blockings
-/// alternating step by step in one process (W1, batch 128): forward 8–9 %
-/// faster on one thread, 3–9 % on two; 10–12 % at batch 32, 4–6 % at batch
-/// 512; W2's forward 3–5 %. The input gradients that follow run 3–8 %
-/// slower (W1, 0.02–0.04 ms a step).
+/// against 80–86); the products with K ≤ 512 level (Zen 5). In the
+/// training step, the two blockings alternating step by step in one
+/// process (W1, batch 128): forward 8–9 % faster on one thread, 3–9 % on
+/// two; 10–12 % at batch 32, 4–6 % at batch 512; W2's forward 3–5 %. The
+/// input gradients that follow run 3–8 % slower (W1, 0.02–0.04 ms a step).
 pub(crate) const AVX512: Params = Params {
     mr: 8,
     nv: 2,
