@@ -22,7 +22,7 @@
 //! owns: the result does not depend on the thread count.
 
 use super::epilogue::Epi;
-use super::kernels::{microkernel, prefetch_for_store, store_tile, Simd};
+use super::kernels::{microkernel, prefetch, prefetch_l2, store_tile, Simd};
 use super::mat::{Panels, PANEL};
 use super::pack::{pack_a, pack_b, pack_b_row_panels};
 use super::params::{block_steps, Params};
@@ -189,39 +189,91 @@ unsafe fn pack_a_shared<S: Simd, const MR: usize>(
     buf
 }
 
-/// Hints the rows of the mr×nrv C tile at (i, j), and on the last KC
-/// block those of a fused update's moments, into L1 or L2
-/// ([`super::kernels::prefetch_for_store`]; with L1 on Zen 5, W1's f32
-/// weight gradients, two alternating runs each: 4.02–4.19 → 3.94–4.00 ms
-/// on one thread, 2.16–2.23 → 2.12 on two).
+/// The cache lines a tile's store reads, to be asked for while the tile
+/// before it computes: the first and last line of each row of the mr×nrv
+/// C tile (read when β ≠ 0, on a later KC block, or by a fused update),
+/// and on the last KC block those of a fused update's moments. Into L1 or
+/// L2 as [`crate::cpu::prefetch_stores_into_l1`] says (with L1 on Zen 5,
+/// W1's f32 weight gradients, two alternating runs each: 4.02–4.19 →
+/// 3.94–4.00 ms on one thread, 2.16–2.23 → 2.12 on two).
 ///
-/// # Safety
-/// (i, j) lies inside C.
-#[inline(always)]
-unsafe fn prefetch_tile(args: &Args, last: bool, i: usize, j: usize, mr: usize, nrv: usize) {
-    if args.csc != 1 {
-        return;
-    }
-    let c = args.c_at(i, j);
-    for r in 0..mr {
-        prefetch_row(c.offset(r as isize * args.rsc), nrv);
-    }
-    if let (true, Some(s)) = (last, &args.epi.step) {
-        let at = s.offset(i, j);
-        for r in 0..mr {
-            prefetch_row(s.m.offset(at + s.offset(r, 0)), nrv);
-            if !s.v.is_null() {
-                prefetch_row(s.v.offset(at + s.offset(r, 0)), nrv);
-            }
-        }
-    }
+/// The microkernel asks for them one every few k steps
+/// ([`super::kernels::microkernel`]). Asked for all at once before the
+/// tile, as before, W1's first weight gradient with its update
+/// (3072×128×1024, calls alternating in one process, Zen 5) ran 4–5 %
+/// slower on one thread (4.18–4.24 against 3.99–4.07 ms) and 9 % on two;
+/// in the training step, alternating runs, the weight gradients are 1 %
+/// faster against the forward's time, the forward level.
+#[derive(Clone, Copy)]
+struct StoreLines {
+    /// Row 0 of the tile in C, m and v; the first `streams` are used.
+    rows: [*const f32; 3],
+    /// The distance between rows in each.
+    rs: [isize; 3],
+    streams: usize,
+    mr: usize,
+    nrv: usize,
+    into_l1: bool,
 }
 
-/// Hints the first and last cache line of `len` floats at `row`.
-#[inline(always)]
-fn prefetch_row(row: *const f32, len: usize) {
-    prefetch_for_store(row);
-    prefetch_for_store(row.wrapping_add(len - 1));
+impl StoreLines {
+    /// The lines of the tile at (i, j); none where C's rows are not
+    /// contiguous (`csc ≠ 1`).
+    ///
+    /// # Safety
+    /// (i, j) lies inside C.
+    #[inline(always)]
+    unsafe fn of_tile(
+        args: &Args,
+        last: bool,
+        (i, j, mr, nrv): (usize, usize, usize, usize),
+        into_l1: bool,
+    ) -> StoreLines {
+        let mut lines = StoreLines {
+            rows: [args.c_at(i, j) as *const f32; 3],
+            rs: [args.rsc; 3],
+            streams: (args.csc == 1) as usize,
+            mr,
+            nrv,
+            into_l1,
+        };
+        if let (true, 1, Some(s)) = (last, lines.streams, &args.epi.step) {
+            let at = s.offset(i, j);
+            lines.rows[1] = s.m.offset(at);
+            lines.rs[1] = s.offset(1, 0);
+            if !s.v.is_null() {
+                lines.rows[2] = s.v.offset(at);
+                lines.rs[2] = s.offset(1, 0);
+            }
+            lines.streams = if s.v.is_null() { 2 } else { 3 };
+        }
+        lines
+    }
+
+    fn count(&self) -> usize {
+        self.streams * self.mr * 2
+    }
+
+    /// Asks for line `q` (< `count()`): stream by stream, row by row, the
+    /// first line of a row then its last.
+    #[inline(always)]
+    fn prefetch(&self, q: usize) {
+        let (stream, row, last) = (q / (2 * self.mr), q / 2 % self.mr, q % 2);
+        let p = self.rows[stream]
+            .wrapping_offset(row as isize * self.rs[stream])
+            .wrapping_add(last * (self.nrv - 1));
+        if self.into_l1 {
+            prefetch(p)
+        } else {
+            prefetch_l2(p)
+        }
+    }
+
+    fn prefetch_all(&self) {
+        for q in 0..self.count() {
+            self.prefetch(q);
+        }
+    }
 }
 
 /// The tile after `(ti, tj)` of a block of `tiles` (rows, columns of
@@ -276,6 +328,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     ws.reserve(own_a, own_b);
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
+    let into_l1 = crate::cpu::prefetch_stores_into_l1();
     let mut block = 0;
 
     // The order of a block's tiles. With C in column panels (a weight
@@ -284,11 +337,12 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     // consecutive in memory, a stream the hardware prefetcher follows
     // (W1's weight gradients with the update, one thread: 10.3-10.5 →
     // 10.1-10.4 ms). Else along each MR-row micro-panel of Ã, which stays
-    // in L1 while the micro-panels of B̃ stream from L2 (down the panels of
-    // an in-place B as well, the input gradients measured 5-10 % slower),
-    // except a deep in-place B (`Params::deep_in_place`): its micro-panel
+    // in L1 while the micro-panels of B̃ stream from L2, except for an
+    // in-place B as deep as `Params::deep_in_place` says (AVX-512: from
+    // 129, the input gradients' too; AVX2: from 1,024): its micro-panel
     // then serves every tile of its column from L1 or L2, and is read from
-    // memory once.
+    // memory once. (With the tables' MC, before the deep blocking, this
+    // order measured 5-10 % slower on the input gradients.)
     let down_panels = matches!(args.cp, Panels::Cols(_)) || deep;
 
     // LOOP 5 (IC): split M by MC.
@@ -339,22 +393,24 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                 };
                 // The C tile is read (β ≠ 0, a later KC block or a fused
                 // update) and written after the k loop, as are a fused
-                // update's moments: fetch the next tile's while this one
-                // computes (and the first one's before it).
-                let (i, j, mr, nrv) = tile_at((0, 0));
-                prefetch_tile(args, last, i, j, mr, nrv);
+                // update's moments: the microkernel asks for the next
+                // tile's lines while this one computes (and the first
+                // one's are asked for before it).
+                StoreLines::of_tile(args, last, tile_at((0, 0)), into_l1).prefetch_all();
                 let mut at = Some((0, 0));
                 while let Some(here) = at {
                     at = next(here, tiles, down_panels);
-                    if let Some(following) = at {
-                        let (i, j, mr, nrv) = tile_at(following);
-                        prefetch_tile(args, last, i, j, mr, nrv);
-                    }
+                    let ahead = at.map(|t| StoreLines::of_tile(args, last, tile_at(t), into_l1));
                     let (i, j, mr, nrv) = tile_at(here);
                     let ap = apack.add((i - ic) * kc);
                     let cij = args.c_at(i, j);
                     let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
-                    let acc = microkernel::<S, MR, NV>(kc, ap, b_panel(j - jc), ldb);
+                    let lines = ahead.map_or(0, |l| l.count());
+                    let acc = microkernel::<S, MR, NV>(kc, ap, b_panel(j - jc), ldb, lines, |q| {
+                        if let Some(l) = &ahead {
+                            l.prefetch(q)
+                        }
+                    });
                     store_tile::<S, MR, NV>(
                         &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
                     );

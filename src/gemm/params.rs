@@ -148,6 +148,18 @@ pub(crate) fn a_block_bound(p: &Params, m: usize, k: usize, n: usize) -> usize {
 /// process (W1, batch 128): forward 8–9 % faster on one thread, 3–9 % on
 /// two; 10–12 % at batch 32, 4–6 % at batch 512; W2's forward 3–5 %. The
 /// input gradients that follow run 3–8 % slower (W1, 0.02–0.04 ms a step).
+///
+/// The same order pays from 129 deep, where one KC block already holds
+/// the whole depth: the input gradients' B (W's copy, 512 and 256 deep)
+/// is then read from memory once, a column panel at a time, instead of
+/// once per MR-row micro-panel of Ã from wherever the B̃ block (up to
+/// 512×768 floats, more than Zen 5's 1 MiB L2) was left. Zen 5, the two
+/// settings' calls alternating in one process, caches flushed between
+/// calls (as the training step leaves them): 128×512×1024 NN 9–11 % faster
+/// on one and two threads, 32×512×1024 NN 7 %, 512×512×1024 NN 3–5 %,
+/// 128×256×512 NN 1–2 %; with warm caches 1–2 % faster or level. W1's
+/// input gradients in the training step, against the forward's time in the
+/// same runs: 5 % faster (three alternating runs of each).
 pub(crate) const AVX512: Params = Params {
     mr: 8,
     nv: 2,
@@ -155,9 +167,10 @@ pub(crate) const AVX512: Params = Params {
     mc: 1536,
     kc: 512,
     nc: 768,
-    // Every product that KC = 512 would split along K.
+    // Every product with B in place deeper than 128, W's copy in the
+    // input gradients as well as the forward's weights.
     deep_in_place: Some(DeepInPlace {
-        from_k: 513,
+        from_k: 129,
         mc: 256,
         kc: 4096,
     }),
@@ -310,7 +323,9 @@ mod tests {
     #[test]
     fn a_block_bound_covers_deep_products() {
         let ms = [1, 7, 128, 256, 257, 1024, 1537, 3100];
-        let ks = [1, 512, 513, 784, 1023, 1024, 3072, 4096, 4097, 9000];
+        let ks = [
+            1, 128, 129, 512, 513, 784, 1023, 1024, 3072, 4096, 4097, 9000,
+        ];
         for p in [AVX512, AVX2, SCALAR] {
             for &m in &ms {
                 for &k in &ks {
