@@ -22,7 +22,9 @@
 //! owns: the result does not depend on the thread count.
 
 use super::epilogue::Epi;
-use super::kernels::{microkernel, prefetch, prefetch_l2, store_tile, Simd};
+use super::kernels::{
+    microkernel, prefetch, prefetch_l2, store_tile, Simd, IN_PLACE_B_AHEAD, PACKED_B_AHEAD,
+};
 use super::mat::{Panels, PANEL};
 use super::pack::{pack_a, pack_b, pack_b_row_panels};
 use super::params::{block_steps, Params};
@@ -329,6 +331,11 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
     let into_l1 = crate::cpu::prefetch_stores_into_l1();
+    let b_ahead = if in_place {
+        IN_PLACE_B_AHEAD
+    } else {
+        PACKED_B_AHEAD
+    };
     let mut block = 0;
 
     // The order of a block's tiles. With C in column panels (a weight
@@ -406,11 +413,19 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                     let cij = args.c_at(i, j);
                     let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
                     let lines = ahead.map_or(0, |l| l.count());
-                    let acc = microkernel::<S, MR, NV>(kc, ap, b_panel(j - jc), ldb, lines, |q| {
-                        if let Some(l) = &ahead {
-                            l.prefetch(q)
-                        }
-                    });
+                    let acc = microkernel::<S, MR, NV>(
+                        kc,
+                        ap,
+                        b_panel(j - jc),
+                        ldb,
+                        b_ahead,
+                        lines,
+                        |q| {
+                            if let Some(l) = &ahead {
+                                l.prefetch(q)
+                            }
+                        },
+                    );
                     store_tile::<S, MR, NV>(
                         &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
                     );

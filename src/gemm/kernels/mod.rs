@@ -176,8 +176,21 @@ pub(crate) unsafe fn transpose16_avx512(src: *const f32, rs: isize, dst: *mut f3
     }
 }
 
-/// How many k steps ahead the microkernel prefetches B̃.
-const PREFETCH_STEPS: usize = 16;
+/// How many k steps ahead the microkernel asks for B̃'s rows when B̃ was
+/// packed (it then streams from L2) ...
+pub(crate) const PACKED_B_AHEAD: usize = 16;
+
+/// ... and when it is B read in place, which streams from memory the first
+/// time a column panel is read: 64 rows of 32 floats, 8 KiB ahead. Zen 5,
+/// against 16, calls alternating in one process, caches flushed between
+/// calls (as the training step leaves them): every in-place training
+/// shape faster, 128×3072×1024 NT 3–4 %, 128×512×1024 NN 3 %, 128×784×512
+/// NT 4 %, 32×512×1024 NN 9–14 %, on one and two threads; with warm caches
+/// level, but 128×3072×1024 NT 3–6 % faster. The AVX2 kernels on the same
+/// CPU: level warm, 2–12 % faster cold. 128 ahead was no better on these
+/// shapes; for a packed B̃, 128 ahead (past the end of a 128-deep
+/// micro-panel) made the weight gradients 5–6 % slower.
+pub(crate) const IN_PLACE_B_AHEAD: usize = 64;
 
 /// Floats in a 64-byte cache line. A row of a B̃ micro-panel starts on a
 /// line (packed: NR floats a row; in place: panels of PANEL floats from an
@@ -228,9 +241,10 @@ pub(crate) fn prefetch_l2(p: *const f32) {
 
 /// `acc = Ã·B̃` over `k` steps: Ã an MR-row micro-panel, B̃ an NR = NV·LANES
 /// column micro-panel whose rows are `ldb` floats apart (NR when packed,
-/// PANEL when read in place from a panelled B).
+/// PANEL when read in place from a panelled B), whose rows it asks for
+/// `b_ahead` steps ahead ([`PACKED_B_AHEAD`], [`IN_PLACE_B_AHEAD`]).
 ///
-/// On the way it asks for `lines` cache lines that a later store needs,
+/// On the way it also asks for `lines` cache lines that a later store needs,
 /// one every `k / lines` steps: `prefetch_line(q)` asks for line q (those
 /// left when `k < lines` come after the last step): a fused update's 32
 /// to 48 lines, asked for all at once, held up the loads of Ã and B̃
@@ -245,6 +259,7 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     a: *const f32,
     b: *const f32,
     ldb: usize,
+    b_ahead: usize,
     lines: usize,
     prefetch_line: impl Fn(usize),
 ) -> [[S::V; NV]; MR] {
@@ -259,7 +274,7 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
         }
         let steps = every.min(left);
         for _ in 0..steps {
-            k_step::<S, MR, NV>(&mut acc, &mut a, &mut b, ldb);
+            k_step::<S, MR, NV>(&mut acc, &mut a, &mut b, ldb, b_ahead);
         }
         left -= steps;
     }
@@ -280,13 +295,14 @@ unsafe fn k_step<S: Simd, const MR: usize, const NV: usize>(
     a: &mut *const f32,
     b: &mut *const f32,
     ldb: usize,
+    b_ahead: usize,
 ) {
-    // B̃ streams from L2: ask for the lines PREFETCH_STEPS steps ahead
-    // (measured: +5-8 % on the NN training shape, ±noise elsewhere).
+    // Ask for the lines of B̃'s row `b_ahead` steps ahead (packed B̃,
+    // 16: +5-8 % on the NN training shape, ±noise elsewhere).
     // `wrapping_add`: near the end of the panel the address lies past
     // it, which a prefetch may name but `add` may not compute.
     for v in (0..NV).step_by(LINE.div_ceil(S::LANES)) {
-        prefetch(b.wrapping_add(PREFETCH_STEPS * ldb + v * S::LANES));
+        prefetch(b.wrapping_add(b_ahead * ldb + v * S::LANES));
     }
     let mut bv = [S::zero(); NV];
     for (v, bvv) in bv.iter_mut().enumerate() {
