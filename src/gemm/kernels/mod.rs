@@ -187,7 +187,7 @@ pub(crate) const PACKED_B_AHEAD: usize = 16;
 /// shape faster, 128×3072×1024 NT 3–4 %, 128×512×1024 NN 3 %, 128×784×512
 /// NT 4 %, 32×512×1024 NN 9–14 %, on one and two threads; with warm caches
 /// level, but 128×3072×1024 NT 3–6 % faster. The AVX2 kernels on the same
-/// CPU: level warm, 2–12 % faster cold. 128 ahead was no better on these
+/// CPU: level warm, 1–12 % faster cold. 128 ahead was no better on these
 /// shapes; for a packed B̃, 128 ahead (past the end of a 128-deep
 /// micro-panel) made the weight gradients 5–6 % slower.
 pub(crate) const IN_PLACE_B_AHEAD: usize = 64;
