@@ -345,4 +345,17 @@ mod tests {
         let (w1_forward, deep) = AVX512.for_product(3072, true);
         assert!(deep && block_steps(&w1_forward, 128, 3072, 1024).1 == 3072);
     }
+
+    /// On AVX-512 the input gradients' in-place B (W's copy, 256 and 512
+    /// deep) takes the deep blocking as the forward's weights do; a B 128
+    /// deep, or one that is packed, keeps the table.
+    #[test]
+    fn in_place_b_past_128_deep_goes_down_its_panels() {
+        for k in [129, 256, 512, 784] {
+            assert!(AVX512.for_product(k, true).1, "in place, K = {k}");
+            assert!(!AVX512.for_product(k, false).1, "packed, K = {k}");
+        }
+        assert_eq!(AVX512.for_product(128, true), (AVX512, false));
+        assert!(!AVX2.for_product(512, true).1 && AVX2.for_product(1024, true).1);
+    }
 }

@@ -664,3 +664,49 @@ unsafe fn copy_tile<S: Simd, const MR: usize, const NV: usize>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::scalar::Portable;
+    use super::*;
+    use std::cell::RefCell;
+
+    /// However `k` compares with the number of lines, the microkernel asks
+    /// for each line once, in order, and its sums are those of the k steps.
+    #[test]
+    fn microkernel_asks_for_every_line_once_and_sums_every_step() {
+        const MR: usize = 2;
+        let nr = Portable::LANES;
+        for k in [1, 3, 7, 16, 32, 33, 100] {
+            let a: Vec<f32> = (0..k * MR).map(|x| (x % 7) as f32 - 3.0).collect();
+            let b: Vec<f32> = (0..k * nr).map(|x| (x % 5) as f32 * 0.5).collect();
+            for lines in [0, 1, 5, 16, 32, 48] {
+                let asked = RefCell::new(Vec::new());
+                // SAFETY: a holds k·MR floats, b k rows of nr; the portable
+                // kernel runs on every CPU.
+                let acc = unsafe {
+                    microkernel::<Portable, MR, 1>(
+                        k,
+                        a.as_ptr(),
+                        b.as_ptr(),
+                        nr,
+                        PACKED_B_AHEAD,
+                        lines,
+                        |q| asked.borrow_mut().push(q),
+                    )
+                };
+                assert_eq!(
+                    asked.into_inner(),
+                    (0..lines).collect::<Vec<_>>(),
+                    "k {k}, {lines} lines"
+                );
+                for i in 0..MR {
+                    for j in 0..nr {
+                        let want: f32 = (0..k).map(|p| a[p * MR + i] * b[p * nr + j]).sum();
+                        assert_eq!(acc[i][0][j], want, "k {k}, ({i}, {j})");
+                    }
+                }
+            }
+        }
+    }
+}
