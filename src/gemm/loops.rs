@@ -23,7 +23,7 @@
 
 use super::epilogue::Epi;
 use super::kernels::{
-    microkernel, prefetch, prefetch_l2, store_tile, Simd, IN_PLACE_B_AHEAD, PACKED_B_AHEAD,
+    microkernel, prefetch_into, store_tile, Simd, IN_PLACE_B_AHEAD, PACKED_B_AHEAD,
 };
 use super::mat::{Panels, PANEL};
 use super::pack::{pack_a, pack_b, pack_b_row_panels};
@@ -264,11 +264,7 @@ impl StoreLines {
         let p = self.rows[stream]
             .wrapping_offset(row as isize * self.rs[stream])
             .wrapping_add(last * (self.nrv - 1));
-        if self.into_l1 {
-            prefetch(p)
-        } else {
-            prefetch_l2(p)
-        }
+        prefetch_into(p, self.into_l1)
     }
 
     fn prefetch_all(&self) {

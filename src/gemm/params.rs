@@ -147,7 +147,8 @@ pub(crate) fn a_block_bound(p: &Params, m: usize, k: usize, n: usize) -> usize {
 /// training step, the two blockings alternating step by step in one
 /// process (W1, batch 128): forward 8–9 % faster on one thread, 3–9 % on
 /// two; 10–12 % at batch 32, 4–6 % at batch 512; W2's forward 3–5 %. The
-/// input gradients that follow run 3–8 % slower (W1, 0.02–0.04 ms a step).
+/// input gradients that follow ran 3–8 % slower (W1, 0.02–0.04 ms a step),
+/// until the same order reached them:
 ///
 /// The same order pays from 129 deep, where one KC block already holds
 /// the whole depth: the input gradients' B (W's copy, 512 and 256 deep)

@@ -218,7 +218,14 @@ pub(crate) fn prefetch(p: *const f32) {
 /// says.
 #[inline(always)]
 pub(crate) fn prefetch_for_store(p: *const f32) {
-    if crate::cpu::prefetch_stores_into_l1() {
+    prefetch_into(p, crate::cpu::prefetch_stores_into_l1())
+}
+
+/// Hints the cache line holding `p` into L1 (`into_l1`) or L2, the choice
+/// made once by a caller that hints many lines.
+#[inline(always)]
+pub(crate) fn prefetch_into(p: *const f32, into_l1: bool) {
+    if into_l1 {
         prefetch(p)
     } else {
         prefetch_l2(p)
