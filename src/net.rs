@@ -803,6 +803,7 @@ impl Mlp {
             // In bf16 every weight-gradient product carries the update:
             // it never splits K.
             let fused = ws.bf16.is_some() || ws.gemm.fuses_update(fan_in, batch, fan_out);
+            let mut biases_summed = false;
             if fused {
                 // dWᵀ = Xᵀ·dZ as `weight_gradient` computes it, consumed
                 // by the update as it is made.
@@ -845,16 +846,20 @@ impl Mlp {
                     }
                     None => {
                         // Layers ≥ 1: W's copy for the next step's input
-                        // gradient, written with the new weights.
+                        // gradient, written with the new weights; the
+                        // bias gradient from the dZ the product packs.
                         let copy = backward_weights.as_mut().and_then(|c| c.view_mut(l));
-                        gemm.gemm_update(1.0, xt, dzb, w, m, v, rules.weights, copy)
+                        let db = (!slot.b.is_empty()).then(|| &mut grads[slot.b.clone()]);
+                        let rule = rules.weights;
+                        gemm.gemm_update(1.0, xt, dzb, w, m, v, rule, copy, db);
+                        biases_summed = true;
                     }
                 }
             } else {
                 let dw = MatMut::panels(&mut grads[slot.w.clone()], fan_in, fan_out);
                 weight_gradient(ws, l, fan_in, fan_out, batch, dw);
             }
-            if !slot.b.is_empty() {
+            if !slot.b.is_empty() && !biases_summed {
                 let dz_l = &ws.dz[l][..batch * fan_out];
                 ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
             }

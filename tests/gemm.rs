@@ -687,6 +687,14 @@ fn fused_update_equals_product_then_update_bitwise() {
                 (33, 7, 70),
                 (64, 128, 256),
                 (70, 37, 257),
+                // B̃ in two NC blocks: the second block's column sums.
+                (16, 9, 1000),
+                // Enough work to be split on two threads: along N, each
+                // part sums its own columns; C narrower than a tile (the
+                // packed strategy) along M, where only the part holding
+                // row 0 sums them.
+                (64, 128, 600),
+                (2100, 100, 20),
                 (45, 600, 61),
             ] {
                 // dW [m, n] = dZᵀ·X with dZ [k, m] and X [k, n] row-major.
@@ -734,6 +742,7 @@ fn fused_update_equals_product_then_update_bitwise() {
 
                     let (mut w, mut mm, mut vv) = (w0.clone(), m0.clone(), v0.clone());
                     let mut copy = vec![f32::NAN; panel_len(n, m)];
+                    let mut db = vec![f32::NAN; n];
                     ctx.gemm_update(
                         alpha,
                         a,
@@ -743,7 +752,10 @@ fn fused_update_equals_product_then_update_bitwise() {
                         &mut vv,
                         rule,
                         Some(MatMut::panels(&mut copy, n, m)),
+                        Some(&mut db),
                     );
+                    let mut want_db = vec![f32::NAN; n];
+                    fastnn::ops::column_sums(&mut want_db, &x, k, n);
                     let same = |x: &[f32], y: &[f32]| {
                         x.iter()
                             .zip(y)
@@ -753,6 +765,7 @@ fn fused_update_equals_product_then_update_bitwise() {
                     assert_eq!(same(&w, &want), None, "{what}: weights");
                     assert_eq!(same(&mm, &opt.m), None, "{what}: first moment");
                     assert_eq!(same(&vv, &opt.v), None, "{what}: second moment");
+                    assert_eq!(same(&db, &want_db), None, "{what}: bias gradient");
                     assert!(same(&w, &w0).is_some(), "{what}: the weights moved");
                     // Wᵀ in column panels: (j, i) at (i/32)·n·32 + j·32 + i%32;
                     // the padding past m untouched.
@@ -1106,6 +1119,7 @@ fn fused_update_refuses_a_product_over_several_k_blocks() {
         &mut [],
         rules()[0],
         None,
+        None,
     );
 }
 
@@ -1124,6 +1138,7 @@ fn fused_update_refuses_moments_of_another_length() {
         &mut mm,
         &mut [],
         rules()[0],
+        None,
         None,
     );
 }

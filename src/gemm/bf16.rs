@@ -867,6 +867,8 @@ impl TileRun<'_> {
                     copy: std::ptr::null_mut(),
                     copy_rs: 0,
                     copy_panels: Panels::None,
+                    // The bf16 step sums its biases' gradients apart.
+                    bias_grad: std::ptr::null_mut(),
                     at: (0, 0),
                 }),
                 ..Epi::NONE

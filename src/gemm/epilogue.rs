@@ -173,6 +173,12 @@ pub(crate) struct StepEpi {
     pub copy: *mut f32,
     pub copy_rs: isize,
     pub copy_panels: Panels,
+    /// The column sums of B over all of K, the layer's bias gradient when
+    /// B is its dZ, or null: the whole vector's origin (never offset, as
+    /// `copy`). The packed nest writes them from the B̃ blocks it packs
+    /// (`loops::nest`); a product that packs no B̃ gets them from
+    /// [`super::GemmCtx::gemm_update`] before it runs.
+    pub bias_grad: *mut f32,
     /// (i, j) of the tile's (0, 0) in the whole C.
     pub at: (usize, usize),
 }

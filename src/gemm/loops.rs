@@ -26,7 +26,7 @@ use super::kernels::{
     microkernel, prefetch_into, store_tile, Simd, IN_PLACE_B_AHEAD, PACKED_B_AHEAD,
 };
 use super::mat::{Panels, PANEL};
-use super::pack::{pack_a, pack_b, pack_b_row_panels};
+use super::pack::{add_column_sums, pack_a, pack_b, pack_b_row_panels};
 use super::params::{block_steps, Params};
 use super::workspace::PartWs;
 use super::{MatMut, MatRef};
@@ -348,6 +348,16 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     // order measured 5-10 % slower on the input gradients.)
     let down_panels = matches!(args.cp, Panels::Cols(_)) || deep;
 
+    // A fused update's bias gradient, B's column sums (this part's
+    // columns on): summed from each B̃ block of the first row block, by
+    // the parts that hold C's first rows, so each column once.
+    let bias_grad = match args.epi.step {
+        Some(s) if !s.bias_grad.is_null() && s.at.0 == 0 && !in_place => {
+            Some(s.bias_grad.add(s.at.1))
+        }
+        _ => None,
+    };
+
     // LOOP 5 (IC): split M by MC.
     for ic in (0..m).step_by(mc_step) {
         let mc = mc_step.min(m - ic);
@@ -377,6 +387,9 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                     }
                     Panels::Rows(_) => pack_b_row_panels::<S>(nr, pc, kc, jc, nc, args, bpack),
                     Panels::Cols(_) => {}
+                }
+                if let (Some(sums), 0) = (bias_grad, ic) {
+                    add_column_sums::<S>(nr, kc, nc, bpack, sums.add(jc), pc == 0);
                 }
                 // Micro-panel jr of B̃ and the distance between its rows.
                 let b_panel = |jr: usize| {

@@ -331,6 +331,13 @@ impl GemmCtx {
     /// weight is also written there, transposed, while its tile is in L1:
     /// the training step keeps `W` so for its input gradient.
     ///
+    /// With `bias_grad` (n floats), the column sums of B (α not applied)
+    /// are written there: with B = dZ, the layer's bias gradient. Each
+    /// column is summed row by row from 0, as [`crate::ops::column_sums`]
+    /// sums it, so the bits are the same; the packed nest takes them from
+    /// each B̃ block as it packs it, while the block is in L1 and L2,
+    /// instead of in a pass of its own over dZ.
+    ///
     /// Panics unless [`GemmCtx::fuses_update`] holds for the shape, or if
     /// the shapes or lengths disagree.
     #[allow(clippy::too_many_arguments)]
@@ -344,6 +351,7 @@ impl GemmCtx {
         v: &mut [f32],
         rule: Rule,
         copy: Option<MatMut<'_>>,
+        bias_grad: Option<&mut [f32]>,
     ) {
         let (rows, k, cols) = (a.rows(), a.cols(), b.cols());
         assert!(
@@ -383,6 +391,29 @@ impl GemmCtx {
             }
             None => (std::ptr::null_mut(), 0, Panels::None),
         };
+        // The nest sums B's columns from the B̃ it packs: where no B̃ is
+        // packed (B read in place, another kernel, no product at all),
+        // they are summed here.
+        let panelled = b.layout() != Panels::None || w.layout() != Panels::None;
+        let nest_sums = k > 0
+            && alpha != 0.0
+            && !matches!(b.layout(), Panels::Cols(_))
+            && self.isa != Isa::MatrixMultiply
+            && self.path(rows, k, cols, panelled) == Path::Packed;
+        let bias_grad = match bias_grad {
+            Some(sums) => {
+                assert!(
+                    sums.len() == cols,
+                    "gemm_update: the bias gradient has {} elements, B {cols} columns",
+                    sums.len()
+                );
+                if !nest_sums {
+                    column_sums_of(&b, sums);
+                }
+                sums.as_mut_ptr()
+            }
+            None => std::ptr::null_mut(),
+        };
         let mut epi = Epi::NONE;
         epi.step = Some(StepEpi {
             rule,
@@ -397,6 +428,11 @@ impl GemmCtx {
             copy,
             copy_rs,
             copy_panels,
+            bias_grad: if nest_sums {
+                bias_grad
+            } else {
+                std::ptr::null_mut()
+            },
             at: (0, 0),
         });
         let args = Args::of_views(alpha, &a, &b, 0.0, &mut w, epi);
@@ -677,6 +713,17 @@ unsafe impl Sync for SharedBufs {}
 impl SharedBufs {
     fn get(&self) -> [*mut f32; 2] {
         self.0
+    }
+}
+
+/// `sums[j] = Σ_p B[p, j]`, each column summed row by row from 0 (the
+/// order of [`crate::ops::column_sums`] and of the nest's sums).
+fn column_sums_of(b: &MatRef<'_>, sums: &mut [f32]) {
+    sums.fill(0.0);
+    for p in 0..b.rows() {
+        for (j, s) in sums.iter_mut().enumerate() {
+            *s += b.at(p, j);
+        }
     }
 }
 

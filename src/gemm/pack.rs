@@ -205,6 +205,58 @@ pub(crate) unsafe fn pack_b_row_panels<S: Simd>(
     }
 }
 
+/// Sums the columns of a packed B̃ block (`kc` rows of NR-column panels,
+/// `nc` columns) into `sums[0..nc]`: from 0 on the block that starts K
+/// (`first`), else onto what the earlier blocks left there. Each column is
+/// summed row by row, as [`crate::ops::column_sums`] sums a row-major
+/// matrix, so the bits are the same; the NR/LANES vectors of a panel are
+/// independent chains, summed together a row at a time.
+///
+/// # Safety
+/// `bpack` holds ⌈nc/NR⌉ panels of NR·kc floats; `sums` is valid for `nc`
+/// reads and writes; NR is at most 8 vectors of `S`.
+#[inline(always)]
+pub(crate) unsafe fn add_column_sums<S: Simd>(
+    nr: usize,
+    kc: usize,
+    nc: usize,
+    bpack: *const f32,
+    sums: *mut f32,
+    first: bool,
+) {
+    const MAX_VECTORS: usize = 8;
+    let nv = nr / S::LANES;
+    debug_assert!(nr.is_multiple_of(S::LANES) && nv <= MAX_VECTORS);
+    // A panel's sums, whole vectors wide: the last panel's columns past
+    // `nc` are B̃'s zero padding and are never stored.
+    let mut row = [0.0f32; 8 * 16];
+    debug_assert!(nr <= row.len());
+    for (s, j0) in (0..nc).step_by(nr).enumerate() {
+        let width = nr.min(nc - j0);
+        for (t, x) in row[..nr].iter_mut().enumerate() {
+            *x = if !first && t < width {
+                *sums.add(j0 + t)
+            } else {
+                0.0
+            };
+        }
+        let mut acc = [S::zero(); MAX_VECTORS];
+        for (v, a) in acc[..nv].iter_mut().enumerate() {
+            *a = S::load(row.as_ptr().add(v * S::LANES));
+        }
+        let panel = bpack.add(s * nr * kc);
+        for p in 0..kc {
+            for (v, a) in acc[..nv].iter_mut().enumerate() {
+                *a = S::add(*a, S::load(panel.add(p * nr + v * S::LANES)));
+            }
+        }
+        for (v, a) in acc[..nv].iter().enumerate() {
+            S::store(row.as_mut_ptr().add(v * S::LANES), *a);
+        }
+        std::ptr::copy_nonoverlapping(row.as_ptr(), sums.add(j0), width);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +287,63 @@ mod tests {
                 panels_case::<crate::gemm::kernels::avx512::Avx512>(len, depth, w);
             } else {
                 println!("SKIPPED avx512 packing: CPU lacks avx512f");
+            }
+        }
+    }
+
+    /// The column sums of a packed B̃ block equal a plain row-by-row sum
+    /// bit for bit, from 0 or onto earlier sums, whatever the block's width
+    /// against NR; the columns past it are never written.
+    #[test]
+    fn column_sums_of_packed_blocks_are_the_row_by_row_sums() {
+        column_sums_case::<crate::gemm::kernels::scalar::Portable>(8);
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::Isa::Avx2.is_available() {
+            column_sums_case::<crate::gemm::kernels::avx2::Avx2>(16);
+        } else {
+            println!("SKIPPED avx2 column sums: CPU lacks avx2/fma");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::Isa::Avx512.is_available() {
+            column_sums_case::<crate::gemm::kernels::avx512::Avx512>(32);
+        } else {
+            println!("SKIPPED avx512 column sums: CPU lacks avx512f");
+        }
+    }
+
+    fn column_sums_case<S: Simd>(nr: usize) {
+        for (kc, nc) in [(1, 1), (7, 33), (33, 7), (128, 70), (5, 2 * nr)] {
+            // Values whose sums round differently in another order.
+            let b: Vec<f32> = (0..kc * nc)
+                .map(|x| (x as f32 * 0.37).sin() * 10f32.powi(x as i32 % 7 - 3))
+                .collect();
+            let mut bpack = vec![f32::NAN; nc.div_ceil(nr) * nr * kc];
+            // SAFETY: b is kc×nc row-major; bpack holds every panel.
+            unsafe { pack_b::<S>(nr, kc, nc, b.as_ptr(), nc as isize, 1, bpack.as_mut_ptr()) };
+            for first in [true, false] {
+                let before: Vec<f32> = (0..nc).map(|j| j as f32 * 0.5 - 3.0).collect();
+                let mut want = if first { vec![0.0; nc] } else { before.clone() };
+                for row in b.chunks_exact(nc) {
+                    want.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
+                }
+                let mut sums = before.clone();
+                sums.push(f32::NAN);
+                // SAFETY: bpack holds the packed block, sums nc floats
+                // (and one more, which must stay as it is).
+                unsafe {
+                    add_column_sums::<S>(nr, kc, nc, bpack.as_ptr(), sums.as_mut_ptr(), first)
+                };
+                for j in 0..nc {
+                    assert_eq!(
+                        sums[j].to_bits(),
+                        want[j].to_bits(),
+                        "nr {nr} kc {kc} nc {nc} first {first}: column {j}"
+                    );
+                }
+                assert!(
+                    sums[nc].is_nan(),
+                    "nr {nr} kc {kc} nc {nc}: wrote past the block"
+                );
             }
         }
     }
