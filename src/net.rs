@@ -8,7 +8,8 @@
 //! backward, l = L−1 … 0:
 //!   dZ_{l−1} = (dZ_l·W_l) ⊙ act'(Z_{l−1})                   one GEMM, act' in the store (from H_{l−1};
 //!                                                           tanh/sigmoid with dropout: a pass after)
-//!   dW_lᵀ = H_{l−1}ᵀ·dZ_l     db_l = column sums of dZ_l
+//!   dW_lᵀ = H_{l−1}ᵀ·dZ_l     db_l = column sums of dZ_l    one GEMM; db_l summed from the dZ_l it
+//!                                                           packs (f32)
 //!   W_l, b_l updated by the optimiser                       dW_l's tiles feed W_l's update in the
 //!                                                           store: dW_l never reaches memory
 //! ```
@@ -778,7 +779,8 @@ impl Mlp {
     /// bits, but each weight matrix is updated inside its weight-gradient
     /// product ([`GemmCtx::gemm_update`]) wherever that product sums the
     /// whole batch in one pass, so its gradient is never written to memory
-    /// and read back. `grads` holds the gradients that are not fused (the
+    /// and read back. In f32 that product also sums the bias gradient from
+    /// the dZ it packs. `grads` holds the gradients that are not fused (the
     /// biases, and the weights of a product that is not).
     ///
     /// Per layer, the input gradient comes first: it reads the weights the
