@@ -1142,3 +1142,32 @@ fn fused_update_refuses_moments_of_another_length() {
         None,
     );
 }
+
+/// A weight matrix without rows (no inputs) still gets its bias gradient:
+/// no product runs, so no nest sums it, and `gemm_update` must.
+#[test]
+fn fused_update_without_rows_still_sums_the_biases() {
+    let (k, n) = (5, 40);
+    let dz: Vec<f32> = (0..k * n).map(|x| x as f32 * 0.25 - 7.0).collect();
+    let mut want = vec![f32::NAN; n];
+    fastnn::ops::column_sums(&mut want, &dz, k, n);
+    for (name, mut ctx) in contexts(Parallelism::Single) {
+        if !ctx.fuses_update(0, k, n) {
+            continue;
+        }
+        let mut db = vec![f32::NAN; n];
+        ctx.gemm_update(
+            1.0,
+            MatRef::row_major(&[], k, 0).t(),
+            MatRef::row_major(&dz, k, n),
+            MatMut::row_major(&mut [], 0, n),
+            &mut [],
+            &mut [],
+            rules()[0],
+            None,
+            Some(&mut db),
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&db), bits(&want), "{name}");
+    }
+}

@@ -392,10 +392,11 @@ impl GemmCtx {
             None => (std::ptr::null_mut(), 0, Panels::None),
         };
         // The nest sums B's columns from the B̃ it packs: where no B̃ is
-        // packed (B read in place, another kernel, no product at all),
-        // they are summed here.
+        // packed (B read in place, another kernel, no product at all: `run`
+        // returns early without rows, depth or α), they are summed here.
         let panelled = b.layout() != Panels::None || w.layout() != Panels::None;
-        let nest_sums = k > 0
+        let nest_sums = rows > 0
+            && k > 0
             && alpha != 0.0
             && !matches!(b.layout(), Panels::Cols(_))
             && self.isa != Isa::MatrixMultiply

@@ -229,7 +229,7 @@ pub(crate) unsafe fn add_column_sums<S: Simd>(
     debug_assert!(nr.is_multiple_of(S::LANES) && nv <= MAX_VECTORS);
     // A panel's sums, whole vectors wide: the last panel's columns past
     // `nc` are B̃'s zero padding and are never stored.
-    let mut row = [0.0f32; 8 * 16];
+    let mut row = [0.0f32; MAX_VECTORS * 16];
     debug_assert!(nr <= row.len());
     for (s, j0) in (0..nc).step_by(nr).enumerate() {
         let width = nr.min(nc - j0);
