@@ -805,7 +805,8 @@ impl Mlp {
             // In bf16 every weight-gradient product carries the update:
             // it never splits K.
             let fused = ws.bf16.is_some() || ws.gemm.fuses_update(fan_in, batch, fan_out);
-            let mut biases_summed = false;
+            // The f32 fused product also sums the bias gradient.
+            let biases_in_product = fused && ws.bf16.is_none();
             if fused {
                 // dWᵀ = Xᵀ·dZ as `weight_gradient` computes it, consumed
                 // by the update as it is made.
@@ -854,14 +855,13 @@ impl Mlp {
                         let db = (!slot.b.is_empty()).then(|| &mut grads[slot.b.clone()]);
                         let rule = rules.weights;
                         gemm.gemm_update(1.0, xt, dzb, w, m, v, rule, copy, db);
-                        biases_summed = true;
                     }
                 }
             } else {
                 let dw = MatMut::panels(&mut grads[slot.w.clone()], fan_in, fan_out);
                 weight_gradient(ws, l, fan_in, fan_out, batch, dw);
             }
-            if !slot.b.is_empty() && !biases_summed {
+            if !slot.b.is_empty() && !biases_in_product {
                 let dz_l = &ws.dz[l][..batch * fan_out];
                 ops::column_sums(&mut grads[slot.b.clone()], dz_l, batch, fan_out);
             }

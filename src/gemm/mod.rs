@@ -408,10 +408,12 @@ impl GemmCtx {
                     "gemm_update: the bias gradient has {} elements, B {cols} columns",
                     sums.len()
                 );
-                if !nest_sums {
+                if nest_sums {
+                    sums.as_mut_ptr()
+                } else {
                     column_sums_of(&b, sums);
+                    std::ptr::null_mut()
                 }
-                sums.as_mut_ptr()
             }
             None => std::ptr::null_mut(),
         };
@@ -429,11 +431,7 @@ impl GemmCtx {
             copy,
             copy_rs,
             copy_panels,
-            bias_grad: if nest_sums {
-                bias_grad
-            } else {
-                std::ptr::null_mut()
-            },
+            bias_grad,
             at: (0, 0),
         });
         let args = Args::of_views(alpha, &a, &b, 0.0, &mut w, epi);
