@@ -896,6 +896,41 @@ fn threaded_matches_reference() {
     }
 }
 
+/// Parts that share Ã take C's columns in chunks as they come free; here
+/// each chunk is wider than one NC block and not a whole number of them
+/// (8,000 columns over 2 or 3 threads, on every kernel family), and β ≠ 0,
+/// so a column computed twice or never shows against the reference.
+#[test]
+fn wide_products_dealt_in_chunks_match_reference() {
+    let mut rng = Rng(8);
+    let (m, k, n) = (64, 48, 8000);
+    let mut split_runs = 0;
+    for threads in [2, 3] {
+        for (name, mut ctx) in contexts(Parallelism::Threads(threads)) {
+            if ctx.plan(m, k, n) != (Plan::Packed { threads }) {
+                continue;
+            }
+            split_runs += 1;
+            check_one(
+                &name,
+                &mut ctx,
+                &mut rng,
+                (m, k, n),
+                false,
+                false,
+                Layout::RowPadded,
+                1.0,
+                0.5,
+                EpiKind::BiasRelu,
+            );
+        }
+    }
+    assert!(
+        split_runs > 0,
+        "no context split {m}×{k}×{n} between threads"
+    );
+}
+
 #[test]
 fn negative_strides_raw() {
     // op(A) and C traversed backwards through the raw entry point.

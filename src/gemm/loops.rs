@@ -31,6 +31,7 @@ use super::params::{block_steps, Params};
 use super::workspace::PartWs;
 use super::{MatMut, MatRef};
 use crate::team::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One GEMM problem (or one thread's part of it), raw.
 #[derive(Clone, Copy, Debug)]
@@ -153,6 +154,28 @@ pub(crate) struct SharedA<'a> {
     /// This part, of `parts`.
     pub part: usize,
     pub parts: usize,
+    /// The columns of C the parts share out, see [`Chunks`].
+    pub chunks: Chunks<'a>,
+}
+
+/// C's columns, dealt out to the parts that share Ã a chunk at a time.
+///
+/// The parts run the nest on the whole product, and for each (IC, PC)
+/// block take chunks of `width` columns from one counter, as they come
+/// free: a part slowed by the rest of the machine (another process on its
+/// core, a busy memory bus) takes fewer, where a fixed half each made the
+/// other wait. Ticket `t` is chunk `t % per_block` of block `t /
+/// per_block`; a part that draws a ticket of a later block keeps it for
+/// that block (blocks come in order, each behind the barrier of its Ã), so
+/// every chunk of every block is computed once. Which part computes a
+/// chunk changes no bit: each element of C is summed over K alone, in the
+/// same order, and the bias gradient's columns in their rows' order.
+#[derive(Clone, Copy)]
+pub(crate) struct Chunks<'a> {
+    pub tickets: &'a AtomicUsize,
+    /// Columns per chunk: a multiple of NR, and of PANEL where B or C is
+    /// in column panels.
+    pub width: usize,
 }
 
 /// Packs this part's share of block (ic, pc) of Ã into the block's shared
@@ -298,12 +321,14 @@ fn next(
 }
 
 /// Runs the whole nest for `args` with kernel `S`, MR×(NV·LANES); with
-/// `shared`, Ã is packed together with the product's other parts.
+/// `shared`, Ã is packed together with the product's other parts, and C's
+/// columns are taken from them a chunk at a time.
 ///
 /// # Safety
 /// `args` satisfies `gemm_raw`'s contract, m, n, k > 0; `ws` belongs to
 /// this thread; the CPU supports `S`; with `shared`, every other part of
-/// the product runs this nest at the same time on the same M and K.
+/// the product runs this nest at the same time on the same `args`, with
+/// the same counter of chunks.
 #[inline(always)]
 pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     args: &Args,
@@ -322,7 +347,11 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     } else {
         mc_step * kc_step
     };
+    // With chunks (whole multiples of NR), a B̃ block is never wider than
+    // a chunk.
+    let nc_step = shared.map_or(nc_step, |s| nc_step.min(s.chunks.width));
     let own_b = if in_place { 0 } else { kc_step * nc_step };
+    let mut chunks = ChunkWalk::new(shared.map(|s| s.chunks), n);
     ws.reserve(own_a, own_b);
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
@@ -376,70 +405,181 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                     ws.a.as_mut_ptr()
                 }
             };
+            // LOOP 3 (JC): the columns, a chunk at a time (all of them
+            // when this part has Ã to itself); each split by NC.
+            let this_block = block;
             block += 1;
-            // LOOP 3 (JC): split N by NC; pack B̃ (kc×nc), unless B is
-            // in column panels: those are B̃ already, read in place.
-            for jc in (0..n).step_by(nc_step) {
-                let nc = nc_step.min(n - jc);
-                match args.bp {
-                    Panels::None => {
-                        pack_b::<S>(nr, kc, nc, args.b_at(pc, jc), args.rsb, args.csb, bpack)
+            while let Some(columns) = chunks.take(this_block) {
+                // Pack B̃ (kc×nc), unless B is in column panels: those
+                // are B̃ already, read in place.
+                let end = columns.end;
+                for jc in columns.step_by(nc_step) {
+                    let nc = nc_step.min(end - jc);
+                    match args.bp {
+                        Panels::None => {
+                            pack_b::<S>(nr, kc, nc, args.b_at(pc, jc), args.rsb, args.csb, bpack)
+                        }
+                        Panels::Rows(_) => pack_b_row_panels::<S>(nr, pc, kc, jc, nc, args, bpack),
+                        Panels::Cols(_) => {}
                     }
-                    Panels::Rows(_) => pack_b_row_panels::<S>(nr, pc, kc, jc, nc, args, bpack),
-                    Panels::Cols(_) => {}
-                }
-                if let (Some(sums), 0) = (bias_grad, ic) {
-                    add_column_sums::<S>(nr, kc, nc, bpack, sums.add(jc), pc == 0);
-                }
-                // Micro-panel jr of B̃ and the distance between its rows.
-                let b_panel = |jr: usize| {
-                    if in_place {
-                        args.b_at(pc, jc + jr)
-                    } else {
-                        bpack.add(jr * kc) as *const f32
+                    if let (Some(sums), 0) = (bias_grad, ic) {
+                        add_column_sums::<S>(nr, kc, nc, bpack, sums.add(jc), pc == 0);
                     }
-                };
-                let ldb = if in_place { args.rsb as usize } else { nr };
-                // LOOPS 2 and 1: the MR×NR tiles of the block, in the
-                // order `next` gives.
-                let tiles = (mc.div_ceil(MR), nc.div_ceil(nr));
-                let tile_at = |(ti, tj): (usize, usize)| {
-                    let (ir, jr) = (ti * MR, tj * nr);
-                    (ic + ir, jc + jr, MR.min(mc - ir), nr.min(nc - jr))
-                };
-                // The C tile is read (β ≠ 0, a later KC block or a fused
-                // update) and written after the k loop, as are a fused
-                // update's moments: the microkernel asks for the next
-                // tile's lines while this one computes (and the first
-                // one's are asked for before it).
-                StoreLines::of_tile(args, last, tile_at((0, 0)), into_l1).prefetch_all();
-                let mut at = Some((0, 0));
-                while let Some(here) = at {
-                    at = next(here, tiles, down_panels);
-                    let ahead = at.map(|t| StoreLines::of_tile(args, last, tile_at(t), into_l1));
-                    let (i, j, mr, nrv) = tile_at(here);
-                    let ap = apack.add((i - ic) * kc);
-                    let cij = args.c_at(i, j);
-                    let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
-                    let lines = ahead.map_or(0, |l| l.count());
-                    let acc = microkernel::<S, MR, NV>(
-                        kc,
-                        ap,
-                        b_panel(j - jc),
-                        ldb,
-                        b_ahead,
-                        lines,
-                        |q| {
-                            if let Some(l) = &ahead {
-                                l.prefetch(q)
-                            }
-                        },
-                    );
-                    store_tile::<S, MR, NV>(
-                        &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
-                    );
+                    // Micro-panel jr of B̃ and the distance between its rows.
+                    let b_panel = |jr: usize| {
+                        if in_place {
+                            args.b_at(pc, jc + jr)
+                        } else {
+                            bpack.add(jr * kc) as *const f32
+                        }
+                    };
+                    let ldb = if in_place { args.rsb as usize } else { nr };
+                    // LOOPS 2 and 1: the MR×NR tiles of the block, in the
+                    // order `next` gives.
+                    let tiles = (mc.div_ceil(MR), nc.div_ceil(nr));
+                    let tile_at = |(ti, tj): (usize, usize)| {
+                        let (ir, jr) = (ti * MR, tj * nr);
+                        (ic + ir, jc + jr, MR.min(mc - ir), nr.min(nc - jr))
+                    };
+                    // The C tile is read (β ≠ 0, a later KC block or a fused
+                    // update) and written after the k loop, as are a fused
+                    // update's moments: the microkernel asks for the next
+                    // tile's lines while this one computes (and the first
+                    // one's are asked for before it).
+                    StoreLines::of_tile(args, last, tile_at((0, 0)), into_l1).prefetch_all();
+                    let mut at = Some((0, 0));
+                    while let Some(here) = at {
+                        at = next(here, tiles, down_panels);
+                        let ahead =
+                            at.map(|t| StoreLines::of_tile(args, last, tile_at(t), into_l1));
+                        let (i, j, mr, nrv) = tile_at(here);
+                        let ap = apack.add((i - ic) * kc);
+                        let cij = args.c_at(i, j);
+                        let epi = if last { args.epi.at(i, j) } else { Epi::NONE };
+                        let lines = ahead.map_or(0, |l| l.count());
+                        let acc = microkernel::<S, MR, NV>(
+                            kc,
+                            ap,
+                            b_panel(j - jc),
+                            ldb,
+                            b_ahead,
+                            lines,
+                            |q| {
+                                if let Some(l) = &ahead {
+                                    l.prefetch(q)
+                                }
+                            },
+                        );
+                        store_tile::<S, MR, NV>(
+                            &acc, mr, nrv, args.alpha, beta, cij, args.rsc, args.csc, &epi, tile,
+                        );
+                    }
                 }
             }
+        }
+    }
+}
+
+/// The runs of C's columns one part computes, block by block: chunks
+/// drawn from the parts' counter ([`Chunks`]), or all columns at once.
+struct ChunkWalk<'a> {
+    chunks: Option<Chunks<'a>>,
+    n: usize,
+    per_block: usize,
+    /// A ticket drawn for a later block than the one asked for.
+    kept: Option<usize>,
+    /// Without a counter: the block whose columns were given.
+    given: Option<usize>,
+}
+
+impl<'a> ChunkWalk<'a> {
+    fn new(chunks: Option<Chunks<'a>>, n: usize) -> ChunkWalk<'a> {
+        ChunkWalk {
+            chunks,
+            n,
+            per_block: chunks.map_or(1, |c| n.div_ceil(c.width)),
+            kept: None,
+            given: None,
+        }
+    }
+
+    /// The next run of columns of block `block`, None when it has none
+    /// left for this part.
+    fn take(&mut self, block: usize) -> Option<std::ops::Range<usize>> {
+        let Some(c) = self.chunks else {
+            let first = self.given != Some(block);
+            self.given = Some(block);
+            return first.then_some(0..self.n);
+        };
+        let t = self
+            .kept
+            .take()
+            .unwrap_or_else(|| c.tickets.fetch_add(1, Ordering::Relaxed));
+        if t / self.per_block != block {
+            debug_assert!(t / self.per_block > block, "a ticket of a block passed");
+            self.kept = Some(t);
+            return None;
+        }
+        let j0 = t % self.per_block * c.width;
+        Some(j0..self.n.min(j0 + c.width))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts drawing chunks in any interleaving, block after block (as the
+    /// barrier of each block's Ã orders them), cover every column of every
+    /// block once, whatever the chunk width and the number of parts; a
+    /// part given no counter takes all columns once per block.
+    #[test]
+    fn chunks_cover_every_column_of_every_block_once() {
+        let mut seed = 11u64;
+        let mut pick = |below: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % below
+        };
+        for (n, width, parts, blocks) in [
+            (1024, 128, 2, 2),
+            (1000, 96, 3, 4),
+            (40, 32, 3, 3),
+            (32, 32, 4, 5),
+            (8000, 992, 2, 1),
+        ] {
+            let tickets = AtomicUsize::new(0);
+            let chunks = Chunks {
+                tickets: &tickets,
+                width,
+            };
+            let mut walks: Vec<_> = (0..parts)
+                .map(|_| ChunkWalk::new(Some(chunks), n))
+                .collect();
+            for block in 0..blocks {
+                let mut seen = vec![0u8; n];
+                let mut done = vec![false; parts];
+                while done.contains(&false) {
+                    let p = pick(parts);
+                    if done[p] {
+                        continue;
+                    }
+                    match walks[p].take(block) {
+                        Some(columns) => columns.for_each(|j| seen[j] += 1),
+                        None => done[p] = true,
+                    }
+                }
+                assert!(
+                    seen.iter().all(|&s| s == 1),
+                    "n {n}, width {width}, {parts} parts, block {block}: {seen:?}"
+                );
+            }
+        }
+        let mut alone = ChunkWalk::new(None, 77);
+        for block in 0..3 {
+            assert_eq!(alone.take(block), Some(0..77));
+            assert_eq!(alone.take(block), None);
         }
     }
 }

@@ -61,7 +61,8 @@ pub use workspace::GemmWorkspace;
 
 pub(crate) use kernels::prefetch;
 pub(crate) use loops::Args;
-use loops::SharedA;
+use loops::{Chunks, SharedA};
+use std::sync::atomic::AtomicUsize;
 pub(crate) use workspace::PartWs;
 
 use crate::cpu::{self, Isa, IsaError};
@@ -625,31 +626,38 @@ impl GemmCtx {
         let bufs = SharedBufs([a0.as_mut_ptr(), a1.as_mut_ptr()]);
         let parts = SharedMut::new(&mut self.ws.parts[..count]);
         let barrier = Barrier::new(count);
+        let tickets = AtomicUsize::new(0);
+        let chunks = Chunks {
+            tickets: &tickets,
+            width: threads::chunk_width(n, split.n_unit(), count),
+        };
         let team = self
             .team
             .as_mut()
             .expect("a context of several threads has a team");
         team.run(count, &|t| {
-            let (i0, pm, j0, pn) = split.part(t);
             let shared = share_a.then(|| SharedA {
                 bufs: bufs.get(),
                 barrier: &barrier,
                 part: t,
                 parts: count,
+                chunks,
             });
+            // Cut along N, every part runs the nest on the whole product
+            // and takes its columns a chunk at a time; else on its rows.
+            let part = if share_a {
+                *args
+            } else {
+                let (i0, pm, j0, pn) = split.part(t);
+                // SAFETY: the part lies inside C, on panel boundaries.
+                unsafe { args.part(i0, pm, j0, pn) }
+            };
             // SAFETY: the team calls each t < count once, all at the same
             // time, so each thread has its own PartWs, and with a shared Ã
             // every part runs the nest on the same M and K (cut along N);
-            // parts tile C without overlap (threads::split), so each
-            // writes only its own sub-block.
-            unsafe {
-                run_packed(
-                    isa,
-                    &args.part(i0, pm, j0, pn),
-                    &mut parts.piece(t..t + 1)[0],
-                    shared.as_ref(),
-                )
-            }
+            // the chunks a part draws (or the parts of a cut along M) tile
+            // C without overlap, so each writes only its own columns.
+            unsafe { run_packed(isa, &part, &mut parts.piece(t..t + 1)[0], shared.as_ref()) }
         });
     }
 

@@ -1,10 +1,14 @@
 //! Splitting C between the threads of a team (`team.rs`).
 //!
-//! C is cut into at most `threads` rectangles along N (or along M when C is
-//! taller than wide), on NR (MR) boundaries. Each thread runs the whole loop
-//! nest on its rectangle with its own B̃; cut along N, the threads pack
-//! their common Ã together, a share each, behind a barrier
-//! (`loops::SharedA`). Every element is computed exactly as on one thread.
+//! C is cut among at most `threads` parts along N (or along M when C is
+//! taller than wide), on NR (MR) boundaries. Cut along M, each thread runs
+//! the whole loop nest on its rows. Cut along N, the threads pack their
+//! common Ã together, a share each, behind a barrier (`loops::SharedA`),
+//! and then take C's columns in chunks as they come free
+//! (`loops::Chunks`), each packing its own B̃: on a shared machine one
+//! core is often slower than the other, and a fixed half each left the
+//! faster one waiting. Every element is computed exactly as on one thread,
+//! whichever thread computes it.
 
 use super::params::Params;
 
@@ -17,6 +21,8 @@ pub(crate) struct Split {
     step_m: usize,
     /// Columns per part (a multiple of NR) when splitting N, else n.
     step_n: usize,
+    /// What a cut along N falls on: NR, or the panel width.
+    n_unit: usize,
 }
 
 impl Split {
@@ -28,6 +34,11 @@ impl Split {
     /// so all need the same Ã.
     pub fn along_n(&self) -> bool {
         self.step_m == self.m
+    }
+
+    /// What a cut along N falls on: NR, or the panel width.
+    pub fn n_unit(&self) -> usize {
+        self.n_unit
     }
 
     /// Part `t` as (i0, rows, j0, cols).
@@ -52,6 +63,7 @@ pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize, n_unit: usiz
         n,
         step_m: m,
         step_n: n,
+        n_unit,
     };
     if threads <= 1 {
         return whole;
@@ -72,6 +84,17 @@ pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize, n_unit: usiz
         }
     }
 }
+
+/// Parts that share Ã take C's columns in chunks as they come free
+/// (`loops::Chunks`): this many units (NR or panels) a chunk, so that each
+/// part has about `CHUNKS_PER_PART` of them.
+pub(crate) fn chunk_width(n: usize, n_unit: usize, parts: usize) -> usize {
+    let units = n.div_ceil(n_unit);
+    (units / (parts * CHUNKS_PER_PART)).max(1) * n_unit
+}
+
+/// Chunks a part of a product cut along N takes on average.
+const CHUNKS_PER_PART: usize = 4;
 
 #[cfg(test)]
 mod tests {
