@@ -896,14 +896,15 @@ fn threaded_matches_reference() {
     }
 }
 
-/// Parts that share Ã take C's columns in chunks as they come free; here
-/// each chunk is wider than one NC block and not a whole number of them
-/// (8,000 columns over 2 or 3 threads, on every kernel family), and β ≠ 0,
-/// so a column computed twice or never shows against the reference.
+/// Products whose tiles go down C's column panels (a weight gradient into
+/// panelled C; a forward product reading B in place, deep enough for
+/// `params::DeepInPlace`), cut along N: the threads take the panels one at
+/// a time as they come free. With β ≠ 0 on 2 and 3 threads, against the
+/// reference, a panel computed twice or never shows.
 #[test]
-fn wide_products_dealt_in_chunks_match_reference() {
+fn panels_dealt_out_to_threads_match_reference() {
     let mut rng = Rng(8);
-    let (m, k, n) = (64, 48, 8000);
+    let (m, k, n) = (64, 1100, 1000);
     let mut split_runs = 0;
     for threads in [2, 3] {
         for (name, mut ctx) in contexts(Parallelism::Threads(threads)) {
@@ -911,24 +912,16 @@ fn wide_products_dealt_in_chunks_match_reference() {
                 continue;
             }
             split_runs += 1;
-            check_one(
-                &name,
-                &mut ctx,
-                &mut rng,
-                (m, k, n),
-                false,
-                false,
-                Layout::RowPadded,
-                1.0,
-                0.5,
-                EpiKind::BiasRelu,
-            );
+            for case in [PanelCase::WeightGradC, PanelCase::ForwardB] {
+                let shape = match case {
+                    PanelCase::WeightGradC => (k, m, n),
+                    _ => (m, k, n),
+                };
+                check_panelled(&name, &mut ctx, &mut rng, shape, case, 0.5);
+            }
         }
     }
-    assert!(
-        split_runs > 0,
-        "no context split {m}×{k}×{n} between threads"
-    );
+    assert!(split_runs > 0, "no context split {m}×{k}×{n} between threads");
 }
 
 #[test]

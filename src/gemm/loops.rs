@@ -154,8 +154,9 @@ pub(crate) struct SharedA<'a> {
     /// This part, of `parts`.
     pub part: usize,
     pub parts: usize,
-    /// The columns of C the parts share out, see [`Chunks`].
-    pub chunks: Chunks<'a>,
+    /// The columns of C the parts share out, see [`Chunks`]; None: each
+    /// part runs the nest on its own columns.
+    pub chunks: Option<Chunks<'a>>,
 }
 
 /// C's columns, dealt out to the parts that share Ã a chunk at a time.
@@ -170,12 +171,27 @@ pub(crate) struct SharedA<'a> {
 /// every chunk of every block is computed once. Which part computes a
 /// chunk changes no bit: each element of C is summed over K alone, in the
 /// same order, and the bias gradient's columns in their rows' order.
+///
+/// Only products whose tiles go down C's column panels
+/// ([`tiles_down_panels`]: every hidden layer's product in a training
+/// step) are dealt out, a panel a chunk: their Ã is read once per panel
+/// whatever the chunk. Along Ã's micro-panels a narrow chunk would read Ã
+/// once per chunk instead of once per NC block; those keep a part each.
 #[derive(Clone, Copy)]
 pub(crate) struct Chunks<'a> {
     pub tickets: &'a AtomicUsize,
     /// Columns per chunk: a multiple of NR, and of PANEL where B or C is
     /// in column panels.
     pub width: usize,
+}
+
+/// True when [`nest`] walks each block's tiles down C's column panels
+/// rather than along Ã's micro-panels (the reasons are in `nest`): C in
+/// column panels (a weight gradient), or B read in place as deep as
+/// [`Params::deep_in_place`] says.
+pub(crate) fn tiles_down_panels(args: &Args, p: &Params) -> bool {
+    let in_place = matches!(args.bp, Panels::Cols(_));
+    matches!(args.cp, Panels::Cols(_)) || p.for_product(args.k, in_place).1
 }
 
 /// Packs this part's share of block (ic, pc) of Ã into the block's shared
@@ -322,13 +338,13 @@ fn next(
 
 /// Runs the whole nest for `args` with kernel `S`, MR×(NV·LANES); with
 /// `shared`, Ã is packed together with the product's other parts, and C's
-/// columns are taken from them a chunk at a time.
+/// columns may be taken from them a chunk at a time.
 ///
 /// # Safety
 /// `args` satisfies `gemm_raw`'s contract, m, n, k > 0; `ws` belongs to
 /// this thread; the CPU supports `S`; with `shared`, every other part of
-/// the product runs this nest at the same time on the same `args`, with
-/// the same counter of chunks.
+/// the product runs this nest at the same time on the same M and K, and
+/// with chunks on the same `args` and counter.
 #[inline(always)]
 pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     args: &Args,
@@ -340,7 +356,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     debug_assert!(p.mr == MR && p.nr == nr);
     let Args { m, k, n, .. } = *args;
     let in_place = matches!(args.bp, Panels::Cols(_));
-    let (table, deep) = p.for_product(k, in_place);
+    let (table, _) = p.for_product(k, in_place);
     let (mc_step, kc_step, nc_step) = block_steps(&table, m, k, n);
     let own_a = if shared.is_some() {
         0
@@ -349,9 +365,10 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     };
     // With chunks (whole multiples of NR), a B̃ block is never wider than
     // a chunk.
-    let nc_step = shared.map_or(nc_step, |s| nc_step.min(s.chunks.width));
+    let dealt = shared.and_then(|s| s.chunks);
+    let nc_step = dealt.map_or(nc_step, |c| nc_step.min(c.width));
     let own_b = if in_place { 0 } else { kc_step * nc_step };
-    let mut chunks = ChunkWalk::new(shared.map(|s| s.chunks), n);
+    let mut chunks = ChunkWalk::new(dealt, n);
     ws.reserve(own_a, own_b);
     let bpack = ws.b.as_mut_ptr();
     let tile = ws.tile.as_mut_ptr();
@@ -375,7 +392,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     // then serves every tile of its column from L1 or L2, and is read from
     // memory once. (With the tables' MC, before the deep blocking, this
     // order measured 5-10 % slower on the input gradients.)
-    let down_panels = matches!(args.cp, Panels::Cols(_)) || deep;
+    let down_panels = tiles_down_panels(args, p);
 
     // A fused update's bias gradient, B's column sums (this part's
     // columns on): summed from each B̃ block of the first row block, by

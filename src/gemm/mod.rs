@@ -626,11 +626,14 @@ impl GemmCtx {
         let bufs = SharedBufs([a0.as_mut_ptr(), a1.as_mut_ptr()]);
         let parts = SharedMut::new(&mut self.ws.parts[..count]);
         let barrier = Barrier::new(count);
+        // Whose tiles go down the column panels, the parts take them a
+        // panel at a time (`loops::Chunks`).
         let tickets = AtomicUsize::new(0);
-        let chunks = Chunks {
-            tickets: &tickets,
-            width: threads::chunk_width(n, split.n_unit(), count),
-        };
+        let chunks =
+            (share_a && loops::tiles_down_panels(args, &params_of(isa))).then_some(Chunks {
+                tickets: &tickets,
+                width: split.n_unit(),
+            });
         let team = self
             .team
             .as_mut()
@@ -643,9 +646,9 @@ impl GemmCtx {
                 parts: count,
                 chunks,
             });
-            // Cut along N, every part runs the nest on the whole product
-            // and takes its columns a chunk at a time; else on its rows.
-            let part = if share_a {
+            // Dealt out in chunks, every part runs the nest on the whole
+            // product; else on its own rows or columns.
+            let part = if chunks.is_some() {
                 *args
             } else {
                 let (i0, pm, j0, pn) = split.part(t);

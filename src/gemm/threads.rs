@@ -4,11 +4,12 @@
 //! taller than wide), on NR (MR) boundaries. Cut along M, each thread runs
 //! the whole loop nest on its rows. Cut along N, the threads pack their
 //! common Ã together, a share each, behind a barrier (`loops::SharedA`),
-//! and then take C's columns in chunks as they come free
-//! (`loops::Chunks`), each packing its own B̃: on a shared machine one
-//! core is often slower than the other, and a fixed half each left the
-//! faster one waiting. Every element is computed exactly as on one thread,
-//! whichever thread computes it.
+//! and each computes its own columns with its own B̃ — or, where the tiles
+//! go down C's column panels (the training step's products), they take
+//! the panels one at a time as they come free (`loops::Chunks`): on a
+//! shared machine one core is often slower than the other, and a fixed
+//! half each left the faster one waiting. Every element is computed
+//! exactly as on one thread, whichever thread computes it.
 
 use super::params::Params;
 
@@ -84,17 +85,6 @@ pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize, n_unit: usiz
         }
     }
 }
-
-/// Parts that share Ã take C's columns in chunks as they come free
-/// (`loops::Chunks`): this many units (NR or panels) a chunk, so that each
-/// part has about `CHUNKS_PER_PART` of them.
-pub(crate) fn chunk_width(n: usize, n_unit: usize, parts: usize) -> usize {
-    let units = n.div_ceil(n_unit);
-    (units / (parts * CHUNKS_PER_PART)).max(1) * n_unit
-}
-
-/// Chunks a part of a product cut along N takes on average.
-const CHUNKS_PER_PART: usize = 4;
 
 #[cfg(test)]
 mod tests {
