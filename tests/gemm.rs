@@ -898,9 +898,10 @@ fn threaded_matches_reference() {
 
 /// Products whose tiles go down C's column panels (a weight gradient into
 /// panelled C; a forward product reading B in place, deep enough for
-/// `params::DeepInPlace`), cut along N: the threads take the panels one at
-/// a time as they come free. With β ≠ 0 on 2 and 3 threads, against the
-/// reference, a panel computed twice or never shows.
+/// `params::DeepInPlace`), cut along N, with panels of 4.5 MFLOP: the
+/// threads take the panels one at a time as they come free. With β ≠ 0 on
+/// 2 and 3 threads, against the reference, a panel computed twice or never
+/// shows.
 #[test]
 fn panels_dealt_out_to_threads_match_reference() {
     let mut rng = Rng(8);
@@ -921,7 +922,10 @@ fn panels_dealt_out_to_threads_match_reference() {
             }
         }
     }
-    assert!(split_runs > 0, "no context split {m}×{k}×{n} between threads");
+    assert!(
+        split_runs > 0,
+        "no context split {m}×{k}×{n} between threads"
+    );
 }
 
 #[test]

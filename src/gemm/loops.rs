@@ -174,7 +174,8 @@ pub(crate) struct SharedA<'a> {
 ///
 /// Only products whose tiles go down C's column panels
 /// ([`tiles_down_panels`]: every hidden layer's product in a training
-/// step) are dealt out, a panel a chunk: their Ã is read once per panel
+/// step) are dealt out, a panel a chunk, and only where a panel is work
+/// enough (`threads::deals_panels`): their Ã is read once per panel
 /// whatever the chunk. Along Ã's micro-panels a narrow chunk would read Ã
 /// once per chunk instead of once per NC block; those keep a part each.
 #[derive(Clone, Copy)]

@@ -627,13 +627,15 @@ impl GemmCtx {
         let parts = SharedMut::new(&mut self.ws.parts[..count]);
         let barrier = Barrier::new(count);
         // Whose tiles go down the column panels, the parts take them a
-        // panel at a time (`loops::Chunks`).
+        // panel at a time where a panel is work enough (`loops::Chunks`).
         let tickets = AtomicUsize::new(0);
-        let chunks =
-            (share_a && loops::tiles_down_panels(args, &params_of(isa))).then_some(Chunks {
-                tickets: &tickets,
-                width: split.n_unit(),
-            });
+        let dealt = share_a
+            && threads::deals_panels(m, k, split.n_unit())
+            && loops::tiles_down_panels(args, &params_of(isa));
+        let chunks = dealt.then_some(Chunks {
+            tickets: &tickets,
+            width: split.n_unit(),
+        });
         let team = self
             .team
             .as_mut()

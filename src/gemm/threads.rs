@@ -5,11 +5,12 @@
 //! the whole loop nest on its rows. Cut along N, the threads pack their
 //! common Ã together, a share each, behind a barrier (`loops::SharedA`),
 //! and each computes its own columns with its own B̃ — or, where the tiles
-//! go down C's column panels (the training step's products), they take
-//! the panels one at a time as they come free (`loops::Chunks`): on a
-//! shared machine one core is often slower than the other, and a fixed
-//! half each left the faster one waiting. Every element is computed
-//! exactly as on one thread, whichever thread computes it.
+//! go down C's column panels (the training step's products) and a panel
+//! is work enough, they take the panels one at a time as they come free
+//! (`loops::Chunks`): on a shared machine one core is often slower than
+//! the other, and a fixed half each left the faster one waiting. Every
+//! element is computed exactly as on one thread, whichever thread computes
+//! it.
 
 use super::params::Params;
 
@@ -85,6 +86,21 @@ pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize, n_unit: usiz
         }
     }
 }
+
+/// True when the parts of an m×k×n product cut along N, whose tiles go
+/// down C's column panels, take the panels one at a time as they come
+/// free (`loops::Chunks`) instead of a fixed share each: where one panel
+/// is at least [`DEALT_PANEL_MIN_FLOPS`] of work. Taking a panel passes the
+/// counter's cache line between the cores; on a smaller panel that cost
+/// more than the balance won (W2 at batch 32, two threads, the two ways
+/// alternating step by step: the step's products 1–7 % slower dealt out).
+pub(crate) fn deals_panels(m: usize, k: usize, n_unit: usize) -> bool {
+    2 * m * k * n_unit >= DEALT_PANEL_MIN_FLOPS
+}
+
+/// 4.2 MFLOP, ~25 µs of one core: W1's hidden products at batch 32 and
+/// up, W2's from batch 128 (784·128·32·2 = 6.4 MFLOP a panel).
+const DEALT_PANEL_MIN_FLOPS: usize = 1 << 22;
 
 #[cfg(test)]
 mod tests {
