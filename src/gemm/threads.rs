@@ -93,7 +93,8 @@ pub(crate) fn split(m: usize, n: usize, p: &Params, threads: usize, n_unit: usiz
 /// is at least [`DEALT_PANEL_MIN_FLOPS`] of work. Taking a panel passes the
 /// counter's cache line between the cores; on a smaller panel that cost
 /// more than the balance won (W2 at batch 32, two threads, the two ways
-/// alternating step by step: the step's products 1–7 % slower dealt out).
+/// alternating step by step: the step's products 0.6–7 % slower dealt
+/// out).
 pub(crate) fn deals_panels(m: usize, k: usize, n_unit: usize) -> bool {
     2 * m * k * n_unit >= DEALT_PANEL_MIN_FLOPS
 }
