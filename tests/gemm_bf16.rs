@@ -277,12 +277,20 @@ fn the_inputs_are_rounded_to_bf16() {
 
 /// The tiles split across a team by column panels: the same bits as one
 /// thread, on 2 and 3 threads, where C has more panels than threads and
-/// where it has fewer (the product then stays on one thread).
+/// where it has fewer (the product then stays on one thread), and where
+/// a panel is work enough (600×257×200: 9.9 MFLOP a panel) for the
+/// threads to take the panels one at a time as they come free.
 #[test]
 fn a_team_gives_the_bits_of_one_thread() {
     let mut rng = Rng::new(5);
     for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.is_available()) {
-        for (m, k, n) in [(33, 257, 65), (128, 300, 96), (7, 33, 161), (9, 3, 31)] {
+        for (m, k, n) in [
+            (33, 257, 65),
+            (128, 300, 96),
+            (7, 33, 161),
+            (9, 3, 31),
+            (600, 257, 200),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
             let run = |team: Option<&mut Team>| {

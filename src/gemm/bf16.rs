@@ -46,6 +46,7 @@ use super::mat::{Panels, PANEL};
 use super::{Epilogue, MatMut, MatRef};
 use crate::optim::{Rule, WeightCopies};
 use crate::team::{SharedMut, Team};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Rows of a C tile (and of an Ã panel).
 pub const MR: usize = 8;
@@ -730,6 +731,41 @@ enum Store<'e> {
     },
 }
 
+/// The B̃ panels one thread computes: a range of them, or those it takes
+/// from a counter shared with the product's other threads as they come
+/// free. Which thread computes a tile changes no bit: each is summed over
+/// all of K by itself.
+enum PanelSource<'a> {
+    Range(std::ops::Range<usize>),
+    Dealt {
+        next: &'a AtomicUsize,
+        panels: usize,
+    },
+}
+
+impl PanelSource<'_> {
+    /// The (block of Ã's rows, panel) pairs this thread computes, over
+    /// `blocks` blocks: every panel of the range in each block, in order,
+    /// or the pairs the counter hands out, block by block.
+    fn units(&self, blocks: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (first, per_block) = match self {
+            PanelSource::Range(r) => (r.start, r.len()),
+            PanelSource::Dealt { panels, .. } => (0, *panels),
+        };
+        let mut taken = 0;
+        std::iter::from_fn(move || {
+            let u = match self {
+                PanelSource::Range(_) => {
+                    taken += 1;
+                    taken - 1
+                }
+                PanelSource::Dealt { next, .. } => next.fetch_add(1, Ordering::Relaxed),
+            };
+            (u < blocks * per_block).then(|| (u / per_block, first + u % per_block))
+        })
+    }
+}
+
 /// The tiles of one product, for [`TileRun::run`].
 struct TileRun<'e> {
     kernel: Bf16Kernel,
@@ -746,8 +782,8 @@ struct TileRun<'e> {
 }
 
 impl TileRun<'_> {
-    /// Every tile of the B̃ panels `panels` (all of C's rows), into C.
-    fn run(&self, at: &[u32], bt: &[u32], dest: &Dest, panels: std::ops::Range<usize>) {
+    /// Every tile of the B̃ panels `panels` gives (all of C's rows), into C.
+    fn run(&self, at: &[u32], bt: &[u32], dest: &Dest, panels: &PanelSource<'_>) {
         let (m, n, kp) = (self.m, self.n, self.kp);
         let mut tile: Tile = [[0.0; NR]; MR];
         let mut scratch: Tile = [[0.0; NR]; MR];
@@ -765,7 +801,7 @@ impl TileRun<'_> {
             // part's alone.
             return unsafe { self.panels_fma(bt, panels, dest, epi, &mut scratch) };
         }
-        for jb in panels {
+        for (_, jb) in panels.units(1) {
             let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
             let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
             if let Some(epi) = &vector {
@@ -943,7 +979,7 @@ impl TileRun<'_> {
     unsafe fn panels_fma(
         &self,
         bt: &[u32],
-        panels: std::ops::Range<usize>,
+        panels: &PanelSource<'_>,
         dest: &Dest,
         epi: &Epi,
         scratch: &mut Tile,
@@ -954,42 +990,35 @@ impl TileRun<'_> {
         let row_panels = m.div_ceil(MR);
         let wide_panel = 2 * kp * MR;
         let block = (FMA_A_BLOCK / (wide_panel * 4)).max(1);
-        for first in (0..row_panels).step_by(block) {
-            let last = row_panels.min(first + block);
-            for jb in panels.clone() {
-                let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
-                let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
-                for ib in first..last {
-                    if let Some((mom, v, _)) = update {
-                        // The next tile: down this panel, else the block's
-                        // first in the next panel.
-                        let (ni, nj) = if ib + 1 < last {
-                            (ib + 1, jb)
-                        } else {
-                            (first, jb + 1)
-                        };
-                        if nj < panels.end {
-                            self.prefetch_update(ni, nj, dest, mom, v);
-                        }
+        // Block by block of Ã's rows, each against every panel.
+        let mut units = panels.units(row_panels.div_ceil(block)).peekable();
+        while let Some((rb, jb)) = units.next() {
+            let (first, last) = (rb * block, row_panels.min((rb + 1) * block));
+            let bp = &bt[jb * kp * NR..(jb + 1) * kp * NR];
+            let (j0, cols) = (jb * NR, NR.min(n - jb * NR));
+            for ib in first..last {
+                if let Some((mom, v, _)) = update {
+                    // The next tile: down this panel, else the first of
+                    // this thread's next unit.
+                    let next = if ib + 1 < last {
+                        Some((ib + 1, jb))
+                    } else {
+                        units.peek().map(|&(rb, jb)| (rb * block, jb))
+                    };
+                    if let Some((ni, nj)) = next {
+                        self.prefetch_update(ni, nj, dest, mom, v);
                     }
-                    let wide = &self.a_wide[ib * wide_panel..(ib + 1) * wide_panel];
-                    let acc = sums_avx512fma(wide, bp, kp);
-                    let rows = (ib * MR, MR.min(m - ib * MR));
-                    self.store_vector(&acc, rows, (j0, cols), dest, epi, scratch, copies);
                 }
+                let wide = &self.a_wide[ib * wide_panel..(ib + 1) * wide_panel];
+                let acc = sums_avx512fma(wide, bp, kp);
+                let rows = (ib * MR, MR.min(m - ib * MR));
+                self.store_vector(&acc, rows, (j0, cols), dest, epi, scratch, copies);
             }
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn panels_fma(
-        &self,
-        _: &[u32],
-        _: std::ops::Range<usize>,
-        _: &Dest,
-        _: &Epi,
-        _: &mut Tile,
-    ) {
+    unsafe fn panels_fma(&self, _: &[u32], _: &PanelSource<'_>, _: &Dest, _: &Epi, _: &mut Tile) {
         unreachable!("AVX-512 is x86-64 only")
     }
 
@@ -1496,15 +1525,26 @@ fn product(
     let dest = Dest(c.as_mut_ptr());
     let at = &a_buf[..a_len];
     let panels = n.div_ceil(NR);
-    let columns = |range: std::ops::Range<usize>| shape.run(at, b_words, &dest, range);
+    let columns = |source: &PanelSource<'_>| shape.run(at, b_words, &dest, source);
     match team.filter(|t| t.threads() > 1 && panels > 1) {
+        // Where a panel is work enough, the threads take the panels one
+        // at a time as they come free (as the f32 products do, see
+        // `loops::Chunks`); else a fixed share each.
+        Some(team) if super::threads::deals_panels(m, k, NR) => {
+            let next = AtomicUsize::new(0);
+            let source = PanelSource::Dealt {
+                next: &next,
+                panels,
+            };
+            team.run(team.threads(), &|_| columns(&source));
+        }
         Some(team) => {
             let per = panels.div_ceil(team.threads());
             team.run(panels.div_ceil(per), &|t| {
-                columns(t * per..panels.min((t + 1) * per))
+                columns(&PanelSource::Range(t * per..panels.min((t + 1) * per)))
             });
         }
-        None => columns(0..panels),
+        None => columns(&PanelSource::Range(0..panels)),
     }
 }
 
