@@ -41,7 +41,7 @@ use crate::cpu::IsaError;
 use crate::gemm::backward_weights::BackwardWeights;
 use crate::gemm::bf16::{gemm_bf16, gemm_bf16_packed, gemm_bf16_update, Bf16Kernel, Bf16Workspace};
 use crate::gemm::bf16_weights::Bf16Weights;
-use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan};
+use crate::gemm::{Activation, Epilogue, GemmCtx, MatMut, MatRef, Parallelism, Plan, SideJob};
 use crate::model::{Act, Mlp, Norm, BN_MOMENTUM, LEAKY_SLOPE};
 use crate::norm::{self, BatchStats};
 use crate::ops::{self, LossOut};
@@ -76,7 +76,11 @@ fn fused_grad(act: Act, dropout: bool) -> Option<Activation> {
 /// Each boundary costs one clock read, a few tens of nanoseconds a step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Phases {
-    /// Gathering and normalising the batches (with their augmentation).
+    /// Gathering and normalising the batches (with their augmentation)
+    /// where it is a phase of its own: the first batch of an epoch, and
+    /// the next batch after a step whose threads did not take it up (see
+    /// [`crate::train::Trainer::step`]). The others are gathered inside the
+    /// first layer's weight gradient, and counted there.
     pub gather: f64,
     /// The forward products with their fused bias and activation, and
     /// dropout.
@@ -793,6 +797,24 @@ impl Mlp {
         lr: f32,
         batch: usize,
     ) {
+        self.backward_update_then(ws, grads, opt, lr, batch, None);
+    }
+
+    /// [`Mlp::backward_update`], handing `then` to the first layer's
+    /// weight-gradient product where that product carries the f32 update:
+    /// the team's threads take it up as each finishes its part
+    /// ([`GemmCtx::gemm_update_then`]). Where it does not (bf16, or a
+    /// product that does not fuse the update), `then` is not called: the
+    /// caller finishes that work after.
+    pub fn backward_update_then(
+        &mut self,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        opt: &mut Optimizer,
+        lr: f32,
+        batch: usize,
+        then: Option<SideJob<'_>>,
+    ) {
         ws.sync_copies(self);
         let rules = opt.begin_step(lr);
         let mut clock = Lap::start();
@@ -854,7 +876,8 @@ impl Mlp {
                         let copy = backward_weights.as_mut().and_then(|c| c.view_mut(l));
                         let db = (!slot.b.is_empty()).then(|| &mut grads[slot.b.clone()]);
                         let rule = rules.weights;
-                        gemm.gemm_update(1.0, xt, dzb, w, m, v, rule, copy, db);
+                        let then = then.filter(|_| l == 0);
+                        gemm.gemm_update_then(1.0, xt, dzb, w, m, v, rule, copy, db, then);
                     }
                 }
             } else {

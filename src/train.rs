@@ -5,7 +5,9 @@
 //! Trainer::new       check the configuration, build (or resume) the model, allocate every buffer
 //! Trainer::run       for each epoch:
 //!   Trainer::epoch     shuffle = Rng(seed, epoch): no state to carry
-//!     Trainer::step    for each batch: gather + normalise → forward → loss → backward → update
+//!     Trainer::step    for each batch: forward → loss → backward → update, the next batch
+//!                      gathered + normalised by the threads of the first layer's weight
+//!                      gradient as each finishes its part (the epoch's first batch before)
 //!     validate; checkpoint (atomically)
 //! Trainer::test, Trainer::finish
 //! ```
@@ -30,7 +32,7 @@ use crate::checkpoint::{self, Checkpoint, EarlyStopState};
 pub use crate::config::{Precision, TrainConfig};
 use crate::data::{Augment, Dataset, Geometry, Normalizer, SplitView};
 use crate::distributed::{shard, OneProcess, Ranks};
-use crate::gemm::Parallelism;
+use crate::gemm::{Parallelism, SideJob};
 use crate::model::{Mlp, MlpConfig, Norm};
 use crate::net::{DropoutDraws, Lap, Phases, Workspace};
 use crate::ops::LossOut;
@@ -192,13 +194,42 @@ pub fn train_step(
     dropout: Option<&mut Rng>,
     clip_grad_norm: Option<f32>,
 ) -> LossOut {
+    train_step_then(
+        mlp,
+        ws,
+        grads,
+        opt,
+        batch,
+        lr,
+        dropout,
+        clip_grad_norm,
+        None,
+    )
+}
+
+/// [`train_step`], handing `then` to the threads of the first layer's
+/// weight gradient ([`Mlp::backward_update_then`]): the trainer gathers the
+/// next batch there. Where the step has no such product (clipping, bf16,
+/// an unfused product), `then` is not called.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_then(
+    mlp: &mut Mlp,
+    ws: &mut Workspace,
+    grads: &mut [f32],
+    opt: &mut Optimizer,
+    batch: usize,
+    lr: f32,
+    dropout: Option<&mut Rng>,
+    clip_grad_norm: Option<f32>,
+    then: Option<SideJob<'_>>,
+) -> LossOut {
     let mut clock = Lap::start();
     mlp.forward_train(ws, batch, dropout);
     clock.lap(&mut ws.phases.forward);
     let out = mlp.loss_and_dlogits(ws, batch);
     clock.lap(&mut ws.phases.loss);
     match clip_grad_norm {
-        None => mlp.backward_update(ws, grads, opt, lr, batch),
+        None => mlp.backward_update_then(ws, grads, opt, lr, batch, then),
         Some(max_norm) => {
             mlp.backward(ws, grads, batch);
             let mut clock = Lap::start();
@@ -367,8 +398,14 @@ pub struct Trainer<'d> {
     restored_epoch: Option<usize>,
     /// The current epoch's sample order.
     order: Vec<usize>,
-    /// The current step's augmentations.
+    /// The current step's augmentations (or the next step's, once that
+    /// batch is being gathered ahead).
     augments: Vec<Augment>,
+    /// The next batch, gathered during the current step.
+    next: NextBatch,
+    /// Whether the next batch is gathered during the current step (else at
+    /// the start of its own).
+    gather_ahead: bool,
     /// Scratch for evaluation batches.
     eval_indices: Vec<usize>,
     /// The run's ranks ([`OneProcess`] unless distributed).
@@ -383,6 +420,15 @@ pub struct Trainer<'d> {
     clock: Instant,
     train_seconds: f64,
     trained_samples: usize,
+}
+
+/// A batch gathered one step ahead ([`Trainer::step`]): the workspace's
+/// input and labels trade places with it when its step comes.
+struct NextBatch {
+    x: AlignedBuf<f32>,
+    labels: Vec<u8>,
+    /// The global step whose batch `x` and `labels` hold, once gathered.
+    holds: Option<usize>,
 }
 
 impl<'d> Trainer<'d> {
@@ -492,6 +538,11 @@ impl<'d> Trainer<'d> {
             ws.use_bf16(&mlp, crate::cpu::try_selected_bf16()?);
         }
         let grads = AlignedBuf::zeroed(mlp.layout.len);
+        let next = NextBatch {
+            x: AlignedBuf::zeroed(ws.x.len()),
+            labels: vec![0; ws.labels.len()],
+            holds: None,
+        };
         Ok(Trainer {
             cfg,
             data,
@@ -512,6 +563,8 @@ impl<'d> Trainer<'d> {
             early_stop,
             restored_epoch: None,
             augments: Vec::with_capacity(cfg.batch),
+            next,
+            gather_ahead: true,
             eval_indices: Vec::with_capacity(rows),
             totals: Vec::new(),
             stop_wish: false,
@@ -714,9 +767,19 @@ impl<'d> Trainer<'d> {
         Ok(())
     }
 
+    /// Whether each step gathers the next batch while its first layer's
+    /// weight gradient is computed (the default), or each batch is gathered
+    /// at the start of its own step. The weights are the same bits either
+    /// way; this is for measuring and checking that.
+    pub fn set_gather_ahead(&mut self, on: bool) {
+        self.gather_ahead = on;
+        self.next.holds = None;
+    }
+
     /// Puts epoch `epoch`'s sample order in place: a shuffle derived from
     /// the seed and the epoch, so there is no state to carry between epochs.
     pub fn shuffle(&mut self, epoch: usize) {
+        self.next.holds = None;
         self.order.clear();
         self.order.extend(0..self.train_view.len());
         Rng::derive(self.cfg.seed, &[SHUFFLE, epoch as u64]).shuffle(&mut self.order);
@@ -753,22 +816,56 @@ impl<'d> Trainer<'d> {
         let chunk = &self.order[first + rows.start..first + rows.end];
         let mut clock = Lap::start();
         let waited = self.ws.gemm().team_wait();
-        let (x, labels, team) = self.ws.batch_mut();
-        match self.augment {
-            Some(geometry) => {
-                draw_augments(cfg, step, len, &mut self.augments);
-                let augments = &self.augments[rows.clone()];
-                let view = &self.train_view;
-                self.norm
-                    .gather_augmented(view, chunk, augments, geometry, x, labels, team);
+        if self.next.holds == Some(step) {
+            // Gathered during the last step (below): swap it in.
+            std::mem::swap(&mut self.ws.x, &mut self.next.x);
+            std::mem::swap(&mut self.ws.labels, &mut self.next.labels);
+        } else {
+            let (x, labels, team) = self.ws.batch_mut();
+            match self.augment {
+                Some(geometry) => {
+                    draw_augments(cfg, step, len, &mut self.augments);
+                    let augments = &self.augments[rows.clone()];
+                    let view = &self.train_view;
+                    self.norm
+                        .gather_augmented(view, chunk, augments, geometry, x, labels, team);
+                }
+                None => self.norm.gather(&self.train_view, chunk, x, labels, team),
             }
-            None => self.norm.gather(&self.train_view, chunk, x, labels, team),
         }
+        self.next.holds = None;
         clock.lap(&mut self.ws.phases.gather);
         let mut drop_rng = Rng::derive(cfg.seed, &[DROPOUT, step as u64]);
         let out = if self.ranks.size() == 1 {
+            // The next batch of the epoch is gathered into `self.next` by
+            // the threads of this step's first-layer weight gradient, each
+            // as it finishes its part (or after the step, where the step
+            // has no such product): its samples are waited for while the
+            // other thread still computes, instead of by both after.
+            let ahead = self.gather_ahead && s + 1 < self.steps_per_epoch;
+            let next_rows = match ahead {
+                true => first + cfg.batch..first + cfg.batch + self.batch_len(s + 1),
+                false => 0..0,
+            };
+            let next_augments = match self.augment {
+                Some(geometry) if ahead => {
+                    draw_augments(cfg, step + 1, next_rows.len(), &mut self.augments);
+                    Some((&self.augments[..], geometry))
+                }
+                _ => None,
+            };
+            let job = ahead.then(|| {
+                self.norm.gather_job(
+                    &self.train_view,
+                    &self.order[next_rows],
+                    next_augments,
+                    &mut self.next.x,
+                    &mut self.next.labels,
+                )
+            });
+            let work = job.as_ref().map(|job| move || job.work());
             let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
-            train_step(
+            let out = train_step_then(
                 &mut self.mlp,
                 &mut self.ws,
                 &mut self.grads,
@@ -777,7 +874,17 @@ impl<'d> Trainer<'d> {
                 lr,
                 dropout,
                 cfg.clip_grad_norm,
-            )
+                work.as_ref().map(|w| w as SideJob<'_>),
+            );
+            let mut clock = Lap::start();
+            if let Some(job) = &job {
+                job.finish(self.ws.team());
+            }
+            clock.lap(&mut self.ws.phases.gather);
+            if ahead {
+                self.next.holds = Some(step + 1);
+            }
+            out
         } else {
             let dropout = (cfg.dropout > 0.0).then_some(DropoutDraws {
                 rng: &mut drop_rng,

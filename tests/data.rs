@@ -717,7 +717,8 @@ fn idx_files_in_memory_name_their_problems() {
 }
 
 /// A batch large enough is gathered by every thread of a team, a run of
-/// rows each: the same bits and labels as on one thread, augmented or not.
+/// rows each, or by whichever threads take up its job, a few rows at a
+/// time: the same bits and labels as on one thread, augmented or not.
 #[test]
 fn gathering_on_several_threads_gives_the_same_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -751,18 +752,40 @@ fn gathering_on_several_threads_gives_the_same_batch() {
         }
         (out, labels)
     };
+    // The same batch as a job the training step hands to the threads of a
+    // product: taken up by three threads at different moments, then
+    // finished by the caller (with nothing left, or all of it).
+    let job = |moved: bool, threads: usize| {
+        let (mut out, mut labels) = (vec![f32::NAN; 199 * 144], vec![0u8; 199]);
+        {
+            let moves = moved.then_some((&augments[..], geometry));
+            let job = norm.gather_job(&train, &indices, moves, &mut out, &mut labels);
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let job = &job;
+                    s.spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_micros(50 * t as u64));
+                        job.work()
+                    });
+                }
+            });
+            job.finish(None);
+        }
+        (out, labels)
+    };
     let mut team = Team::new(3);
     for moved in [false, true] {
         let (one, one_labels) = gather(moved, None);
-        let (three, three_labels) = gather(moved, Some(&mut team));
         assert!(one.iter().all(|v| v.is_finite()), "every value written");
-        assert!(three.iter().all(|v| v.is_finite()), "every value written");
-        assert_eq!(one_labels, three_labels);
-        assert!(
-            one.iter()
-                .zip(&three)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "augmented: {moved}"
-        );
+        let runs = [gather(moved, Some(&mut team)), job(moved, 3), job(moved, 0)];
+        for (run, (other, other_labels)) in runs.iter().enumerate() {
+            assert_eq!(&one_labels, other_labels, "run {run}, augmented: {moved}");
+            assert!(
+                one.iter()
+                    .zip(other)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "run {run}, augmented: {moved}"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@ use fastnn::gemm::{GemmCtx, Parallelism, Plan};
 use fastnn::model::Norm;
 use fastnn::net::{step_products, Product};
 use fastnn::optim::{OptimConfig, OptimKind};
-use fastnn::train::{train, Silent, TrainConfig};
+use fastnn::train::{train, Silent, TrainConfig, Trainer};
 
 const BATCH: usize = 128;
 /// Three full steps and a short one of 40 samples.
@@ -136,6 +136,39 @@ fn w2_sizes_give_the_same_bits_on_one_two_and_three_threads() {
 #[test]
 fn w1_sizes_give_the_same_bits_on_one_two_and_three_threads() {
     check(3072, &[1024, 512], 2);
+}
+
+/// Each step gathers the next batch while its first layer's weight
+/// gradient is computed: W2's first weight gradient deals its column panels
+/// out at batch 128, and each thread takes up the gather as its panels run
+/// out. Two epochs with flips and translations (drawn per step) and a
+/// short last batch give the weights of a run that gathers each batch at
+/// the start of its own step.
+#[test]
+fn gathering_the_next_batch_ahead_gives_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::synthetic_with_shape(dir.path(), TRAIN, 10, &[1, 28, 28], CLASSES, 4);
+    let data = Dataset::open(path).unwrap();
+    let cfg = TrainConfig {
+        flip: true,
+        translate: 2,
+        epochs: 2,
+        ..config(&[512, 256], optimisers()[1].1, 2)
+    };
+    assert_products_split(&[784, 512, 256, CLASSES], 2);
+    let run = |ahead: bool| {
+        let mut trainer = Trainer::new(&data, &cfg, None, None).unwrap();
+        trainer.set_gather_ahead(ahead);
+        let interrupted = trainer.run(&mut Silent).unwrap();
+        trainer.finish(interrupted, None).0.params.to_vec()
+    };
+    let (ahead, at_start) = (run(true), run(false));
+    let differ = ahead
+        .iter()
+        .zip(&at_start)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{differ} of {} values differ", ahead.len());
 }
 
 /// The normalisations split their passes too (BatchNorm by units, LayerNorm

@@ -41,7 +41,8 @@ pub struct TrainBenchArgs {
     precision: Precision,
     /// Also show where a step's time goes: gather, forward, loss, input
     /// gradients, weight gradients, update, and the time the first thread
-    /// waited for the others (always in the JSON).
+    /// waited for the others (always in the JSON). The next batch's gather
+    /// runs inside the first layer's weight gradient and counts there.
     #[arg(long)]
     phases: bool,
 }

@@ -8,6 +8,7 @@
 
 use super::file::{FeatureView, SplitView, Stats};
 use crate::team::{SharedMut, Team};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How input features are normalised before they enter the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -238,6 +239,48 @@ impl Normalizer {
         }
     }
 
+    /// A gather of the samples `indices` of `split` (moved by their
+    /// augments, if any) into `out` and `labels`, to be done a few rows at a
+    /// time by whichever threads take it up ([`GatherJob::work`]): the
+    /// training step hands the next batch's gather to the threads as they
+    /// finish their part of the first layer's weight gradient.
+    ///
+    /// Panics as [`Normalizer::gather_augmented`] does.
+    pub fn gather_job<'a>(
+        &'a self,
+        split: &'a SplitView<'a>,
+        indices: &'a [usize],
+        augments: Option<(&'a [Augment], Geometry)>,
+        out: &'a mut [f32],
+        labels: &'a mut [u8],
+    ) -> GatherJob<'a> {
+        let (d, rows) = (self.dim(), indices.len());
+        assert_eq!(
+            split.dim, d,
+            "normaliser built for {d} features, split has {}",
+            split.dim
+        );
+        assert!(out.len() >= rows * d, "batch buffer too small");
+        assert!(labels.len() >= rows, "label buffer too small");
+        if let Some((a, g)) = augments {
+            assert_eq!(
+                g.channels * g.height * g.width,
+                d,
+                "image geometry {g:?} does not match {d} features"
+            );
+            assert!(a.len() >= rows, "one augment per sample");
+        }
+        GatherJob {
+            norm: self,
+            split,
+            indices,
+            augments,
+            out: SharedMut::new(&mut out[..rows * d]),
+            labels: SharedMut::new(&mut labels[..rows]),
+            taken: AtomicUsize::new(0),
+        }
+    }
+
     /// [`Normalizer::gather_rows`] on one run of rows, on this thread.
     fn gather_part(
         &self,
@@ -317,6 +360,68 @@ impl Normalizer {
             return unsafe { affine_avx2(row, src, &self.scale, &self.shift) };
         }
         affine(row, src, &self.scale, &self.shift)
+    }
+}
+
+/// A batch's gather shared out a few rows at a time
+/// ([`Normalizer::gather_job`]): each call of [`GatherJob::work`] takes runs
+/// of [`GatherJob::ROWS`] rows from a counter until none is left, so any
+/// number of threads, joining at any time, gather every row exactly once,
+/// each the same way it would be gathered alone.
+pub struct GatherJob<'a> {
+    norm: &'a Normalizer,
+    split: &'a SplitView<'a>,
+    indices: &'a [usize],
+    augments: Option<(&'a [Augment], Geometry)>,
+    out: SharedMut<'a, f32>,
+    labels: SharedMut<'a, u8>,
+    /// Rows handed out so far (may run past the end: then nothing is left).
+    taken: AtomicUsize,
+}
+
+impl GatherJob<'_> {
+    /// Rows a thread takes at a time: 8 samples of W1 are 96 KiB of
+    /// output, a few microseconds; fewer would pass the counter's cache
+    /// line between cores more often than it balances anything.
+    pub const ROWS: usize = 8;
+
+    /// Takes runs of rows and gathers them until every row is taken. The
+    /// gather is complete once every thread's call has returned.
+    pub fn work(&self) {
+        let (d, rows) = (self.norm.dim(), self.indices.len());
+        loop {
+            let start = self.taken.fetch_add(Self::ROWS, Ordering::Relaxed);
+            if start >= rows {
+                return;
+            }
+            let r = start..rows.min(start + Self::ROWS);
+            let augments = self.augments.map(|(a, g)| (&a[r.clone()], g));
+            // SAFETY: the counter hands each run of rows out once, so no
+            // two calls write the same rows or labels.
+            let (out, labels) = unsafe {
+                (
+                    self.out.piece(r.start * d..r.end * d),
+                    self.labels.piece(r.clone()),
+                )
+            };
+            self.norm
+                .gather_part(self.split, &self.indices[r], augments, out, labels);
+        }
+    }
+
+    /// Gathers whatever rows no thread has taken yet, on the team's threads
+    /// (or this one): for a step that had no product to hand the job to.
+    pub fn finish(&self, team: Option<&mut Team>) {
+        let left = self
+            .indices
+            .len()
+            .saturating_sub(self.taken.load(Ordering::Relaxed));
+        match team {
+            Some(team) if left * self.norm.dim() >= PAR_GATHER_MIN => {
+                team.run(team.threads(), &|_| self.work())
+            }
+            _ => self.work(),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub mod file;
 pub mod idx;
 pub mod pickle;
 
-pub use batch::{Augment, Geometry, Normalize, Normalizer};
+pub use batch::{Augment, GatherJob, Geometry, Normalize, Normalizer};
 pub use error::DataError;
 pub use file::{
     Dataset, FeatureSource, FeatureView, Holdout, MemorySplit, SourceInfo, SplitView, Stats,

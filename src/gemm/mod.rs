@@ -347,12 +347,36 @@ impl GemmCtx {
         alpha: f32,
         a: MatRef<'_>,
         b: MatRef<'_>,
+        w: MatMut<'_>,
+        m: &mut [f32],
+        v: &mut [f32],
+        rule: Rule,
+        copy: Option<MatMut<'_>>,
+        bias_grad: Option<&mut [f32]>,
+    ) {
+        self.gemm_update_then(alpha, a, b, w, m, v, rule, copy, bias_grad, None)
+    }
+
+    /// [`GemmCtx::gemm_update`], then `then`: each of the team's threads
+    /// calls it as soon as its own part of the product is done, so a thread
+    /// that finishes first does that work while the others still compute
+    /// (where the product does not run on the team, this thread calls it
+    /// once, after). `then` must hand its pieces out itself, e.g. from a
+    /// counter ([`crate::data::GatherJob::work`]): it is done when every
+    /// call has returned, which is before this returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_update_then(
+        &mut self,
+        alpha: f32,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
         mut w: MatMut<'_>,
         m: &mut [f32],
         v: &mut [f32],
         rule: Rule,
         copy: Option<MatMut<'_>>,
         bias_grad: Option<&mut [f32]>,
+        then: Option<SideJob<'_>>,
     ) {
         let (rows, k, cols) = (a.rows(), a.cols(), b.cols());
         assert!(
@@ -442,7 +466,7 @@ impl GemmCtx {
         // transposed, so none aliases A, B or another; the
         // shape is computed in one pass over K (checked), so every element
         // of W is read once, as the old weight, before its one write.
-        unsafe { self.run(&args) }
+        unsafe { self.run_then(&args, then) }
     }
 
     /// True when an m×k×n product can carry a fused optimiser step
@@ -586,9 +610,32 @@ impl GemmCtx {
     /// # Safety
     /// `args` satisfies [`GemmCtx::gemm_raw`]'s contract.
     unsafe fn run(&mut self, args: &Args) {
+        self.run_then(args, None)
+    }
+
+    /// [`GemmCtx::run`], then `then` on every thread that took part in the
+    /// product, each as it finishes (see [`GemmCtx::gemm_update_then`]).
+    ///
+    /// # Safety
+    /// As [`GemmCtx::run`].
+    unsafe fn run_then(&mut self, args: &Args, then: Option<SideJob<'_>>) {
+        if !self.run_on_team(args, then) {
+            if let Some(job) = then {
+                job();
+            }
+        }
+    }
+
+    /// The product on the team's threads, each calling `then` after its
+    /// part; true if it ran so, false if it ran on this thread alone
+    /// (without calling `then`).
+    ///
+    /// # Safety
+    /// As [`GemmCtx::run`].
+    unsafe fn run_on_team(&mut self, args: &Args, then: Option<SideJob<'_>>) -> bool {
         let Args { m, k, n, .. } = *args;
         if m == 0 || n == 0 {
-            return;
+            return false;
         }
         if k == 0 || args.alpha == 0.0 {
             // C = epilogue(β·C): no product to compute.
@@ -598,15 +645,19 @@ impl GemmCtx {
                     *cij = args.epi.finish1(0.0, 1.0, args.beta, cij, i, j);
                 }
             }
-            return;
+            return false;
         }
         if self.isa == Isa::MatrixMultiply {
-            return fallback(args);
+            fallback(args);
+            return false;
         }
         let panelled = args.bp != Panels::None || args.cp != Panels::None;
         match self.path(m, k, n, panelled) {
-            Path::NoPack => return run_small(self.isa, args),
-            Path::Narrow => return self.run_narrow_parts(args),
+            Path::NoPack => {
+                run_small(self.isa, args);
+                return false;
+            }
+            Path::Narrow => return self.run_narrow_parts(args, then),
             Path::Packed => {}
         }
         let split = self.packed_split(m, k, n, args.column_panels());
@@ -614,7 +665,8 @@ impl GemmCtx {
         let isa = self.isa;
         let count = split.parts();
         if count == 1 {
-            return run_packed(isa, args, &mut self.ws.parts[0], None);
+            run_packed(isa, args, &mut self.ws.parts[0], None);
+            return false;
         }
         // Cut along N, the parts pack their common Ã together.
         let share_a = split.along_n();
@@ -662,8 +714,12 @@ impl GemmCtx {
             // every part runs the nest on the same M and K (cut along N);
             // the chunks a part draws (or the parts of a cut along M) tile
             // C without overlap, so each writes only its own columns.
-            unsafe { run_packed(isa, &part, &mut parts.piece(t..t + 1)[0], shared.as_ref()) }
+            unsafe { run_packed(isa, &part, &mut parts.piece(t..t + 1)[0], shared.as_ref()) };
+            if let Some(job) = then {
+                job();
+            }
         });
+        true
     }
 
     /// The strip kernel, its rows cut between [`GemmCtx::narrow_parts`]
@@ -671,12 +727,13 @@ impl GemmCtx {
     ///
     /// # Safety
     /// `args` satisfies [`GemmCtx::gemm_raw`]'s contract, m, n, k > 0.
-    unsafe fn run_narrow_parts(&mut self, args: &Args) {
+    unsafe fn run_narrow_parts(&mut self, args: &Args, then: Option<SideJob<'_>>) -> bool {
         let count = self.narrow_parts(args.m, args.k, args.n);
         self.ws.ensure_parts(count);
         let isa = self.isa;
         if count == 1 {
-            return run_narrow(isa, args, &mut self.ws.parts[0]);
+            run_narrow(isa, args, &mut self.ws.parts[0]);
+            return false;
         }
         let rows = args.m.div_ceil(narrow::ROWS).div_ceil(count) * narrow::ROWS;
         let parts = SharedMut::new(&mut self.ws.parts[..count]);
@@ -687,20 +744,24 @@ impl GemmCtx {
         team.run(count, &|t| {
             let i0 = (t * rows).min(args.m);
             let pm = rows.min(args.m - i0);
-            if pm == 0 {
-                return;
+            if pm > 0 {
+                // SAFETY: the team calls each t < count once, so each
+                // thread has its own PartWs; the parts are disjoint runs of
+                // C's rows (with all of its columns), so each writes only
+                // its own.
+                unsafe {
+                    run_narrow(
+                        isa,
+                        &args.part(i0, pm, 0, args.n),
+                        &mut parts.piece(t..t + 1)[0],
+                    )
+                }
             }
-            // SAFETY: the team calls each t < count once, so each thread
-            // has its own PartWs; the parts are disjoint runs of C's rows
-            // (with all of its columns), so each writes only its own.
-            unsafe {
-                run_narrow(
-                    isa,
-                    &args.part(i0, pm, 0, args.n),
-                    &mut parts.piece(t..t + 1)[0],
-                )
+            if let Some(job) = then {
+                job();
             }
         });
+        true
     }
 }
 
@@ -712,6 +773,10 @@ enum Path {
     Narrow,
     Packed,
 }
+
+/// Work a product's threads take up as each finishes its part
+/// ([`GemmCtx::gemm_update_then`]).
+pub type SideJob<'a> = &'a (dyn Fn() + Sync);
 
 /// The shared Ã buffers, handed to the team.
 #[derive(Clone, Copy)]
