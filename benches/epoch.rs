@@ -59,7 +59,7 @@ fn step(c: &mut Criterion) {
             group.bench_function(format!("{name}/{threads}t/{precision}"), |b| {
                 b.iter(|| {
                     train_step(
-                        &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, 1e-4, None, None,
+                        &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, 1e-4, None, None, None,
                     )
                 })
             });

@@ -112,7 +112,7 @@ fn main() {
         let penalty = L2 as f64 * fast.weight_norm_sq();
         let t = Instant::now();
         let out = train_step(
-            &mut fast, &mut ws, &mut grads, &mut opt, SAMPLES, LR, None, None,
+            &mut fast, &mut ws, &mut grads, &mut opt, SAMPLES, LR, None, None, None,
         );
         t_fast += t.elapsed();
         let fused = out.loss_sum / SAMPLES as f64 + penalty;

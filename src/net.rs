@@ -789,24 +789,14 @@ impl Mlp {
     ///
     /// Per layer, the input gradient comes first: it reads the weights the
     /// update then overwrites.
+    ///
+    /// `then` (the trainer's gather of the next batch) goes to the first
+    /// layer's weight-gradient product where that product carries the f32
+    /// update: the team's threads take it up as each finishes its part
+    /// ([`GemmCtx::gemm_update`]). Where it does not (bf16, or a product
+    /// that does not fuse the update), `then` is not called: the caller
+    /// finishes that work after.
     pub fn backward_update(
-        &mut self,
-        ws: &mut Workspace,
-        grads: &mut [f32],
-        opt: &mut Optimizer,
-        lr: f32,
-        batch: usize,
-    ) {
-        self.backward_update_then(ws, grads, opt, lr, batch, None);
-    }
-
-    /// [`Mlp::backward_update`], handing `then` to the first layer's
-    /// weight-gradient product where that product carries the f32 update:
-    /// the team's threads take it up as each finishes its part
-    /// ([`GemmCtx::gemm_update_then`]). Where it does not (bf16, or a
-    /// product that does not fuse the update), `then` is not called: the
-    /// caller finishes that work after.
-    pub fn backward_update_then(
         &mut self,
         ws: &mut Workspace,
         grads: &mut [f32],
@@ -877,7 +867,7 @@ impl Mlp {
                         let db = (!slot.b.is_empty()).then(|| &mut grads[slot.b.clone()]);
                         let rule = rules.weights;
                         let then = then.filter(|_| l == 0);
-                        gemm.gemm_update_then(1.0, xt, dzb, w, m, v, rule, copy, db, then);
+                        gemm.gemm_update(1.0, xt, dzb, w, m, v, rule, copy, db, then);
                     }
                 }
             } else {

@@ -183,36 +183,13 @@ pub enum TrainError {
 /// all into `grads`, [`optim::clip_grad_norm`] scales it, and the optimiser's
 /// separate pass applies it. Returns the batch loss; allocates nothing. The
 /// time of each phase is added to `ws.phases`.
+///
+/// `then` goes to the threads of the first layer's weight gradient
+/// ([`Mlp::backward_update`]): the trainer gathers the next batch there.
+/// Where the step has no such product (clipping, bf16, an unfused
+/// product), `then` is not called.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
-    mlp: &mut Mlp,
-    ws: &mut Workspace,
-    grads: &mut [f32],
-    opt: &mut Optimizer,
-    batch: usize,
-    lr: f32,
-    dropout: Option<&mut Rng>,
-    clip_grad_norm: Option<f32>,
-) -> LossOut {
-    train_step_then(
-        mlp,
-        ws,
-        grads,
-        opt,
-        batch,
-        lr,
-        dropout,
-        clip_grad_norm,
-        None,
-    )
-}
-
-/// [`train_step`], handing `then` to the threads of the first layer's
-/// weight gradient ([`Mlp::backward_update_then`]): the trainer gathers the
-/// next batch there. Where the step has no such product (clipping, bf16,
-/// an unfused product), `then` is not called.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step_then(
     mlp: &mut Mlp,
     ws: &mut Workspace,
     grads: &mut [f32],
@@ -229,7 +206,7 @@ pub fn train_step_then(
     let out = mlp.loss_and_dlogits(ws, batch);
     clock.lap(&mut ws.phases.loss);
     match clip_grad_norm {
-        None => mlp.backward_update_then(ws, grads, opt, lr, batch, then),
+        None => mlp.backward_update(ws, grads, opt, lr, batch, then),
         Some(max_norm) => {
             mlp.backward(ws, grads, batch);
             let mut clock = Lap::start();
@@ -865,7 +842,7 @@ impl<'d> Trainer<'d> {
             });
             let work = job.as_ref().map(|job| move || job.work());
             let dropout = (cfg.dropout > 0.0).then_some(&mut drop_rng);
-            let out = train_step_then(
+            let out = train_step(
                 &mut self.mlp,
                 &mut self.ws,
                 &mut self.grads,

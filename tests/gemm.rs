@@ -753,6 +753,7 @@ fn fused_update_equals_product_then_update_bitwise() {
                         rule,
                         Some(MatMut::panels(&mut copy, n, m)),
                         Some(&mut db),
+                        None,
                     );
                     let mut want_db = vec![f32::NAN; n];
                     fastnn::ops::column_sums(&mut want_db, &x, k, n);
@@ -1152,6 +1153,7 @@ fn fused_update_refuses_a_product_over_several_k_blocks() {
         rules()[0],
         None,
         None,
+        None,
     );
 }
 
@@ -1170,6 +1172,7 @@ fn fused_update_refuses_moments_of_another_length() {
         &mut mm,
         &mut [],
         rules()[0],
+        None,
         None,
         None,
     );
@@ -1198,6 +1201,7 @@ fn fused_update_without_rows_still_sums_the_biases() {
             rules()[0],
             None,
             Some(&mut db),
+            None,
         );
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&db), bits(&want), "{name}");

@@ -314,7 +314,7 @@ fn optimiser_steps_match_pytorch() {
                 ));
                 // The training step's own path: each weight updated inside
                 // its gradient product.
-                mlp.backward_update(&mut ws, &mut grads, &mut opt, f("lr"), batch);
+                mlp.backward_update(&mut ws, &mut grads, &mut opt, f("lr"), batch, None);
             }
             for (l, slot) in mlp.layout.layers.iter().enumerate() {
                 let idx = module(&mlp, l);

@@ -301,7 +301,7 @@ fn optimiser_steps_match_the_reference() {
         let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
         for step in 0..3 {
             fastnn::train::train_step(
-                &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, lr as f32, None, None,
+                &mut mlp, &mut ws, &mut grads, &mut opt, BATCH, lr as f32, None, None, None,
             );
             let (_, _, g) = r.loss_and_grads(&x, &labels, Loss::Xent, l2 as f64, None);
             ref_opt.step(&mut r, &g);
@@ -356,6 +356,7 @@ fn clipped_steps_match_the_reference() {
                 lr as f32,
                 None,
                 Some(max_norm as f32),
+                None,
             );
             let (_, _, mut g) = r.loss_and_grads(&x, &labels, Loss::Xent, 0.0, None);
             let total = g
@@ -397,7 +398,7 @@ fn clipped_steps_match_the_reference() {
     let mut grads = AlignedBuf::<f32>::zeroed(a.layout.len);
     for _ in 0..3 {
         fastnn::train::train_step(
-            &mut a, &mut ws_a, &mut grads, &mut opt_a, BATCH, 0.1, None, None,
+            &mut a, &mut ws_a, &mut grads, &mut opt_a, BATCH, 0.1, None, None, None,
         );
         fastnn::train::train_step(
             &mut b,
@@ -408,6 +409,7 @@ fn clipped_steps_match_the_reference() {
             0.1,
             None,
             Some(1e6),
+            None,
         );
     }
     assert!(a
@@ -557,6 +559,7 @@ fn fused_step_equals_backward_then_optimiser_bitwise() {
                         lr as f32,
                         dropout_rng().as_mut(),
                         None,
+                        None,
                     );
                     plain.forward_train(&mut ws_plain, batch, dropout_rng().as_mut());
                     plain.loss_and_dlogits(&mut ws_plain, batch);
@@ -633,7 +636,7 @@ fn weights_set_between_steps_reach_the_next_step() {
             let mut grads = AlignedBuf::<f32>::zeroed(mlp.layout.len);
             let step =
                 |mlp: &mut Mlp, ws: &mut Workspace, opt: &mut Optimizer, grads: &mut [f32]| {
-                    fastnn::train::train_step(mlp, ws, grads, opt, batch, 0.05, None, None);
+                    fastnn::train::train_step(mlp, ws, grads, opt, batch, 0.05, None, None, None);
                 };
             let what = format!("{bf16:?} {norm:?}");
             let mut ws_old = workspace(&mlp);
@@ -753,6 +756,7 @@ fn packed_case(
             batch,
             lr as f32,
             dropout_rng().as_mut(),
+            None,
             None,
         );
         let m = masks(&ws, dims, batch);
@@ -1054,6 +1058,7 @@ fn bf16_steps_keep_the_copies_and_the_bits_on_any_thread_count() {
                             lr as f32,
                             rng.as_mut(),
                             clip,
+                            None,
                         );
                         let what = format!(
                             "{} {dims:?} {optim:?} clip {clip:?} {threads} threads step {step}",

@@ -339,33 +339,18 @@ impl GemmCtx {
     /// each B̃ block as it packs it, while the block is in L1 and L2,
     /// instead of in a pass of its own over dZ.
     ///
+    /// With `then`, each of the team's threads calls it as soon as its own
+    /// part of the product is done, so a thread that finishes first does
+    /// that work while the others still compute (where the product does
+    /// not run on the team, this thread calls it once, after). `then` must
+    /// hand its pieces out itself, e.g. from a counter
+    /// ([`crate::data::GatherJob::work`]): it is done when every call has
+    /// returned, which is before this returns.
+    ///
     /// Panics unless [`GemmCtx::fuses_update`] holds for the shape, or if
     /// the shapes or lengths disagree.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_update(
-        &mut self,
-        alpha: f32,
-        a: MatRef<'_>,
-        b: MatRef<'_>,
-        w: MatMut<'_>,
-        m: &mut [f32],
-        v: &mut [f32],
-        rule: Rule,
-        copy: Option<MatMut<'_>>,
-        bias_grad: Option<&mut [f32]>,
-    ) {
-        self.gemm_update_then(alpha, a, b, w, m, v, rule, copy, bias_grad, None)
-    }
-
-    /// [`GemmCtx::gemm_update`], then `then`: each of the team's threads
-    /// calls it as soon as its own part of the product is done, so a thread
-    /// that finishes first does that work while the others still compute
-    /// (where the product does not run on the team, this thread calls it
-    /// once, after). `then` must hand its pieces out itself, e.g. from a
-    /// counter ([`crate::data::GatherJob::work`]): it is done when every
-    /// call has returned, which is before this returns.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_update_then(
         &mut self,
         alpha: f32,
         a: MatRef<'_>,
@@ -775,7 +760,7 @@ enum Path {
 }
 
 /// Work a product's threads take up as each finishes its part
-/// ([`GemmCtx::gemm_update_then`]).
+/// ([`GemmCtx::gemm_update`]).
 pub type SideJob<'a> = &'a (dyn Fn() + Sync);
 
 /// The shared Ã buffers, handed to the team.
