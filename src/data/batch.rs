@@ -183,13 +183,6 @@ impl Normalizer {
         labels: &mut [u8],
         team: Option<&mut Team>,
     ) {
-        assert_eq!(
-            geometry.channels * geometry.height * geometry.width,
-            self.dim(),
-            "image geometry {geometry:?} does not match {} features",
-            self.dim()
-        );
-        assert!(augments.len() >= indices.len(), "one augment per sample");
         self.gather_rows(
             split,
             indices,
@@ -211,13 +204,7 @@ impl Normalizer {
         team: Option<&mut Team>,
     ) {
         let d = self.dim();
-        assert_eq!(
-            split.dim, d,
-            "normaliser built for {d} features, split has {}",
-            split.dim
-        );
-        assert!(out.len() >= indices.len() * d, "batch buffer too small");
-        assert!(labels.len() >= indices.len(), "label buffer too small");
+        self.check_batch(split, indices.len(), augments, out, labels);
         // With a team, a batch large enough is cut into one run of rows per
         // thread: each row is computed the same way wherever it runs.
         let rows = indices.len();
@@ -255,6 +242,30 @@ impl Normalizer {
         labels: &'a mut [u8],
     ) -> GatherJob<'a> {
         let (d, rows) = (self.dim(), indices.len());
+        self.check_batch(split, rows, augments, out, labels);
+        GatherJob {
+            norm: self,
+            split,
+            indices,
+            augments,
+            out: SharedMut::new(&mut out[..rows * d]),
+            labels: SharedMut::new(&mut labels[..rows]),
+            taken: AtomicUsize::new(0),
+        }
+    }
+
+    /// Panics unless `split` has this map's features, `out` and `labels`
+    /// hold `rows` samples, and the augments (if any) are one a sample of
+    /// images with this many features.
+    fn check_batch(
+        &self,
+        split: &SplitView<'_>,
+        rows: usize,
+        augments: Option<(&[Augment], Geometry)>,
+        out: &[f32],
+        labels: &[u8],
+    ) {
+        let d = self.dim();
         assert_eq!(
             split.dim, d,
             "normaliser built for {d} features, split has {}",
@@ -269,15 +280,6 @@ impl Normalizer {
                 "image geometry {g:?} does not match {d} features"
             );
             assert!(a.len() >= rows, "one augment per sample");
-        }
-        GatherJob {
-            norm: self,
-            split,
-            indices,
-            augments,
-            out: SharedMut::new(&mut out[..rows * d]),
-            labels: SharedMut::new(&mut labels[..rows]),
-            taken: AtomicUsize::new(0),
         }
     }
 

@@ -599,7 +599,7 @@ impl GemmCtx {
     }
 
     /// [`GemmCtx::run`], then `then` on every thread that took part in the
-    /// product, each as it finishes (see [`GemmCtx::gemm_update_then`]).
+    /// product, each as it finishes (see [`GemmCtx::gemm_update`]).
     ///
     /// # Safety
     /// As [`GemmCtx::run`].
