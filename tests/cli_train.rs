@@ -391,7 +391,7 @@ fn dry_run_prints_the_plan_and_print_config_a_template_that_parses() {
 
 /// `--label-smoothing`: a run with it learns, records it in the model file
 /// and in the resolved configuration; it is refused out of [0, 1) and for a
-/// loss other than the cross-entropy.
+/// loss other than the cross-entropy, whose default is none.
 #[test]
 fn label_smoothing_trains_is_recorded_and_refused_where_it_does_not_apply() {
     let dir = tempfile::tempdir().unwrap();
@@ -433,6 +433,14 @@ fn label_smoothing_trains_is_recorded_and_refused_where_it_does_not_apply() {
 
     let plan = ok(&run(&["--label-smoothing", "0.25", "--dry-run"]));
     assert!(plan.contains("label_smoothing = 0.25"), "{plan}");
+    // Unasked, the cross-entropy smooths by 0.1 and the other losses not
+    // at all (so choosing one needs no second flag).
+    let plan = ok(&run(&["--dry-run"]));
+    assert!(plan.contains("label_smoothing = 0.1\n"), "{plan}");
+    for loss in ["mse", "hinge"] {
+        let plan = ok(&run(&["--loss", loss, "--dry-run"]));
+        assert!(plan.contains("label_smoothing = 0.0\n"), "{loss}: {plan}");
+    }
 
     for (extra, message) in [
         (&["--label-smoothing", "1"][..], "must be in [0, 1)"),

@@ -40,7 +40,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     Adam/AdamW, the same engine and the same results as ``fastnn train``.
     The defaults are ``fastnn train``'s: 512-256 hidden units, ReLU, SGD
     with momentum 0.9 at learning rate 0.05 on a cosine schedule, batches
-    of 128, 12 epochs, features standardised with the training statistics.
+    of 128, 12 epochs, features standardised with the training statistics;
+    but no label smoothing (``fastnn train`` smooths by 0.1 unless told;
+    scikit-learn's MLPClassifier has none).
 
     Parameters
     ----------
@@ -65,6 +67,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     dropout : float, default=0.0
         Dropout probability of the hidden units.
     label_smoothing : float, default=0.0
+        Label smoothing ε of the cross-entropy (``fastnn train``'s default
+        is 0.1).
     norm : {None, "batch", "layer"}, default=None
         BatchNorm or LayerNorm after each hidden layer.
     normalize : {"feature", "none"}, default="feature"

@@ -35,7 +35,8 @@ def fastnn_binary():
 CASES = {
     "sgd": (
         dict(hidden_layer_sizes=(48, 24), epochs=3, batch_size=64, random_state=5, dropout=0.1),
-        ["--hidden", "48,24", "--epochs", "3", "--batch", "64", "--seed", "5", "--dropout", "0.1"],
+        ["--hidden", "48,24", "--epochs", "3", "--batch", "64", "--seed", "5", "--dropout", "0.1",
+         "--label-smoothing", "0"],
     ),
     "adamw-batchnorm": (
         dict(
